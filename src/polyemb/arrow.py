@@ -1,0 +1,113 @@
+"""Texts and vectors as Arrow arrays: the one place NULLs are carried from texts to vectors.
+
+Every adapter (pandas, DuckDB, Spark, the CLI) hands its text column over as Arrow and gets
+vectors back as a fixed-size list array of float32, NULL where the text was NULL.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from polyemb.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from polyemb.encoder import Encoder
+
+__all__ = ["encode_arrow", "texts_from_arrow", "vector_type", "vectors_from_arrow", "vectors_to_arrow"]
+
+
+def vector_type(dim: int) -> pa.DataType:
+    """The Arrow type of a vector column: ``fixed_size_list<float32>[dim]``."""
+    return pa.list_(pa.float32(), dim)
+
+
+def texts_from_arrow(array: pa.Array | pa.ChunkedArray, *, name: str = "texts") -> list[str | None]:
+    """A string column as a Python list, NULL as None.
+
+    Raises:
+        InvalidInputError: The column is not of a string type (``name`` is used in the message).
+    """
+    kind = array.type
+    if pa.types.is_dictionary(kind):
+        array = array.cast(kind.value_type)
+        kind = array.type
+    if pa.types.is_null(kind):
+        return [None] * len(array)
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)):
+        raise InvalidInputError(f"{name} has Arrow type {kind}, not a string type; cast it to a string first")
+    return array.to_pylist()  # type: ignore[no-any-return]
+
+
+def vectors_to_arrow(vectors: np.ndarray, valid: np.ndarray | None = None) -> pa.FixedSizeListArray:
+    """An ``(n, dim)`` float32 matrix as a fixed-size list array without a per-row copy.
+
+    Args:
+        vectors: (n, dim) matrix, cast to float32 if needed.
+        valid: Optional bool mask; rows where it is False become NULL.
+    """
+    matrix = np.ascontiguousarray(vectors, dtype=np.float32)
+    if matrix.ndim != 2:
+        raise InvalidInputError(f"vectors must be a 2-D matrix, got shape {matrix.shape}")
+    values = pa.array(matrix.reshape(-1), type=pa.float32())
+    mask = None if valid is None or valid.all() else pa.array(~np.asarray(valid, dtype=bool))
+    return pa.FixedSizeListArray.from_arrays(values, matrix.shape[1], mask=mask)
+
+
+def vectors_from_arrow(
+    array: pa.Array | pa.ChunkedArray, *, name: str = "vectors"
+) -> tuple[np.ndarray, np.ndarray]:
+    """A vector column (fixed-size or variable lists of floats) as ``(matrix, valid)``.
+
+    NULL rows are all-zero in the matrix and False in ``valid``.
+
+    Raises:
+        InvalidInputError: Not a list-of-float column, or rows of different lengths.
+    """
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks() if array.num_chunks != 1 else array.chunk(0)
+    kind = array.type
+    if not (pa.types.is_fixed_size_list(kind) or pa.types.is_list(kind) or pa.types.is_large_list(kind)):
+        raise InvalidInputError(f"{name} has Arrow type {kind}, not a list of floats")
+    if not (pa.types.is_floating(kind.value_type) or pa.types.is_integer(kind.value_type)):
+        raise InvalidInputError(f"{name} holds {kind.value_type} values, not floats")
+    valid = np.asarray(array.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    if pa.types.is_fixed_size_list(kind):
+        dim = kind.list_size
+    else:
+        lengths = array.value_lengths().fill_null(0).to_numpy(zero_copy_only=False)
+        sizes = np.unique(lengths[valid]) if valid.any() else np.array([0])
+        if len(sizes) > 1:
+            raise InvalidInputError(f"{name} has vectors of different lengths: {sizes.tolist()}")
+        dim = int(sizes[0])
+    if valid.all():
+        return _float_matrix(array.flatten(), len(array), dim), valid
+    # Slow path only when NULLs are present: place each valid row.
+    matrix = np.zeros((len(array), dim), dtype=np.float32)
+    present = array.filter(pa.array(valid))
+    matrix[valid] = vectors_from_arrow(present, name=name)[0]
+    return matrix, valid
+
+
+def _float_matrix(values: pa.Array, rows: int, dim: int) -> np.ndarray:
+    if values.null_count:
+        raise InvalidInputError("a vector holds a NULL element; vectors must be fully defined")
+    flat = values.to_numpy(zero_copy_only=False)
+    return np.ascontiguousarray(flat, dtype=np.float32).reshape(rows, dim)
+
+
+def encode_arrow(
+    encoder: Encoder, texts: pa.Array | pa.ChunkedArray, *, name: str = "texts", **options: Any
+) -> pa.FixedSizeListArray:
+    """Encode an Arrow string column into a vector column, NULL in -> NULL out, rows aligned.
+
+    Args:
+        encoder: The Encoder.
+        texts: A string (or dictionary-of-string, or all-null) Arrow array.
+        name: How error messages call the column.
+        **options: Passed to :meth:`Encoder.encode_nullable` (``batch_size``, ``show_progress``...).
+    """
+    vectors, valid = encoder.encode_nullable(texts_from_arrow(texts, name=name), **options)
+    return vectors_to_arrow(vectors, valid)

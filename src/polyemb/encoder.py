@@ -1,0 +1,423 @@
+"""The Encoder: texts -> tokenize -> length-sorted batches -> forward -> mean-pool -> normalize."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import threading
+from collections.abc import Iterable, Iterator
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from polyemb import loading
+from polyemb.errors import InvalidInputError, ModelLoadError
+
+__all__ = ["Encoder", "load", "mean_pool", "plan_batches"]
+
+logger = logging.getLogger(__name__)
+
+# Texts tokenized at a time: bounds the memory held by token lists for huge inputs while
+# leaving enough texts per chunk that length-sorting makes padding negligible.
+TOKENIZE_CHUNK = 16_384
+# Default work per forward pass when the caller sets no batch_size: a token budget (rows x
+# padded length) and a row cap, per device type.
+TOKEN_BUDGET = {"cpu": 8_192, "cuda": 65_536, "mps": 16_384}
+MAX_ROWS = {"cpu": 128, "cuda": 1_024, "mps": 256}
+# Show a progress bar by default only when there is this much to do (and stderr is a terminal).
+PROGRESS_MIN_TEXTS = 5_000
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def mean_pool(token_embeddings: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Average the token vectors that the attention mask marks as real, in float32.
+
+    Args:
+        token_embeddings: (batch, tokens, dim) hidden states, any float dtype.
+        attention_mask: (batch, tokens), 1 for real tokens and 0 for padding.
+
+    Returns:
+        (batch, dim) float32 mean of the unmasked token vectors.
+    """
+    mask = attention_mask.to(torch.float32).unsqueeze(1)  # (batch, 1, tokens)
+    summed = torch.bmm(mask, token_embeddings.to(torch.float32)).squeeze(1)
+    counts = mask.sum(dim=2).clamp(min=1e-9)
+    return summed / counts
+
+
+def plan_batches(lengths: np.ndarray, *, max_tokens: int, max_rows: int) -> list[tuple[int, int]]:
+    """Split rows sorted by decreasing length into ``[start, end)`` batches.
+
+    Each batch holds at most ``max_rows`` rows and at most ``max_tokens`` tokens once padded to
+    its first (longest) row, and always at least one row.
+    """
+    batches: list[tuple[int, int]] = []
+    start, n = 0, len(lengths)
+    while start < n:
+        rows = max(1, min(max_rows, max_tokens // max(1, int(lengths[start]))))
+        end = min(n, start + rows)
+        batches.append((start, end))
+        start = end
+    return batches
+
+
+def _available_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
+def _as_texts(texts: Iterable[Any], *, allow_none: bool) -> list[Any]:
+    """Materialize ``texts`` as a list, checking every item is a str (or None if allowed)."""
+    if isinstance(texts, (str, bytes)):
+        raise InvalidInputError(
+            f"texts is a single {type(texts).__name__}; pass a list of texts, e.g. encode([text])"
+        )
+    items = list(texts)
+    for position, text in enumerate(items):
+        if isinstance(text, str) or (text is None and allow_none):
+            continue
+        shown = "None" if text is None else f"{type(text).__name__} ({_short(text)})"
+        hint = "; use encode_nullable() to keep missing texts as missing rows" if text is None else ""
+        raise InvalidInputError(f"texts[{position}] is {shown}, not a str{hint}")
+    return items
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+class Encoder:
+    """A loaded sentence-embedding model: ``encode`` turns texts into float32 vectors.
+
+    Build one with :func:`polyemb.load`. One Encoder may be shared by many threads.
+
+    Attributes:
+        model_id: The hub id or folder the model was loaded from.
+        revision: The hub commit loaded, or None for a local folder.
+        dim: Length of each vector.
+        max_seq_length: Tokens per text, special tokens included; longer texts are truncated.
+        device: The torch device the model runs on.
+        dtype: The torch dtype of the weights (pooling is always float32).
+    """
+
+    def __init__(
+        self,
+        *,
+        files: loading.ModelFiles,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        pad_id: int,
+        max_seq_length: int,
+        normalizes: bool,
+        dim: int,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        self._files = files
+        self._model = model
+        self._tokenizer = tokenizer
+        self._pad_id = pad_id
+        self._normalizes = normalizes
+        self._forward_lock = threading.Lock()
+        self.model_id = files.model_id
+        self.revision = files.revision
+        self.max_seq_length = max_seq_length
+        self.dim = dim
+        self.device = device
+        self.dtype = dtype
+        loading.enable_truncation(tokenizer, max_seq_length)
+
+    def __repr__(self) -> str:
+        return (
+            f"Encoder(model_id={self.model_id!r}, dim={self.dim}, max_seq_length="
+            f"{self.max_seq_length}, device='{self.device}', dtype={str(self.dtype).split('.')[-1]})"
+        )
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """The exact model content: the hub commit, or ``sha256:...`` of a local folder's files."""
+        return loading.fingerprint(self._files)
+
+    @property
+    def provenance(self) -> str:
+        """``model_id@fingerprint``: store it beside vectors to know which model made them."""
+        return f"{self.model_id}@{self.fingerprint}"
+
+    @property
+    def normalizes(self) -> bool:
+        """Whether the model's own pipeline ends in a Normalize module (vectors always unit)."""
+        return self._normalizes
+
+    # ------------------------------------------------------------------ public
+
+    def encode(
+        self,
+        texts: Iterable[str],
+        *,
+        batch_size: int | None = None,
+        normalize: bool = True,
+        show_progress: bool | None = None,
+    ) -> np.ndarray:
+        """Encode texts into an ``(n, dim)`` C-contiguous float32 array, rows in input order.
+
+        Identical texts are encoded once. ``""`` and whitespace-only texts get the model's
+        vector for its special tokens alone. Texts longer than ``max_seq_length`` tokens are
+        truncated, and one warning per call says how many were. Lone surrogates (which
+        cannot be UTF-8 encoded) are replaced by U+FFFD.
+
+        Args:
+            texts: Any sequence or iterable of str.
+            batch_size: Texts per forward pass. None: batches sized by a token budget for the
+                device, which keeps short texts in large batches and long ones in small.
+            normalize: Scale every vector to unit length (then a dot product is the cosine).
+                A model whose pipeline ends in Normalize returns unit vectors either way.
+            show_progress: A progress bar on stderr; None shows one for large inputs when
+                stderr is a terminal.
+
+        Returns:
+            float32 array of shape (len(texts), dim).
+
+        Raises:
+            InvalidInputError: An item is not a str (the message names its position and type).
+
+        Example:
+            >>> vectors = encoder.encode(["Hola mundo", "Hello world"])
+            >>> float(vectors[0] @ vectors[1])  # cosine, since rows are unit length
+        """
+        items = _as_texts(texts, allow_none=False)
+        return self._encode(items, batch_size=batch_size, normalize=normalize, show_progress=show_progress)
+
+    def encode_nullable(
+        self,
+        texts: Iterable[str | None],
+        *,
+        batch_size: int | None = None,
+        normalize: bool = True,
+        show_progress: bool | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Encode texts where ``None`` marks a missing value (SQL NULL): the adapters' entry point.
+
+        Returns:
+            ``(vectors, valid)``: vectors as :meth:`encode` gives them with all-zero rows where
+            the text was None, and a bool array that is False exactly there.
+
+        Raises:
+            InvalidInputError: An item is neither a str nor None.
+        """
+        items = _as_texts(texts, allow_none=True)
+        valid = np.fromiter((text is not None for text in items), dtype=bool, count=len(items))
+        if valid.all():
+            vectors = self._encode(
+                items, batch_size=batch_size, normalize=normalize, show_progress=show_progress
+            )
+            return vectors, valid
+        vectors = np.zeros((len(items), self.dim), dtype=np.float32)
+        present = [text for text in items if text is not None]
+        vectors[valid] = self._encode(
+            present, batch_size=batch_size, normalize=normalize, show_progress=show_progress
+        )
+        return vectors, valid
+
+    # ------------------------------------------------------------------ pipeline
+
+    def _encode(
+        self,
+        items: list[str],
+        *,
+        batch_size: int | None,
+        normalize: bool,
+        show_progress: bool | None,
+    ) -> np.ndarray:
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise InvalidInputError(f"batch_size must be a positive int or None, got {batch_size!r}")
+        index: dict[str, int] = {}
+        inverse = np.fromiter(
+            (index.setdefault(text, len(index)) for text in items), dtype=np.intp, count=len(items)
+        )
+        unique = list(index)
+        vectors = np.empty((len(unique), self.dim), dtype=np.float32)
+        truncated = np.zeros(len(unique), dtype=bool)
+        if show_progress is None:
+            disable: bool | None = None if len(unique) >= PROGRESS_MIN_TEXTS else True
+        else:
+            disable = not show_progress
+        with tqdm(total=len(unique), unit="text", desc="encoding", disable=disable) as bar:
+            for start in range(0, len(unique), TOKENIZE_CHUNK):
+                chunk = unique[start : start + TOKENIZE_CHUNK]
+                done = self._encode_chunk(chunk, vectors[start:], truncated[start:], batch_size, normalize)
+                for count in done:
+                    bar.update(count)
+        if len(unique) == len(items):  # all distinct: inverse is the identity
+            out = vectors
+        else:
+            out = vectors[inverse]
+            truncated = truncated[inverse]
+        n_truncated = int(truncated.sum())
+        if n_truncated:
+            logger.warning(
+                "%d of %d texts were longer than max_seq_length=%d tokens and were truncated",
+                n_truncated,
+                len(items),
+                self.max_seq_length,
+            )
+        return out
+
+    def _tokenize(self, texts: list[str]) -> list[Any]:
+        try:
+            return self._tokenizer.encode_batch_fast(texts)  # type: ignore[no-any-return]
+        except TypeError:
+            # Lone surrogates cannot cross into Rust as UTF-8.
+            cleaned = [_SURROGATES.sub("\ufffd", text) for text in texts]
+            return self._tokenizer.encode_batch_fast(cleaned)  # type: ignore[no-any-return]
+
+    def _encode_chunk(
+        self,
+        texts: list[str],
+        out: np.ndarray,
+        truncated: np.ndarray,
+        batch_size: int | None,
+        normalize: bool,
+    ) -> Iterator[int]:
+        """Encode one chunk into ``out[:len(texts)]``, yielding the rows done after each batch."""
+        encodings = self._tokenize(texts)
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        truncated[: len(texts)] = [bool(e.overflowing) for e in encodings]
+        order = np.argsort(-lengths, kind="stable")
+        sorted_lengths = lengths[order]
+        kind = self.device.type if self.device.type in TOKEN_BUDGET else "cuda"
+        if batch_size is None:
+            plan = plan_batches(sorted_lengths, max_tokens=TOKEN_BUDGET[kind], max_rows=MAX_ROWS[kind])
+        else:
+            plan = plan_batches(
+                sorted_lengths, max_tokens=batch_size * int(sorted_lengths[0]), max_rows=batch_size
+            )
+        for start, end in plan:
+            rows = order[start:end]
+            width = int(sorted_lengths[start])
+            ids = np.full((len(rows), width), self._pad_id, dtype=np.int64)
+            mask = np.zeros((len(rows), width), dtype=np.int64)
+            for i, row in enumerate(rows):
+                tokens = encodings[row].ids
+                ids[i, : len(tokens)] = tokens
+                mask[i, : len(tokens)] = 1
+            out[rows] = self._forward(ids, mask, normalize)
+            yield len(rows)
+
+    def _forward(self, ids: np.ndarray, mask: np.ndarray, normalize: bool) -> np.ndarray:
+        input_ids = torch.from_numpy(ids).to(self.device, non_blocking=True)
+        attention_mask = torch.from_numpy(mask).to(self.device, non_blocking=True)
+        # One forward pass at a time: torch already spreads one pass over every core, and
+        # concurrent passes on one model would only contend for them (and for GPU memory).
+        with self._forward_lock, torch.inference_mode():
+            hidden = self._model(input_ids=input_ids, attention_mask=attention_mask)[0]
+            pooled = mean_pool(hidden, attention_mask)
+            if normalize or self._normalizes:
+                pooled = torch.nn.functional.normalize(pooled, p=2.0, dim=1)
+            return pooled.cpu().numpy()
+
+
+def load(
+    model: str | os.PathLike[str] | None = None,
+    *,
+    device: str | torch.device = "auto",
+    precision: loading.Precision = "auto",
+    max_seq_length: int | None = None,
+    revision: str | None = None,
+    local_files_only: bool | None = None,
+) -> Encoder:
+    """Load a sentence-embedding model for encoding.
+
+    Args:
+        model: A local folder or a Hugging Face hub id. None: ``$POLYEMB_MODEL`` if set, else
+            ``AIDA-UPM/mstsb-paraphrase-multilingual-mpnet-base-v2``.
+        device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda:0"``, ...
+        precision: Weight dtype: ``"auto"`` is fp32 on CPU and fp16 on GPUs; ``"fp32"``,
+            ``"fp16"``, ``"bf16"``. Pooling is always computed in float32.
+        max_seq_length: Tokens per text (special tokens included); None: the model's own
+            setting (``sentence_bert_config.json``, else the tokenizer's).
+        revision: Hub branch, tag or commit, e.g. ``"refs/pr/3"``.
+        local_files_only: Never touch the network; None follows ``HF_HUB_OFFLINE``.
+
+    Returns:
+        The Encoder.
+
+    Raises:
+        ModelNotFoundError: The model is neither a folder nor reachable on the hub.
+        ModelLoadError: A file of the model is missing or corrupt.
+        UnsupportedModelError: The model needs something polyemb does not implement.
+        InvalidInputError: A bad device, precision or max_seq_length.
+
+    Example:
+        >>> import polyemb
+        >>> encoder = polyemb.load("/models/all-MiniLM-L6-v2")
+        >>> encoder.encode(["a sentence"]).shape
+        (1, 384)
+    """
+    torch_device = loading.resolve_device(device)
+    dtype = loading.resolve_dtype(precision, torch_device)
+    files = loading.find_model(model, revision=revision, local_files_only=local_files_only)
+    spec = loading.read_spec(files.folder)
+    tokenizer, pad_id, tokenizer_limit = loading.load_tokenizer(spec)
+    if torch_device.type == "cpu":
+        _cap_cpu_threads()
+    transformer, config = loading.load_transformer(spec, torch_device, dtype)
+    dim = int(config.hidden_size)
+    if spec.dimension is not None and spec.dimension != dim:
+        raise ModelLoadError(
+            f"the pooling config in {files.folder} says dimension {spec.dimension}, "
+            f"but the transformer's hidden size is {dim}"
+        )
+    vocab = tokenizer.get_vocab_size(with_added_tokens=True)
+    if vocab > int(config.vocab_size):
+        raise ModelLoadError(
+            f"the tokenizer in {spec.transformer_folder} has {vocab} tokens but the model's "
+            f"embedding table only {config.vocab_size}: tokenizer and weights do not belong together"
+        )
+    limit = min(tokenizer_limit, int(getattr(config, "max_position_embeddings", tokenizer_limit)))
+    length = _choose_length(max_seq_length, spec.max_seq_length, limit)
+    return Encoder(
+        files=files,
+        model=transformer,
+        tokenizer=tokenizer,
+        pad_id=pad_id,
+        max_seq_length=length,
+        normalizes=spec.normalize,
+        dim=dim,
+        device=torch_device,
+        dtype=dtype,
+    )
+
+
+def _choose_length(asked: int | None, configured: int | None, limit: int) -> int:
+    if asked is None:
+        return min(configured, limit) if configured is not None else limit
+    if not isinstance(asked, int) or isinstance(asked, bool) or asked < 2:
+        raise InvalidInputError(f"max_seq_length must be an int >= 2, got {asked!r}")
+    if asked > limit:
+        raise InvalidInputError(f"max_seq_length={asked} exceeds what this model takes ({limit} tokens)")
+    return asked
+
+
+def _cap_cpu_threads() -> None:
+    """Keep torch from running more threads than this process has CPUs (containers, Spark)."""
+    cpus = _available_cpus()
+    if torch.get_num_threads() > cpus:
+        logger.info("capping torch threads from %d to the %d CPUs available", torch.get_num_threads(), cpus)
+        torch.set_num_threads(cpus)

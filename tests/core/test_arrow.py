@@ -1,0 +1,65 @@
+"""Arrow conversions: NULLs carried, no misalignment, clear errors for wrong types."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import polyemb
+from polyemb.arrow import encode_arrow, texts_from_arrow, vector_type, vectors_from_arrow, vectors_to_arrow
+
+
+def test_encode_arrow_keeps_nulls_in_place(tiny_encoder: polyemb.Encoder) -> None:
+    texts = pa.array(["a", None, "b", None, "a"])
+    vectors = encode_arrow(tiny_encoder, texts)
+    assert vectors.type == vector_type(tiny_encoder.dim)
+    assert vectors.is_null().to_pylist() == [False, True, False, True, False]
+    matrix, valid = vectors_from_arrow(vectors)
+    np.testing.assert_array_equal(matrix[valid], tiny_encoder.encode(["a", "b", "a"]))
+
+
+@pytest.mark.parametrize(
+    "texts",
+    [
+        pa.array(["x", None, "y"], type=pa.large_string()),
+        pa.array(["x", None, "y"]).dictionary_encode(),
+        pa.chunked_array([["x"], [None, "y"]]),
+        pa.array(["x", None, "y"], type=pa.string_view()),
+    ],
+)
+def test_string_flavours(tiny_encoder: polyemb.Encoder, texts: pa.Array) -> None:
+    assert texts_from_arrow(texts) == ["x", None, "y"]
+
+
+def test_all_null_column(tiny_encoder: polyemb.Encoder) -> None:
+    vectors = encode_arrow(tiny_encoder, pa.nulls(3))
+    assert vectors.null_count == 3 and len(vectors) == 3
+
+
+def test_non_string_column_is_an_error(tiny_encoder: polyemb.Encoder) -> None:
+    with pytest.raises(polyemb.InvalidInputError, match="column 'n' has Arrow type int64"):
+        encode_arrow(tiny_encoder, pa.array([1, 2]), name="column 'n'")
+
+
+def test_vectors_round_trip_with_slices_and_lists() -> None:
+    matrix = np.arange(12, dtype=np.float32).reshape(4, 3)
+    valid = np.array([True, False, True, True])
+    array = vectors_to_arrow(matrix, valid)
+    back, back_valid = vectors_from_arrow(array)
+    np.testing.assert_array_equal(back_valid, valid)
+    np.testing.assert_array_equal(back[valid], matrix[valid])
+    assert not back[1].any()
+    sliced, _ = vectors_from_arrow(vectors_to_arrow(matrix).slice(1, 2))
+    np.testing.assert_array_equal(sliced, matrix[1:3])
+    as_lists, _ = vectors_from_arrow(pa.array(matrix.tolist(), type=pa.list_(pa.float64())))
+    np.testing.assert_array_equal(as_lists, matrix)
+
+
+def test_ragged_or_non_float_vectors_are_errors() -> None:
+    with pytest.raises(polyemb.InvalidInputError, match="different lengths"):
+        vectors_from_arrow(pa.array([[1.0, 2.0], [1.0]]))
+    with pytest.raises(polyemb.InvalidInputError, match="not a list of floats"):
+        vectors_from_arrow(pa.array(["a"]))
+    with pytest.raises(polyemb.InvalidInputError, match="NULL element"):
+        vectors_from_arrow(pa.array([[1.0, None]]))

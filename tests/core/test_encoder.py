@@ -1,0 +1,229 @@
+"""Encoding: shapes, order, duplicates, hostile text, errors, NULLs, threads, pure pieces."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+import polyemb
+from polyemb.encoder import mean_pool, plan_batches
+from polyemb.testing import SAMPLE_SENTENCES
+
+
+def test_output_is_c_contiguous_float32_in_input_order(tiny_encoder: polyemb.Encoder) -> None:
+    vectors = tiny_encoder.encode(SAMPLE_SENTENCES)
+    assert vectors.shape == (len(SAMPLE_SENTENCES), tiny_encoder.dim)
+    assert vectors.dtype == np.float32
+    assert vectors.flags["C_CONTIGUOUS"]
+    one_by_one = np.vstack([tiny_encoder.encode([text]) for text in SAMPLE_SENTENCES])
+    np.testing.assert_allclose(vectors, one_by_one, atol=1e-5)
+
+
+def test_rows_are_unit_length_unless_asked_otherwise(tiny_encoder: polyemb.Encoder) -> None:
+    unit = tiny_encoder.encode(SAMPLE_SENTENCES[:5])
+    raw = tiny_encoder.encode(SAMPLE_SENTENCES[:5], normalize=False)
+    np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1.0, atol=1e-6)
+    assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0)
+    np.testing.assert_allclose(unit, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-6)
+
+
+def test_duplicates_get_identical_rows(tiny_encoder: polyemb.Encoder) -> None:
+    texts = ["b", "a", "b", "c", "a", "b"]
+    vectors = tiny_encoder.encode(texts)
+    np.testing.assert_array_equal(vectors[0], vectors[2])
+    np.testing.assert_array_equal(vectors[0], vectors[5])
+    np.testing.assert_array_equal(vectors[1], vectors[4])
+    assert not np.array_equal(vectors[0], vectors[1])
+
+
+def test_empty_input(tiny_encoder: polyemb.Encoder) -> None:
+    vectors = tiny_encoder.encode([])
+    assert vectors.shape == (0, tiny_encoder.dim)
+    assert vectors.dtype == np.float32
+
+
+def test_any_iterable_of_str(tiny_encoder: polyemb.Encoder) -> None:
+    texts = ["one", "two", "three"]
+    expected = tiny_encoder.encode(texts)
+    np.testing.assert_array_equal(tiny_encoder.encode(iter(texts)), expected)
+    np.testing.assert_array_equal(tiny_encoder.encode(tuple(texts)), expected)
+    np.testing.assert_array_equal(tiny_encoder.encode(np.array(texts)), expected)
+    np.testing.assert_array_equal(tiny_encoder.encode(text for text in texts), expected)
+
+
+def test_empty_and_whitespace_texts_get_the_special_tokens_vector(tiny_encoder: polyemb.Encoder) -> None:
+    vectors = tiny_encoder.encode(["", " ", "\t\n  "])
+    assert np.isfinite(vectors).all()
+    # The tokenizer drops whitespace, so all three are <s></s>: one and the same vector.
+    np.testing.assert_array_equal(vectors[0], vectors[1])
+    np.testing.assert_array_equal(vectors[0], vectors[2])
+
+
+HOSTILE = [
+    "emoji 😀👍🏽👨‍👩‍👧",
+    "עברית מימין לשמאל",
+    "العربية من اليمين",
+    "中文字符和日本語のテキスト",
+    "control \x00\x01\x07\x1b[31m chars",
+    "lone surrogate \ud800 here",
+    "\udfff",
+    "combining e\u0301\u0301\u0301",
+    "zero\u200bwidth\ufeff",
+    "x" * 100_000,
+]
+
+
+def test_hostile_text_never_crashes(tiny_encoder: polyemb.Encoder) -> None:
+    vectors = tiny_encoder.encode(HOSTILE)
+    assert vectors.shape == (len(HOSTILE), tiny_encoder.dim)
+    assert np.isfinite(vectors).all()
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    # A lone surrogate is read as U+FFFD.
+    np.testing.assert_array_equal(vectors[5], tiny_encoder.encode(["lone surrogate \ufffd here"])[0])
+
+
+def test_truncation_is_counted_in_one_warning(
+    tiny_encoder: polyemb.Encoder, caplog: pytest.LogCaptureFixture
+) -> None:
+    long_text = "many words " * 100
+    with caplog.at_level(logging.WARNING, logger="polyemb"):
+        tiny_encoder.encode([long_text, "short", long_text, long_text + "x"])
+    warnings = [r for r in caplog.records if "truncated" in r.getMessage()]
+    assert len(warnings) == 1
+    assert warnings[0].getMessage().startswith("3 of 4 texts")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="polyemb"):
+        tiny_encoder.encode(["short", "texts"])
+    assert not [r for r in caplog.records if "truncated" in r.getMessage()]
+
+
+def test_truncated_text_equals_its_first_tokens(tiny_encoder: polyemb.Encoder) -> None:
+    words = "the cat sits on the mat and " * 20
+    a, b = tiny_encoder.encode([words, words + " and then many more words after"])
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("bad", "shown"),
+    [
+        (None, "None"),
+        (42, "int (42)"),
+        (b"bytes", "bytes (b'bytes')"),
+        (float("nan"), "float (nan)"),
+        (["x"], "list"),
+    ],
+)
+def test_non_string_names_position_and_type(tiny_encoder: polyemb.Encoder, bad: object, shown: str) -> None:
+    with pytest.raises(polyemb.InvalidInputError, match=re.escape(f"texts[2] is {shown}")) as info:
+        tiny_encoder.encode(["ok", "fine", bad])  # type: ignore[list-item]
+    assert isinstance(info.value, ValueError)
+
+
+def test_a_single_string_is_refused(tiny_encoder: polyemb.Encoder) -> None:
+    with pytest.raises(polyemb.InvalidInputError, match=r"encode\(\[text\]\)"):
+        tiny_encoder.encode("not a list")
+
+
+def test_bad_batch_size(tiny_encoder: polyemb.Encoder) -> None:
+    with pytest.raises(polyemb.InvalidInputError, match="batch_size"):
+        tiny_encoder.encode(["x"], batch_size=0)
+
+
+def test_encode_nullable_keeps_nulls_in_place(tiny_encoder: polyemb.Encoder) -> None:
+    texts = [None, "a", None, "b", "a"]
+    vectors, valid = tiny_encoder.encode_nullable(texts)
+    assert valid.tolist() == [False, True, False, True, True]
+    assert not vectors[~valid].any()
+    np.testing.assert_array_equal(vectors[valid], tiny_encoder.encode(["a", "b", "a"]))
+    all_null, none_valid = tiny_encoder.encode_nullable([None, None])
+    assert all_null.shape == (2, tiny_encoder.dim) and not none_valid.any()
+    with pytest.raises(polyemb.InvalidInputError, match=r"texts\[1\] is int"):
+        tiny_encoder.encode_nullable(["a", 1])  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize("batch_size", [None, 1, 3, 64])
+def test_batch_size_does_not_change_vectors(tiny_encoder: polyemb.Encoder, batch_size: int | None) -> None:
+    reference = tiny_encoder.encode(SAMPLE_SENTENCES, batch_size=1000)
+    np.testing.assert_allclose(
+        tiny_encoder.encode(SAMPLE_SENTENCES, batch_size=batch_size), reference, atol=1e-5
+    )
+
+
+def test_chunked_tokenization_keeps_order(
+    tiny_encoder: polyemb.Encoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    texts = [f"sentence number {i} " + "word " * (i % 7) for i in range(50)]
+    reference = tiny_encoder.encode(texts)
+    monkeypatch.setattr("polyemb.encoder.TOKENIZE_CHUNK", 7)
+    np.testing.assert_allclose(tiny_encoder.encode(texts), reference, atol=1e-5)
+
+
+def test_threads_share_one_encoder(tiny_encoder: polyemb.Encoder) -> None:
+    texts = [f"thread test sentence {i} " + "word " * (i % 13) for i in range(300)]
+    expected = tiny_encoder.encode(texts)
+    results: dict[int, np.ndarray] = {}
+    errors: list[BaseException] = []
+
+    def work(worker: int) -> None:
+        try:
+            rng = np.random.default_rng(worker)
+            for _ in range(5):
+                rows = rng.choice(len(texts), size=40, replace=True)
+                got = tiny_encoder.encode([texts[r] for r in rows])
+                np.testing.assert_allclose(got, expected[rows], atol=1e-5)
+            results[worker] = got
+        except BaseException as exc:  # collected and re-raised in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors[0]
+    assert len(results) == 8
+
+
+def test_progress_bar_reports_texts(
+    tiny_encoder: polyemb.Encoder, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tiny_encoder.encode(SAMPLE_SENTENCES, show_progress=True)
+    assert f"{len(SAMPLE_SENTENCES)}/{len(SAMPLE_SENTENCES)}" in capsys.readouterr().err
+    tiny_encoder.encode(SAMPLE_SENTENCES, show_progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_repr_and_provenance(tiny_encoder: polyemb.Encoder) -> None:
+    assert "dim=32" in repr(tiny_encoder)
+    assert tiny_encoder.provenance.startswith(tiny_encoder.model_id + "@sha256:")
+
+
+# ----------------------------------------------------------------- pure pieces
+
+
+def test_mean_pool_ignores_padding() -> None:
+    hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]], [[5.0, 5.0], [7.0, 9.0], [9.0, 13.0]]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    pooled = mean_pool(hidden.to(torch.float16), mask)
+    assert pooled.dtype == torch.float32
+    torch.testing.assert_close(pooled, torch.tensor([[2.0, 3.0], [7.0, 9.0]]))
+    empty = mean_pool(hidden, torch.zeros(2, 3, dtype=torch.long))
+    assert torch.isfinite(empty).all()
+
+
+def test_plan_batches_respects_budget_and_rows() -> None:
+    lengths = np.array([100, 90, 40, 30, 30, 10, 10, 10, 5])
+    batches = plan_batches(lengths, max_tokens=200, max_rows=4)
+    assert batches[0] == (0, 2)  # 2 x 100 tokens
+    covered = [i for start, end in batches for i in range(start, end)]
+    assert covered == list(range(len(lengths)))
+    for start, end in batches:
+        assert end - start <= 4
+        assert (end - start) * lengths[start] <= 200 or end - start == 1
+    assert plan_batches(np.array([500]), max_tokens=100, max_rows=8) == [(0, 1)]
+    assert plan_batches(np.array([], dtype=np.int64), max_tokens=100, max_rows=8) == []

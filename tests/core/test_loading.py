@@ -1,0 +1,318 @@
+"""Loading: finding the model, reading the sentence-transformers files, errors, safety."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import polyemb
+from polyemb import loading
+
+
+def copy_model(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def edit_json(path: Path, **changes: object) -> None:
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+# ----------------------------------------------------------------- what the config says
+
+
+def test_reads_max_seq_length_from_sentence_bert_config(tiny_encoder: polyemb.Encoder) -> None:
+    # The tiny model's tokenizer allows 128 tokens but its sentence_bert_config says 32, as the
+    # default model's tokenizer says 512 while its config says 128.
+    assert tiny_encoder.max_seq_length == 32
+    assert tiny_encoder.dim == 32
+    assert not tiny_encoder.normalizes
+
+
+def test_minilm_settings(minilm_encoder: polyemb.Encoder) -> None:
+    assert minilm_encoder.max_seq_length == 256
+    assert minilm_encoder.dim == 384
+    assert minilm_encoder.normalizes  # its modules.json ends in Normalize
+
+
+def test_max_seq_length_override_and_limit(tiny_model_dir: Path) -> None:
+    assert polyemb.load(tiny_model_dir, max_seq_length=16).max_seq_length == 16
+    assert polyemb.load(tiny_model_dir, max_seq_length=128).max_seq_length == 128
+    with pytest.raises(polyemb.InvalidInputError, match="exceeds"):
+        polyemb.load(tiny_model_dir, max_seq_length=129)
+    with pytest.raises(polyemb.InvalidInputError, match="max_seq_length"):
+        polyemb.load(tiny_model_dir, max_seq_length=0)
+
+
+def test_without_modules_json_is_plain_mean_pooling(tiny_model_dir: Path, tmp_path: Path) -> None:
+    folder = copy_model(tiny_model_dir, tmp_path / "plain")
+    for name in ("modules.json", "sentence_bert_config.json"):
+        (folder / name).unlink()
+    shutil.rmtree(folder / "1_Pooling")
+    encoder = polyemb.load(folder)
+    assert encoder.max_seq_length == 128  # the tokenizer's own limit
+    reference = polyemb.load(tiny_model_dir, max_seq_length=128)
+    texts = ["plain transformers folder", "mean pooling all the same"]
+    np.testing.assert_allclose(encoder.encode(texts), reference.encode(texts), atol=1e-6)
+
+
+def test_normalize_module_makes_unit_vectors(tmp_path: Path) -> None:
+    from polyemb.testing import build_tiny_model
+
+    encoder = polyemb.load(build_tiny_model(tmp_path / "norm", normalize=True))
+    assert encoder.normalizes
+    vectors = encoder.encode(["one", "two words"], normalize=False)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-6)
+
+
+def test_do_lower_case_lowercases(tiny_model_dir: Path, tmp_path: Path) -> None:
+    folder = copy_model(tiny_model_dir, tmp_path / "lower")
+    edit_json(folder / "sentence_bert_config.json", do_lower_case=True)
+    lower = polyemb.load(folder)
+    plain = polyemb.load(tiny_model_dir)
+    np.testing.assert_array_equal(lower.encode(["The CAT Sits"]), plain.encode(["the cat sits"]))
+    assert not np.array_equal(plain.encode(["The CAT Sits"]), plain.encode(["the cat sits"]))
+
+
+@pytest.mark.parametrize(
+    "pooling",
+    [
+        {"pooling_mode_mean_tokens": False, "pooling_mode_cls_token": True},
+        {"pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": True},
+        {"pooling_mode": "lasttoken"},
+    ],
+)
+def test_unsupported_pooling_is_an_error(
+    tiny_model_dir: Path, tmp_path: Path, pooling: dict[str, object]
+) -> None:
+    folder = copy_model(tiny_model_dir, tmp_path / "pool")
+    edit_json(folder / "1_Pooling" / "config.json", **pooling)
+    with pytest.raises(polyemb.UnsupportedModelError, match="mean pooling only"):
+        polyemb.load(folder)
+
+
+def test_new_style_pooling_config_is_read(tiny_model_dir: Path, tmp_path: Path) -> None:
+    folder = copy_model(tiny_model_dir, tmp_path / "newpool")
+    (folder / "1_Pooling" / "config.json").write_text(
+        json.dumps({"embedding_dimension": 32, "pooling_mode": "mean", "include_prompt": True})
+    )
+    assert polyemb.load(folder).dim == 32
+
+
+def test_extra_module_is_an_error(tiny_model_dir: Path, tmp_path: Path) -> None:
+    folder = copy_model(tiny_model_dir, tmp_path / "dense")
+    modules = json.loads((folder / "modules.json").read_text())
+    modules.append({"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
+    (folder / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(polyemb.UnsupportedModelError, match="Dense"):
+        polyemb.load(folder)
+
+
+def test_pooling_dimension_must_match(tiny_model_dir: Path, tmp_path: Path) -> None:
+    folder = copy_model(tiny_model_dir, tmp_path / "dim")
+    edit_json(folder / "1_Pooling" / "config.json", word_embedding_dimension=64)
+    with pytest.raises(polyemb.ModelLoadError, match="dimension 64"):
+        polyemb.load(folder)
+
+
+# ----------------------------------------------------------------- finding the model
+
+
+def test_missing_folder_says_how_to_point_at_a_local_model(tmp_path: Path) -> None:
+    with pytest.raises(polyemb.ModelNotFoundError, match="POLYEMB_MODEL") as info:
+        polyemb.load(tmp_path / "nowhere")
+    assert isinstance(info.value, FileNotFoundError)
+    assert "--model" in str(info.value)
+
+
+def test_env_var_chooses_the_model(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POLYEMB_MODEL", str(tiny_model_dir))
+    assert polyemb.load().model_id == str(tiny_model_dir)
+
+
+def test_default_model_offline_fails_fast_with_hint(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("POLYEMB_MODEL", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    started = time.perf_counter()
+    with pytest.raises(polyemb.ModelNotFoundError, match="offline mode") as info:
+        polyemb.load()
+    assert time.perf_counter() - started < 10  # a hang guard, not a speed target
+    assert polyemb.DEFAULT_MODEL in str(info.value)
+    assert "POLYEMB_MODEL" in str(info.value)
+
+
+def test_unreachable_hub_fails_fast_with_hint(tmp_path: Path) -> None:
+    # A fresh interpreter whose hub endpoint refuses connections: the real network code runs.
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "0",
+        "HF_ENDPOINT": "http://127.0.0.1:9",
+        "HF_HUB_CACHE": str(tmp_path),
+        "POLYEMB_MODEL": "",
+    }
+    code = (
+        "import polyemb\n"
+        "try:\n"
+        "    polyemb.load('someone/some-model')\n"
+        "except polyemb.ModelNotFoundError as exc:\n"
+        "    print('ERROR', exc)\n"
+    )
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    elapsed = time.perf_counter() - started
+    assert "ERROR model 'someone/some-model'" in result.stdout, result.stderr
+    assert "not reachable" in result.stdout
+    assert "--model /path/to/model" in result.stdout
+    assert elapsed < 60  # a hang guard: the hub client must not retry for minutes
+
+
+def test_hub_id_resolves_from_the_local_cache(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Lay the tiny model out as huggingface_hub caches a download: snapshots/<commit>/ + refs/main.
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "models--acme--tiny"
+    shutil.copytree(tiny_model_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    encoder = polyemb.load("acme/tiny", local_files_only=True)
+    assert encoder.model_id == "acme/tiny"
+    assert encoder.revision == commit
+    assert encoder.provenance == f"acme/tiny@{commit}"
+
+
+def test_fingerprint_follows_content(tiny_model_dir: Path, tmp_path: Path) -> None:
+    copy = copy_model(tiny_model_dir, tmp_path / "copy")
+    original = polyemb.load(tiny_model_dir)
+    same = polyemb.load(copy)
+    assert original.fingerprint == same.fingerprint
+    assert original.fingerprint.startswith("sha256:")
+    assert same.provenance == f"{copy}@{same.fingerprint}"
+    edit_json(copy / "sentence_bert_config.json", max_seq_length=16)
+    assert polyemb.load(copy).fingerprint != original.fingerprint
+
+
+# ----------------------------------------------------------------- broken or hostile folders
+
+
+def test_corrupt_weights_name_the_file(tiny_model_dir: Path, tmp_path: Path) -> None:
+    folder = copy_model(tiny_model_dir, tmp_path / "corrupt")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(polyemb.ModelLoadError, match="model.safetensors"):
+        polyemb.load(folder)
+
+
+def test_missing_weights_is_a_load_error(tiny_model_dir: Path, tmp_path: Path) -> None:
+    folder = copy_model(tiny_model_dir, tmp_path / "noweights")
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(polyemb.ModelLoadError, match="no model.safetensors or pytorch_model.bin"):
+        polyemb.load(folder)
+
+
+def test_missing_tokenizer_names_the_folder(tiny_model_dir: Path, tmp_path: Path) -> None:
+    folder = copy_model(tiny_model_dir, tmp_path / "notok")
+    (folder / "tokenizer.json").unlink()
+    (folder / "tokenizer_config.json").unlink()
+    with pytest.raises(polyemb.ModelLoadError, match="tokenizer"):
+        polyemb.load(folder)
+
+
+def test_wrong_shape_config_is_a_load_error(tiny_model_dir: Path, tmp_path: Path) -> None:
+    folder = copy_model(tiny_model_dir, tmp_path / "shape")
+    edit_json(folder / "config.json", hidden_size=48, num_attention_heads=4)
+    with pytest.raises(polyemb.ModelLoadError, match="model.safetensors"):
+        polyemb.load(folder)
+
+
+def test_pickle_weights_load_without_running_code(tiny_model_dir: Path, tmp_path: Path) -> None:
+    folder = copy_model(tiny_model_dir, tmp_path / "pickle")
+    from safetensors.torch import load_file
+
+    state = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    torch.save(state, folder / "pytorch_model.bin")
+    texts = ["pickled weights", "same vectors"]
+    np.testing.assert_array_equal(
+        polyemb.load(folder).encode(texts), polyemb.load(tiny_model_dir).encode(texts)
+    )
+
+
+class _Payload:
+    """Unpickling this would create a file: proof that code from the weights ran."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickle_payload_is_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
+    folder = copy_model(tiny_model_dir, tmp_path / "evil")
+    (folder / "model.safetensors").unlink()
+    marker = tmp_path / "pwned"
+    torch.save({"embeddings.word_embeddings.weight": _Payload(str(marker))}, folder / "pytorch_model.bin")
+    with pytest.raises(polyemb.ModelLoadError, match="pytorch_model.bin"):
+        polyemb.load(folder)
+    assert not marker.exists()
+
+
+def test_remote_code_is_never_run(tiny_model_dir: Path, tmp_path: Path) -> None:
+    folder = copy_model(tiny_model_dir, tmp_path / "remote")
+    marker = tmp_path / "ran"
+    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    edit_json(
+        folder / "config.json", auto_map={"AutoModel": "evil.EvilModel", "AutoConfig": "evil.EvilConfig"}
+    )
+    try:
+        polyemb.load(folder)
+    except polyemb.PolyembError:
+        pass  # refusing is fine; running the code is not
+    assert not marker.exists()
+
+
+# ----------------------------------------------------------------- devices and precision
+
+
+def test_device_and_precision_errors(tiny_model_dir: Path) -> None:
+    with pytest.raises(polyemb.InvalidInputError, match="precision"):
+        polyemb.load(tiny_model_dir, precision="fp8")  # type: ignore[arg-type]
+    with pytest.raises(polyemb.InvalidInputError, match="device"):
+        polyemb.load(tiny_model_dir, device="tpu9")
+    if not torch.cuda.is_available():
+        with pytest.raises(polyemb.InvalidInputError, match="no CUDA"):
+            polyemb.load(tiny_model_dir, device="cuda")
+
+
+def test_auto_device_on_this_machine() -> None:
+    expected = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    assert loading.resolve_device("auto").type == expected
+    assert loading.resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert loading.resolve_dtype("auto", torch.device("cuda")) == torch.float16
+
+
+def test_bf16_on_cpu_pools_in_float32(tiny_model_dir: Path) -> None:
+    encoder = polyemb.load(tiny_model_dir, precision="bf16")
+    assert encoder.dtype == torch.bfloat16
+    vectors = encoder.encode(["bfloat16 weights", "float32 output"])
+    assert vectors.dtype == np.float32
+    full = polyemb.load(tiny_model_dir).encode(["bfloat16 weights", "float32 output"])
+    cos = (vectors * full).sum(1)
+    assert cos.min() > 0.97
