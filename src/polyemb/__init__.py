@@ -7,7 +7,7 @@ texts into float32 vectors. The engine adapters are imported by name: ``polyemb.
 
 from __future__ import annotations
 
-from polyemb.encoder import Encoder, load
+from polyemb.encoder import Encoder, default_encoder, load, set_default_encoder
 from polyemb.errors import (
     InvalidInputError,
     MissingDependencyError,
@@ -27,7 +27,9 @@ __all__ = [
     "ModelNotFoundError",
     "PolyembError",
     "UnsupportedModelError",
+    "default_encoder",
     "load",
+    "set_default_encoder",
 ]
 
 __version__ = "0.1.0"

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from polyemb import loading
 from polyemb.errors import InvalidInputError, ModelLoadError
 
-__all__ = ["Encoder", "load", "mean_pool", "plan_batches"]
+__all__ = ["Encoder", "default_encoder", "load", "mean_pool", "plan_batches", "set_default_encoder"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def _as_texts(texts: Iterable[Any], *, allow_none: bool) -> list[Any]:
             continue
         shown = "None" if text is None else f"{type(text).__name__} ({_short(text)})"
         hint = "; use encode_nullable() to keep missing texts as missing rows" if text is None else ""
-        raise InvalidInputError(f"texts[{position}] is {shown}, not a str{hint}")
+        raise InvalidInputError(f"texts[{position}] is {shown}, not a str{hint}", position=position)
     return items
 
 
@@ -421,3 +421,29 @@ def _cap_cpu_threads() -> None:
     if torch.get_num_threads() > cpus:
         logger.info("capping torch threads from %d to the %d CPUs available", torch.get_num_threads(), cpus)
         torch.set_num_threads(cpus)
+
+
+_default_lock = threading.Lock()
+_default: Encoder | None = None
+
+
+def default_encoder() -> Encoder:
+    """The process-wide Encoder the adapters use when given none.
+
+    Made on first use by :func:`load` with no arguments (so ``$POLYEMB_MODEL`` applies), or
+    whatever :func:`set_default_encoder` set.
+    """
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = load()
+        return _default
+
+
+def set_default_encoder(encoder: Encoder | None) -> None:
+    """Make ``encoder`` the process-wide default; None forgets it (the next use loads again)."""
+    global _default
+    if encoder is not None and not isinstance(encoder, Encoder):
+        raise InvalidInputError(f"set_default_encoder takes an Encoder or None, got {type(encoder).__name__}")
+    with _default_lock:
+        _default = encoder

@@ -29,7 +29,16 @@ class UnsupportedModelError(PolyembError, ValueError):
 
 
 class InvalidInputError(PolyembError, ValueError):
-    """An input is not what the function takes: a non-string text, a bad option value."""
+    """An input is not what the function takes: a non-string text, a bad option value.
+
+    Attributes:
+        position: For a bad item in a sequence of texts, its 0-based position (adapters turn
+            it into a row label or column name); None otherwise.
+    """
+
+    def __init__(self, message: str, *, position: int | None = None) -> None:
+        super().__init__(message)
+        self.position = position
 
 
 class MissingDependencyError(PolyembError, ImportError):

@@ -6,7 +6,7 @@ import numpy as np
 
 from polyemb.errors import InvalidInputError
 
-__all__ = ["cosine", "normalize_rows", "top_k"]
+__all__ = ["connected_groups", "cosine", "normalize_rows", "pairs_above", "top_k"]
 
 # Rows of the (query block x corpus block) score matrix computed at once: 4096 x 4096 float32
 # is 64 MiB, which bounds top_k's memory whatever the table sizes.
@@ -96,3 +96,60 @@ def _best(idx: np.ndarray, val: np.ndarray, keep: int) -> tuple[np.ndarray, np.n
         val = np.take_along_axis(val, part, axis=1)
     order = np.lexsort((idx, -val), axis=1) if val.size else np.empty(val.shape, dtype=np.int64)
     return np.take_along_axis(idx, order, axis=1), np.take_along_axis(val, order, axis=1)
+
+
+def pairs_above(
+    vectors: np.ndarray, threshold: float, *, block_rows: int = BLOCK_ROWS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs of rows ``i < j`` whose cosine is at least ``threshold``, best first.
+
+    Compares the upper triangle block by block, so memory is ``block_rows**2`` scores plus the
+    pairs found.
+
+    Returns:
+        ``(i, j, scores)``: int64, int64 and float32 arrays of equal length.
+    """
+    if not -1.0 <= float(threshold) <= 1.0:
+        raise InvalidInputError(f"threshold must be a cosine between -1 and 1, got {threshold!r}")
+    unit = normalize_rows(vectors)
+    found_i, found_j, found_s = [], [], []
+    for a in range(0, len(unit), block_rows):
+        for b in range(a, len(unit), block_rows):
+            scores = unit[a : a + block_rows] @ unit[b : b + block_rows].T
+            rows, cols = np.nonzero(scores >= threshold)
+            keep = rows + a < cols + b
+            found_i.append(rows[keep] + a)
+            found_j.append(cols[keep] + b)
+            found_s.append(scores[rows[keep], cols[keep]])
+    if not found_i:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    i, j, s = (np.concatenate(parts) for parts in (found_i, found_j, found_s))
+    order = np.lexsort((j, i, -s))
+    return i[order].astype(np.int64), j[order].astype(np.int64), s[order].astype(np.float32)
+
+
+def connected_groups(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Group ids for ``n`` rows linked by the pairs ``(i, j)``; -1 for rows in no pair.
+
+    Groups are numbered 0, 1, ... in the order of their first row.
+    """
+    parent = np.arange(n)
+
+    def root(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = int(parent[x])
+        return x
+
+    for a, b in zip(i.tolist(), j.tolist(), strict=True):
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    linked = np.zeros(n, dtype=bool)
+    linked[i] = True
+    linked[j] = True
+    groups = np.full(n, -1, dtype=np.int64)
+    numbers: dict[int, int] = {}
+    for row in np.flatnonzero(linked).tolist():
+        groups[row] = numbers.setdefault(root(row), len(numbers))
+    return groups

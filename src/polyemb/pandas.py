@@ -1,0 +1,452 @@
+"""pandas: the ``.emb`` accessor on Series and DataFrames.
+
+``import polyemb.pandas`` registers it. A Series holds either texts (any string or object
+dtype) or vectors (what ``.emb.encode()`` returns: a fixed-size list of float32, or any list of
+floats). Missing values (None, NaN, pd.NA) are NA in every result, in the same row.
+
+Example:
+    >>> import polyemb.pandas
+    >>> df["vector"] = df["title"].emb.encode()
+    >>> df["title"].emb.search("climate policy", k=5)
+    >>> orders.emb.join(products, left_on="description", right_on="name", k=1)
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from polyemb.errors import InvalidInputError, MissingDependencyError
+
+try:
+    import pandas as pd
+except ImportError as exc:  # pragma: no cover - exercised only without pandas
+    raise MissingDependencyError("polyemb.pandas needs pandas: pip install 'polyemb[pandas]'") from exc
+
+from polyemb.arrow import vector_type, vectors_from_arrow, vectors_to_arrow
+from polyemb.encoder import Encoder, default_encoder
+from polyemb.similarity import connected_groups, cosine, pairs_above, top_k
+
+__all__ = ["EmbDataFrameAccessor", "EmbSeriesAccessor", "vector_dtype"]
+
+
+def vector_dtype(dim: int) -> pd.ArrowDtype:
+    """The dtype of a vector Series: ``pd.ArrowDtype(pa.list_(pa.float32(), dim))``."""
+    return pd.ArrowDtype(vector_type(dim))
+
+
+def _encoder(encoder: Encoder | None) -> Encoder:
+    return encoder if encoder is not None else default_encoder()
+
+
+def _name(series: pd.Series) -> str:
+    return f"Series {series.name!r}" if series.name is not None else "the Series"
+
+
+def _is_vector_dtype(dtype: Any) -> bool:
+    if isinstance(dtype, pd.ArrowDtype):
+        kind = dtype.pyarrow_dtype
+        return bool(
+            pa.types.is_fixed_size_list(kind) or pa.types.is_list(kind) or pa.types.is_large_list(kind)
+        )
+    return False
+
+
+def _holds_vectors(series: pd.Series) -> bool:
+    """Vectors (a list dtype, or objects that are arrays or lists) rather than texts."""
+    if _is_vector_dtype(series.dtype):
+        return True
+    if series.dtype != object:
+        return False
+    present = series[series.notna()]
+    return len(present) > 0 and isinstance(present.iloc[0], (np.ndarray, list, tuple))
+
+
+class EmbSeriesAccessor:
+    """``Series.emb``: encode texts, compare, search and find near-duplicates."""
+
+    def __init__(self, series: pd.Series) -> None:
+        self._s = series
+
+    # ------------------------------------------------------------------ conversions
+
+    def _texts(self) -> list[str | None]:
+        series = self._s
+        na = series.isna().to_numpy(dtype=bool)
+        values = series.to_numpy(dtype=object, copy=True)
+        values[na] = None
+        return values.tolist()  # type: ignore[no-any-return]
+
+    def _vectors(self, encoder: Encoder | None, **options: Any) -> tuple[np.ndarray, np.ndarray]:
+        """This Series as ``(matrix, valid)``: encoded if it holds texts, converted if vectors."""
+        series = self._s
+        if _holds_vectors(series):
+            return _vectors_of(series)
+        return _encode_labelled(_encoder(encoder), series, self._texts(), **options)
+
+    def to_numpy(self) -> np.ndarray:
+        """A vector Series as an ``(n, dim)`` float32 matrix; NA rows are rows of NaN.
+
+        Raises:
+            InvalidInputError: The Series holds texts (call ``.emb.encode()`` first).
+        """
+        if not _holds_vectors(self._s):
+            raise InvalidInputError(f"{_name(self._s)} holds texts, not vectors; call .emb.encode() first")
+        matrix, valid = _vectors_of(self._s)
+        if not valid.all():
+            matrix[~valid] = np.nan
+        return matrix
+
+    # ------------------------------------------------------------------ methods
+
+    def encode(
+        self,
+        *,
+        encoder: Encoder | None = None,
+        batch_size: int | None = None,
+        show_progress: bool | None = None,
+    ) -> pd.Series:
+        """Encode a Series of texts.
+
+        Returns:
+            A Series of dtype ``pd.ArrowDtype(pa.list_(pa.float32(), dim))`` with the same index
+            and name; NA where the text was NA.
+
+        Raises:
+            InvalidInputError: A value that is neither a str nor NA (the message names its label).
+        """
+        if _holds_vectors(self._s):
+            raise InvalidInputError(f"{_name(self._s)} already holds vectors")
+        matrix, valid = self._vectors(encoder, batch_size=batch_size, show_progress=show_progress)
+        return _vector_series(matrix, valid, self._s.index, self._s.name)
+
+    def similarity(
+        self,
+        other: pd.Series | str,
+        *,
+        encoder: Encoder | None = None,
+        batch_size: int | None = None,
+        show_progress: bool | None = None,
+    ) -> pd.Series:
+        """Cosine similarity of each row with ``other``'s row of the same label, or with one text.
+
+        Args:
+            other: A Series of texts or vectors with the same index labels (in any order, as
+                pandas arithmetic aligns them; labels that do not match are an error), or one
+                str compared with every row.
+            encoder: The Encoder; default :func:`polyemb.default_encoder`.
+            batch_size: Passed to ``encode``.
+            show_progress: Passed to ``encode``.
+
+        Returns:
+            A float64 Series with this Series' index; NaN where either side is NA.
+        """
+        options = {"batch_size": batch_size, "show_progress": show_progress}
+        series = self._s
+        if isinstance(other, str):
+            left, left_valid = self._vectors(encoder, **options)
+            right = _encoder(encoder).encode([other])
+            right_valid = np.ones(len(series), dtype=bool)
+        elif isinstance(other, pd.Series):
+            aligned = _align(series, other)
+            if not _holds_vectors(series) and not _holds_vectors(aligned):
+                # Both texts: one encode call, so texts shared by both sides are encoded once.
+                both = pd.concat([series, aligned], ignore_index=True)
+                matrix, valid = both.emb._vectors(encoder, **options)
+                left, right = matrix[: len(series)], matrix[len(series) :]
+                left_valid, right_valid = valid[: len(series)], valid[len(series) :]
+            else:
+                left, left_valid = self._vectors(encoder, **options)
+                right, right_valid = aligned.emb._vectors(encoder, **options)
+        else:
+            raise InvalidInputError(f"other must be a Series or a str, got {type(other).__name__}")
+        scores = cosine(left, right).astype(np.float64) if len(series) else np.zeros(0)
+        scores[~(left_valid & right_valid)] = np.nan
+        return pd.Series(scores, index=series.index, name="similarity")
+
+    def search(
+        self,
+        query: str | np.ndarray | list[float],
+        k: int = 10,
+        *,
+        encoder: Encoder | None = None,
+        batch_size: int | None = None,
+        show_progress: bool | None = None,
+    ) -> pd.DataFrame:
+        """The ``k`` rows most similar to ``query``, best first.
+
+        Args:
+            query: A text (encoded with the encoder) or a vector.
+            k: How many rows.
+            encoder: The Encoder; default :func:`polyemb.default_encoder`.
+            batch_size: Passed to ``encode``.
+            show_progress: Passed to ``encode``.
+
+        Returns:
+            A DataFrame indexed by the matching rows' labels, with the row's value (text or
+            vector, in a column named as the Series) and a ``score`` column. NA rows never match.
+        """
+        matrix, valid = self._vectors(encoder, batch_size=batch_size, show_progress=show_progress)
+        if isinstance(query, str):
+            query_vector = _encoder(encoder).encode([query])
+        else:
+            query_vector = np.asarray(query, dtype=np.float32).reshape(1, -1)
+        positions = np.flatnonzero(valid)
+        indices, scores = top_k(query_vector, matrix[positions], k)
+        rows = positions[indices[0]]
+        column = self._s.name if self._s.name is not None else "value"
+        found = self._s.iloc[rows]
+        return pd.DataFrame(
+            {column: found.to_numpy(), "score": scores[0].astype(np.float64)}, index=found.index
+        )
+
+    def near_duplicates(
+        self,
+        threshold: float = 0.9,
+        *,
+        groups: bool = False,
+        encoder: Encoder | None = None,
+        batch_size: int | None = None,
+        show_progress: bool | None = None,
+    ) -> pd.DataFrame | pd.Series:
+        """Rows whose cosine similarity is at least ``threshold``.
+
+        With a multilingual model, translations of one sentence count as near-duplicates.
+
+        Args:
+            threshold: Cosine similarity, -1 to 1.
+            groups: Return a group id per row instead of the pairs.
+            encoder: The Encoder; default :func:`polyemb.default_encoder`.
+            batch_size: Passed to ``encode``.
+            show_progress: Passed to ``encode``.
+
+        Returns:
+            Pairs (default): a DataFrame with one row per pair, best first: ``left`` and
+            ``right`` (index labels, ``left`` the earlier row), ``score``, and for texts
+            ``left_text`` and ``right_text``. Groups: an Int64 Series on this index, the same id
+            for rows linked by a chain of near-duplicate pairs, NA for rows in no pair.
+        """
+        matrix, valid = self._vectors(encoder, batch_size=batch_size, show_progress=show_progress)
+        positions = np.flatnonzero(valid)
+        i, j, scores = pairs_above(matrix[positions], threshold)
+        left, right = positions[i], positions[j]
+        if groups:
+            ids = np.full(len(self._s), -1, dtype=np.int64)
+            ids[positions] = connected_groups(len(positions), i, j)
+            result = pd.Series(ids, index=self._s.index, name="group", dtype="Int64")
+            return result.mask(result < 0)
+        index = self._s.index
+        pairs = {"left": index[left], "right": index[right], "score": scores.astype(np.float64)}
+        frame = pd.DataFrame(pairs)
+        if not _holds_vectors(self._s):
+            values = self._s.to_numpy(dtype=object)
+            frame["left_text"] = values[left]
+            frame["right_text"] = values[right]
+        return frame
+
+
+class EmbDataFrameAccessor:
+    """``DataFrame.emb``: the semantic join."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self._df = frame
+
+    def join(
+        self,
+        right: pd.DataFrame,
+        left_on: str,
+        right_on: str | None = None,
+        *,
+        k: int = 1,
+        threshold: float | None = None,
+        how: Literal["inner", "left"] = "inner",
+        suffixes: tuple[str, str] = ("_x", "_y"),
+        score_column: str = "score",
+        encoder: Encoder | None = None,
+        batch_size: int | None = None,
+        show_progress: bool | None = None,
+    ) -> pd.DataFrame:
+        """Join each left row with its ``k`` most similar right rows (also across languages).
+
+        Works block by block (:func:`polyemb.similarity.top_k`), never holding the whole
+        left x right score matrix.
+
+        Args:
+            right: The other DataFrame.
+            left_on: A text or vector column of this DataFrame.
+            right_on: A text or vector column of ``right``; default ``left_on``.
+            k: Matches per left row.
+            threshold: Keep only matches with at least this cosine.
+            how: ``"inner"`` drops left rows without a match (NA key or none above the
+                threshold); ``"left"`` keeps them once, with NA right columns and score.
+            suffixes: Added to column names found in both tables, as ``merge`` does.
+            score_column: Name of the similarity column.
+            encoder: The Encoder; default :func:`polyemb.default_encoder`.
+            batch_size: Passed to ``encode``.
+            show_progress: Passed to ``encode``.
+
+        Returns:
+            Left columns, right columns, then the score; a fresh RangeIndex, ordered by left
+            row and then by decreasing score.
+        """
+        if not isinstance(right, pd.DataFrame):
+            raise InvalidInputError(f"right must be a DataFrame, got {type(right).__name__}")
+        if how not in ("inner", "left"):
+            raise InvalidInputError(f"how must be 'inner' or 'left', got {how!r}")
+        right_on = left_on if right_on is None else right_on
+        left_col = _column(self._df, left_on, "left")
+        right_col = _column(right, right_on, "right")
+        options = {"batch_size": batch_size, "show_progress": show_progress}
+        if not _holds_vectors(left_col) and not _holds_vectors(right_col):
+            both = pd.concat([left_col, right_col], ignore_index=True)
+            matrix, valid = both.emb._vectors(encoder, **options)
+            lvec, lvalid = matrix[: len(left_col)], valid[: len(left_col)]
+            rvec, rvalid = matrix[len(left_col) :], valid[len(left_col) :]
+        else:
+            lvec, lvalid = left_col.emb._vectors(encoder, **options)
+            rvec, rvalid = right_col.emb._vectors(encoder, **options)
+        lpos, rpos = np.flatnonzero(lvalid), np.flatnonzero(rvalid)
+        indices, scores = top_k(lvec[lpos], rvec[rpos], k)
+        left_rows = np.repeat(lpos, indices.shape[1])
+        right_rows = rpos[indices].reshape(-1) if indices.size else np.zeros(0, dtype=np.int64)
+        flat_scores = scores.reshape(-1).astype(np.float64)
+        if threshold is not None:
+            keep = flat_scores >= threshold
+            left_rows, right_rows, flat_scores = left_rows[keep], right_rows[keep], flat_scores[keep]
+        if how == "left":
+            unmatched = np.setdiff1d(np.arange(len(self._df)), left_rows)
+            left_rows = np.concatenate([left_rows, unmatched])
+            right_rows = np.concatenate([right_rows, np.full(len(unmatched), -1)])
+            flat_scores = np.concatenate([flat_scores, np.full(len(unmatched), np.nan)])
+            order = np.argsort(left_rows, kind="stable")
+            left_rows, right_rows, flat_scores = left_rows[order], right_rows[order], flat_scores[order]
+        return _assemble(self._df, right, left_rows, right_rows, flat_scores, suffixes, score_column)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _encode_labelled(
+    encoder: Encoder, series: pd.Series, texts: list[str | None], **options: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        return encoder.encode_nullable(texts, **options)
+    except InvalidInputError as exc:
+        if exc.position is None:
+            raise
+        label = series.index[exc.position]
+        value = texts[exc.position]
+        raise InvalidInputError(
+            f"row {label!r} of {_name(series)} is {type(value).__name__} ({value!r:.40}), not a text; "
+            "convert the column with .astype(str) if that is meant, or set the value to None",
+            position=exc.position,
+        ) from exc
+
+
+def _vectors_of(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        array = (
+            pa.array(series.array) if _is_vector_dtype(series.dtype) else pa.array(series, from_pandas=True)
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise InvalidInputError(f"{_name(series)} does not hold float vectors: {exc}") from exc
+    return vectors_from_arrow(array, name=_name(series))
+
+
+def _vector_series(matrix: np.ndarray, valid: np.ndarray, index: pd.Index, name: Any) -> pd.Series:
+    array = vectors_to_arrow(matrix, valid)
+    return pd.Series(pd.arrays.ArrowExtensionArray(array), index=index, name=name, copy=False)
+
+
+def _align(series: pd.Series, other: pd.Series) -> pd.Series:
+    """``other`` in ``series``' row order, as pandas arithmetic would align it; never guessing."""
+    if other.index.equals(series.index):
+        return other
+    if series.index.has_duplicates or other.index.has_duplicates:
+        raise InvalidInputError(
+            "the two Series have different indexes with duplicate labels, so rows cannot be "
+            "matched; use .reset_index(drop=True) on both if their positions correspond"
+        )
+    missing = series.index.difference(other.index)
+    extra = other.index.difference(series.index)
+    if len(missing) or len(extra):
+        raise InvalidInputError(
+            f"the indexes do not match: {len(missing)} labels only on this side (e.g. "
+            f"{list(missing[:3])}), {len(extra)} only on the other (e.g. {list(extra[:3])}); "
+            "align them first, or use .reset_index(drop=True) on both if their positions correspond"
+        )
+    return other.reindex(series.index)
+
+
+def _column(frame: pd.DataFrame, name: str, side: str) -> pd.Series:
+    if name not in frame.columns:
+        raise InvalidInputError(
+            f"the {side} DataFrame has no column {name!r}; its columns are {list(frame.columns)}"
+        )
+    column = frame[name]
+    if isinstance(column, pd.DataFrame):
+        raise InvalidInputError(f"the {side} DataFrame has several columns named {name!r}")
+    return column
+
+
+def _assemble(
+    left: pd.DataFrame,
+    right: pd.DataFrame,
+    left_rows: np.ndarray,
+    right_rows: np.ndarray,
+    scores: np.ndarray,
+    suffixes: tuple[str, str],
+    score_column: str,
+) -> pd.DataFrame:
+    left_part = left.iloc[left_rows].reset_index(drop=True)
+    right_part = right.reset_index(drop=True).reindex(right_rows).reset_index(drop=True)
+    clash = set(left_part.columns) & set(right_part.columns)
+    left_part = left_part.rename(columns={c: f"{c}{suffixes[0]}" for c in clash})
+    right_part = right_part.rename(columns={c: f"{c}{suffixes[1]}" for c in clash})
+    result = pd.concat([left_part, right_part], axis=1)
+    if score_column in result.columns:
+        raise InvalidInputError(
+            f"the joined tables already have a column {score_column!r}; choose another score_column"
+        )
+    result[score_column] = scores
+    return result
+
+
+class _ListDtypeReader:
+    """Parses the list dtype strings pandas writes into Parquet metadata but cannot read back.
+
+    ``df.to_parquet()`` records a vector column's dtype as ``"fixed_size_list<item: float>[768]
+    [pyarrow]"``, and ``pd.read_parquet()`` then fails on that string (pandas-dev/pandas#59738,
+    open). Registered ahead of ``ArrowDtype``, this reader turns list-of-float dtype strings back
+    into the ``ArrowDtype`` they came from, so vector columns round-trip; every other string
+    falls through to pandas' own parsers.
+    """
+
+    _PATTERN = re.compile(r"(fixed_size_)?list<item: (float|double|halffloat)>(?:\[(\d+)\])?\[pyarrow\]")
+    _VALUES = {"float": pa.float32(), "double": pa.float64(), "halffloat": pa.float16()}
+
+    @classmethod
+    def construct_from_string(cls, string: str) -> pd.ArrowDtype:
+        match = cls._PATTERN.fullmatch(string) if isinstance(string, str) else None
+        if match is None or bool(match.group(1)) != (match.group(3) is not None):
+            raise TypeError(f"not a vector dtype string: {string!r}")
+        values = cls._VALUES[match.group(2)]
+        kind = pa.list_(values, int(match.group(3))) if match.group(1) else pa.list_(values)
+        return pd.ArrowDtype(kind)
+
+
+def _install_list_dtype_reader() -> None:
+    try:
+        from pandas.core.dtypes.base import _registry
+    except ImportError:  # pragma: no cover - pandas moved its registry; round trips need dtype_backend
+        return
+    if _ListDtypeReader not in _registry.dtypes:
+        _registry.dtypes.insert(0, _ListDtypeReader)
+
+
+_install_list_dtype_reader()
+pd.api.extensions.register_series_accessor("emb")(EmbSeriesAccessor)
+pd.api.extensions.register_dataframe_accessor("emb")(EmbDataFrameAccessor)
