@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
+import shutil
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from polyemb import __version__
-from polyemb.errors import PolyembError
+from polyemb.errors import InvalidInputError, PolyembError
+
+
+class SqlError(PolyembError):
+    """A statement failed in DuckDB."""
+
 
 __all__ = ["main"]
 
@@ -87,6 +95,81 @@ def _similarity(args: argparse.Namespace) -> int:
     return 0
 
 
+_ROW_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA", "CALL", "RELATION"}
+
+
+def _sql(args: argparse.Namespace) -> int:
+    if (args.query is None) == (args.file is None):
+        raise InvalidInputError("give a query or -f FILE (one of them)")
+    text = args.query if args.query is not None else _read_sql(args.file)
+    import duckdb
+
+    from polyemb.duckdb import load_extension, register
+
+    con = duckdb.connect(args.db or ":memory:")
+    try:
+        for extension in args.extension:
+            load_extension(con, extension)
+        register(con, _load(args), cache_mb=args.cache_mb, batch_size=args.batch_size)
+        try:
+            statements = con.extract_statements(text)
+        except duckdb.Error as exc:
+            raise InvalidInputError(f"cannot parse the SQL: {exc}") from exc
+        for statement in statements:
+            kind = str(statement.type).rsplit(".", 1)[-1]
+            try:
+                if kind in _ROW_STATEMENTS:
+                    _print_result(con.sql(statement.query), args)
+                else:
+                    con.execute(statement.query)
+            except duckdb.Error as exc:
+                raise SqlError(f"{exc}\n  in: {statement.query.strip()[:200]}") from exc
+    finally:
+        con.close()
+    return 0
+
+
+def _read_sql(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read the SQL file {path!r}: {exc.strerror}") from exc
+
+
+def _print_result(relation: Any, args: argparse.Namespace) -> None:
+    if relation is None:
+        return
+    if args.format == "table":
+        width = args.max_width or shutil.get_terminal_size(fallback=(120, 24)).columns
+        relation.show(max_rows=args.max_rows, max_width=width)
+        return
+    columns = relation.columns
+    rows = relation.fetchall()
+    if args.format == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([_plain(v) for v in row] for row in rows)
+    else:
+        print(
+            json.dumps(
+                [dict(zip(columns, row, strict=True)) for row in rows],
+                default=_json_default,
+                ensure_ascii=False,
+            )
+        )
+
+
+def _plain(value: Any) -> Any:
+    return json.dumps(value, default=_json_default) if isinstance(value, (list, tuple, dict)) else value
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    return str(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, exposed for documentation tools and tests."""
     parser = argparse.ArgumentParser(
@@ -128,6 +211,41 @@ def build_parser() -> argparse.ArgumentParser:
     similarity.add_argument("text_b")
     similarity.add_argument("--json", action="store_true", help="print a JSON object")
     similarity.set_defaults(run=_similarity)
+
+    sql = commands.add_parser(
+        "sql",
+        parents=[model],
+        help="run SQL on embedded DuckDB with embed() and semantic_similarity()",
+        description=(
+            "Run SQL on an embedded DuckDB (in memory, or --db FILE) with polyemb's functions "
+            "registered: embed(text) -> FLOAT[dim], semantic_similarity(a, b), embedding_model(), "
+            "embedding_cache_stats(), embedding_cache_clear(). Files named in the query are read by "
+            "DuckDB itself ('data.csv', read_parquet('*.parquet')). Each statement that returns rows "
+            "is printed."
+        ),
+    )
+    sql.add_argument("query", nargs="?", help="the SQL (or use -f)")
+    sql.add_argument("-f", "--file", help="read the SQL from this file")
+    sql.add_argument("--db", help="a DuckDB database file (default: in memory)")
+    out = sql.add_mutually_exclusive_group()
+    out.add_argument("--csv", dest="format", action="store_const", const="csv", help="print CSV")
+    out.add_argument(
+        "--json", dest="format", action="store_const", const="json", help="print a JSON array of rows"
+    )
+    sql.set_defaults(format="table")
+    sql.add_argument("--max-rows", type=int, default=40, help="rows shown in table output (default 40)")
+    sql.add_argument(
+        "--max-width", type=int, default=None, help="table width in characters (default: the terminal's)"
+    )
+    sql.add_argument(
+        "--extension",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="load a DuckDB extension first, e.g. --extension vss (repeatable)",
+    )
+    sql.add_argument("--cache-mb", type=float, default=None, help="embedding cache size in MiB (default 256)")
+    sql.set_defaults(run=_sql)
     return parser
 
 

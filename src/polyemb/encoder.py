@@ -82,7 +82,7 @@ def _available_cpus() -> int:
     return max(1, cpus)
 
 
-def _as_texts(texts: Iterable[Any], *, allow_none: bool) -> list[Any]:
+def check_texts(texts: Iterable[Any], *, allow_none: bool) -> list[Any]:
     """Materialize ``texts`` as a list, checking every item is a str (or None if allowed)."""
     if isinstance(texts, (str, bytes)):
         raise InvalidInputError(
@@ -201,7 +201,7 @@ class Encoder:
             >>> vectors = encoder.encode(["Hola mundo", "Hello world"])
             >>> float(vectors[0] @ vectors[1])  # cosine, since rows are unit length
         """
-        items = _as_texts(texts, allow_none=False)
+        items = check_texts(texts, allow_none=False)
         return self._encode(items, batch_size=batch_size, normalize=normalize, show_progress=show_progress)
 
     def encode_nullable(
@@ -221,7 +221,7 @@ class Encoder:
         Raises:
             InvalidInputError: An item is neither a str nor None.
         """
-        items = _as_texts(texts, allow_none=True)
+        items = check_texts(texts, allow_none=True)
         valid = np.fromiter((text is not None for text in items), dtype=bool, count=len(items))
         if valid.all():
             vectors = self._encode(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from polyemb.errors import InvalidInputError
 
@@ -55,13 +56,14 @@ def top_k(
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each query row, the ``k`` corpus rows of highest cosine, best first.
 
-    Works block by block, so memory stays at ``block_rows**2`` scores whatever the sizes.
+    Works block by block, so memory stays at ``block_rows**2`` scores whatever the sizes: each
+    block keeps only its own k best per query (``torch.topk``), merged into a running best.
     Among kept rows of equal score, the lower corpus index comes first.
 
     Returns:
         ``(indices, scores)``, each ``(len(queries), min(k, len(corpus)))``.
     """
-    if not isinstance(k, int) or k < 1:
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise InvalidInputError(f"k must be a positive int, got {k!r}")
     q = normalize_rows(queries)
     c = normalize_rows(corpus)
@@ -72,30 +74,24 @@ def top_k(
     scores = np.zeros((len(q), keep), dtype=np.float32)
     if keep == 0 or len(q) == 0:
         return indices, scores
-    for q0 in range(0, len(q), block_rows):
-        q_block = q[q0 : q0 + block_rows]
-        best_idx = np.empty((len(q_block), 0), dtype=np.int64)
-        best_val = np.empty((len(q_block), 0), dtype=np.float32)
-        for c0 in range(0, len(c), block_rows):
-            block = q_block @ c[c0 : c0 + block_rows].T
-            cand_val = np.concatenate([best_val, block], axis=1)
-            cand_idx = np.concatenate(
-                [best_idx, np.broadcast_to(np.arange(c0, c0 + block.shape[1]), block.shape)], axis=1
-            )
-            best_idx, best_val = _best(cand_idx, cand_val, keep)
-        indices[q0 : q0 + len(q_block)] = best_idx
-        scores[q0 : q0 + len(q_block)] = best_val
-    return indices, scores
-
-
-def _best(idx: np.ndarray, val: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``keep`` best columns of each row, sorted by score then by index."""
-    if val.shape[1] > keep:
-        part = np.argpartition(-val, keep - 1, axis=1)[:, :keep]
-        idx = np.take_along_axis(idx, part, axis=1)
-        val = np.take_along_axis(val, part, axis=1)
-    order = np.lexsort((idx, -val), axis=1) if val.size else np.empty(val.shape, dtype=np.int64)
-    return np.take_along_axis(idx, order, axis=1), np.take_along_axis(val, order, axis=1)
+    corpus_t = torch.from_numpy(c)
+    with torch.inference_mode():
+        for q0 in range(0, len(q), block_rows):
+            q_block = torch.from_numpy(q[q0 : q0 + block_rows])
+            best_val = torch.empty((len(q_block), 0))
+            best_idx = torch.empty((len(q_block), 0), dtype=torch.int64)
+            for c0 in range(0, len(c), block_rows):
+                block = q_block @ corpus_t[c0 : c0 + block_rows].T
+                val, idx = block.topk(min(keep, block.shape[1]), dim=1)
+                best_val = torch.cat([best_val, val], dim=1)
+                best_idx = torch.cat([best_idx, idx + c0], dim=1)
+                if best_val.shape[1] > keep:
+                    best_val, pick = best_val.topk(keep, dim=1)
+                    best_idx = best_idx.gather(1, pick)
+            indices[q0 : q0 + len(q_block)] = best_idx.numpy()
+            scores[q0 : q0 + len(q_block)] = best_val.numpy()
+    order = np.lexsort((indices, -scores), axis=1)
+    return np.take_along_axis(indices, order, axis=1), np.take_along_axis(scores, order, axis=1)
 
 
 def pairs_above(

@@ -1,0 +1,76 @@
+"""`polyemb sql`: output formats, files, databases and errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import polyemb
+from polyemb.cli import main
+
+
+def test_table_output(tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sql", "-m", str(tiny_model_dir), "SELECT 42 AS answer, embedding_model() AS model"]) == 0
+    out = capsys.readouterr().out
+    assert "answer" in out and "42" in out and "┌" in out
+
+
+def test_json_and_csv(
+    tiny_model_dir: Path, tiny_encoder: polyemb.Encoder, capsys: pytest.CaptureFixture[str]
+) -> None:
+    query = "SELECT 'a cat' AS t, semantic_similarity('a cat', 'a dog') AS s, embed('x')[1:2] AS v"
+    assert main(["sql", "--json", "-m", str(tiny_model_dir), query]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    a, b = tiny_encoder.encode(["a cat", "a dog"])
+    assert row["t"] == "a cat" and row["s"] == pytest.approx(float(a @ b), abs=1e-6) and len(row["v"]) == 2
+    assert main(["sql", "--csv", "-m", str(tiny_model_dir), query]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "t,s,v" and lines[1].startswith("a cat,")
+
+
+def test_file_with_several_statements_and_a_database(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = tmp_path / "q.sql"
+    script.write_text(
+        "CREATE TABLE IF NOT EXISTS notes AS SELECT 'hello' AS t, embed('hello') AS v;\n"
+        "SELECT count(*) AS n FROM notes;\nSELECT t FROM notes;\n"
+    )
+    db = tmp_path / "notes.duckdb"
+    assert main(["sql", "--json", "-f", str(script), "--db", str(db), "-m", str(tiny_model_dir)]) == 0
+    outputs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert outputs == [[{"n": 1}], [{"t": "hello"}]]
+    assert (
+        main(
+            ["sql", "--json", "--db", str(db), "-m", str(tiny_model_dir), "SELECT typeof(v) AS k FROM notes"]
+        )
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out) == [{"k": "FLOAT[32]"}]
+
+
+def test_reads_files_named_in_the_query(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "d.csv"
+    data.write_text("id,text\n1,hello\n2,\n")
+    query = f"SELECT id, embed(text) IS NULL AS missing FROM '{data}' ORDER BY id"
+    assert main(["sql", "--json", "-m", str(tiny_model_dir), query]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"id": 1, "missing": False}, {"id": 2, "missing": True}]
+
+
+def test_errors(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = ["-m", str(tiny_model_dir)]
+    assert main(["sql", *model, "SELECT * FROM no_such_table"]) == 1
+    err = capsys.readouterr().err
+    assert "no_such_table" in err and "Traceback" not in err
+    assert main(["sql", *model, "SELEC 1"]) == 1
+    assert "syntax error" in capsys.readouterr().err.lower()
+    assert main(["sql", *model, "-f", str(tmp_path / "missing.sql")]) == 1
+    assert "cannot read the SQL file" in capsys.readouterr().err
+    assert main(["sql", *model]) == 1
+    assert "give a query or -f FILE" in capsys.readouterr().err
+    assert main(["sql", *model, "SELECT 1", "--extension", "no_such_ext"]) == 1
+    assert "cannot load the DuckDB extension 'no_such_ext'" in capsys.readouterr().err

@@ -1,0 +1,248 @@
+"""DuckDB functions against the core's own vectors, under DuckDB's chunking and threads."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import polyemb
+import polyemb.duckdb
+from polyemb.cache import EmbeddingCache
+
+
+@pytest.fixture
+def con(tiny_encoder: polyemb.Encoder) -> duckdb.DuckDBPyConnection:
+    connection = duckdb.connect()
+    cache = polyemb.duckdb.register(connection, tiny_encoder)
+    cache.clear()
+    yield connection
+    connection.close()
+
+
+def vectors_of(rows: list[tuple[object, ...]], column: int = 0) -> np.ndarray:
+    return np.array([row[column] for row in rows], dtype=np.float32)
+
+
+def test_embed_returns_a_fixed_size_array_equal_to_the_core(
+    con: duckdb.DuckDBPyConnection, tiny_encoder: polyemb.Encoder
+) -> None:
+    value, kind = con.execute("SELECT embed('El gato'), typeof(embed('El gato'))").fetchall()[0]  # type: ignore[misc]
+    assert kind == f"FLOAT[{tiny_encoder.dim}]"
+    np.testing.assert_allclose(
+        np.array(value, dtype=np.float32), tiny_encoder.encode(["El gato"])[0], atol=1e-6
+    )
+
+
+def test_null_in_null_out_and_rows_stay_aligned_across_chunks(
+    con: duckdb.DuckDBPyConnection, tiny_encoder: polyemb.Encoder
+) -> None:
+    # 5,000 rows: several of DuckDB's 2048-row chunks, with NULLs and repeats scattered.
+    texts = [None if i % 7 == 3 else f"text number {i % 900}" for i in range(5000)]
+    con.execute(
+        "CREATE TABLE t AS SELECT * FROM (SELECT unnest(range(5000)) AS id, unnest($1::VARCHAR[]) AS s)",
+        [texts],
+    )
+    rows = con.execute("SELECT id, s, embed(s) FROM t ORDER BY id").fetchall()
+    assert [r[0] for r in rows] == list(range(5000))
+    expected, valid = tiny_encoder.encode_nullable(texts)
+    assert [r[2] is None for r in rows] == (~valid).tolist()
+    got = np.array([r[2] for r in rows if r[2] is not None], dtype=np.float32)
+    np.testing.assert_allclose(got, expected[valid], atol=1e-5)
+
+
+def test_semantic_similarity(con: duckdb.DuckDBPyConnection, tiny_encoder: polyemb.Encoder) -> None:
+    rows = con.execute(
+        "SELECT a, b, semantic_similarity(a, b) "
+        "FROM (VALUES ('a cat', 'a dog'), ('x', NULL), (NULL, NULL), ('same', 'same')) t(a, b)"
+    ).fetchall()
+    a, b = tiny_encoder.encode(["a cat", "a dog"])
+    assert rows[0][2] == pytest.approx(float(a @ b), abs=1e-6)
+    assert rows[1][2] is None and rows[2][2] is None
+    assert rows[3][2] == pytest.approx(1.0, abs=1e-6)
+    kind = con.execute("SELECT typeof(semantic_similarity('a', 'b'))").fetchall()[0]
+    assert kind == ("FLOAT",)
+
+
+def test_works_with_duckdbs_array_functions(
+    con: duckdb.DuckDBPyConnection, tiny_encoder: polyemb.Encoder
+) -> None:
+    a, b = tiny_encoder.encode(["a cat", "a dog"])
+    row = con.execute(
+        "SELECT array_cosine_similarity(embed('a cat'), embed('a dog')), "
+        "array_cosine_distance(embed('a cat'), embed('a dog')), "
+        "array_inner_product(embed('a cat'), embed('a dog'))"
+    ).fetchall()[0]
+    assert row == pytest.approx((float(a @ b), 1 - float(a @ b), float(a @ b)), abs=1e-6)
+
+
+def test_model_provenance(con: duckdb.DuckDBPyConnection, tiny_encoder: polyemb.Encoder) -> None:
+    assert con.execute("SELECT embedding_model()").fetchall()[0] == (tiny_encoder.provenance,)
+
+
+def test_repeats_across_chunks_and_a_constant_query_are_encoded_once(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("CREATE TABLE t AS SELECT 'text ' || (i % 100) AS s FROM range(10000) r(i)")
+    con.execute("SELECT count(embed(s)) FROM t").fetchall()
+    stats = con.execute("SELECT embedding_cache_stats()").fetchall()[0][0]  # type: ignore[index]
+    assert stats["misses"] == 100  # 10,000 rows in 5 chunks, 100 distinct texts
+    con.execute("SELECT max(array_cosine_similarity(embed(s), embed('the query'))) FROM t").fetchall()
+    stats = con.execute("SELECT embedding_cache_stats()").fetchall()[0][0]  # type: ignore[index]
+    assert stats["misses"] == 101  # only the query was new
+    assert con.execute("SELECT embedding_cache_clear()").fetchall()[0] == (101,)
+    assert con.execute("SELECT embedding_cache_stats()").fetchall()[0][0]["entries"] == 0  # type: ignore[index]
+
+
+def test_register_twice_and_prefix(tiny_encoder: polyemb.Encoder, tiny_model_dir: Path) -> None:
+    connection = duckdb.connect()
+    polyemb.duckdb.register(connection, tiny_encoder)
+    other = polyemb.load(tiny_model_dir, max_seq_length=4)
+    polyemb.duckdb.register(connection, other)  # replaces, no error
+    value = connection.execute("SELECT embed('one two three four five six seven')").fetchall()[0][0]  # type: ignore[index]
+    np.testing.assert_allclose(
+        np.array(value), other.encode(["one two three four five six seven"])[0], atol=1e-6
+    )
+    polyemb.duckdb.register(connection, tiny_encoder, prefix="pe_")
+    assert connection.execute("SELECT pe_embedding_model()").fetchall()[0] == (tiny_encoder.provenance,)
+    with pytest.raises(polyemb.InvalidInputError, match="prefix"):
+        polyemb.duckdb.register(connection, tiny_encoder, prefix="bad prefix;")
+
+
+def test_default_encoder_is_used(tiny_encoder: polyemb.Encoder) -> None:
+    polyemb.set_default_encoder(tiny_encoder)
+    try:
+        connection = duckdb.connect()
+        polyemb.duckdb.register(connection)
+        assert connection.execute("SELECT embedding_model()").fetchall()[0] == (tiny_encoder.provenance,)
+    finally:
+        polyemb.set_default_encoder(None)
+
+
+def test_wrong_argument_type_is_a_binder_error_naming_the_function(con: duckdb.DuckDBPyConnection) -> None:
+    with pytest.raises(duckdb.BinderException, match=r"embed\(INTEGER"):
+        con.execute("SELECT embed(42)").fetchall()
+    assert con.execute("SELECT embed(42::VARCHAR) IS NOT NULL").fetchall()[0] == (True,)
+
+
+def test_a_failing_udf_aborts_only_its_query(
+    con: duckdb.DuckDBPyConnection, tiny_encoder: polyemb.Encoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kwargs: object) -> np.ndarray:
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(EmbeddingCache.shared(tiny_encoder).encoder, "encode", broken)
+    with pytest.raises(
+        duckdb.Error, match=r"embed\(\) failed: RuntimeError: CUDA out of memory \(simulated\)"
+    ) as info:
+        con.execute("SELECT embed('new text')").fetchall()
+    assert "Traceback" not in str(info.value)
+    monkeypatch.undo()
+    assert con.execute("SELECT embed('new text') IS NOT NULL").fetchall()[0] == (True,)
+
+
+def test_concurrent_queries_on_threads(tiny_encoder: polyemb.Encoder) -> None:
+    database = duckdb.connect()
+    polyemb.duckdb.register(database, tiny_encoder, cache_mb=0.05)  # a small cache: real encoding
+    database.execute("SET threads = 4")
+    texts = [f"concurrent text {i} " + "word " * (i % 9) for i in range(3000)]
+    database.execute(
+        "CREATE TABLE t AS SELECT unnest(range(3000)) AS id, unnest($1::VARCHAR[]) AS s", [texts]
+    )
+    expected = tiny_encoder.encode(texts)
+    errors: list[BaseException] = []
+
+    def worker(offset: int) -> None:
+        try:
+            cursor = database.cursor()
+            for round_ in range(3):
+                lo = (offset * 700 + round_ * 300) % 2500
+                rows = cursor.execute(f"SELECT id, embed(s) FROM t WHERE id >= {lo} ORDER BY id").fetchall()
+                got = vectors_of(rows, 1)
+                ids = [r[0] for r in rows]
+                np.testing.assert_allclose(got, expected[ids], atol=1e-5)
+        except BaseException as exc:  # re-raised below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors[0]
+    EmbeddingCache.shared(tiny_encoder).resize(256)
+
+
+def test_streaming_copy_keeps_the_cache_bounded(tiny_encoder: polyemb.Encoder, tmp_path: Path) -> None:
+    source, target = tmp_path / "big.parquet", tmp_path / "out.parquet"
+    texts = [f"row {i} of the big file" for i in range(20_000)]
+    pq.write_table(pa.table({"id": list(range(20_000)), "text": texts}), source)
+    connection = duckdb.connect()
+    cache = polyemb.duckdb.register(connection, tiny_encoder, cache_mb=0.25)
+    cache.clear()
+    connection.execute(
+        f"COPY (SELECT id, embed(text) AS v FROM read_parquet('{source}')) TO '{target}' (FORMAT parquet)"
+    )
+    stats = cache.stats()
+    assert stats.capacity == int(0.25 * 2**20 // (tiny_encoder.dim * 4))
+    assert stats.entries <= stats.capacity < 20_000
+    assert stats.misses == 20_000
+    out = pq.read_table(target).sort_by("id")
+    assert out.num_rows == 20_000
+    sample = [0, 4321, 19_999]
+    got = np.array([out.column("v")[i].as_py() for i in sample], dtype=np.float32)
+    np.testing.assert_allclose(got, tiny_encoder.encode([texts[i] for i in sample]), atol=1e-5)
+    cache.resize(256)
+
+
+def test_missing_duckdb_names_the_extra() -> None:
+    code = (
+        "import sys; sys.modules['duckdb'] = None\n"
+        "try:\n    import polyemb.duckdb\n"
+        "except ImportError as exc:\n    print(type(exc).__name__, exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "MissingDependencyError" in out and "pip install 'polyemb[duckdb]'" in out
+
+
+def vss_available() -> bool:
+    try:
+        polyemb.duckdb.load_extension(duckdb.connect(), "vss")
+    except polyemb.MissingDependencyError:
+        return False
+    return True
+
+
+# CI runs this suite a second time in an environment with duckdb 1.5.5 and the PyPI-shipped vss
+# extension, with POLYEMB_REQUIRE_VSS=1 so that there these tests cannot skip.
+needs_vss = pytest.mark.skipif(
+    not vss_available() and not os.environ.get("POLYEMB_REQUIRE_VSS"),
+    reason=f"the vss extension cannot be loaded for duckdb {duckdb.__version__} here (no extension "
+    "repository; duckdb-extension-vss needs duckdb 1.5.5); CI runs these in a duckdb 1.5.5 environment",
+)
+
+
+@needs_vss
+@pytest.mark.slow
+def test_hnsw_index_is_used(minilm_encoder: polyemb.Encoder, sts_sentences: list[str]) -> None:
+    connection = duckdb.connect()
+    polyemb.duckdb.register(connection, minilm_encoder)
+    polyemb.duckdb.load_extension(connection, "vss")
+    docs = sts_sentences[:300]
+    connection.execute(
+        "CREATE TABLE docs AS SELECT unnest(range(300)) AS id, unnest($1::VARCHAR[]) AS s", [docs]
+    )
+    connection.execute("ALTER TABLE docs ADD COLUMN v FLOAT[384]")
+    connection.execute("UPDATE docs SET v = embed(s)")
+    connection.execute("CREATE INDEX docs_hnsw ON docs USING HNSW (v) WITH (metric = 'cosine')")
+    query = "SELECT id FROM docs ORDER BY array_cosine_distance(v, embed($1)) LIMIT 3"
+    plan = connection.execute(f"EXPLAIN {query}", [docs[17]]).fetchall()[0][1]
+    assert "HNSW_INDEX_SCAN" in plan
+    for target in (17, 123, 250):
+        assert connection.execute(query, [docs[target]]).fetchall()[0] == (target,)
