@@ -170,6 +170,59 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from polyemb import bench
+
+    encoder = _load(args)
+    scenarios = {
+        name: bench.make_scenario(name, args.texts, args.column, args.size) for name in args.scenarios
+    }
+    if args.against == "sentence-transformers":
+        reference = bench.sentence_transformers_side(encoder, precision=args.precision)
+    else:
+        reference = bench.duckdb_side(encoder, args.batch_size)
+
+    def ours(texts: list[str]) -> Any:
+        return encoder.encode(texts, batch_size=args.batch_size, show_progress=False)
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr)
+
+    results = bench.run_bench(
+        ours, reference, scenarios, rounds=args.rounds, reference_name=args.against, progress=progress
+    )
+    meta = {
+        "model": encoder.model_id,
+        "device": str(encoder.device),
+        "precision": str(encoder.dtype).rsplit(".", 1)[-1],
+        "against": args.against,
+        "rounds": args.rounds,
+        "torch_threads": _torch_threads(),
+    }
+    if args.json:
+        print(bench.to_json(meta, results))
+    else:
+        print(", ".join(f"{k}: {v}" for k, v in meta.items()))
+        print(bench.format_table(results, args.against))
+    return 0
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _scenario_list(value: str) -> list[str]:
+    from polyemb.bench import SCENARIOS
+
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"scenarios are a comma-separated subset of {','.join(SCENARIOS)}")
+    return names
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, exposed for documentation tools and tests."""
     parser = argparse.ArgumentParser(
@@ -246,6 +299,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sql.add_argument("--cache-mb", type=float, default=None, help="embedding cache size in MiB (default 256)")
     sql.set_defaults(run=_sql)
+
+    bench = commands.add_parser(
+        "bench",
+        parents=[model],
+        help="time polyemb against sentence-transformers (or DuckDB's embed()) on the same texts",
+        description=(
+            "Encode the same texts with polyemb and with a reference in one run, alternating, for "
+            "several rounds; print texts/s for each, the median ratio (reference time / polyemb "
+            "time), the smallest row cosine between the two, and peak memory. Scenarios: "
+            "a = distinct sentences, b = each text 10 times in random order, c = long paragraphs."
+        ),
+    )
+    bench.add_argument(
+        "--against",
+        choices=["sentence-transformers", "duckdb"],
+        default="sentence-transformers",
+        help="the reference: sentence-transformers on the same model (default), or SELECT embed(t) in DuckDB",
+    )
+    bench.add_argument(
+        "--texts", help="texts file: header-less STS CSV, CSV/Parquet with --column, or one per line"
+    )
+    bench.add_argument("--column", help="the text column of --texts")
+    bench.add_argument(
+        "--scenarios", type=_scenario_list, default=["a", "b", "c"], help="e.g. a,b (default a,b,c)"
+    )
+    bench.add_argument("--size", type=int, default=2000, help="rows per scenario (c uses size/10 paragraphs)")
+    bench.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
+    bench.add_argument("--json", action="store_true", help="print a JSON report")
+    bench.set_defaults(run=_bench)
     return parser
 
 

@@ -9,6 +9,7 @@ import re
 import threading
 from collections.abc import Iterable, Iterator
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ logger = logging.getLogger(__name__)
 TOKENIZE_CHUNK = 16_384
 # Default work per forward pass when the caller sets no batch_size: a token budget (rows x
 # padded length) and a row cap, per device type.
-TOKEN_BUDGET = {"cpu": 8_192, "cuda": 65_536, "mps": 16_384}
+TOKEN_BUDGET = {"cpu": 2_048, "cuda": 65_536, "mps": 16_384}
 MAX_ROWS = {"cpu": 128, "cuda": 1_024, "mps": 256}
 # Show a progress bar by default only when there is this much to do (and stderr is a terminal).
 PROGRESS_MIN_TEXTS = 5_000
@@ -135,7 +136,10 @@ class Encoder:
         self._tokenizer = tokenizer
         self._pad_id = pad_id
         self._normalizes = normalizes
-        self._forward_lock = threading.Lock()
+        # One chunk (tokenize + forward passes) at a time: torch already spreads a pass over every
+        # core and the tokenizer does the same, so concurrent chunks would only contend for the
+        # cores (and for GPU memory). Callers on other threads wait, idle, for their turn.
+        self._lock = threading.Lock()
         self.model_id = files.model_id
         self.revision = files.revision
         self.max_seq_length = max_seq_length
@@ -159,6 +163,11 @@ class Encoder:
     def provenance(self) -> str:
         """``model_id@fingerprint``: store it beside vectors to know which model made them."""
         return f"{self.model_id}@{self.fingerprint}"
+
+    @property
+    def folder(self) -> Path:
+        """The local folder the model was read from (a hub model's cached snapshot)."""
+        return self._files.folder
 
     @property
     def normalizes(self) -> bool:
@@ -261,9 +270,12 @@ class Encoder:
         with tqdm(total=len(unique), unit="text", desc="encoding", disable=disable) as bar:
             for start in range(0, len(unique), TOKENIZE_CHUNK):
                 chunk = unique[start : start + TOKENIZE_CHUNK]
-                done = self._encode_chunk(chunk, vectors[start:], truncated[start:], batch_size, normalize)
-                for count in done:
-                    bar.update(count)
+                with self._lock:
+                    done = self._encode_chunk(
+                        chunk, vectors[start:], truncated[start:], batch_size, normalize
+                    )
+                    for count in done:
+                        bar.update(count)
         if len(unique) == len(items):  # all distinct: inverse is the identity
             out = vectors
         else:
@@ -323,9 +335,7 @@ class Encoder:
     def _forward(self, ids: np.ndarray, mask: np.ndarray, normalize: bool) -> np.ndarray:
         input_ids = torch.from_numpy(ids).to(self.device, non_blocking=True)
         attention_mask = torch.from_numpy(mask).to(self.device, non_blocking=True)
-        # One forward pass at a time: torch already spreads one pass over every core, and
-        # concurrent passes on one model would only contend for them (and for GPU memory).
-        with self._forward_lock, torch.inference_mode():
+        with torch.inference_mode():
             hidden = self._model(input_ids=input_ids, attention_mask=attention_mask)[0]
             pooled = mean_pool(hidden, attention_mask)
             if normalize or self._normalizes:

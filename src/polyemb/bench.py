@@ -1,0 +1,306 @@
+"""Benchmarks: polyemb against a reference on the same texts, in the same run, alternating.
+
+Every figure is a median over rounds; each round times both sides on identical input, in
+alternating order so that neither always runs on a warmer machine.
+"""
+
+from __future__ import annotations
+
+import csv
+import gc
+import glob
+import json
+import os
+import random
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from polyemb.encoder import Encoder
+from polyemb.errors import InvalidInputError
+from polyemb.testing import SAMPLE_SENTENCES
+
+__all__ = ["SCENARIOS", "ScenarioResult", "load_texts", "make_scenario", "run_bench", "scenario_texts"]
+
+SCENARIOS = {
+    "a": "distinct real sentences of STS length",
+    "b": "a column where each text appears 10 times, in random order",
+    "c": "long paragraphs (truncated at max_seq_length)",
+}
+
+
+@dataclass
+class ScenarioResult:
+    """Figures of one scenario."""
+
+    scenario: str
+    description: str
+    texts: int
+    distinct: int
+    reference_per_s: list[float] = field(default_factory=list)
+    polyemb_per_s: list[float] = field(default_factory=list)
+    ratios: list[float] = field(default_factory=list)
+    min_row_cosine: float = float("nan")
+    mean_row_cosine: float = float("nan")
+    peak_mib: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        """Median over rounds of reference time / polyemb time (> 1: polyemb is faster)."""
+        return statistics.median(self.ratios)
+
+    def summary(self) -> dict[str, Any]:
+        """Medians and raw rounds, JSON-ready."""
+        out = asdict(self)
+        out["median_reference_per_s"] = statistics.median(self.reference_per_s)
+        out["median_polyemb_per_s"] = statistics.median(self.polyemb_per_s)
+        out["ratio"] = self.ratio
+        return out
+
+
+# ---------------------------------------------------------------------- texts
+
+
+def load_texts(path: str | os.PathLike[str], column: str | None = None) -> list[str]:
+    """Texts from files: a header-less STS CSV (first two columns), a CSV/Parquet ``column``, or lines.
+
+    ``path`` may be a glob pattern (``data/*-train.csv``): the files' texts are concatenated.
+
+    Raises:
+        InvalidInputError: No such file, an unknown format, or a missing column.
+    """
+    pattern = os.fspath(path)
+    if any(char in pattern for char in "*?["):
+        files = sorted(glob.glob(pattern))
+        if not files:
+            raise InvalidInputError(f"no file matches {pattern!r}")
+        return [text for file in files for text in load_texts(file, column)]
+    source = Path(path)
+    if not source.is_file():
+        raise InvalidInputError(f"texts file {str(source)!r} does not exist")
+    suffix = source.suffix.lower()
+    if suffix == ".parquet":
+        if column is None:
+            raise InvalidInputError("--column is needed to read texts from Parquet")
+        import pyarrow.parquet as pq
+
+        from polyemb.arrow import texts_from_arrow
+
+        table = pq.read_table(source, columns=[column])
+        return [t for t in texts_from_arrow(table.column(column)) if t]
+    if suffix in {".csv", ".tsv"}:
+        delimiter = "\t" if suffix == ".tsv" else ","
+        with source.open(encoding="utf-8", newline="") as handle:
+            reader = csv.reader(handle, delimiter=delimiter)
+            if column is None:  # STS layout: sentence1, sentence2, score
+                return [cell for row in reader for cell in row[:2] if cell.strip()]
+            header = next(reader)
+            if column not in header:
+                raise InvalidInputError(f"column {column!r} is not in {str(source)!r}: {header}")
+            at = header.index(column)
+            return [row[at] for row in reader if len(row) > at and row[at].strip()]
+    return [line for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _generated_sentences(count: int, seed: int) -> list[str]:
+    """Distinct sentences of 8 to 20 words drawn from real multilingual sentences' words."""
+    rng = random.Random(seed)
+    words = [w for sentence in SAMPLE_SENTENCES for w in sentence.split()]
+    out: dict[str, None] = {}
+    while len(out) < count:
+        out[" ".join(rng.choice(words) for _ in range(rng.randint(8, 20)))] = None
+    return list(out)
+
+
+def scenario_texts(scenario: str, pool: Sequence[str], size: int, seed: int = 0) -> list[str]:
+    """The input of one scenario, ``size`` texts long, drawn from ``pool``."""
+    rng = random.Random(seed)
+    distinct = list(dict.fromkeys(pool))
+    rng.shuffle(distinct)
+    if scenario == "a":
+        return _take(distinct, size)
+    if scenario == "b":
+        base = _take(distinct, max(1, size // 10))
+        repeated = [text for text in base for _ in range(10)]
+        rng.shuffle(repeated)
+        return repeated
+    if scenario == "c":
+        paragraphs = []
+        for start in range(0, len(distinct), 12):
+            paragraphs.append(" ".join(distinct[start : start + 12]))
+        return _take(paragraphs, max(1, size // 10))
+    raise InvalidInputError(f"unknown scenario {scenario!r}; choose from {sorted(SCENARIOS)}")
+
+
+def _take(texts: list[str], size: int) -> list[str]:
+    if len(texts) < size:
+        raise InvalidInputError(
+            f"the texts give {len(texts)} items, fewer than the {size} asked for; pass --size"
+        )
+    return texts[:size]
+
+
+def make_scenario(scenario: str, texts_file: str | None, column: str | None, size: int) -> list[str]:
+    """A scenario's texts from ``texts_file`` if given, else generated ones."""
+    pool = (
+        load_texts(texts_file, column)
+        if texts_file
+        else _generated_sentences(max(size, 12 * size // 10 + 12), 0)
+    )
+    return scenario_texts(scenario, pool, size)
+
+
+# ---------------------------------------------------------------------- measuring
+
+
+def _reset_peak() -> None:
+    # Linux: writing 5 to clear_refs resets the peak RSS (VmHWM) of this process.
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass
+
+
+def _peak_mib() -> float:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _timed(run: Callable[[list[str]], np.ndarray], texts: list[str]) -> tuple[float, np.ndarray, float]:
+    gc.collect()
+    _reset_peak()
+    start = time.perf_counter()
+    vectors = run(texts)
+    elapsed = time.perf_counter() - start
+    return elapsed, vectors, _peak_mib()
+
+
+def run_bench(
+    polyemb_side: Callable[[list[str]], np.ndarray],
+    reference_side: Callable[[list[str]], np.ndarray],
+    scenarios: dict[str, list[str]],
+    *,
+    rounds: int = 3,
+    reference_name: str = "reference",
+    progress: Callable[[str], None] | None = None,
+) -> list[ScenarioResult]:
+    """Time both sides on each scenario's texts, alternating which goes first each round."""
+    results = []
+    for name, texts in scenarios.items():
+        result = ScenarioResult(name, SCENARIOS.get(name, name), len(texts), len(set(texts)))
+        warm = texts[: min(32, len(texts))]
+        polyemb_side(warm)
+        reference_side(warm)
+        peaks: dict[str, list[float]] = {"polyemb": [], reference_name: []}
+        ours = theirs = np.zeros((0, 0), dtype=np.float32)
+        for round_ in range(rounds):
+            order = [("polyemb", polyemb_side), (reference_name, reference_side)]
+            if round_ % 2:
+                order.reverse()
+            times = {}
+            for side, run in order:
+                elapsed, vectors, peak = _timed(run, texts)
+                times[side] = elapsed
+                peaks[side].append(peak)
+                if side == "polyemb":
+                    ours = vectors
+                else:
+                    theirs = vectors
+            result.polyemb_per_s.append(len(texts) / times["polyemb"])
+            result.reference_per_s.append(len(texts) / times[reference_name])
+            result.ratios.append(times[reference_name] / times["polyemb"])
+            if progress:
+                progress(
+                    f"scenario {name} round {round_ + 1}/{rounds}: polyemb {result.polyemb_per_s[-1]:.0f}/s, "
+                    f"{reference_name} {result.reference_per_s[-1]:.0f}/s"
+                )
+        cosines = _row_cosines(ours, theirs)
+        result.min_row_cosine = float(cosines.min()) if len(cosines) else float("nan")
+        result.mean_row_cosine = float(cosines.mean()) if len(cosines) else float("nan")
+        result.peak_mib = {side: max(values) for side, values in peaks.items()}
+        results.append(result)
+    return results
+
+
+def _row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a64, b64 = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    norms = np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1)
+    return np.asarray((a64 * b64).sum(axis=1) / np.where(norms > 0, norms, 1.0))
+
+
+# ---------------------------------------------------------------------- references
+
+
+def sentence_transformers_side(encoder: Encoder, *, precision: str) -> Callable[[list[str]], np.ndarray]:
+    """sentence-transformers on the same model folder and device: the reference."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(encoder.folder), device=str(encoder.device))
+    if precision in {"fp16", "bf16"}:
+        import torch
+
+        model = model.to(torch.float16 if precision == "fp16" else torch.bfloat16)
+
+    def run(texts: list[str]) -> np.ndarray:
+        return np.asarray(model.encode(texts, convert_to_numpy=True, normalize_embeddings=True))
+
+    return run
+
+
+def duckdb_side(encoder: Encoder, batch_size: int | None) -> Callable[[list[str]], np.ndarray]:
+    """``SELECT embed(t) FROM texts`` on DuckDB, with the embedding cache emptied each call."""
+    import duckdb
+    import pyarrow as pa
+
+    from polyemb.arrow import vectors_from_arrow
+    from polyemb.duckdb import register
+
+    con = duckdb.connect()
+    cache = register(con, encoder, batch_size=batch_size)
+
+    def run(texts: list[str]) -> np.ndarray:
+        cache.clear()
+        table = pa.table({"i": pa.array(range(len(texts)), pa.int64()), "t": pa.array(texts, pa.string())})
+        con.register("bench_texts", table)
+        result = con.sql("SELECT embed(t) AS v FROM bench_texts ORDER BY i").to_arrow_table()
+        con.unregister("bench_texts")
+        return vectors_from_arrow(result.column("v"))[0]
+
+    return run
+
+
+def format_table(results: list[ScenarioResult], reference_name: str) -> str:
+    """A plain-text table of the medians."""
+    header = (
+        f"{'scenario':<9}{'texts':>7}{'distinct':>9}{reference_name + '/s':>26}{'polyemb/s':>11}"
+        f"{'ratio':>8}{'min cos':>11}{'peak MiB (ref/polyemb)':>25}"
+    )
+    lines = [header, "-" * len(header)]
+    for r in results:
+        summary = r.summary()
+        nan = float("nan")
+        peak = f"{r.peak_mib.get(reference_name, nan):.0f}/{r.peak_mib.get('polyemb', nan):.0f}"
+        lines.append(
+            f"{r.scenario:<9}{r.texts:>7}{r.distinct:>9}{summary['median_reference_per_s']:>26.1f}"
+            f"{summary['median_polyemb_per_s']:>11.1f}{r.ratio:>7.2f}x{r.min_row_cosine:>11.6f}{peak:>25}"
+        )
+    return "\n".join(lines)
+
+
+def to_json(meta: dict[str, Any], results: list[ScenarioResult]) -> str:
+    """The report as one JSON object."""
+    return json.dumps({**meta, "scenarios": {r.scenario: r.summary() for r in results}}, indent=2)
