@@ -283,6 +283,65 @@ def duckdb_side(encoder: Encoder, batch_size: int | None) -> Callable[[list[str]
     return run
 
 
+def spark_side(
+    encoder: Encoder, batch_size: int | None
+) -> tuple[Callable[[list[str]], np.ndarray], dict[str, Any]]:
+    """The Spark UDF on ``local[2]`` (model broadcast to the Python workers), same texts.
+
+    Returns the run function and a dict that fills with the broadcast's size and time and the
+    Python workers' peak memory.
+    """
+    import pyarrow as pa
+    from pyspark.sql import SparkSession
+
+    from polyemb import spark as polyemb_spark
+    from polyemb.arrow import vectors_from_arrow
+
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("polyemb-bench")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.python.worker.reuse", "true")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    precision = str(encoder.dtype).rsplit(".", 1)[-1].replace("float", "fp").replace("bfp16", "bf16")
+    embed = polyemb_spark.embed_udf(
+        encoder.folder,
+        delivery="broadcast",
+        batch_size=batch_size,
+        precision=precision,  # type: ignore[arg-type]
+        max_seq_length=encoder.max_seq_length,
+    )
+    info: dict[str, Any] = {"broadcast": dict(polyemb_spark.last_broadcast)}
+
+    def run(texts: list[str]) -> np.ndarray:
+        table = pa.table({"i": pa.array(range(len(texts)), pa.int64()), "t": pa.array(texts, pa.string())})
+        frame = session.createDataFrame(table).repartition(2)
+        result = frame.select("i", embed("t").alias("v")).toArrow().sort_by("i")
+        info["worker_peak_mib"] = _python_worker_peaks()
+        return vectors_from_arrow(result.column("v"))[0]
+
+    return run, info
+
+
+def _python_worker_peaks() -> list[float]:
+    """Peak memory (MiB) of each running PySpark Python worker process on this machine."""
+    peaks = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            cmdline = (status.parent / "cmdline").read_bytes()
+            if b"pyspark.daemon" not in cmdline and b"pyspark.worker" not in cmdline:
+                continue
+            for line in status.read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peaks.append(round(int(line.split()[1]) / 1024, 1))
+        except OSError:
+            continue
+    return sorted(peaks, reverse=True)
+
+
 def format_table(results: list[ScenarioResult], reference_name: str) -> str:
     """A plain-text table of the medians."""
     header = (

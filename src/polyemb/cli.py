@@ -177,10 +177,13 @@ def _bench(args: argparse.Namespace) -> int:
     scenarios = {
         name: bench.make_scenario(name, args.texts, args.column, args.size) for name in args.scenarios
     }
+    extra: dict[str, Any] = {}
     if args.against == "sentence-transformers":
         reference = bench.sentence_transformers_side(encoder, precision=args.precision)
-    else:
+    elif args.against == "duckdb":
         reference = bench.duckdb_side(encoder, args.batch_size)
+    else:
+        reference, extra = bench.spark_side(encoder, args.batch_size)
 
     def ours(texts: list[str]) -> Any:
         return encoder.encode(texts, batch_size=args.batch_size, show_progress=False)
@@ -198,6 +201,7 @@ def _bench(args: argparse.Namespace) -> int:
         "against": args.against,
         "rounds": args.rounds,
         "torch_threads": _torch_threads(),
+        **extra,
     }
     if args.json:
         print(bench.to_json(meta, results))
@@ -313,9 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--against",
-        choices=["sentence-transformers", "duckdb"],
+        choices=["sentence-transformers", "duckdb", "spark"],
         default="sentence-transformers",
-        help="the reference: sentence-transformers on the same model (default), or SELECT embed(t) in DuckDB",
+        help=(
+            "the reference: sentence-transformers on the same model (default), SELECT embed(t) in "
+            "DuckDB, or the Spark UDF on local[2]"
+        ),
     )
     bench.add_argument(
         "--texts", help="texts file: header-less STS CSV, CSV/Parquet with --column, or one per line"

@@ -1,0 +1,143 @@
+"""udfs/spark/embed_job.py on local[2] with Parquet files in a temp dir."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+from pyspark.sql import SparkSession
+
+import polyemb
+
+pytestmark = pytest.mark.spark
+
+JOB = Path(__file__).parents[2] / "udfs" / "spark" / "embed_job.py"
+
+
+def load_job():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("embed_job", JOB)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def lake(tmp_path: Path) -> Path:
+    """A hive-partitioned Parquet dataset: lake/articles/lang=xx/part-0.parquet."""
+    root = tmp_path / "lake" / "articles"
+    rows = {
+        "en": ["The cat sits on the mat.", "Stocks fell sharply.", None],
+        "es": ["El gato está en la alfombra.", "Las acciones cayeron."],
+    }
+    next_id = 0
+    for lang, titles in rows.items():
+        folder = root / f"lang={lang}"
+        folder.mkdir(parents=True)
+        ids = list(range(next_id, next_id + len(titles)))
+        next_id += len(titles)
+        other = ["A cat on a mat." if t else "x" for t in titles]
+        pq.write_table(pa.table({"id": ids, "title": titles, "other": other}), folder / "part-0.parquet")
+    return root
+
+
+def read_output(path: Path) -> pa.Table:
+    return ds.dataset(path, format="parquet", partitioning="hive").to_table().sort_by("id")
+
+
+def test_job_keeps_columns_and_partitioning(
+    spark: SparkSession, lake: Path, tmp_path: Path, tiny_model_dir: Path, tiny_encoder: polyemb.Encoder
+) -> None:
+    out = tmp_path / "out"
+    argv = [
+        "--input", str(lake), "--output", str(out), "--text-column", "title", "--model", str(tiny_model_dir),
+        "--similarity-query", "a cat", "--pair-columns", "title", "other", "--repartition", "3",
+        "--arrow-batch-rows", "2",
+    ]  # fmt: skip
+    assert load_job().main(argv) == 0
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["lang=en", "lang=es"]
+    table = read_output(out)
+    assert set(table.column_names) == {
+        "id",
+        "title",
+        "other",
+        "lang",
+        "embedding",
+        "similarity",
+        "pair_similarity",
+    }
+    titles = table.column("title").to_pylist()
+    vectors, valid = tiny_encoder.encode_nullable(titles)
+    got = table.column("embedding").to_pylist()
+    assert [v is None for v in got] == (~valid).tolist()
+    np.testing.assert_allclose(np.array([v for v in got if v is not None]), vectors[valid], atol=1e-5)
+    query = tiny_encoder.encode(["a cat"])[0]
+    for title, score in zip(titles, table.column("similarity").to_pylist(), strict=True):
+        assert (
+            (score is None)
+            if title is None
+            else score == pytest.approx(float(tiny_encoder.encode([title])[0] @ query), abs=1e-5)
+        )
+    other = tiny_encoder.encode(table.column("other").to_pylist())
+    for i, score in enumerate(table.column("pair_similarity").to_pylist()):
+        assert (
+            (score is None)
+            if titles[i] is None
+            else score == pytest.approx(float(vectors[i] @ other[i]), abs=1e-5)
+        )
+
+
+def test_job_glob_input_without_partitions_and_errors(
+    spark: SparkSession, lake: Path, tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = load_job()
+    out = tmp_path / "flat"
+    argv = [
+        "--input",
+        f"{lake}/lang=en/*.parquet",
+        "--output",
+        str(out),
+        "--text-column",
+        "title",
+        "--model",
+        str(tiny_model_dir),
+    ]
+    assert job.main(argv) == 0
+    assert not [p for p in out.iterdir() if p.is_dir()]
+    assert pq.read_table(out).num_rows == 3
+    assert (
+        job.main(
+            [*argv[:3], str(tmp_path / "other"), "--text-column", "titel", "--model", str(tiny_model_dir)]
+        )
+        == 2
+    )
+    assert "column 'titel' is not in the input" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        job.main(["--help"])
+    assert info.value.code == 0
+
+
+@pytest.mark.slow
+def test_spark_submit(lake: Path, tmp_path: Path, tiny_model_dir: Path) -> None:
+    import pyspark
+
+    submit = Path(pyspark.__file__).parent / "bin" / "spark-submit"
+    out = tmp_path / "submitted"
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    command = [
+        str(submit), "--master", "local[2]", "--conf", "spark.ui.enabled=false", str(JOB),
+        "--input", str(lake), "--output", str(out), "--text-column", "title",
+        "--model", str(tiny_model_dir), "--delivery", "broadcast",
+    ]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "loaded" in result.stderr and "(broadcast)" in result.stderr
+    assert read_output(out).num_rows == 5

@@ -1,0 +1,215 @@
+"""The Spark UDFs on a real local[2] Spark: same vectors as the core, NULLs, batches, loads."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+import polyemb
+import polyemb.spark
+from polyemb.spark import ModelSource
+
+pytestmark = pytest.mark.spark
+
+TEXTS = [
+    "The cat sits on the mat.",
+    None,
+    "El gato está en la alfombra.",
+    "",
+    "The cat sits on the mat.",
+    "猫がマットの上に座っている。",
+]
+
+
+def frame(spark: SparkSession, texts: list[str | None], partitions: int = 2):  # type: ignore[no-untyped-def]
+    rows = [(i, text) for i, text in enumerate(texts)]
+    return spark.createDataFrame(rows, "id long, text string").repartition(partitions)
+
+
+def check_vectors(rows: list, texts: list[str | None], encoder: polyemb.Encoder) -> None:  # type: ignore[type-arg]
+    expected, valid = encoder.encode_nullable(texts)
+    by_id = {row["id"]: row["v"] for row in rows}
+    assert sorted(by_id) == list(range(len(texts)))
+    for i in range(len(texts)):
+        if not valid[i]:
+            assert by_id[i] is None
+        else:
+            np.testing.assert_allclose(np.array(by_id[i], dtype=np.float32), expected[i], atol=1e-5)
+
+
+@pytest.mark.parametrize("delivery", ["broadcast", "path"])
+def test_embed_udf_matches_the_core(
+    spark: SparkSession, tiny_model_dir: Path, tiny_encoder: polyemb.Encoder, delivery: str
+) -> None:
+    embed = polyemb.spark.embed_udf(tiny_model_dir, delivery=delivery)  # type: ignore[arg-type]
+    rows = frame(spark, TEXTS).select("id", embed("text").alias("v")).collect()
+    check_vectors(rows, TEXTS, tiny_encoder)
+    assert dict(frame(spark, TEXTS).select(embed("text").alias("v")).dtypes)["v"] == "array<float>"
+
+
+@pytest.mark.parametrize("batch_rows", [1, 3, 10_000])
+def test_any_arrow_batch_size_and_empty_partitions(
+    spark: SparkSession, tiny_model_dir: Path, tiny_encoder: polyemb.Encoder, batch_rows: int
+) -> None:
+    texts = [None if i % 5 == 2 else f"row {i % 7} text" for i in range(23)]
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_rows))
+    try:
+        embed = polyemb.spark.embed_udf(tiny_model_dir, delivery="path")
+        rows = frame(spark, texts, partitions=8).select("id", embed("text").alias("v")).collect()
+        check_vectors(rows, texts, tiny_encoder)
+        empty = spark.createDataFrame([], "id long, text string")
+        assert empty.select(embed("text")).collect() == []
+    finally:
+        spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
+
+
+def test_similarity_udf(spark: SparkSession, tiny_model_dir: Path, tiny_encoder: polyemb.Encoder) -> None:
+    similarity = polyemb.spark.similarity_udf(tiny_model_dir)
+    pairs = [("a cat", "a dog"), ("a cat", None), (None, None), ("same", "same")]
+    df = spark.createDataFrame([(i, a, b) for i, (a, b) in enumerate(pairs)], "id long, a string, b string")
+    rows = {
+        r["id"]: r
+        for r in df.select(
+            "id", similarity("a", "b").alias("s"), similarity("a", F.lit("a dog")).alias("q")
+        ).collect()
+    }
+    a, b = tiny_encoder.encode(["a cat", "a dog"])
+    assert rows[0]["s"] == pytest.approx(float(a @ b), abs=1e-5)
+    assert rows[1]["s"] is None and rows[2]["s"] is None
+    assert rows[3]["s"] == pytest.approx(1.0, abs=1e-5)
+    assert rows[0]["q"] == pytest.approx(float(a @ b), abs=1e-5) and rows[2]["q"] is None
+
+
+def test_spark_sql_functions(
+    spark: SparkSession, tiny_model_dir: Path, tiny_encoder: polyemb.Encoder
+) -> None:
+    polyemb.spark.register(spark, tiny_model_dir)
+    frame(spark, TEXTS).createOrReplaceTempView("texts")
+    rows = spark.sql(
+        "SELECT id, embed(text) AS v, semantic_similarity(text, 'El gato') AS s FROM texts"
+    ).collect()
+    check_vectors(rows, TEXTS, tiny_encoder)
+    query = tiny_encoder.encode(["El gato"])[0]
+    for row in rows:
+        text = TEXTS[row["id"]]
+        if text is None:
+            assert row["s"] is None
+        else:
+            assert row["s"] == pytest.approx(float(tiny_encoder.encode([text])[0] @ query), abs=1e-5)
+
+
+def test_each_worker_loads_the_model_once(
+    spark: SparkSession, tiny_model_dir: Path, load_log_dir: Path
+) -> None:
+    # A model content of its own (another max_seq_length is another cache key), so the loads
+    # counted here are this test's alone.
+    embed = polyemb.spark.embed_udf(tiny_model_dir, max_seq_length=24)
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "4")  # several batches per task
+    try:
+        texts = [f"text {i}" for i in range(200)]
+        for _ in range(2):  # a second query
+            assert frame(spark, texts, partitions=6).select(embed("text").alias("v")).count() == 200
+            assert len(frame(spark, texts, partitions=6).select(embed("text").alias("v")).collect()) == 200
+    finally:
+        spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
+    events = [
+        json.loads(line)
+        for path in load_log_dir.glob("loads-*.jsonl")
+        for line in path.read_text().splitlines()
+    ]
+    mine = [
+        e
+        for e in events
+        if e["fingerprint"] == polyemb.load(tiny_model_dir).fingerprint and e.get("max_seq_length") == 24
+    ]
+    per_pid: dict[int, int] = {}
+    for event in mine:
+        per_pid[event["pid"]] = per_pid.get(event["pid"], 0) + 1
+    print(f"loads per worker pid: {per_pid}")
+    assert mine, "the load log recorded no load"
+    assert all(count == 1 for count in per_pid.values()), per_pid
+    assert len(per_pid) <= 2  # local[2]: at most two Python workers at a time, reused
+
+
+def test_non_string_column_is_a_clear_spark_error(spark: SparkSession, tiny_model_dir: Path) -> None:
+    embed = polyemb.spark.embed_udf(tiny_model_dir, delivery="path")
+    numbers = spark.createDataFrame([(1,)], "n int")
+    with pytest.raises(Exception, match="embed.s column has Arrow type int32, not a string type"):
+        numbers.select(embed("n")).collect()
+
+
+# ---------------------------------------------------------------------- worker pieces, no Spark
+
+
+class _Broadcast:
+    def __init__(self, value: dict[str, bytes]) -> None:
+        self._value = value
+
+    @property
+    def value(self) -> dict[str, bytes]:
+        return self._value
+
+
+def _materialize_in_process(args: tuple[dict[str, bytes], str, str]) -> str:
+    import os
+
+    payload, fingerprint, cache = args
+    os.environ["POLYEMB_MODEL_CACHE"] = cache
+    source = ModelSource("m", fingerprint, "broadcast", "fp32", None, broadcast=_Broadcast(payload))
+    return polyemb.spark._materialize(source)
+
+
+def test_concurrent_workers_write_the_model_once(tiny_model_dir: Path, tmp_path: Path) -> None:
+    payload = polyemb.spark._read_model_files(tiny_model_dir)
+    assert "model.safetensors" in payload and "1_Pooling/config.json" in payload
+    cache = tmp_path / "cache"
+    with multiprocessing.get_context("spawn").Pool(6) as pool:
+        folders = pool.map(_materialize_in_process, [(payload, "sha256:abc", str(cache))] * 6)
+    assert len(set(folders)) == 1
+    assert [p.name for p in cache.iterdir()] == ["sha256-abc"]  # no staging folder left behind
+    np.testing.assert_array_equal(
+        polyemb.load(folders[0]).encode(["x"]), polyemb.load(tiny_model_dir).encode(["x"])
+    )
+
+
+def test_gpu_task_resources_pick_the_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    context = SimpleNamespace(resources=lambda: {"gpu": SimpleNamespace(addresses=["1"])}, cpus=lambda: 3)
+    monkeypatch.setattr(polyemb.spark.TaskContext, "get", staticmethod(lambda: context))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert polyemb.spark._task_resources() == ("cuda:1", 3)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert polyemb.spark._task_resources() == ("cpu", 3)
+
+
+def test_cpu_tasks_cap_torch_threads(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    context = SimpleNamespace(resources=dict, cpus=lambda: 1)
+    monkeypatch.setattr(polyemb.spark.TaskContext, "get", staticmethod(lambda: context))
+    source = ModelSource(str(tiny_model_dir), "sha256:threads", "path", "fp32", None)
+    try:
+        polyemb.spark._worker_encoder(source)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_delivery_without_a_spark_context(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Spark Connect has no SparkContext: auto means path, and broadcast is refused clearly.
+    monkeypatch.setattr(polyemb.spark, "_spark_context", lambda: None)
+    source = polyemb.spark._source(tiny_model_dir, "auto", "auto", None, None)
+    assert source.delivery == "path" and source.model == str(tiny_model_dir)
+    with pytest.raises(polyemb.InvalidInputError, match="Spark Connect"):
+        polyemb.spark._source(tiny_model_dir, "broadcast", "auto", None, None)
+    with pytest.raises(polyemb.InvalidInputError, match="delivery must be"):
+        polyemb.spark._source(tiny_model_dir, "ftp", "auto", None, None)  # type: ignore[arg-type]

@@ -1,0 +1,141 @@
+"""Embed a text column of a Parquet dataset on a data lake, with Spark.
+
+Reads Parquet (a path or glob on any storage Spark reads: s3a://, abfss://, gs://, hdfs://,
+file://), adds a vector column (and optionally similarity columns), and writes Parquet with
+the input's columns and partitioning.
+
+    spark-submit udfs/spark/embed_job.py \\
+        --input 's3a://lake/articles/' --output 's3a://lake/articles_embedded/' \\
+        --text-column title --model /models/mstsb --delivery broadcast
+
+GPU clusters: see README "Spark" for the executor, task and Arrow batch settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from collections.abc import Sequence
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+import polyemb.spark
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The job's options."""
+    parser = argparse.ArgumentParser(
+        prog="embed_job.py",
+        description="Add sentence-embedding vectors (and similarities) to a Parquet dataset with Spark.",
+    )
+    parser.add_argument(
+        "--input", required=True, help="Parquet path, folder or glob (any storage Spark reads)"
+    )
+    parser.add_argument("--output", required=True, help="where to write Parquet")
+    parser.add_argument("--text-column", required=True, help="the column to embed")
+    parser.add_argument(
+        "--vector-column", default="embedding", help="name of the vector column (default: embedding)"
+    )
+    parser.add_argument(
+        "--no-vectors", action="store_true", help="write only the similarity columns, no vectors"
+    )
+    parser.add_argument("--similarity-query", help="also add the cosine similarity of the text to this query")
+    parser.add_argument(
+        "--similarity-column", default="similarity", help="name for --similarity-query's column"
+    )
+    parser.add_argument(
+        "--pair-columns",
+        nargs=2,
+        metavar=("A", "B"),
+        help="also add the cosine similarity between two text columns",
+    )
+    parser.add_argument(
+        "--pair-similarity-column", default="pair_similarity", help="name for --pair-columns' column"
+    )
+    parser.add_argument(
+        "--model", default=None, help="hub id or path (default: $POLYEMB_MODEL, else the default model)"
+    )
+    parser.add_argument(
+        "--delivery",
+        choices=["auto", "broadcast", "path"],
+        default="auto",
+        help="how executors get the model",
+    )
+    parser.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto")
+    parser.add_argument("--batch-size", type=int, default=None, help="texts per forward pass on executors")
+    parser.add_argument(
+        "--arrow-batch-rows", type=int, default=None, help="spark.sql.execution.arrow.maxRecordsPerBatch"
+    )
+    parser.add_argument(
+        "--repartition", type=int, default=None, help="repartition the input into N partitions first"
+    )
+    parser.add_argument(
+        "--partition-by",
+        nargs="*",
+        default=None,
+        help="output partition columns (default: the input's own key=value partition columns)",
+    )
+    parser.add_argument("--mode", choices=["errorifexists", "overwrite", "append"], default="errorifexists")
+    return parser
+
+
+def input_partition_columns(df: DataFrame) -> list[str]:
+    """The hive-style ``key=value`` folders every input file sits under, in folder order."""
+    found: list[str] | None = None
+    for path in df.inputFiles():
+        keys = [m.group(1) for m in re.finditer(r"/([^/=]+)=[^/]*(?=/)", path)]
+        found = keys if found is None else [k for k in found if k in keys]
+    return [k for k in (found or []) if k in df.columns]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the job; returns 0 on success."""
+    args = build_parser().parse_args(argv)
+    spark = SparkSession.builder.appName("polyemb-embed").getOrCreate()
+    if args.arrow_batch_rows:
+        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(args.arrow_batch_rows))
+    df = spark.read.parquet(args.input)
+    partition_by = args.partition_by if args.partition_by is not None else input_partition_columns(df)
+    for column in [args.text_column, *(args.pair_columns or []), *partition_by]:
+        if column not in df.columns:
+            print(
+                f"embed_job: column {column!r} is not in the input; its columns are {df.columns}",
+                file=sys.stderr,
+            )
+            return 2
+    if args.repartition:
+        df = df.repartition(args.repartition)
+    # One registration: the model is delivered once for both functions.
+    polyemb.spark.register(
+        spark,
+        args.model,
+        delivery=args.delivery,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        prefix="polyemb_",
+    )
+    if not args.no_vectors:
+        df = df.withColumn(args.vector_column, F.call_function("polyemb_embed", F.col(args.text_column)))
+    if args.similarity_query:
+        query = F.lit(args.similarity_query)
+        df = df.withColumn(
+            args.similarity_column,
+            F.call_function("polyemb_semantic_similarity", F.col(args.text_column), query),
+        )
+    if args.pair_columns:
+        a, b = (F.col(name) for name in args.pair_columns)
+        df = df.withColumn(args.pair_similarity_column, F.call_function("polyemb_semantic_similarity", a, b))
+    started = time.perf_counter()
+    writer = df.write.mode(args.mode)
+    if partition_by:
+        writer = writer.partitionBy(*partition_by)
+    writer.parquet(args.output)
+    print(f"embed_job: wrote {args.output} in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
