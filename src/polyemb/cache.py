@@ -36,9 +36,10 @@ class CacheStats:
 class EmbeddingCache:
     """Vectors of recently seen texts for one Encoder (so keyed by text and model).
 
-    At most ``capacity`` vectors are held, least recently used evicted first; memory is about
-    ``capacity * dim * 4`` bytes plus the texts. Safe to use from many threads: lookups and
-    insertions take a lock, encoding does not.
+    At most ``capacity`` vectors are held, least recently used evicted first. They live in one
+    preallocated float32 matrix (``capacity * dim * 4`` bytes, touched only as it fills), so the
+    memory is that plus the texts and an index, whatever the number of rows streamed through.
+    Safe to use from many threads: lookups and insertions take a lock, encoding does not.
 
     Use :meth:`shared` to get the one cache of an Encoder, so that several connections or UDFs
     over the same model share it.
@@ -48,14 +49,15 @@ class EmbeddingCache:
     _shared_lock = threading.Lock()
 
     def __init__(self, encoder: Encoder, *, max_mb: float = DEFAULT_CACHE_MB) -> None:
-        if not max_mb >= 0:
-            raise InvalidInputError(f"the cache size must be >= 0 MB, got {max_mb!r}")
         self.encoder = encoder
-        self.capacity = int(max_mb * 2**20 // (encoder.dim * 4))
-        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
+        self._slots: OrderedDict[str, int] = OrderedDict()  # text -> row of _matrix, LRU order
+        self._matrix = np.empty((0, encoder.dim), dtype=np.float32)
+        self._free: list[int] = []
+        self.capacity = 0
         self._hits = 0
         self._misses = 0
+        self.resize(max_mb)
 
     @classmethod
     def shared(cls, encoder: Encoder, *, max_mb: float | None = None) -> EmbeddingCache:
@@ -70,24 +72,33 @@ class EmbeddingCache:
             return cache
 
     def resize(self, max_mb: float) -> None:
-        """Change the capacity, evicting the least recently used vectors if it shrinks."""
+        """Set the size in MiB of vectors held; shrinking keeps the most recently used."""
         if not max_mb >= 0:
             raise InvalidInputError(f"the cache size must be >= 0 MB, got {max_mb!r}")
+        capacity = int(max_mb * 2**20 // (self.encoder.dim * 4))
         with self._lock:
-            self.capacity = int(max_mb * 2**20 // (self.encoder.dim * 4))
-            while len(self._vectors) > self.capacity:
-                self._vectors.popitem(last=False)
+            if capacity == self.capacity:
+                return
+            kept = list(self._slots.items())[-capacity:] if capacity else []
+            matrix = np.empty((capacity, self.encoder.dim), dtype=np.float32)
+            for slot, (_, old) in enumerate(kept):
+                matrix[slot] = self._matrix[old]
+            self._slots = OrderedDict((text, slot) for slot, (text, _) in enumerate(kept))
+            self._free = list(range(capacity - 1, len(kept) - 1, -1))
+            self._matrix = matrix
+            self.capacity = capacity
 
     def stats(self) -> CacheStats:
         """Hits, misses (texts looked up), entries held and capacity."""
         with self._lock:
-            return CacheStats(self._hits, self._misses, len(self._vectors), self.capacity)
+            return CacheStats(self._hits, self._misses, len(self._slots), self.capacity)
 
     def clear(self) -> int:
         """Drop every cached vector and reset the counters; returns how many were dropped."""
         with self._lock:
-            dropped = len(self._vectors)
-            self._vectors.clear()
+            dropped = len(self._slots)
+            self._slots.clear()
+            self._free = list(range(self.capacity - 1, -1, -1))
             self._hits = self._misses = 0
             return dropped
 
@@ -105,12 +116,12 @@ class EmbeddingCache:
         missing: list[str] = []
         with self._lock:
             for text, rows in rows_of.items():
-                vector = self._vectors.get(text)
-                if vector is None:
+                slot = self._slots.get(text)
+                if slot is None:
                     missing.append(text)
                 else:
-                    self._vectors.move_to_end(text)
-                    out[rows] = vector
+                    self._slots.move_to_end(text)
+                    out[rows] = self._matrix[slot]
             self._hits += len(rows_of) - len(missing)
             self._misses += len(missing)
         if missing:
@@ -121,12 +132,15 @@ class EmbeddingCache:
         return out, valid
 
     def _store(self, texts: list[str], vectors: np.ndarray) -> None:
-        if self.capacity == 0:
-            return
         with self._lock:
+            if self.capacity == 0:
+                return
             start = max(0, len(texts) - self.capacity)  # only the last `capacity` can stay
             for text, vector in zip(texts[start:], vectors[start:], strict=True):
-                self._vectors[text] = vector.copy()
-                self._vectors.move_to_end(text)
-            while len(self._vectors) > self.capacity:
-                self._vectors.popitem(last=False)
+                slot = self._slots.get(text)
+                if slot is None:  # another thread may have stored it meanwhile
+                    slot = self._free.pop() if self._free else self._slots.popitem(last=False)[1]
+                    self._slots[text] = slot
+                else:
+                    self._slots.move_to_end(text)
+                self._matrix[slot] = vector

@@ -211,6 +211,15 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_sts(args: argparse.Namespace) -> int:
+    from polyemb import sts
+
+    data = sts.read_sts(args.path)
+    report = sts.evaluate(_load(args), data, batch_size=args.batch_size)
+    print(sts.to_json(report) if args.json else sts.format_report(report))
+    return 0
+
+
 def _torch_threads() -> int:
     import torch
 
@@ -335,6 +344,25 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
     bench.add_argument("--json", action="store_true", help="print a JSON report")
     bench.set_defaults(run=_bench)
+
+    eval_sts = commands.add_parser(
+        "eval-sts",
+        parents=[model],
+        help="Pearson and Spearman of cosine similarity against gold STS scores",
+        description=(
+            "Evaluate a model on STS data: per task, the Pearson and Spearman correlation of the "
+            "cosine similarity with the gold score, and the Fisher-z mean of the per-task Spearman. "
+            "PATH is CSV or Parquet with columns sentence1, sentence2, score and an optional task "
+            "(e.g. en;es), or a header-less three-column CSV. Scores may be on any scale."
+        ),
+    )
+    eval_sts.add_argument("path", help="the STS file")
+    eval_sts.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"model", "tasks": {task: {pearson, spearman, n}}, "mean_spearman"}',
+    )
+    eval_sts.set_defaults(run=_eval_sts)
     return parser
 
 

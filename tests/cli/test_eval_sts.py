@@ -1,0 +1,124 @@
+"""`polyemb eval-sts`: figures equal sentence-transformers' EmbeddingSimilarityEvaluator's."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from scipy import stats
+
+from polyemb.cli import main
+from polyemb.sts import fisher_mean, pearson, read_sts, spearman
+
+
+def write_tasks_csv(rows: list[dict[str, str]], path: Path) -> Path:
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["sentence1", "sentence2", "score", "task"])
+        for row in rows:
+            writer.writerow(
+                [row["sentence1"], row["sentence2"], row["score"], f"{row['lang']};{row['lang']}"]
+            )
+    return path
+
+
+@pytest.mark.slow
+def test_matches_sentence_transformers_per_task(
+    minilm_dir: Path, sts_rows: list[dict[str, str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.evaluation import EmbeddingSimilarityEvaluator
+
+    path = write_tasks_csv(sts_rows, tmp_path / "sts.csv")
+    assert main(["eval-sts", str(path), "--model", str(minilm_dir), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report) == {"model", "tasks", "mean_spearman"}
+    assert len(report["tasks"]) == 11
+    reference = SentenceTransformer(str(minilm_dir), device="cpu")
+    spearmans = []
+    for lang in sorted({r["lang"] for r in sts_rows}):
+        rows = [r for r in sts_rows if r["lang"] == lang]
+        evaluator = EmbeddingSimilarityEvaluator(
+            [r["sentence1"] for r in rows],
+            [r["sentence2"] for r in rows],
+            [float(r["score"]) for r in rows],
+            main_similarity="cosine",
+            name=lang,
+        )
+        theirs = evaluator(reference)
+        ours = report["tasks"][f"{lang};{lang}"]
+        assert set(ours) == {"pearson", "spearman", "n"} and ours["n"] == len(rows)
+        assert ours["pearson"] == pytest.approx(theirs[f"{lang}_pearson_cosine"], abs=1e-3)
+        assert ours["spearman"] == pytest.approx(theirs[f"{lang}_spearman_cosine"], abs=1e-3)
+        spearmans.append(ours["spearman"])
+    assert report["mean_spearman"] == pytest.approx(np.tanh(np.mean(np.arctanh(spearmans))), abs=1e-9)
+    print(f"MiniLM on the 11-language sample: en;en spearman {report['tasks']['en;en']['spearman']:.4f}")
+
+
+def test_headerless_csv_and_parquet(
+    tiny_model_dir: Path, sts_rows: list[dict[str, str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    english = [r for r in sts_rows if r["lang"] == "en"]
+    plain = tmp_path / "stsb-en-dev.csv"
+    with plain.open("w", encoding="utf-8", newline="") as handle:
+        csv.writer(handle).writerows([[r["sentence1"], r["sentence2"], r["score"]] for r in english])
+    assert main(["eval-sts", str(plain), "-m", str(tiny_model_dir), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert list(report["tasks"]) == ["all"] and report["tasks"]["all"]["n"] == 100
+    assert report["mean_spearman"] == pytest.approx(report["tasks"]["all"]["spearman"], abs=1e-6)
+    table = pa.table({
+        "sentence1": [r["sentence1"] for r in english], "sentence2": [r["sentence2"] for r in english],
+        "score": [float(r["score"]) * 20 for r in english],  # another scale: same correlations
+    })  # fmt: skip
+    pq.write_table(table, tmp_path / "sts.parquet")
+    assert main(["eval-sts", str(tmp_path / "sts.parquet"), "-m", str(tiny_model_dir), "--json"]) == 0
+    scaled = json.loads(capsys.readouterr().out)
+    assert scaled["tasks"]["all"]["spearman"] == pytest.approx(report["tasks"]["all"]["spearman"], abs=1e-9)
+    assert main(["eval-sts", str(plain), "-m", str(tiny_model_dir)]) == 0
+    assert "mean (Fisher z) spearman" in capsys.readouterr().out
+
+
+def test_each_sentence_is_encoded_once(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import polyemb
+
+    path = tmp_path / "t.csv"
+    path.write_text("sentence1,sentence2,score,task\na,b,1,x\nb,c,2,x\na,c,3,y\nc,d,4,y\n")
+    seen: list[int] = []
+    original = polyemb.Encoder._encode_chunk
+
+    def spy(self, texts, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(len(texts))
+        return original(self, texts, *args, **kwargs)
+
+    monkeypatch.setattr(polyemb.Encoder, "_encode_chunk", spy)
+    assert main(["eval-sts", str(path), "-m", str(tiny_model_dir), "--json"]) == 0
+    assert sum(seen) == 4  # a, b, c, d
+
+
+def test_bad_files(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\nx,1\n")
+    assert main(["eval-sts", str(bad), "-m", str(tiny_model_dir)]) == 1
+    assert "sentence1, sentence2, score" in capsys.readouterr().err
+    worse = tmp_path / "worse.csv"
+    worse.write_text("sentence1,sentence2,score\na,b,high\n")
+    assert main(["eval-sts", str(worse), "-m", str(tiny_model_dir)]) == 1
+    assert "is not a number" in capsys.readouterr().err
+    with pytest.raises(Exception, match="does not exist"):
+        read_sts(tmp_path / "missing.csv")
+
+
+def test_statistics_match_scipy() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 6, size=300).astype(float)  # many ties, as gold scores have
+    y = x + rng.normal(size=300)
+    assert pearson(x, y) == pytest.approx(stats.pearsonr(x, y)[0], abs=1e-12)
+    assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y)[0], abs=1e-12)
+    assert fisher_mean([0.5, 0.9]) == pytest.approx(np.tanh((np.arctanh(0.5) + np.arctanh(0.9)) / 2))
