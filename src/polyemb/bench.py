@@ -245,15 +245,18 @@ def _row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------- references
 
 
-def sentence_transformers_side(encoder: Encoder, *, precision: str) -> Callable[[list[str]], np.ndarray]:
-    """sentence-transformers on the same model folder and device: the reference."""
+def sentence_transformers_side(encoder: Encoder) -> Callable[[list[str]], np.ndarray]:
+    """sentence-transformers on the same model folder and device: the reference.
+
+    On a GPU it runs in the encoder's half precision (as one would run it there); on the CPU
+    always in fp32, so that a faster CPU precision of polyemb is measured against fp32.
+    """
+    import torch
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(encoder.folder), device=str(encoder.device))
-    if precision in {"fp16", "bf16"}:
-        import torch
-
-        model = model.to(torch.float16 if precision == "fp16" else torch.bfloat16)
+    if encoder.device.type != "cpu" and encoder.dtype != torch.float32:
+        model = model.to(encoder.dtype)
 
     def run(texts: list[str]) -> np.ndarray:
         return np.asarray(model.encode(texts, convert_to_numpy=True, normalize_embeddings=True))

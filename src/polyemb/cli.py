@@ -179,7 +179,7 @@ def _bench(args: argparse.Namespace) -> int:
     }
     extra: dict[str, Any] = {}
     if args.against == "sentence-transformers":
-        reference = bench.sentence_transformers_side(encoder, precision=args.precision)
+        reference = bench.sentence_transformers_side(encoder)
     elif args.against == "duckdb":
         reference = bench.duckdb_side(encoder, args.batch_size)
     else:
@@ -198,6 +198,9 @@ def _bench(args: argparse.Namespace) -> int:
         "model": encoder.model_id,
         "device": str(encoder.device),
         "precision": str(encoder.dtype).rsplit(".", 1)[-1],
+        "reference_precision": "float32"
+        if encoder.device.type == "cpu"
+        else str(encoder.dtype).rsplit(".", 1)[-1],
         "against": args.against,
         "rounds": args.rounds,
         "torch_threads": _torch_threads(),
