@@ -22,7 +22,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from polyemb.errors import InvalidInputError, MissingDependencyError, PolyembError
@@ -37,6 +36,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without duckdb
 from polyemb.arrow import texts_from_arrow, vectors_to_arrow
 from polyemb.cache import EmbeddingCache
 from polyemb.encoder import Encoder, default_encoder
+from polyemb.similarity import paired_cosines
 
 __all__ = ["FUNCTIONS", "load_extension", "register"]
 
@@ -121,9 +121,8 @@ def register(
             a = texts_from_arrow(left, name="the first argument")
             b = texts_from_arrow(right, name="the second argument")
             vectors, valid = cache.encode_nullable(a + b, batch_size=batch_size)
-            n = len(a)
-            scores = np.einsum("ij,ij->i", vectors[:n], vectors[n:]).astype(np.float32)
-            return pa.array(scores, mask=~(valid[:n] & valid[n:]))
+            scores, ok = paired_cosines(vectors, valid, len(a))
+            return pa.array(scores, mask=~ok)
 
     def cache_stats() -> dict[str, int]:
         stats = cache.stats()

@@ -28,7 +28,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without pandas
 
 from polyemb.arrow import vector_type, vectors_from_arrow, vectors_to_arrow
 from polyemb.encoder import Encoder, default_encoder
-from polyemb.similarity import connected_groups, cosine, pairs_above, top_k
+from polyemb.similarity import connected_groups, cosine, paired_cosines, pairs_above, top_k
 
 __all__ = ["EmbDataFrameAccessor", "EmbSeriesAccessor", "vector_dtype"]
 
@@ -147,25 +147,22 @@ class EmbSeriesAccessor:
         options = {"batch_size": batch_size, "show_progress": show_progress}
         series = self._s
         if isinstance(other, str):
-            left, left_valid = self._vectors(encoder, **options)
-            right = _encoder(encoder).encode([other])
-            right_valid = np.ones(len(series), dtype=bool)
+            left, ok = self._vectors(encoder, **options)
+            scores = cosine(left, _encoder(encoder).encode([other]))
         elif isinstance(other, pd.Series):
             aligned = _align(series, other)
             if not _holds_vectors(series) and not _holds_vectors(aligned):
                 # Both texts: one encode call, so texts shared by both sides are encoded once.
                 both = pd.concat([series, aligned], ignore_index=True)
-                matrix, valid = both.emb._vectors(encoder, **options)
-                left, right = matrix[: len(series)], matrix[len(series) :]
-                left_valid, right_valid = valid[: len(series)], valid[len(series) :]
+                vectors, valid = both.emb._vectors(encoder, **options)
+                scores, ok = paired_cosines(vectors, valid, len(series))
             else:
                 left, left_valid = self._vectors(encoder, **options)
                 right, right_valid = aligned.emb._vectors(encoder, **options)
+                scores, ok = cosine(left, right), left_valid & right_valid
         else:
             raise InvalidInputError(f"other must be a Series or a str, got {type(other).__name__}")
-        scores = cosine(left, right).astype(np.float64) if len(series) else np.zeros(0)
-        scores[~(left_valid & right_valid)] = np.nan
-        return pd.Series(scores, index=series.index, name="similarity")
+        return pd.Series(scores.astype(np.float64), index=series.index, name="similarity").where(ok)
 
     def search(
         self,

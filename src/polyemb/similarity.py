@@ -7,7 +7,7 @@ import torch
 
 from polyemb.errors import InvalidInputError
 
-__all__ = ["connected_groups", "cosine", "normalize_rows", "pairs_above", "top_k"]
+__all__ = ["connected_groups", "cosine", "normalize_rows", "paired_cosines", "pairs_above", "top_k"]
 
 # Rows of the (query block x corpus block) score matrix computed at once: 4096 x 4096 float32
 # is 64 MiB, which bounds top_k's memory whatever the table sizes.
@@ -45,6 +45,16 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         raise InvalidInputError(f"cannot compare {len(left)} rows with {len(right)} rows")
     scores: np.ndarray = np.einsum("ij,ij->i", *np.broadcast_arrays(left, right)).astype(np.float32)
     return scores
+
+
+def paired_cosines(vectors: np.ndarray, valid: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cosines of rows ``i`` and ``n + i`` of unit vectors, as from encoding ``a + b`` in one call.
+
+    Encoding both sides together encodes a text shared by them once. Returns ``(scores, ok)``:
+    float32 cosines, and where both sides were valid (elsewhere the score is meaningless: NULL).
+    """
+    scores = np.einsum("ij,ij->i", vectors[:n], vectors[n : 2 * n]).astype(np.float32)
+    return scores, valid[:n] & valid[n : 2 * n]
 
 
 def top_k(

@@ -44,6 +44,7 @@ from polyemb import loading
 from polyemb.arrow import texts_from_arrow
 from polyemb.encoder import Encoder, load
 from polyemb.errors import InvalidInputError, MissingDependencyError
+from polyemb.similarity import paired_cosines
 
 try:
     import pandas as pd
@@ -348,8 +349,7 @@ def _similarity_with(source: ModelSource, batch_size: int | None) -> Callable[..
         a = _texts(left, "semantic_similarity's first column")
         b = _texts(right, "semantic_similarity's second column")
         vectors, valid = encoder.encode_nullable(a + b, batch_size=batch_size, show_progress=False)
-        n = len(a)
-        scores = np.einsum("ij,ij->i", vectors[:n], vectors[n:]).astype(np.float32)
-        return pd.Series(scores).where(valid[:n] & valid[n:])  # NaN, which Spark reads as NULL
+        scores, ok = paired_cosines(vectors, valid, len(a))
+        return pd.Series(scores).where(ok)  # NaN, which Spark reads as NULL
 
     return semantic_similarity  # type: ignore[no-any-return]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 
@@ -69,26 +67,18 @@ def test_shared_cache_per_encoder(tiny_encoder: polyemb.Encoder) -> None:
     assert EmbeddingCache.shared(tiny_encoder) is EmbeddingCache.shared(tiny_encoder)
 
 
-def test_threads(tiny_encoder: polyemb.Encoder) -> None:
+def test_threads(tiny_encoder: polyemb.Encoder, run_threads) -> None:  # type: ignore[no-untyped-def]
     cache = EmbeddingCache(tiny_encoder, max_mb=20 * tiny_encoder.dim * 4 / 2**20)
     texts = [f"shared text {i}" for i in range(60)]
     expected = tiny_encoder.encode(texts)
-    errors: list[BaseException] = []
 
     def work(seed: int) -> None:
         rng = np.random.default_rng(seed)
-        try:
-            for _ in range(20):
-                rows = rng.choice(60, size=15)
-                got, _ = cache.encode_nullable([texts[r] for r in rows])
-                np.testing.assert_allclose(got, expected[rows], atol=1e-5)
-        except BaseException as exc:  # re-raised below
-            errors.append(exc)
+        for _ in range(20):
+            rows = rng.choice(60, size=15)
+            np.testing.assert_allclose(
+                cache.encode_nullable([texts[r] for r in rows])[0], expected[rows], atol=1e-5
+            )
 
-    threads = [threading.Thread(target=work, args=(s,)) for s in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors, errors[0]
+    run_threads(work, 6)
     assert cache.stats().entries <= 20

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 
 import numpy as np
 import pytest
@@ -163,30 +162,19 @@ def test_chunked_tokenization_keeps_order(
     np.testing.assert_allclose(tiny_encoder.encode(texts), reference, atol=1e-5)
 
 
-def test_threads_share_one_encoder(tiny_encoder: polyemb.Encoder) -> None:
+def test_threads_share_one_encoder(tiny_encoder: polyemb.Encoder, run_threads) -> None:  # type: ignore[no-untyped-def]
     texts = [f"thread test sentence {i} " + "word " * (i % 13) for i in range(300)]
     expected = tiny_encoder.encode(texts)
-    results: dict[int, np.ndarray] = {}
-    errors: list[BaseException] = []
 
     def work(worker: int) -> None:
-        try:
-            rng = np.random.default_rng(worker)
-            for _ in range(5):
-                rows = rng.choice(len(texts), size=40, replace=True)
-                got = tiny_encoder.encode([texts[r] for r in rows])
-                np.testing.assert_allclose(got, expected[rows], atol=1e-5)
-            results[worker] = got
-        except BaseException as exc:  # collected and re-raised in the main thread
-            errors.append(exc)
+        rng = np.random.default_rng(worker)
+        for _ in range(5):
+            rows = rng.choice(len(texts), size=40, replace=True)
+            np.testing.assert_allclose(
+                tiny_encoder.encode([texts[r] for r in rows]), expected[rows], atol=1e-5
+            )
 
-    threads = [threading.Thread(target=work, args=(w,)) for w in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors, errors[0]
-    assert len(results) == 8
+    run_threads(work, 8)
 
 
 def test_progress_bar_reports_texts(

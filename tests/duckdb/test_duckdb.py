@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import duckdb
@@ -147,7 +146,7 @@ def test_a_failing_udf_aborts_only_its_query(
     assert con.execute("SELECT embed('new text') IS NOT NULL").fetchall()[0] == (True,)
 
 
-def test_concurrent_queries_on_threads(tiny_encoder: polyemb.Encoder) -> None:
+def test_concurrent_queries_on_threads(tiny_encoder: polyemb.Encoder, run_threads) -> None:  # type: ignore[no-untyped-def]
     database = duckdb.connect()
     polyemb.duckdb.register(database, tiny_encoder, cache_mb=0.05)  # a small cache: real encoding
     database.execute("SET threads = 4")
@@ -156,26 +155,15 @@ def test_concurrent_queries_on_threads(tiny_encoder: polyemb.Encoder) -> None:
         "CREATE TABLE t AS SELECT unnest(range(3000)) AS id, unnest($1::VARCHAR[]) AS s", [texts]
     )
     expected = tiny_encoder.encode(texts)
-    errors: list[BaseException] = []
 
-    def worker(offset: int) -> None:
-        try:
-            cursor = database.cursor()
-            for round_ in range(3):
-                lo = (offset * 700 + round_ * 300) % 2500
-                rows = cursor.execute(f"SELECT id, embed(s) FROM t WHERE id >= {lo} ORDER BY id").fetchall()
-                got = vectors_of(rows, 1)
-                ids = [r[0] for r in rows]
-                np.testing.assert_allclose(got, expected[ids], atol=1e-5)
-        except BaseException as exc:  # re-raised below
-            errors.append(exc)
+    def work(offset: int) -> None:
+        cursor = database.cursor()
+        for round_ in range(3):
+            lo = (offset * 700 + round_ * 300) % 2500
+            rows = cursor.execute(f"SELECT id, embed(s) FROM t WHERE id >= {lo} ORDER BY id").fetchall()
+            np.testing.assert_allclose(vectors_of(rows, 1), expected[[r[0] for r in rows]], atol=1e-5)
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors, errors[0]
+    run_threads(work, 4)
     EmbeddingCache.shared(tiny_encoder).resize(256)
 
 
