@@ -331,25 +331,62 @@ def register(
 
 
 def _embed_with(source: ModelSource, batch_size: int | None) -> Callable[..., Any]:
-    @pandas_udf(ArrayType(FloatType()))  # type: ignore[untyped-decorator]
-    def embed(texts: pd.Series) -> pd.Series:
-        encoder = _worker_encoder(source)
-        vectors, valid = encoder.encode_nullable(
-            _texts(texts, "embed's column"), batch_size=batch_size, show_progress=False
-        )
-        return _list_series(vectors, valid)
+    def make(labels: tuple[str, ...]) -> Callable[..., Any]:
+        @pandas_udf(ArrayType(FloatType()))  # type: ignore[untyped-decorator]
+        def embed(texts: pd.Series) -> pd.Series:
+            encoder = _worker_encoder(source)
+            items = _texts(texts, f"embed(): {labels[0]}")
+            vectors, valid = encoder.encode_nullable(items, batch_size=batch_size, show_progress=False)
+            return _list_series(vectors, valid)
 
-    return embed  # type: ignore[no-any-return]
+        return embed  # type: ignore[no-any-return]
+
+    return _naming_columns(make, 1)
 
 
 def _similarity_with(source: ModelSource, batch_size: int | None) -> Callable[..., Any]:
-    @pandas_udf(FloatType())  # type: ignore[untyped-decorator]
-    def semantic_similarity(left: pd.Series, right: pd.Series) -> pd.Series:
-        encoder = _worker_encoder(source)
-        a = _texts(left, "semantic_similarity's first column")
-        b = _texts(right, "semantic_similarity's second column")
-        vectors, valid = encoder.encode_nullable(a + b, batch_size=batch_size, show_progress=False)
-        scores, ok = paired_cosines(vectors, valid, len(a))
-        return pd.Series(scores).where(ok)  # NaN, which Spark reads as NULL
+    def make(labels: tuple[str, ...]) -> Callable[..., Any]:
+        @pandas_udf(FloatType())  # type: ignore[untyped-decorator]
+        def semantic_similarity(left: pd.Series, right: pd.Series) -> pd.Series:
+            encoder = _worker_encoder(source)
+            a = _texts(left, f"semantic_similarity(): {labels[0]}")
+            b = _texts(right, f"semantic_similarity(): {labels[1]}")
+            vectors, valid = encoder.encode_nullable(a + b, batch_size=batch_size, show_progress=False)
+            scores, ok = paired_cosines(vectors, valid, len(a))
+            return pd.Series(scores).where(ok)  # NaN, which Spark reads as NULL
 
-    return semantic_similarity  # type: ignore[no-any-return]
+        return semantic_similarity  # type: ignore[no-any-return]
+
+    return _naming_columns(make, 2)
+
+
+def _naming_columns(make: Callable[[tuple[str, ...]], Callable[..., Any]], arity: int) -> Callable[..., Any]:
+    """A pandas UDF whose errors name the columns it was called on.
+
+    Inside a pandas UDF a column arrives unnamed, so each call builds the UDF again with the
+    names of its columns for the error messages. The result keeps the pandas UDF's attributes,
+    so ``spark.udf.register`` takes it like any pandas UDF (SQL errors name the argument).
+    """
+    generic = make(tuple(f"argument {i + 1}" for i in range(arity)))
+
+    def call(*columns: Any) -> Any:
+        return make(tuple(_column_label(column) for column in columns))(*columns)
+
+    for attribute in (
+        "func",
+        "returnType",
+        "evalType",
+        "deterministic",
+        "asNondeterministic",
+        "__name__",
+        "__doc__",
+    ):
+        setattr(call, attribute, getattr(generic, attribute))
+    return call
+
+
+def _column_label(column: Any) -> str:
+    if isinstance(column, str):
+        return f"column {column!r}"
+    text = str(column)  # Column<'title'> or an expression
+    return f"column {text[7:-1]}" if text.startswith("Column<") else f"argument {text}"

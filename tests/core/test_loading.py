@@ -316,3 +316,16 @@ def test_bf16_on_cpu_pools_in_float32(tiny_model_dir: Path) -> None:
     full = polyemb.load(tiny_model_dir).encode(["bfloat16 weights", "float32 output"])
     cos = (vectors * full).sum(1)
     assert cos.min() > 0.97
+
+
+def test_tokenizer_larger_than_the_embedding_table(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    folder = copy_model(tiny_model_dir, tmp_path / "vocab")
+    state = load_file(folder / "model.safetensors")
+    key = next(k for k in state if k.endswith("word_embeddings.weight"))
+    state[key] = state[key][:100].clone()
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    edit_json(folder / "config.json", vocab_size=100)
+    with pytest.raises(polyemb.ModelLoadError, match="do not belong together"):
+        polyemb.load(folder)

@@ -141,7 +141,7 @@ def test_each_worker_loads_the_model_once(
 def test_non_string_column_is_a_clear_spark_error(spark: SparkSession, tiny_model_dir: Path) -> None:
     embed = polyemb.spark.embed_udf(tiny_model_dir, delivery="path")
     numbers = spark.createDataFrame([(1,)], "n int")
-    with pytest.raises(Exception, match="embed.s column has Arrow type int32, not a string type"):
+    with pytest.raises(Exception, match=r"embed\(\): column 'n' has Arrow type int32, not a string type"):
         numbers.select(embed("n")).collect()
 
 
