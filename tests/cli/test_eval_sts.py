@@ -32,7 +32,10 @@ def test_matches_sentence_transformers_per_task(
     minilm_dir: Path, sts_rows: list[dict[str, str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.evaluation import EmbeddingSimilarityEvaluator
+    try:
+        from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
+    except ImportError:  # sentence-transformers before 6.x
+        from sentence_transformers.evaluation import EmbeddingSimilarityEvaluator
 
     path = write_tasks_csv(sts_rows, tmp_path / "sts.csv")
     assert main(["eval-sts", str(path), "--model", str(minilm_dir), "--json"]) == 0
