@@ -264,10 +264,16 @@ def sentence_transformers_side(encoder: Encoder) -> Callable[[list[str]], np.nda
     return run
 
 
+def _indexed_table(texts: list[str]) -> Any:
+    """Texts as an Arrow table with their position ``i``, so engine output can be put in order."""
+    import pyarrow as pa
+
+    return pa.table({"i": pa.array(range(len(texts)), pa.int64()), "t": pa.array(texts, pa.string())})
+
+
 def duckdb_side(encoder: Encoder, batch_size: int | None) -> Callable[[list[str]], np.ndarray]:
     """``SELECT embed(t) FROM texts`` on DuckDB, with the embedding cache emptied each call."""
     import duckdb
-    import pyarrow as pa
 
     from polyemb.arrow import vectors_from_arrow
     from polyemb.duckdb import register
@@ -277,7 +283,7 @@ def duckdb_side(encoder: Encoder, batch_size: int | None) -> Callable[[list[str]
 
     def run(texts: list[str]) -> np.ndarray:
         cache.clear()
-        table = pa.table({"i": pa.array(range(len(texts)), pa.int64()), "t": pa.array(texts, pa.string())})
+        table = _indexed_table(texts)
         con.register("bench_texts", table)
         result = con.sql("SELECT embed(t) AS v FROM bench_texts ORDER BY i").to_arrow_table()
         con.unregister("bench_texts")
@@ -294,7 +300,6 @@ def spark_side(
     Returns the run function and a dict that fills with the broadcast's size and time and the
     Python workers' peak memory.
     """
-    import pyarrow as pa
     from pyspark.sql import SparkSession
 
     from polyemb import spark as polyemb_spark
@@ -309,18 +314,17 @@ def spark_side(
         .getOrCreate()
     )
     session.sparkContext.setLogLevel("ERROR")
-    precision = str(encoder.dtype).rsplit(".", 1)[-1].replace("float", "fp").replace("bfp16", "bf16")
     embed = polyemb_spark.embed_udf(
         encoder.folder,
         delivery="broadcast",
         batch_size=batch_size,
-        precision=precision,  # type: ignore[arg-type]
+        precision=encoder.precision,  # type: ignore[arg-type]
         max_seq_length=encoder.max_seq_length,
     )
     info: dict[str, Any] = {"broadcast": dict(polyemb_spark.last_broadcast)}
 
     def run(texts: list[str]) -> np.ndarray:
-        table = pa.table({"i": pa.array(range(len(texts)), pa.int64()), "t": pa.array(texts, pa.string())})
+        table = _indexed_table(texts)
         frame = session.createDataFrame(table).repartition(2)
         result = frame.select("i", embed("t").alias("v")).toArrow().sort_by("i")
         info["worker_peak_mib"] = _python_worker_peaks()

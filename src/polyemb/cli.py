@@ -14,12 +14,11 @@ from typing import Any
 from polyemb import __version__
 from polyemb.errors import InvalidInputError, PolyembError
 
+__all__ = ["main"]
+
 
 class SqlError(PolyembError):
     """A statement failed in DuckDB."""
-
-
-__all__ = ["main"]
 
 _Command = Callable[[argparse.Namespace], int]
 
@@ -194,13 +193,13 @@ def _bench(args: argparse.Namespace) -> int:
     results = bench.run_bench(
         ours, reference, scenarios, rounds=args.rounds, reference_name=args.against, progress=progress
     )
+    precision = str(encoder.dtype).rsplit(".", 1)[-1]  # e.g. float32
     meta = {
         "model": encoder.model_id,
         "device": str(encoder.device),
-        "precision": str(encoder.dtype).rsplit(".", 1)[-1],
-        "reference_precision": "float32"
-        if encoder.device.type == "cpu"
-        else str(encoder.dtype).rsplit(".", 1)[-1],
+        "precision": precision,
+        # sentence_transformers_side: fp32 on the CPU, the encoder's precision on a GPU.
+        "reference_precision": "float32" if encoder.device.type == "cpu" else precision,
         "against": args.against,
         "rounds": args.rounds,
         "torch_threads": _torch_threads(),
@@ -319,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser(
         "bench",
         parents=[model],
-        help="time polyemb against sentence-transformers (or DuckDB's embed()) on the same texts",
+        help="time polyemb against sentence-transformers, DuckDB's embed() or the Spark UDF",
         description=(
             "Encode the same texts with polyemb and with a reference in one run, alternating, for "
             "several rounds; print texts/s for each, the median ratio (reference time / polyemb "

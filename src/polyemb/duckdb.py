@@ -19,6 +19,7 @@ import importlib
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -125,13 +126,7 @@ def register(
             return pa.array(scores, mask=~ok)
 
     def cache_stats() -> dict[str, int]:
-        stats = cache.stats()
-        return {
-            "hits": stats.hits,
-            "misses": stats.misses,
-            "entries": stats.entries,
-            "capacity": stats.capacity,
-        }
+        return asdict(cache.stats())
 
     stats_type = duckdb.struct_type({"hits": BIGINT, "misses": BIGINT, "entries": BIGINT, "capacity": BIGINT})
     arrow, special = PythonUDFType.ARROW, FunctionNullHandling.SPECIAL

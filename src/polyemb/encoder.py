@@ -170,6 +170,11 @@ class Encoder:
         return self._files.folder
 
     @property
+    def precision(self) -> str:
+        """The weights' precision as ``load`` names it: ``"fp32"``, ``"fp16"`` or ``"bf16"``."""
+        return loading.precision_name(self.dtype)
+
+    @property
     def normalizes(self) -> bool:
         """Whether the model's own pipeline ends in a Normalize module (vectors always unit)."""
         return self._normalizes

@@ -365,6 +365,11 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     return _DTYPES[precision]
 
 
+def precision_name(dtype: torch.dtype) -> str:
+    """The precision name (``"fp32"``, ...) of a torch dtype that ``resolve_dtype`` gives."""
+    return next(name for name, known in _DTYPES.items() if known == dtype)
+
+
 def load_tokenizer(spec: ModelSpec) -> tuple[Any, int, int]:
     """Load the fast tokenizer's Rust backend, configured once for truncation.
 

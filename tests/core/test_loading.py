@@ -329,3 +329,9 @@ def test_tokenizer_larger_than_the_embedding_table(tiny_model_dir: Path, tmp_pat
     edit_json(folder / "config.json", vocab_size=100)
     with pytest.raises(polyemb.ModelLoadError, match="do not belong together"):
         polyemb.load(folder)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_encoder_names_its_precision(tiny_model_dir: Path, precision: str) -> None:
+    encoder = polyemb.load(tiny_model_dir, device="cpu", precision=precision)  # type: ignore[arg-type]
+    assert encoder.precision == precision
