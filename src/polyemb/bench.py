@@ -13,6 +13,7 @@ import json
 import os
 import random
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -303,6 +304,10 @@ def spark_side(
     from pyspark.sql import SparkSession
 
     from polyemb import spark as polyemb_spark
+
+    # The local workers must run this Python (the one with polyemb), not whatever python3 is first
+    # on PATH, as when `.venv/bin/polyemb bench` runs without the venv activated.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from polyemb.arrow import vectors_from_arrow
 
     session = (

@@ -40,6 +40,18 @@ def test_json_report_shape(tiny_model_dir: Path, against: str, capsys: pytest.Ca
         assert set(scenario["peak_mib"]) == {"polyemb", against}
 
 
+@pytest.mark.spark
+def test_spark_report_shape(spark, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    # `spark` first: the bench then reuses the suite's session rather than starting its own.
+    argv = ["bench", "-m", str(tiny_model_dir), "--size", "40", "--rounds", "1", "--scenarios", "a"]
+    assert main([*argv, "--json", "--against", "spark"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["against"] == "spark" and report["broadcast"]["files"] > 0
+    scenario = report["scenarios"]["a"]
+    assert scenario["texts"] == 40 and scenario["min_row_cosine"] > 0.9999
+    assert set(scenario["peak_mib"]) == {"polyemb", "spark"}
+
+
 def test_table_report_and_texts_file(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
