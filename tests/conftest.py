@@ -23,6 +23,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    """Name the CPU in the header: float results are compared with tolerances that must hold on
+    Intel (AMX) and AMD (Zen 4/5) alike, and a failure report should say which one it ran on."""
+    from polyemb.bench import cpu_description
+
+    return f"cpu: {cpu_description()}"
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random XLM-RoBERTa sentence-transformers folder (max_seq_length 32, dim 32)."""

@@ -195,6 +195,7 @@ def _bench(args: argparse.Namespace) -> int:
     )
     precision = str(encoder.dtype).rsplit(".", 1)[-1]  # e.g. float32
     meta = {
+        "cpu": bench.cpu_description(),
         "model": encoder.model_id,
         "device": str(encoder.device),
         "precision": precision,

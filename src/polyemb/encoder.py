@@ -68,7 +68,7 @@ def plan_batches(lengths: np.ndarray, *, max_tokens: int, max_rows: int) -> list
     return batches
 
 
-def _available_cpus() -> int:
+def available_cpus() -> int:
     """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota."""
     try:
         cpus = len(os.sched_getaffinity(0))
@@ -432,7 +432,7 @@ def _choose_length(asked: int | None, configured: int | None, limit: int) -> int
 
 def _cap_cpu_threads() -> None:
     """Keep torch from running more threads than this process has CPUs (containers, Spark)."""
-    cpus = _available_cpus()
+    cpus = available_cpus()
     if torch.get_num_threads() > cpus:
         logger.info("capping torch threads from %d to the %d CPUs available", torch.get_num_threads(), cpus)
         torch.set_num_threads(cpus)

@@ -62,14 +62,15 @@ def test_encode_matches_core_and_keeps_na_positions(tiny_encoder: polyemb.Encode
     expected = tiny_encoder.encode(
         ["The cat sits on the mat.", "El gato está en la alfombra.", "The cat sits on the mat.", ""]
     )
-    np.testing.assert_array_equal(matrix[[0, 2, 5, 6]], expected)
+    # The core encodes the same texts in other batches here: float32 rounding apart.
+    np.testing.assert_allclose(matrix[[0, 2, 5, 6]], expected, rtol=0, atol=1e-6)
 
 
 def test_explicit_encoder_overrides_default(tiny_model_dir: Path) -> None:
     other = polyemb.load(tiny_model_dir, max_seq_length=4)
     long_text = pd.Series(["one two three four five six seven eight nine ten"])
-    np.testing.assert_array_equal(
-        long_text.emb.encode(encoder=other).emb.to_numpy(), other.encode(long_text.tolist())
+    np.testing.assert_allclose(
+        long_text.emb.encode(encoder=other).emb.to_numpy(), other.encode(long_text.tolist()), rtol=0, atol=1e-6
     )
 
 
