@@ -1,16 +1,62 @@
-"""The core never imports an engine: importing polyemb pulls in no pandas, duckdb or pyspark."""
+"""Each layer imports only what it needs: the core no engine, an adapter no other engine, and the
+command line no torch until a command needs a model (``polyemb --help`` stays fast)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
+import pytest
+
+ENGINES = ("pandas", "duckdb", "pyspark")
+CORE = (
+    "polyemb",
+    "polyemb.arrow",
+    "polyemb.bench",
+    "polyemb.cache",
+    "polyemb.encoder",
+    "polyemb.loading",
+    "polyemb.options",
+    "polyemb.similarity",
+    "polyemb.sts",
+    "polyemb.tables",
+    "polyemb.testing",
+)
+
+
+def imported_after(statement: str) -> set[str]:
+    """The top-level modules of interest that ``statement`` imports, in a fresh interpreter."""
+    code = f"import sys\n{statement}\nprint(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))\n"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(result.stdout.split()) & {*ENGINES, "torch"}
+
 
 def test_core_imports_no_engine() -> None:
-    code = (
-        "import sys\n"
-        "import polyemb, polyemb.arrow, polyemb.similarity, polyemb.tables, polyemb.cli, polyemb.testing\n"
-        "print(sorted(m for m in ('pandas', 'duckdb', 'pyspark') if m in sys.modules))\n"
+    assert imported_after("import " + ", ".join(CORE)) == {"torch"}
+
+
+@pytest.mark.parametrize(
+    ("adapter", "engines"),
+    [
+        ("polyemb.pandas", {"pandas"}),
+        ("polyemb.duckdb", {"duckdb"}),
+        ("polyemb.spark", {"pyspark", "pandas"}),
+    ],
+)
+def test_an_adapter_imports_no_other_engine(adapter: str, engines: set[str]) -> None:
+    assert imported_after(f"import {adapter}") - {"torch"} == engines
+
+
+def test_the_command_line_needs_no_torch_for_help() -> None:
+    statement = (
+        "import contextlib, io, polyemb.cli\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    polyemb.cli.main(['--help'])\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    polyemb.cli.main(['embed', '--help'])\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "[]"
+    assert imported_after(statement) == set()
+
+
+def test_errors_and_options_need_no_torch() -> None:
+    assert imported_after("import polyemb.errors, polyemb.options; from polyemb import PolyembError") == set()

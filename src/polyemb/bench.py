@@ -6,7 +6,6 @@ alternating order so that neither always runs on a warmer machine.
 
 from __future__ import annotations
 
-import csv
 import gc
 import glob
 import json
@@ -22,8 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from polyemb.arrow import texts_from_arrow
 from polyemb.encoder import Encoder
 from polyemb.errors import InvalidInputError
+from polyemb.similarity import cosine
+from polyemb.tables import read_table, table_format
 from polyemb.testing import SAMPLE_SENTENCES
 
 __all__ = ["SCENARIOS", "ScenarioResult", "load_texts", "make_scenario", "run_bench", "scenario_texts"]
@@ -68,9 +70,12 @@ class ScenarioResult:
 
 
 def load_texts(path: str | os.PathLike[str], column: str | None = None) -> list[str]:
-    """Texts from files: a header-less STS CSV (first two columns), a CSV/Parquet ``column``, or lines.
+    """Texts from table files (read by :func:`polyemb.tables.read_table`), NULL and blank ones dropped.
 
-    ``path`` may be a glob pattern (``data/*-train.csv``): the files' texts are concatenated.
+    ``column`` names the text column of a CSV, TSV or Parquet file. Without it: a ``.txt`` file
+    gives its lines, and a CSV or TSV is read as an STS file (``sentence1``, ``sentence2``,
+    ``score``, with or without a header) giving both sentences of each pair. ``path`` may be a
+    glob pattern (``data/*-train.csv``): the files' texts are concatenated.
 
     Raises:
         InvalidInputError: No such file, an unknown format, or a missing column.
@@ -81,31 +86,19 @@ def load_texts(path: str | os.PathLike[str], column: str | None = None) -> list[
         if not files:
             raise InvalidInputError(f"no file matches {pattern!r}")
         return [text for file in files for text in load_texts(file, column)]
-    source = Path(path)
-    if not source.is_file():
-        raise InvalidInputError(f"texts file {str(source)!r} does not exist")
-    suffix = source.suffix.lower()
-    if suffix == ".parquet":
-        if column is None:
-            raise InvalidInputError("--column is needed to read texts from Parquet")
-        import pyarrow.parquet as pq
-
-        from polyemb.arrow import texts_from_arrow
-
-        table = pq.read_table(source, columns=[column])
-        return [t for t in texts_from_arrow(table.column(column)) if t]
-    if suffix in {".csv", ".tsv"}:
-        delimiter = "\t" if suffix == ".tsv" else ","
-        with source.open(encoding="utf-8", newline="") as handle:
-            reader = csv.reader(handle, delimiter=delimiter)
-            if column is None:  # STS layout: sentence1, sentence2, score
-                return [cell for row in reader for cell in row[:2] if cell.strip()]
-            header = next(reader)
-            if column not in header:
-                raise InvalidInputError(f"column {column!r} is not in {str(source)!r}: {header}")
-            at = header.index(column)
-            return [row[at] for row in reader if len(row) > at and row[at].strip()]
-    return [line for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+    kind = table_format(Path(pattern))
+    if column is not None:
+        columns: tuple[str, ...] = (column,)
+    elif kind == "parquet":
+        raise InvalidInputError("--column is needed to read texts from Parquet")
+    elif kind == "lines":
+        columns = ("text",)
+    else:
+        columns = ("sentence1", "sentence2")
+    table = read_table(path, columns, headerless=None if column else ("sentence1", "sentence2", "score"))
+    texts = [texts_from_arrow(table.column(name), name=f"column {name!r}") for name in columns]
+    # Row by row (sentence1, sentence2 of a pair together), as the STS layout is read.
+    return [text for row in zip(*texts, strict=True) for text in row if text and text.strip()]
 
 
 def _generated_sentences(count: int, seed: int) -> list[str]:
@@ -192,7 +185,6 @@ def cpu_description() -> str:
     return f"{name}, {available_cpus()} CPUs: {shown}; {amx}"
 
 
-
 def _reset_peak() -> None:
     # Linux: writing 5 to clear_refs resets the peak RSS (VmHWM) of this process.
     try:
@@ -263,18 +255,12 @@ def run_bench(
                     f"scenario {name} round {round_ + 1}/{rounds}: polyemb {result.polyemb_per_s[-1]:.0f}/s, "
                     f"{reference_name} {result.reference_per_s[-1]:.0f}/s"
                 )
-        cosines = _row_cosines(ours, theirs)
+        cosines = cosine(ours, theirs)
         result.min_row_cosine = float(cosines.min()) if len(cosines) else float("nan")
         result.mean_row_cosine = float(cosines.mean()) if len(cosines) else float("nan")
         result.peak_mib = {side: max(values) for side, values in peaks.items()}
         results.append(result)
     return results
-
-
-def _row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a64, b64 = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    norms = np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1)
-    return np.asarray((a64 * b64).sum(axis=1) / np.where(norms > 0, norms, 1.0))
 
 
 # ---------------------------------------------------------------------- references
@@ -338,6 +324,7 @@ def spark_side(
     from pyspark.sql import SparkSession
 
     from polyemb import spark as polyemb_spark
+    from polyemb.spark.delivery import last_shipment
 
     # The local workers must run this Python (the one with polyemb), not whatever python3 is first
     # on PATH, as when `.venv/bin/polyemb bench` runs without the venv activated.
@@ -355,12 +342,13 @@ def spark_side(
     session.sparkContext.setLogLevel("ERROR")
     embed = polyemb_spark.embed_udf(
         encoder.folder,
+        spark=session,
         delivery="broadcast",
         batch_size=batch_size,
-        precision=encoder.precision,  # type: ignore[arg-type]
+        precision=encoder.precision,
         max_seq_length=encoder.max_seq_length,
     )
-    info: dict[str, Any] = {"broadcast": dict(polyemb_spark.last_broadcast)}
+    info: dict[str, Any] = {"shipment": dict(last_shipment)}
 
     def run(texts: list[str]) -> np.ndarray:
         table = _indexed_table(texts)

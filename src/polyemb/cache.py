@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from polyemb.encoder import Encoder, check_texts
+from polyemb.encoder import Encoder, check_texts, place_nulls
 from polyemb.errors import InvalidInputError
 
 __all__ = ["CacheStats", "EmbeddingCache"]
@@ -107,12 +107,13 @@ class EmbeddingCache:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Like :meth:`Encoder.encode_nullable` (unit vectors, None -> invalid row), cached."""
         items = check_texts(texts, allow_none=True)
-        valid = np.fromiter((text is not None for text in items), dtype=bool, count=len(items))
-        out = np.zeros((len(items), self.encoder.dim), dtype=np.float32)
+        return place_nulls(items, self.encoder.dim, lambda present: self._encode(present, batch_size))
+
+    def _encode(self, texts: list[str], batch_size: int | None) -> np.ndarray:
+        out = np.empty((len(texts), self.encoder.dim), dtype=np.float32)
         rows_of: dict[str, list[int]] = {}
-        for row, text in enumerate(items):
-            if text is not None:
-                rows_of.setdefault(text, []).append(row)
+        for row, text in enumerate(texts):
+            rows_of.setdefault(text, []).append(row)
         missing: list[str] = []
         with self._lock:
             for text, rows in rows_of.items():
@@ -129,7 +130,7 @@ class EmbeddingCache:
             for text, vector in zip(missing, fresh, strict=True):
                 out[rows_of[text]] = vector
             self._store(missing, fresh)
-        return out, valid
+        return out
 
     def _store(self, texts: list[str], vectors: np.ndarray) -> None:
         with self._lock:

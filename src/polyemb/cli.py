@@ -12,13 +12,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from polyemb import __version__
-from polyemb.errors import InvalidInputError, PolyembError
+from polyemb.errors import InvalidInputError, PolyembError, SqlError
+from polyemb.options import PRECISIONS
 
 __all__ = ["main"]
-
-
-class SqlError(PolyembError):
-    """A statement failed in DuckDB."""
 
 _Command = Callable[[argparse.Namespace], int]
 
@@ -36,7 +33,7 @@ def _model_options() -> argparse.ArgumentParser:
     group.add_argument(
         "--precision",
         default="auto",
-        choices=["auto", "fp32", "fp16", "bf16"],
+        choices=PRECISIONS,
         help="weight precision (default: fp32 on CPU, fp16 on GPU)",
     )
     group.add_argument(
@@ -84,9 +81,11 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _similarity(args: argparse.Namespace) -> int:
+    from polyemb.similarity import cosine
+
     encoder = _load(args)
     vectors = encoder.encode([args.text_a, args.text_b], batch_size=args.batch_size)
-    score = float(vectors[0] @ vectors[1])
+    score = float(cosine(vectors[0], vectors[1])[0])
     if args.json:
         print(json.dumps({"model": encoder.model_id, "similarity": score}))
     else:
@@ -103,7 +102,7 @@ def _sql(args: argparse.Namespace) -> int:
     text = args.query if args.query is not None else _read_sql(args.file)
     import duckdb
 
-    from polyemb.duckdb import load_extension, register
+    from polyemb.duckdb import load_extension, register  # first: says how to install duckdb
 
     con = duckdb.connect(args.db or ":memory:")
     try:
@@ -193,14 +192,13 @@ def _bench(args: argparse.Namespace) -> int:
     results = bench.run_bench(
         ours, reference, scenarios, rounds=args.rounds, reference_name=args.against, progress=progress
     )
-    precision = str(encoder.dtype).rsplit(".", 1)[-1]  # e.g. float32
     meta = {
         "cpu": bench.cpu_description(),
         "model": encoder.model_id,
         "device": str(encoder.device),
-        "precision": precision,
+        "precision": encoder.precision,
         # sentence_transformers_side: fp32 on the CPU, the encoder's precision on a GPU.
-        "reference_precision": "float32" if encoder.device.type == "cpu" else precision,
+        "reference_precision": "fp32" if encoder.device.type == "cpu" else encoder.precision,
         "against": args.against,
         "rounds": args.rounds,
         "torch_threads": _torch_threads(),

@@ -37,6 +37,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without duckdb
 from polyemb.arrow import texts_from_arrow, vectors_to_arrow
 from polyemb.cache import EmbeddingCache
 from polyemb.encoder import Encoder, default_encoder
+from polyemb.options import check_sql_prefix
 from polyemb.similarity import paired_cosines
 
 __all__ = ["FUNCTIONS", "load_extension", "register"]
@@ -61,7 +62,8 @@ def _reported(function: str) -> Iterator[None]:
     try:
         yield
     except PolyembError as exc:
-        raise type(exc)(f"{function}(): {exc}") from exc
+        exc.add_context(f"{function}(): ")
+        raise
     except Exception as exc:  # anything else (out of memory, a torch error) still gets context
         raise PolyembError(
             f"{function}() failed: {type(exc).__name__}: {exc}. If the model or its device "
@@ -104,8 +106,7 @@ def register(
     Returns:
         The cache, for its :meth:`~polyemb.cache.EmbeddingCache.stats`.
     """
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*|", prefix):
-        raise InvalidInputError(f"prefix must be empty or an SQL identifier prefix, got {prefix!r}")
+    check_sql_prefix(prefix)
     model = encoder if encoder is not None else default_encoder()
     cache = EmbeddingCache.shared(model, max_mb=cache_mb)
     vector_type = duckdb.array_type(FLOAT, model.dim)

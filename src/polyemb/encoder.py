@@ -7,7 +7,7 @@ import math
 import os
 import re
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -18,8 +18,20 @@ from tqdm.auto import tqdm
 
 from polyemb import loading
 from polyemb.errors import InvalidInputError, ModelLoadError
+from polyemb.options import Precision, WeightPrecision
 
-__all__ = ["Encoder", "default_encoder", "load", "mean_pool", "plan_batches", "set_default_encoder"]
+__all__ = [
+    "Encoder",
+    "available_cpus",
+    "cap_cpu_threads",
+    "check_texts",
+    "default_encoder",
+    "load",
+    "mean_pool",
+    "place_nulls",
+    "plan_batches",
+    "set_default_encoder",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +93,35 @@ def available_cpus() -> int:
     except (OSError, ValueError):
         pass
     return max(1, cpus)
+
+
+def cap_cpu_threads(cpus: int | None = None) -> None:
+    """Run torch on at most ``cpus`` threads, and never more than this process's CPUs.
+
+    For containers (a cgroup quota below the machine's cores) and Spark (a task's
+    ``spark.task.cpus``): more threads than CPUs only contend. Never raises the count.
+    """
+    limit = available_cpus() if cpus is None else max(1, min(cpus, available_cpus()))
+    if torch.get_num_threads() > limit:
+        logger.info("capping torch threads from %d to %d CPUs", torch.get_num_threads(), limit)
+        torch.set_num_threads(limit)
+
+
+def place_nulls(
+    items: list[str | None], dim: int, encode: Callable[[list[str]], np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(vectors, valid)`` for texts where None is a missing value: the one place NULLs are put.
+
+    ``encode`` gets the present texts in order; their vectors go to their rows, and the rows of
+    None are all zeros with ``valid`` False.
+    """
+    valid = np.fromiter((text is not None for text in items), dtype=bool, count=len(items))
+    if valid.all():
+        return encode(items), valid  # type: ignore[arg-type]
+    vectors = np.zeros((len(items), dim), dtype=np.float32)
+    if valid.any():
+        vectors[valid] = encode([text for text in items if text is not None])
+    return vectors, valid
 
 
 def check_texts(texts: Iterable[Any], *, allow_none: bool) -> list[Any]:
@@ -170,7 +211,7 @@ class Encoder:
         return self._files.folder
 
     @property
-    def precision(self) -> str:
+    def precision(self) -> WeightPrecision:
         """The weights' precision as ``load`` names it: ``"fp32"``, ``"fp16"`` or ``"bf16"``."""
         return loading.precision_name(self.dtype)
 
@@ -236,18 +277,13 @@ class Encoder:
             InvalidInputError: An item is neither a str nor None.
         """
         items = check_texts(texts, allow_none=True)
-        valid = np.fromiter((text is not None for text in items), dtype=bool, count=len(items))
-        if valid.all():
-            vectors = self._encode(
-                items, batch_size=batch_size, normalize=normalize, show_progress=show_progress
-            )
-            return vectors, valid
-        vectors = np.zeros((len(items), self.dim), dtype=np.float32)
-        present = [text for text in items if text is not None]
-        vectors[valid] = self._encode(
-            present, batch_size=batch_size, normalize=normalize, show_progress=show_progress
+        return place_nulls(
+            items,
+            self.dim,
+            lambda present: self._encode(
+                present, batch_size=batch_size, normalize=normalize, show_progress=show_progress
+            ),
         )
-        return vectors, valid
 
     # ------------------------------------------------------------------ pipeline
 
@@ -352,7 +388,7 @@ def load(
     model: str | os.PathLike[str] | None = None,
     *,
     device: str | torch.device = "auto",
-    precision: loading.Precision = "auto",
+    precision: Precision = "auto",
     max_seq_length: int | None = None,
     revision: str | None = None,
     local_files_only: bool | None = None,
@@ -391,7 +427,7 @@ def load(
     spec = loading.read_spec(files.folder)
     tokenizer, pad_id, tokenizer_limit = loading.load_tokenizer(spec)
     if torch_device.type == "cpu":
-        _cap_cpu_threads()
+        cap_cpu_threads()
     transformer, config = loading.load_transformer(spec, torch_device, dtype)
     dim = int(config.hidden_size)
     if spec.dimension is not None and spec.dimension != dim:
@@ -428,14 +464,6 @@ def _choose_length(asked: int | None, configured: int | None, limit: int) -> int
     if asked > limit:
         raise InvalidInputError(f"max_seq_length={asked} exceeds what this model takes ({limit} tokens)")
     return asked
-
-
-def _cap_cpu_threads() -> None:
-    """Keep torch from running more threads than this process has CPUs (containers, Spark)."""
-    cpus = available_cpus()
-    if torch.get_num_threads() > cpus:
-        logger.info("capping torch threads from %d to the %d CPUs available", torch.get_num_threads(), cpus)
-        torch.set_num_threads(cpus)
 
 
 _default_lock = threading.Lock()

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, TypeVar
 
 import torch
 
@@ -22,19 +22,22 @@ from polyemb.errors import (
     ModelNotFoundError,
     UnsupportedModelError,
 )
+from polyemb.options import PRECISIONS, Precision, WeightPrecision
 
 __all__ = [
     "DEFAULT_MODEL",
     "MODEL_ENV",
     "ModelFiles",
     "ModelSpec",
-    "Precision",
-    "resolve_device",
-    "resolve_dtype",
     "find_model",
+    "fingerprint",
     "load_tokenizer",
     "load_transformer",
+    "model_files",
+    "precision_name",
     "read_spec",
+    "resolve_device",
+    "resolve_dtype",
 ]
 
 logger = logging.getLogger(__name__)
@@ -42,8 +45,11 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL = "AIDA-UPM/mstsb-paraphrase-multilingual-mpnet-base-v2"
 MODEL_ENV = "POLYEMB_MODEL"
 
-Precision = Literal["auto", "fp32", "fp16", "bf16"]
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_DTYPES: dict[WeightPrecision, torch.dtype] = {
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+}
 
 # Files a text-embedding model needs from a hub repository (weights are chosen separately).
 _HUB_PATTERNS = [
@@ -222,25 +228,32 @@ def _hub_files(repo_id: str, folder: Path) -> ModelFiles:
     return ModelFiles(model_id=repo_id, folder=folder, revision=folder.name)
 
 
+# What of a model folder determines its vectors: configs, tokenizer files and weights. The
+# fingerprint hashes exactly these files and Spark ships exactly these, so a worker never loads
+# a file that the fingerprint did not see.
+_CONTENT_SUFFIXES = (".json", ".safetensors", ".bin", ".model", ".txt")
+
+
+def model_files(folder: Path) -> list[Path]:
+    """The files of a model folder that make its vectors, in path order."""
+    return sorted(
+        path
+        for path in folder.rglob("*")
+        if path.suffix in _CONTENT_SUFFIXES and path.name != "README.md" and path.is_file()
+    )
+
+
 def fingerprint(files: ModelFiles) -> str:
     """A short id of the model's exact content: the hub commit, else a sha256 of its files."""
     if files.revision:
         return files.revision
     digest = hashlib.sha256()
-    for path in sorted(_content_files(files.folder)):
+    for path in model_files(files.folder):
         digest.update(path.relative_to(files.folder).as_posix().encode())
         with path.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return "sha256:" + digest.hexdigest()[:16]
-
-
-def _content_files(folder: Path) -> list[Path]:
-    wanted = {"*.json", "*.safetensors", "*.bin", "*.model", "*.txt"}
-    found: list[Path] = []
-    for pattern in wanted:
-        found.extend(p for p in folder.rglob(pattern) if p.is_file() and p.name != "README.md")
-    return found
 
 
 # --------------------------------------------------------------------------- reading
@@ -356,16 +369,16 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return chosen
 
 
-def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+def resolve_dtype(precision: Precision, device: torch.device) -> torch.dtype:
     """``"auto"`` -> fp32 on CPU, fp16 on GPUs; else the named precision."""
     if precision == "auto":
         return torch.float32 if device.type == "cpu" else torch.float16
     if precision not in _DTYPES:
-        raise InvalidInputError(f"precision {precision!r} is not one of {list(get_args(Precision))}")
+        raise InvalidInputError(f"precision {precision!r} is not one of {list(PRECISIONS)}")
     return _DTYPES[precision]
 
 
-def precision_name(dtype: torch.dtype) -> str:
+def precision_name(dtype: torch.dtype) -> WeightPrecision:
     """The precision name (``"fp32"``, ...) of a torch dtype that ``resolve_dtype`` gives."""
     return next(name for name, known in _DTYPES.items() if known == dtype)
 

@@ -13,22 +13,31 @@ Example:
 
 from __future__ import annotations
 
-import re
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from polyemb.errors import InvalidInputError, MissingDependencyError
+from polyemb.errors import ColumnNotFoundError, InvalidInputError, MissingDependencyError
 
 try:
     import pandas as pd
 except ImportError as exc:  # pragma: no cover - exercised only without pandas
     raise MissingDependencyError("polyemb.pandas needs pandas: pip install 'polyemb[pandas]'") from exc
 
+from polyemb import _pandas_dtypes
 from polyemb.arrow import vector_type, vectors_from_arrow, vectors_to_arrow
 from polyemb.encoder import Encoder, default_encoder
-from polyemb.similarity import connected_groups, cosine, paired_cosines, pairs_above, top_k
+from polyemb.options import JoinHow, Score
+from polyemb.similarity import (
+    check_join,
+    connected_groups,
+    cosine,
+    join_rows,
+    paired_cosines,
+    pairs_above,
+    top_k,
+)
 
 __all__ = ["EmbDataFrameAccessor", "EmbSeriesAccessor", "vector_dtype"]
 
@@ -259,40 +268,44 @@ class EmbDataFrameAccessor:
         *,
         k: int = 1,
         threshold: float | None = None,
-        how: Literal["inner", "left"] = "inner",
+        how: JoinHow = "inner",
+        score: Score = "cosine",
         suffixes: tuple[str, str] = ("_x", "_y"),
         score_column: str = "score",
         encoder: Encoder | None = None,
         batch_size: int | None = None,
         show_progress: bool | None = None,
     ) -> pd.DataFrame:
-        """Join each left row with its ``k`` most similar right rows (also across languages).
+        """Join each left row with its ``k`` best-scoring right rows (also across languages).
 
-        Works block by block (:func:`polyemb.similarity.top_k`), never holding the whole
-        left x right score matrix.
+        Works block by block (:func:`polyemb.similarity.join_rows`), never holding the whole
+        left x right score matrix. Ties go to the earlier right row.
 
         Args:
             right: The other DataFrame.
             left_on: A text or vector column of this DataFrame.
             right_on: A text or vector column of ``right``; default ``left_on``.
             k: Matches per left row.
-            threshold: Keep only matches with at least this cosine.
+            threshold: Keep only matches whose score is at least this.
             how: ``"inner"`` drops left rows without a match (NA key or none above the
                 threshold); ``"left"`` keeps them once, with NA right columns and score.
+            score: ``"cosine"``; or ``"margin"`` / ``"csls"``, which score a pair relative to both
+                rows' 4 nearest neighbours on the other side, so that a sentence close to
+                everything (a hub) does not match everyone; best for matching across languages.
+                These add a ``cosine`` column.
             suffixes: Added to column names found in both tables, as ``merge`` does.
-            score_column: Name of the similarity column.
+            score_column: Name of the score column.
             encoder: The Encoder; default :func:`polyemb.default_encoder`.
             batch_size: Passed to ``encode``.
             show_progress: Passed to ``encode``.
 
         Returns:
             Left columns, right columns, then the score; a fresh RangeIndex, ordered by left
-            row and then by decreasing score.
+            row, then by decreasing score.
         """
         if not isinstance(right, pd.DataFrame):
             raise InvalidInputError(f"right must be a DataFrame, got {type(right).__name__}")
-        if how not in ("inner", "left"):
-            raise InvalidInputError(f"how must be 'inner' or 'left', got {how!r}")
+        check_join(k, threshold, how, score)
         right_on = left_on if right_on is None else right_on
         left_col = _column(self._df, left_on, "left")
         right_col = _column(right, right_on, "right")
@@ -305,22 +318,11 @@ class EmbDataFrameAccessor:
         else:
             lvec, lvalid = left_col.emb._vectors(encoder, **options)
             rvec, rvalid = right_col.emb._vectors(encoder, **options)
-        lpos, rpos = np.flatnonzero(lvalid), np.flatnonzero(rvalid)
-        indices, scores = top_k(lvec[lpos], rvec[rpos], k)
-        left_rows = np.repeat(lpos, indices.shape[1])
-        right_rows = rpos[indices].reshape(-1) if indices.size else np.zeros(0, dtype=np.int64)
-        flat_scores = scores.reshape(-1).astype(np.float64)
-        if threshold is not None:
-            keep = flat_scores >= threshold
-            left_rows, right_rows, flat_scores = left_rows[keep], right_rows[keep], flat_scores[keep]
-        if how == "left":
-            unmatched = np.setdiff1d(np.arange(len(self._df)), left_rows)
-            left_rows = np.concatenate([left_rows, unmatched])
-            right_rows = np.concatenate([right_rows, np.full(len(unmatched), -1)])
-            flat_scores = np.concatenate([flat_scores, np.full(len(unmatched), np.nan)])
-            order = np.argsort(left_rows, kind="stable")
-            left_rows, right_rows, flat_scores = left_rows[order], right_rows[order], flat_scores[order]
-        return _assemble(self._df, right, left_rows, right_rows, flat_scores, suffixes, score_column)
+        rows = join_rows(lvec, lvalid, rvec, rvalid, k, threshold=threshold, how=how, score=score)
+        columns = {score_column: rows.score}
+        if score != "cosine":
+            columns["cosine"] = rows.cosine
+        return _assemble(self._df, right, rows.left, rows.right, columns, suffixes)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -380,9 +382,7 @@ def _align(series: pd.Series, other: pd.Series) -> pd.Series:
 
 def _column(frame: pd.DataFrame, name: str, side: str) -> pd.Series:
     if name not in frame.columns:
-        raise InvalidInputError(
-            f"the {side} DataFrame has no column {name!r}; its columns are {list(frame.columns)}"
-        )
+        raise ColumnNotFoundError.from_missing(name, frame.columns, f"the {side} DataFrame")
     column = frame[name]
     if isinstance(column, pd.DataFrame):
         raise InvalidInputError(f"the {side} DataFrame has several columns named {name!r}")
@@ -394,56 +394,25 @@ def _assemble(
     right: pd.DataFrame,
     left_rows: np.ndarray,
     right_rows: np.ndarray,
-    scores: np.ndarray,
+    added: dict[str, np.ndarray],
     suffixes: tuple[str, str],
-    score_column: str,
 ) -> pd.DataFrame:
+    """Left rows, right rows (-1: all NA) and the ``added`` columns side by side, as ``merge`` names them."""
     left_part = left.iloc[left_rows].reset_index(drop=True)
     right_part = right.reset_index(drop=True).reindex(right_rows).reset_index(drop=True)
     clash = set(left_part.columns) & set(right_part.columns)
     left_part = left_part.rename(columns={c: f"{c}{suffixes[0]}" for c in clash})
     right_part = right_part.rename(columns={c: f"{c}{suffixes[1]}" for c in clash})
     result = pd.concat([left_part, right_part], axis=1)
-    if score_column in result.columns:
-        raise InvalidInputError(
-            f"the joined tables already have a column {score_column!r}; choose another score_column"
-        )
-    result[score_column] = scores
+    for name, values in added.items():
+        if name in result.columns:
+            raise InvalidInputError(
+                f"the joined tables already have a column {name!r}; choose another score_column"
+            )
+        result[name] = values
     return result
 
 
-class _ListDtypeReader:
-    """Parses the list dtype strings pandas writes into Parquet metadata but cannot read back.
-
-    ``df.to_parquet()`` records a vector column's dtype as ``"fixed_size_list<item: float>[768]
-    [pyarrow]"``, and ``pd.read_parquet()`` then fails on that string (pandas-dev/pandas#59738,
-    open). Registered ahead of ``ArrowDtype``, this reader turns list-of-float dtype strings back
-    into the ``ArrowDtype`` they came from, so vector columns round-trip; every other string
-    falls through to pandas' own parsers.
-    """
-
-    _PATTERN = re.compile(r"(fixed_size_)?list<item: (float|double|halffloat)>(?:\[(\d+)\])?\[pyarrow\]")
-    _VALUES = {"float": pa.float32(), "double": pa.float64(), "halffloat": pa.float16()}
-
-    @classmethod
-    def construct_from_string(cls, string: str) -> pd.ArrowDtype:
-        match = cls._PATTERN.fullmatch(string) if isinstance(string, str) else None
-        if match is None or bool(match.group(1)) != (match.group(3) is not None):
-            raise TypeError(f"not a vector dtype string: {string!r}")
-        values = cls._VALUES[match.group(2)]
-        kind = pa.list_(values, int(match.group(3))) if match.group(1) else pa.list_(values)
-        return pd.ArrowDtype(kind)
-
-
-def _install_list_dtype_reader() -> None:
-    try:
-        from pandas.core.dtypes.base import _registry
-    except ImportError:  # pragma: no cover - pandas moved its registry; round trips need dtype_backend
-        return
-    if _ListDtypeReader not in _registry.dtypes:
-        _registry.dtypes.insert(0, _ListDtypeReader)
-
-
-_install_list_dtype_reader()
+_pandas_dtypes.install()
 pd.api.extensions.register_series_accessor("emb")(EmbSeriesAccessor)
 pd.api.extensions.register_dataframe_accessor("emb")(EmbDataFrameAccessor)

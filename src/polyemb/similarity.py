@@ -1,17 +1,34 @@
-"""Cosine similarity and top-k search on float32 matrices (no engine types here)."""
+"""Cosine similarity, margin scoring and top-k search on float32 matrices (no engine types here)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from polyemb.errors import InvalidInputError
+from polyemb.options import JOIN_HOWS, SCORES, JoinHow, Score, check_choice, check_positive_int
 
-__all__ = ["connected_groups", "cosine", "normalize_rows", "paired_cosines", "pairs_above", "top_k"]
+__all__ = [
+    "JoinRows",
+    "check_join",
+    "connected_groups",
+    "cosine",
+    "join_rows",
+    "neighbourhood",
+    "normalize_rows",
+    "paired_cosines",
+    "pairs_above",
+    "rescore",
+    "top_k",
+]
 
 # Rows of the (query block x corpus block) score matrix computed at once: 4096 x 4096 float32
 # is 64 MiB, which bounds top_k's memory whatever the table sizes.
 BLOCK_ROWS = 4_096
+# Neighbours in the margin and CSLS neighbourhoods: the k of LASER's bitext mining.
+NEIGHBOURS = 4
 
 
 def _matrix(values: np.ndarray, name: str) -> np.ndarray:
@@ -57,24 +74,66 @@ def paired_cosines(vectors: np.ndarray, valid: np.ndarray, n: int) -> tuple[np.n
     return scores, valid[:n] & valid[n : 2 * n]
 
 
+def neighbourhood(
+    queries: np.ndarray, corpus: np.ndarray, k: int = NEIGHBOURS, *, block_rows: int = BLOCK_ROWS
+) -> np.ndarray:
+    """Mean cosine of each query row with its ``k`` nearest corpus rows: r(x) in margin and CSLS.
+
+    A sentence that is close to many (a hub) has a high mean; scoring relative to it is what
+    keeps hubs from being everyone's nearest neighbour across languages. 0 for an empty corpus.
+    """
+    _, scores = top_k(queries, corpus, k, block_rows=block_rows)
+    return scores.mean(axis=1) if scores.shape[1] else np.zeros(len(scores), dtype=np.float32)
+
+
+def rescore(
+    cosines: torch.Tensor, score: Score, query_r: torch.Tensor, corpus_r: torch.Tensor
+) -> torch.Tensor:
+    """Turn a (queries x corpus) block of cosines into ``score``, given both sides' r (neighbourhoods).
+
+    - ``"margin"`` (Artetxe & Schwenk, 2019, ratio margin): ``cos(x, y) / ((r(x) + r(y)) / 2)``,
+      the denominator kept >= 1e-6.
+    - ``"csls"`` (Conneau et al., 2018): ``2 cos(x, y) - r(x) - r(y)``.
+    - ``"cosine"``: unchanged.
+    """
+    if score == "cosine":
+        return cosines
+    if score == "margin":
+        return cosines / ((query_r[:, None] + corpus_r[None, :]) / 2).clamp(min=1e-6)
+    return 2 * cosines - query_r[:, None] - corpus_r[None, :]
+
+
 def top_k(
     queries: np.ndarray,
     corpus: np.ndarray,
     k: int,
     *,
+    score: Score = "cosine",
+    neighbourhoods: tuple[np.ndarray, np.ndarray] | None = None,
+    neighbours: int = NEIGHBOURS,
     block_rows: int = BLOCK_ROWS,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """For each query row, the ``k`` corpus rows of highest cosine, best first.
+    """For each query row, the ``k`` corpus rows of highest score, best first.
 
     Works block by block, so memory stays at ``block_rows**2`` scores whatever the sizes: each
     block keeps only its own k best per query (``torch.topk``), merged into a running best.
-    Among kept rows of equal score, the lower corpus index comes first.
+    Among rows of equal score, the lower corpus index comes first.
+
+    Args:
+        queries: (n, dim) vectors (normalized here).
+        corpus: (m, dim) vectors.
+        k: Rows per query (fewer if the corpus is smaller).
+        score: ``"cosine"``, ``"margin"`` or ``"csls"`` (see :func:`rescore`).
+        neighbourhoods: For margin and CSLS, ``(r of each query over the corpus, r of each
+            corpus row over the queries)``; None computes both with :func:`neighbourhood`.
+        neighbours: k of the neighbourhoods computed here (4, as LASER uses).
+        block_rows: Rows of a block on each side.
 
     Returns:
         ``(indices, scores)``, each ``(len(queries), min(k, len(corpus)))``.
     """
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise InvalidInputError(f"k must be a positive int, got {k!r}")
+    check_positive_int("k", k)
+    check_choice("score", score, SCORES)
     q = normalize_rows(queries)
     c = normalize_rows(corpus)
     if q.shape[1] != c.shape[1]:
@@ -84,6 +143,16 @@ def top_k(
     scores = np.zeros((len(q), keep), dtype=np.float32)
     if keep == 0 or len(q) == 0:
         return indices, scores
+    if score != "cosine" and neighbourhoods is None:
+        neighbourhoods = (
+            neighbourhood(q, c, neighbours, block_rows=block_rows),
+            neighbourhood(c, q, neighbours, block_rows=block_rows),
+        )
+    query_r, corpus_r = (
+        (torch.from_numpy(np.asarray(r, dtype=np.float32)) for r in neighbourhoods)
+        if neighbourhoods is not None
+        else (torch.zeros(0), torch.zeros(0))
+    )
     corpus_t = torch.from_numpy(c)
     with torch.inference_mode():
         for q0 in range(0, len(q), block_rows):
@@ -92,6 +161,10 @@ def top_k(
             best_idx = torch.empty((len(q_block), 0), dtype=torch.int64)
             for c0 in range(0, len(c), block_rows):
                 block = q_block @ corpus_t[c0 : c0 + block_rows].T
+                if score != "cosine":
+                    block = rescore(
+                        block, score, query_r[q0 : q0 + len(q_block)], corpus_r[c0 : c0 + block.shape[1]]
+                    )
                 val, idx = block.topk(min(keep, block.shape[1]), dim=1)
                 best_val = torch.cat([best_val, val], dim=1)
                 best_idx = torch.cat([best_idx, idx + c0], dim=1)
@@ -102,6 +175,79 @@ def top_k(
             scores[q0 : q0 + len(q_block)] = best_val.numpy()
     order = np.lexsort((indices, -scores), axis=1)
     return np.take_along_axis(indices, order, axis=1), np.take_along_axis(scores, order, axis=1)
+
+
+def check_join(k: int, threshold: float | None, how: str, score: str) -> None:
+    """Check a join's options (before the engines spend time encoding)."""
+    check_positive_int("k", k)
+    check_choice("how", how, JOIN_HOWS)
+    check_choice("score", score, SCORES)
+    if threshold is not None and not isinstance(threshold, (int, float)):
+        raise InvalidInputError(f"threshold must be a number or None, got {threshold!r}")
+
+
+@dataclass(frozen=True)
+class JoinRows:
+    """The pairs of a semantic join, as row positions: what every engine's join assembles.
+
+    Ordered by left row, then by decreasing score, then by right row (so ties go to the earlier
+    right row). Unmatched left rows of a ``how="left"`` join have right row -1 and NaN scores.
+    """
+
+    left: np.ndarray  # int64 left row positions
+    right: np.ndarray  # int64 right row positions, -1 where unmatched
+    score: np.ndarray  # float64 score (cosine, margin or CSLS)
+    cosine: np.ndarray  # float64 cosine of the pair
+
+
+def join_rows(
+    left: np.ndarray,
+    left_valid: np.ndarray,
+    right: np.ndarray,
+    right_valid: np.ndarray,
+    k: int,
+    *,
+    threshold: float | None = None,
+    how: JoinHow = "inner",
+    score: Score = "cosine",
+    neighbours: int = NEIGHBOURS,
+    block_rows: int = BLOCK_ROWS,
+) -> JoinRows:
+    """The ``k`` best right rows of each valid left row, by ``score``, at or above ``threshold``.
+
+    Rows whose ``valid`` is False (NULL) never match; margin and CSLS neighbourhoods are taken
+    over the valid rows only. ``how="left"`` keeps every left row once it has no match.
+    """
+    check_join(k, threshold, how, score)
+    lpos, rpos = np.flatnonzero(left_valid), np.flatnonzero(right_valid)
+    lvec, rvec = normalize_rows(left[lpos]), normalize_rows(right[rpos])
+    indices, scores = top_k(lvec, rvec, k, score=score, neighbours=neighbours, block_rows=block_rows)
+    left_rows = np.repeat(lpos, indices.shape[1])
+    right_rows = rpos[indices].reshape(-1) if indices.size else np.zeros(0, dtype=np.int64)
+    flat = scores.reshape(-1).astype(np.float64)
+    if score == "cosine":
+        cosines = flat
+    else:
+        chosen = indices.reshape(-1)
+        cosines = np.einsum("ij,ij->i", lvec[np.repeat(np.arange(len(lpos)), indices.shape[1])], rvec[chosen])
+        cosines = cosines.astype(np.float64)
+    if threshold is not None:
+        keep = flat >= threshold
+        left_rows, right_rows, flat, cosines = left_rows[keep], right_rows[keep], flat[keep], cosines[keep]
+    if how == "left":
+        unmatched = np.setdiff1d(np.arange(len(left)), left_rows)
+        nan = np.full(len(unmatched), np.nan)
+        left_rows = np.concatenate([left_rows, unmatched])
+        right_rows = np.concatenate([right_rows, np.full(len(unmatched), -1)])
+        flat, cosines = np.concatenate([flat, nan]), np.concatenate([cosines, nan])
+        order = np.argsort(left_rows, kind="stable")
+        left_rows, right_rows, flat, cosines = (
+            left_rows[order],
+            right_rows[order],
+            flat[order],
+            cosines[order],
+        )
+    return JoinRows(left_rows.astype(np.int64), right_rows.astype(np.int64), flat, cosines)
 
 
 def pairs_above(

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from polyemb.encoder import Encoder
-from polyemb.errors import InvalidInputError
+from polyemb.errors import ColumnNotFoundError, InvalidInputError
+from polyemb.similarity import cosine
+from polyemb.tables import read_table
 
 __all__ = ["StsData", "TaskResult", "evaluate", "fisher_mean", "pearson", "read_sts", "spearman"]
 
@@ -38,8 +38,11 @@ class TaskResult:
     n: int
 
 
+_COLUMNS = ("sentence1", "sentence2", "score")
+
+
 def read_sts(path: str | os.PathLike[str]) -> StsData:
-    """Read STS pairs from CSV/TSV or Parquet.
+    """Read STS pairs from CSV/TSV or Parquet (through :func:`polyemb.tables.read_table`).
 
     Columns ``sentence1``, ``sentence2``, ``score`` and an optional ``task`` (e.g. ``en;es``), or
     a header-less three-column CSV as in stsb-multi-mt (sentence1, sentence2, score). Scores may
@@ -48,23 +51,16 @@ def read_sts(path: str | os.PathLike[str]) -> StsData:
     Raises:
         InvalidInputError: Missing file or columns, or a score that is not a number.
     """
-    source = Path(path)
-    if not source.is_file():
-        raise InvalidInputError(f"STS file {str(source)!r} does not exist")
-    if source.suffix.lower() in {".parquet", ".pq"}:
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(source)
-        columns = {name: table.column(name).to_pylist() for name in table.column_names}
-    else:
-        columns = _read_csv(source)
-    missing = [name for name in ("sentence1", "sentence2", "score") if name not in columns]
-    if missing:
-        raise InvalidInputError(
-            f"{str(source)!r} lacks the column(s) {missing}; it needs sentence1, sentence2, score "
-            f"(and optionally task), or no header and exactly those three columns; found {sorted(columns)}"
+    try:
+        table = read_table(path, _COLUMNS, headerless=_COLUMNS)
+    except ColumnNotFoundError as exc:
+        exc.add_context(
+            after=" An STS file needs the columns sentence1, sentence2, score (and optionally task), "
+            "or no header and exactly those three columns."
         )
-    n = len(columns["score"])
+        raise
+    columns = {name: table.column(name).to_pylist() for name in table.column_names}
+    n = table.num_rows
     tasks = columns.get("task") or ["all"] * n
     keep = [
         i
@@ -74,43 +70,13 @@ def read_sts(path: str | os.PathLike[str]) -> StsData:
     try:
         scores = np.array([float(columns["score"][i]) for i in keep], dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"a score in {str(source)!r} is not a number: {exc}") from exc
+        raise InvalidInputError(f"a score in {os.fspath(path)!r} is not a number: {exc}") from exc
     return StsData(
         sentence1=[str(columns["sentence1"][i]) for i in keep],
         sentence2=[str(columns["sentence2"][i]) for i in keep],
         score=scores,
         task=[str(tasks[i]) for i in keep],
     )
-
-
-def _read_csv(source: Path) -> dict[str, list[Any]]:
-    delimiter = "\t" if source.suffix.lower() == ".tsv" else ","
-    with source.open(encoding="utf-8", newline="") as handle:
-        rows = list(csv.reader(handle, delimiter=delimiter))
-    if not rows:
-        raise InvalidInputError(f"{str(source)!r} is empty")
-    header = [cell.strip() for cell in rows[0]]
-    if "sentence1" in header and "sentence2" in header:
-        body = rows[1:]
-        return {name: [row[i] if i < len(row) else None for row in body] for i, name in enumerate(header)}
-    if len(header) == 3 and _is_number(header[2]):
-        return {
-            "sentence1": [row[0] for row in rows],
-            "sentence2": [row[1] for row in rows],
-            "score": [row[2] for row in rows],
-        }
-    raise InvalidInputError(
-        f"cannot read {str(source)!r}: give a header with sentence1, sentence2, score[, task], "
-        f"or three columns without a header; the first row is {rows[0][:4]}"
-    )
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -158,7 +124,7 @@ def evaluate(encoder: Encoder, data: StsData, *, batch_size: int | None = None) 
         raise InvalidInputError("no sentence pairs to evaluate")
     vectors = encoder.encode([*data.sentence1, *data.sentence2], batch_size=batch_size)
     n = len(data.sentence1)
-    cosines = np.einsum("ij,ij->i", vectors[:n], vectors[n:]).astype(np.float64)
+    cosines = cosine(vectors[:n], vectors[n:]).astype(np.float64)
     tasks: dict[str, TaskResult] = {}
     task_of = np.array(data.task, dtype=object)
     for task in dict.fromkeys(data.task):

@@ -1,11 +1,12 @@
-"""Embed a text column of a CSV or Parquet file into a Parquet file, streaming, atomically."""
+"""Table files: the one reader of CSV, TSV, Parquet and text files, and ``embed_file`` (streaming, atomic)."""
 
 from __future__ import annotations
 
-import difflib
+import csv
+import io
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,16 +17,17 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from polyemb.arrow import encode_arrow, vector_type
-from polyemb.errors import InvalidInputError, PolyembError
+from polyemb.errors import ColumnNotFoundError, InvalidInputError, PolyembError
 
 if TYPE_CHECKING:
     from polyemb.encoder import Encoder
 
-__all__ = ["EmbedReport", "embed_file", "read_table_batches"]
+__all__ = ["EmbedReport", "embed_file", "read_table", "read_table_batches", "table_format"]
 
 CHUNK_ROWS = 16_384
 _PARQUET = (".parquet", ".pq", ".parq")
-_CSV = (".csv", ".tsv")
+_DELIMITED = {".csv": ",", ".tsv": "\t"}
+_LINES = (".txt",)
 _COMPRESSED = (".gz", ".bz2", ".zst", ".lz4")
 
 
@@ -39,59 +41,103 @@ class EmbedReport:
     model: str
 
 
-def _kind(path: Path) -> str:
+def table_format(path: Path) -> str:
+    """``"parquet"``, ``".csv"``, ``".tsv"`` or ``"lines"``, from the name (compression suffixes aside)."""
     suffixes = [s.lower() for s in path.suffixes]
     while suffixes and suffixes[-1] in _COMPRESSED:
         suffixes.pop()
     last = suffixes[-1] if suffixes else ""
     if last in _PARQUET:
         return "parquet"
-    if last in _CSV:
-        return last[1:]
+    if last in _DELIMITED:
+        return last
+    if last in _LINES:
+        return "lines"
     raise InvalidInputError(
-        f"cannot tell the format of {str(path)!r} from its name; use a .csv, .tsv or .parquet file"
+        f"cannot tell the format of {str(path)!r} from its name; use a .csv, .tsv, .parquet or .txt "
+        "(one text per line) file"
     )
 
 
 def read_table_batches(
-    path: str | os.PathLike[str], column: str, *, rows: int = CHUNK_ROWS
+    path: str | os.PathLike[str],
+    columns: Sequence[str] = (),
+    *,
+    rows: int = CHUNK_ROWS,
+    headerless: Sequence[str] | None = None,
 ) -> tuple[pa.Schema, int | None, Iterator[pa.RecordBatch]]:
-    """Open a CSV/TSV or Parquet file for streaming in record batches.
+    """Open a table file for streaming in record batches: the one reader of CSV, TSV, Parquet and text.
 
-    CSV: ``column`` is read as text whatever it looks like; an empty unquoted cell is NULL,
-    a quoted empty cell ``""`` is the empty string (as DuckDB reads CSV).
+    - Parquet (``.parquet``, ``.pq``, ``.parq``): as written.
+    - CSV and TSV, optionally compressed (``.gz``, ``.bz2``, ``.zst``, ``.lz4``): ``columns`` are
+      read as text whatever they look like; an empty unquoted cell is NULL, a quoted empty cell
+      ``""`` is the empty string (as DuckDB reads CSV). A file whose first row does not name
+      ``columns`` has no header if ``headerless`` is given and the row has that many cells: its
+      columns are then called ``headerless``.
+    - ``.txt``: one text per line, in a column ``text``; blank lines are skipped.
 
     Returns:
         ``(schema, total rows or None when unknown, batches)``.
 
     Raises:
-        InvalidInputError: Unknown format, or ``column`` is not in the file.
+        InvalidInputError: No such file, an unknown format, or an unreadable file.
+        ColumnNotFoundError: One of ``columns`` is not in the file.
     """
     source = Path(path)
     if not source.is_file():
         raise InvalidInputError(f"input file {str(source)!r} does not exist")
-    kind = _kind(source)
+    kind = table_format(source)
     try:
         if kind == "parquet":
             parquet = pq.ParquetFile(source)
             schema = parquet.schema_arrow
-            _check_column(schema, column, source)
+            _check_columns(schema.names, columns, source)
             return schema, parquet.metadata.num_rows, parquet.iter_batches(batch_size=rows)
+        if kind == "lines":
+            with pa.input_stream(source, compression="detect") as stream:
+                lines = [line for line in stream.read().decode("utf-8").splitlines() if line.strip()]
+            table = pa.table({"text": pa.array(lines, pa.string())})
+            _check_columns(table.column_names, columns, source)
+            return table.schema, table.num_rows, iter(table.to_batches(max_chunksize=rows))
+        delimiter = _DELIMITED[kind]
+        names = _header_names(source, delimiter, columns, headerless)
         reader = pacsv.open_csv(
             source,
-            read_options=pacsv.ReadOptions(block_size=1 << 24),
-            parse_options=pacsv.ParseOptions(delimiter="\t" if kind == "tsv" else ","),
+            read_options=pacsv.ReadOptions(block_size=1 << 24, column_names=names),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter),
             convert_options=pacsv.ConvertOptions(
-                column_types={column: pa.string()},
+                column_types={column: pa.string() for column in columns},
                 strings_can_be_null=True,
                 null_values=[""],
                 quoted_strings_can_be_null=False,
             ),
         )
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise InvalidInputError(f"cannot read {str(source)!r} as {kind}: {exc}") from exc
-    _check_column(reader.schema, column, source)
+    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"cannot read {str(source)!r} as {kind.lstrip('.')}: {exc}") from exc
+    _check_columns(reader.schema.names, columns, source)
     return reader.schema, None, _rebatch(reader, rows)
+
+
+def read_table(
+    path: str | os.PathLike[str], columns: Sequence[str] = (), *, headerless: Sequence[str] | None = None
+) -> pa.Table:
+    """A whole table file in memory (see :func:`read_table_batches` for formats and options)."""
+    schema, _, batches = read_table_batches(path, columns, headerless=headerless)
+    return pa.Table.from_batches(list(_guarded(batches, path)), schema=schema)
+
+
+def _header_names(
+    source: Path, delimiter: str, columns: Sequence[str], headerless: Sequence[str] | None
+) -> list[str] | None:
+    """None when the first row is a header (pyarrow reads it); else the names of a header-less file."""
+    if headerless is None:
+        return None
+    with pa.input_stream(source, compression="detect") as stream:
+        head = stream.read(1 << 16).decode("utf-8", errors="replace")
+    first = next(csv.reader(io.StringIO(head), delimiter=delimiter), [])
+    if all(column in first for column in columns) or len(first) != len(headerless):
+        return None
+    return list(headerless)
 
 
 def _rebatch(reader: pacsv.CSVStreamingReader, rows: int) -> Iterator[pa.RecordBatch]:
@@ -100,14 +146,10 @@ def _rebatch(reader: pacsv.CSVStreamingReader, rows: int) -> Iterator[pa.RecordB
             yield batch.slice(start, rows)
 
 
-def _check_column(schema: pa.Schema, column: str, source: Path) -> None:
-    if column in schema.names:
-        return
-    close = difflib.get_close_matches(column, schema.names, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise InvalidInputError(
-        f"column {column!r} is not in {str(source)!r}; its columns are {schema.names}.{hint}"
-    )
+def _check_columns(names: list[str], columns: Sequence[str], source: Path) -> None:
+    for column in columns:
+        if column not in names:
+            raise ColumnNotFoundError.from_missing(column, names, repr(str(source)))
 
 
 def _guarded(batches: Iterator[pa.RecordBatch], source: str | os.PathLike[str]) -> Iterator[pa.RecordBatch]:
@@ -139,7 +181,7 @@ def embed_file(
     Raises:
         InvalidInputError: Unreadable input, a missing column, or an existing ``vector_column``.
     """
-    schema, total, batches = read_table_batches(source, column, rows=chunk_rows)
+    schema, total, batches = read_table_batches(source, [column], rows=chunk_rows)
     if vector_column in schema.names:
         raise InvalidInputError(
             f"the input already has a column {vector_column!r}; choose another --vector-column"
@@ -171,7 +213,8 @@ def embed_file(
                 try:
                     vectors = encode_arrow(encoder, batch.column(column), name=f"column {column!r}")
                 except PolyembError as exc:
-                    raise type(exc)(f"{exc} (in rows {rows}..{rows + batch.num_rows - 1})") from exc
+                    exc.add_context(after=f" (in rows {rows}..{rows + batch.num_rows - 1})")
+                    raise
                 table = pa.Table.from_batches([batch]).append_column(vector_column, vectors)
                 writer.write_table(table.cast(out_schema))
                 rows += batch.num_rows

@@ -46,7 +46,7 @@ def test_spark_report_shape(spark, tiny_model_dir: Path, capsys: pytest.CaptureF
     argv = ["bench", "-m", str(tiny_model_dir), "--size", "40", "--rounds", "1", "--scenarios", "a"]
     assert main([*argv, "--json", "--against", "spark"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["against"] == "spark" and report["broadcast"]["files"] > 0
+    assert report["against"] == "spark" and report["shipment"]["files"] > 0
     scenario = report["scenarios"]["a"]
     assert scenario["texts"] == 40 and scenario["min_row_cosine"] > 0.9999
     assert set(scenario["peak_mib"]) == {"polyemb", "spark"}

@@ -32,6 +32,7 @@ def test_matches_sentence_transformers_per_task(
     minilm_dir: Path, sts_rows: list[dict[str, str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from sentence_transformers import SentenceTransformer
+
     try:
         from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
     except ImportError:  # sentence-transformers before 6.x

@@ -110,8 +110,11 @@ def test_register_twice_and_prefix(tiny_encoder: polyemb.Encoder, tiny_model_dir
     )
     polyemb.duckdb.register(connection, tiny_encoder, prefix="pe_")
     assert connection.execute("SELECT pe_embedding_model()").fetchall()[0] == (tiny_encoder.provenance,)
-    with pytest.raises(polyemb.InvalidInputError, match="prefix"):
-        polyemb.duckdb.register(connection, tiny_encoder, prefix="bad prefix;")
+    for bad in ("bad prefix;", "1st_", "naïve_"):
+        with pytest.raises(
+            polyemb.InvalidInputError, match="prefix must be empty or start an SQL identifier"
+        ):
+            polyemb.duckdb.register(connection, tiny_encoder, prefix=bad)
 
 
 def test_default_encoder_is_used(tiny_encoder: polyemb.Encoder) -> None:

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import tarfile
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pyspark
 import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 import polyemb
 import polyemb.spark
-from polyemb.spark import ModelSource
+from polyemb import loading
+from polyemb.spark import delivery
+from polyemb.spark.delivery import ModelSource
 
 pytestmark = pytest.mark.spark
 
@@ -44,7 +48,7 @@ def check_vectors(rows: list, texts: list[str | None], encoder: polyemb.Encoder)
             np.testing.assert_allclose(np.array(by_id[i], dtype=np.float32), expected[i], atol=1e-5)
 
 
-@pytest.mark.parametrize("delivery", ["broadcast", "path"])
+@pytest.mark.parametrize("delivery", ["broadcast", "artifact", "path"])
 def test_embed_udf_matches_the_core(
     spark: SparkSession, tiny_model_dir: Path, tiny_encoder: polyemb.Encoder, delivery: str
 ) -> None:
@@ -163,11 +167,14 @@ def _materialize_in_process(args: tuple[dict[str, bytes], str, str]) -> str:
     payload, fingerprint, cache = args
     os.environ["POLYEMB_MODEL_CACHE"] = cache
     source = ModelSource("m", fingerprint, "broadcast", "fp32", None, broadcast=_Broadcast(payload))
-    return polyemb.spark._materialize(source)
+    return delivery.materialize(source)
 
 
 def test_concurrent_workers_write_the_model_once(tiny_model_dir: Path, tmp_path: Path) -> None:
-    payload = polyemb.spark._read_model_files(tiny_model_dir)
+    payload = {
+        path.relative_to(tiny_model_dir).as_posix(): path.read_bytes()
+        for path in loading.model_files(tiny_model_dir)
+    }
     assert "model.safetensors" in payload and "1_Pooling/config.json" in payload
     cache = tmp_path / "cache"
     with multiprocessing.get_context("spawn").Pool(6) as pool:
@@ -183,11 +190,11 @@ def test_gpu_task_resources_pick_the_gpu(monkeypatch: pytest.MonkeyPatch) -> Non
     import torch
 
     context = SimpleNamespace(resources=lambda: {"gpu": SimpleNamespace(addresses=["1"])}, cpus=lambda: 3)
-    monkeypatch.setattr(polyemb.spark.TaskContext, "get", staticmethod(lambda: context))
+    monkeypatch.setattr(pyspark.TaskContext, "get", staticmethod(lambda: context))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert polyemb.spark._task_resources() == ("cuda:1", 3)
+    assert delivery.task_resources() == ("cuda:1", 3)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert polyemb.spark._task_resources() == ("cpu", 3)
+    assert delivery.task_resources() == ("cpu", 3)
 
 
 def test_cpu_tasks_cap_torch_threads(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -195,21 +202,70 @@ def test_cpu_tasks_cap_torch_threads(tiny_model_dir: Path, monkeypatch: pytest.M
 
     before = torch.get_num_threads()
     context = SimpleNamespace(resources=dict, cpus=lambda: 1)
-    monkeypatch.setattr(polyemb.spark.TaskContext, "get", staticmethod(lambda: context))
+    monkeypatch.setattr(pyspark.TaskContext, "get", staticmethod(lambda: context))
     source = ModelSource(str(tiny_model_dir), "sha256:threads", "path", "fp32", None)
     try:
-        polyemb.spark._worker_encoder(source)
+        delivery.worker_encoder(source)
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
 
 
-def test_delivery_without_a_spark_context(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Spark Connect has no SparkContext: auto means path, and broadcast is refused clearly.
-    monkeypatch.setattr(polyemb.spark, "_spark_context", lambda: None)
-    source = polyemb.spark._source(tiny_model_dir, "auto", "auto", None, None)
-    assert source.delivery == "path" and source.model == str(tiny_model_dir)
-    with pytest.raises(polyemb.InvalidInputError, match="Spark Connect"):
-        polyemb.spark._source(tiny_model_dir, "broadcast", "auto", None, None)
-    with pytest.raises(polyemb.InvalidInputError, match="delivery must be"):
-        polyemb.spark._source(tiny_model_dir, "ftp", "auto", None, None)  # type: ignore[arg-type]
+class _FakeConnectSession:
+    """Stands for a Spark Connect session: only its module and addArtifacts matter here."""
+
+    def __init__(self) -> None:
+        self.added: list[tuple[str, bool]] = []
+
+    def addArtifacts(self, path: str, archive: bool = False) -> None:  # noqa: N802 - Spark's name
+        self.added.append((path, archive))
+
+
+_FakeConnectSession.__module__ = "pyspark.sql.connect.session"
+
+
+def test_delivery_follows_the_session(spark: SparkSession, tiny_model_dir: Path) -> None:
+    # Classic: auto ships the files by broadcast.
+    classic = delivery.model_source(
+        spark, tiny_model_dir, delivery="auto", precision="auto", max_seq_length=None, revision=None
+    )
+    assert classic.delivery == "broadcast" and classic.broadcast is not None
+    # Spark Connect (even in a process that has a classic SparkContext, as a local Connect
+    # server does): auto ships one archive as a session artifact, broadcast is refused.
+    connect = _FakeConnectSession()
+    source = delivery.model_source(
+        connect, tiny_model_dir, delivery="auto", precision="auto", max_seq_length=None, revision=None
+    )
+    assert source.delivery == "artifact" and source.broadcast is None
+    [(archive, is_archive)] = connect.added
+    assert is_archive and Path(archive).name == source.artifact
+    with tarfile.open(archive) as tar:
+        assert sorted(tar.getnames()) == sorted(
+            path.relative_to(tiny_model_dir).as_posix() for path in loading.model_files(tiny_model_dir)
+        )
+    with pytest.raises(polyemb.InvalidInputError, match="Spark Connect session"):
+        delivery.model_source(
+            connect,
+            tiny_model_dir,
+            delivery="broadcast",
+            precision="auto",
+            max_seq_length=None,
+            revision=None,
+        )
+    with pytest.raises(polyemb.InvalidInputError, match="delivery must be one of"):
+        delivery.model_source(
+            connect,
+            tiny_model_dir,
+            delivery="ftp",
+            precision="auto",
+            max_seq_length=None,
+            revision=None,  # type: ignore[arg-type]
+        )
+
+
+def test_register_checks_the_prefix_as_duckdb_does(spark: SparkSession, tiny_model_dir: Path) -> None:
+    for bad in ("1st_", "naïve_", "a-b", "a b"):
+        with pytest.raises(
+            polyemb.InvalidInputError, match="prefix must be empty or start an SQL identifier"
+        ):
+            polyemb.spark.register(spark, tiny_model_dir, prefix=bad)

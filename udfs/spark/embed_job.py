@@ -23,6 +23,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 import polyemb.spark
+from polyemb.errors import ColumnNotFoundError
+from polyemb.options import DELIVERIES, PRECISIONS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,11 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--delivery",
-        choices=["auto", "broadcast", "path"],
+        choices=DELIVERIES,
         default="auto",
-        help="how executors get the model",
+        help="how executors get the model (auto: broadcast on classic Spark, artifact on Spark Connect)",
     )
-    parser.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto")
     parser.add_argument("--batch-size", type=int, default=None, help="texts per forward pass on executors")
     parser.add_argument(
         "--arrow-batch-rows", type=int, default=None, help="spark.sql.execution.arrow.maxRecordsPerBatch"
@@ -102,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for column in [args.text_column, *(args.pair_columns or []), *partition_by]:
         if column not in df.columns:
             print(
-                f"embed_job: column {column!r} is not in the input; its columns are {df.columns}",
+                f"embed_job: {ColumnNotFoundError.from_missing(column, df.columns, 'the input')}",
                 file=sys.stderr,
             )
             return 2

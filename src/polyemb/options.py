@@ -1,0 +1,76 @@
+"""The choices polyemb's functions take, as types, and the checks of names users give.
+
+Each set of choices is one ``Literal``: the type checker, the CLI's ``choices``, the lake jobs'
+options and the error messages all read it, so they cannot drift apart. Nothing here imports
+torch or an engine, so ``polyemb --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal, get_args
+
+from polyemb.errors import InvalidInputError
+
+__all__ = [
+    "DELIVERIES",
+    "JOIN_HOWS",
+    "PRECISIONS",
+    "SCORES",
+    "WEIGHT_PRECISIONS",
+    "Delivery",
+    "JoinHow",
+    "Precision",
+    "Score",
+    "WeightPrecision",
+    "check_choice",
+    "check_positive_int",
+    "check_sql_prefix",
+]
+
+WeightPrecision = Literal["fp32", "fp16", "bf16"]
+"""What the weights of a loaded model are computed in (``Encoder.precision``)."""
+Precision = Literal["auto", "fp32", "fp16", "bf16"]
+"""What ``load`` takes: a weight precision, or ``"auto"`` (fp32 on CPU, fp16 on GPUs)."""
+Delivery = Literal["auto", "broadcast", "artifact", "path"]
+"""How Spark executors get the model (see :mod:`polyemb.spark`)."""
+Score = Literal["cosine", "margin", "csls"]
+"""How a join scores a pair: plain cosine, or relative to both sides' neighbourhoods."""
+JoinHow = Literal["inner", "left"]
+"""Which left rows a join keeps: only matched ones, or every one (unmatched with NULLs)."""
+
+WEIGHT_PRECISIONS: tuple[WeightPrecision, ...] = get_args(WeightPrecision)
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+DELIVERIES: tuple[Delivery, ...] = get_args(Delivery)
+SCORES: tuple[Score, ...] = get_args(Score)
+JOIN_HOWS: tuple[JoinHow, ...] = get_args(JoinHow)
+
+_SQL_PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> Any:
+    """Return ``value`` if it is one of ``choices``, else raise an error that lists them."""
+    if not isinstance(value, str) or value not in choices:
+        raise InvalidInputError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    """Return ``value`` if it is an int >= 1 (not a bool), else raise an error naming ``name``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InvalidInputError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def check_sql_prefix(prefix: Any) -> str:
+    """Check a prefix put before SQL function names: empty, or the start of an SQL identifier.
+
+    The same rule for DuckDB and Spark SQL: an ASCII letter or ``_``, then ASCII letters, digits
+    or ``_``, so every prefixed name can be written without quotes in either engine.
+    """
+    if not isinstance(prefix, str) or (prefix and not _SQL_PREFIX.fullmatch(prefix)):
+        raise InvalidInputError(
+            f"prefix must be empty or start an SQL identifier (an ASCII letter or _, then ASCII "
+            f"letters, digits or _), got {prefix!r}"
+        )
+    return prefix

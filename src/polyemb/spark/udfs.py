@@ -1,0 +1,190 @@
+"""The pandas UDFs: ``embed(text) -> array<float>`` and ``semantic_similarity(a, b) -> float``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from pyspark.sql.functions import pandas_udf
+from pyspark.sql.types import ArrayType, FloatType
+
+from polyemb.arrow import texts_from_arrow
+from polyemb.errors import InvalidInputError
+from polyemb.options import Delivery, Precision, check_sql_prefix
+from polyemb.similarity import paired_cosines
+from polyemb.spark.delivery import ModelSource, model_source, worker_encoder
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+__all__ = ["embed_udf", "register", "similarity_udf"]
+
+
+def embed_udf(
+    model: str | os.PathLike[str] | None = None,
+    *,
+    spark: SparkSession | None = None,
+    delivery: Delivery = "auto",
+    batch_size: int | None = None,
+    precision: Precision = "auto",
+    max_seq_length: int | None = None,
+    revision: str | None = None,
+) -> Callable[..., Any]:
+    """A pandas UDF ``embed(text) -> array<float>``: unit vectors, NULL in -> NULL out.
+
+    Args:
+        model: Hub id or folder; None: ``$POLYEMB_MODEL`` on the driver, else the default model.
+        spark: The session whose executors run it; None: the active session.
+        delivery: ``"auto"``, ``"broadcast"``, ``"artifact"`` or ``"path"`` (see
+            :mod:`polyemb.spark.delivery`): auto ships the model's files, by broadcast on classic
+            Spark and as a session artifact on Spark Connect.
+        batch_size: Texts per forward pass on the workers; None: by token budget.
+        precision: ``"auto"`` (fp16 on GPU tasks, fp32 on CPU), ``"fp32"``, ``"fp16"``, ``"bf16"``.
+        max_seq_length: Tokens per text; None: the model's.
+        revision: Hub revision.
+
+    Example:
+        >>> from pyspark.sql import functions as F
+        >>> embed = polyemb.spark.embed_udf("/models/mstsb")
+        >>> df.withColumn("vector", embed(F.col("title")))
+    """
+    source = model_source(
+        spark, model, delivery=delivery, precision=precision, max_seq_length=max_seq_length, revision=revision
+    )
+    return embed_with(source, batch_size)
+
+
+def similarity_udf(
+    model: str | os.PathLike[str] | None = None,
+    *,
+    spark: SparkSession | None = None,
+    delivery: Delivery = "auto",
+    batch_size: int | None = None,
+    precision: Precision = "auto",
+    max_seq_length: int | None = None,
+    revision: str | None = None,
+) -> Callable[..., Any]:
+    """A pandas UDF ``semantic_similarity(a, b) -> float``: the cosine of two texts' vectors.
+
+    Either argument may be a literal (``F.lit("query")``): it is encoded once per batch. NULL if
+    either side is NULL. Arguments as for :func:`embed_udf`.
+    """
+    source = model_source(
+        spark, model, delivery=delivery, precision=precision, max_seq_length=max_seq_length, revision=revision
+    )
+    return _similarity_with(source, batch_size)
+
+
+def register(
+    spark: SparkSession,
+    model: str | os.PathLike[str] | None = None,
+    *,
+    delivery: Delivery = "auto",
+    batch_size: int | None = None,
+    precision: Precision = "auto",
+    max_seq_length: int | None = None,
+    revision: str | None = None,
+    prefix: str = "",
+) -> None:
+    """Register ``embed`` and ``semantic_similarity`` for Spark SQL (names behind ``prefix``).
+
+    The model is shipped once for both functions. Arguments as for :func:`embed_udf`; works on
+    classic and Spark Connect sessions alike.
+
+    Example:
+        >>> polyemb.spark.register(spark, "/models/mstsb")
+        >>> spark.sql("SELECT id, embed(title) AS v FROM articles")
+    """
+    check_sql_prefix(prefix)
+    source = model_source(
+        spark, model, delivery=delivery, precision=precision, max_seq_length=max_seq_length, revision=revision
+    )
+    spark.udf.register(f"{prefix}embed", embed_with(source, batch_size))
+    spark.udf.register(f"{prefix}semantic_similarity", _similarity_with(source, batch_size))
+
+
+# ---------------------------------------------------------------------- worker side
+
+
+def _texts(series: pd.Series, column: str) -> list[str | None]:
+    try:
+        array = pa.array(series, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise InvalidInputError(f"{column} holds non-text values: {exc}") from exc
+    return texts_from_arrow(array, name=column)
+
+
+def _list_series(vectors: np.ndarray, valid: np.ndarray) -> pd.Series:
+    """Vectors as the object Series Spark turns into array<float>: row views, None where NULL."""
+    rows: list[np.ndarray | None] = list(vectors)  # views into the matrix, no copies
+    for position in np.flatnonzero(~valid).tolist():
+        rows[position] = None
+    return pd.Series(rows, dtype=object)
+
+
+def embed_with(source: ModelSource, batch_size: int | None) -> Callable[..., Any]:
+    """The ``embed`` pandas UDF for a model already shipped (errors name the column)."""
+
+    def make(labels: tuple[str, ...]) -> Callable[..., Any]:
+        @pandas_udf(ArrayType(FloatType()))  # type: ignore[untyped-decorator]
+        def embed(texts: pd.Series) -> pd.Series:
+            encoder = worker_encoder(source)
+            items = _texts(texts, f"embed(): {labels[0]}")
+            vectors, valid = encoder.encode_nullable(items, batch_size=batch_size, show_progress=False)
+            return _list_series(vectors, valid)
+
+        return embed  # type: ignore[no-any-return]
+
+    return _naming_columns(make, 1)
+
+
+def _similarity_with(source: ModelSource, batch_size: int | None) -> Callable[..., Any]:
+    def make(labels: tuple[str, ...]) -> Callable[..., Any]:
+        @pandas_udf(FloatType())  # type: ignore[untyped-decorator]
+        def semantic_similarity(left: pd.Series, right: pd.Series) -> pd.Series:
+            encoder = worker_encoder(source)
+            a = _texts(left, f"semantic_similarity(): {labels[0]}")
+            b = _texts(right, f"semantic_similarity(): {labels[1]}")
+            vectors, valid = encoder.encode_nullable(a + b, batch_size=batch_size, show_progress=False)
+            scores, ok = paired_cosines(vectors, valid, len(a))
+            return pd.Series(scores).where(ok)  # NaN, which Spark reads as NULL
+
+        return semantic_similarity  # type: ignore[no-any-return]
+
+    return _naming_columns(make, 2)
+
+
+def _naming_columns(make: Callable[[tuple[str, ...]], Callable[..., Any]], arity: int) -> Callable[..., Any]:
+    """A pandas UDF whose errors name the columns it was called on.
+
+    Inside a pandas UDF a column arrives unnamed, so each call builds the UDF again with the
+    names of its columns for the error messages. The result keeps the pandas UDF's attributes,
+    so ``spark.udf.register`` takes it like any pandas UDF (SQL errors name the argument).
+    """
+    generic = make(tuple(f"argument {i + 1}" for i in range(arity)))
+
+    def call(*columns: Any) -> Any:
+        return make(tuple(_column_label(column) for column in columns))(*columns)
+
+    for attribute in (
+        "func",
+        "returnType",
+        "evalType",
+        "deterministic",
+        "asNondeterministic",
+        "__name__",
+        "__doc__",
+    ):
+        setattr(call, attribute, getattr(generic, attribute))
+    return call
+
+
+def _column_label(column: Any) -> str:
+    if isinstance(column, str):
+        return f"column {column!r}"
+    text = str(column)  # Column<'title'> or an expression
+    return f"column {text[7:-1]}" if text.startswith("Column<") else f"argument {text}"
