@@ -14,14 +14,42 @@ import pyarrow as pa
 from polyemb.errors import InvalidInputError
 
 if TYPE_CHECKING:
-    from polyemb.encoder import Encoder
+    from polyemb.embedder import Embedder
 
-__all__ = ["encode_arrow", "texts_from_arrow", "vector_type", "vectors_from_arrow", "vectors_to_arrow"]
+__all__ = [
+    "MODEL_METADATA",
+    "encode_arrow",
+    "texts_from_arrow",
+    "vector_model",
+    "vector_type",
+    "vectors_from_arrow",
+    "vectors_to_arrow",
+]
 
 
-def vector_type(dim: int) -> pa.DataType:
-    """The Arrow type of a vector column: ``fixed_size_list<float32>[dim]``."""
-    return pa.list_(pa.float32(), dim)
+# Where a vector column's Arrow type carries the provenance of the model that made it: the
+# metadata of the list's value field, which survives slicing, concatenation and pandas.
+MODEL_METADATA = b"polyemb.model"
+
+
+def vector_type(dim: int, model: str | None = None) -> pa.DataType:
+    """The Arrow type of a vector column: ``fixed_size_list<float32>[dim]``.
+
+    ``model`` (a provenance, ``id@fingerprint``) is kept in the value field's metadata; the
+    type compares equal to the plain one either way.
+    """
+    if model is None:
+        return pa.list_(pa.float32(), dim)
+    return pa.list_(pa.field("item", pa.float32(), metadata={MODEL_METADATA: model.encode()}), dim)
+
+
+def vector_model(kind: pa.DataType) -> str | None:
+    """The provenance a vector column's type carries, None if unknown (a plain list column)."""
+    if not (pa.types.is_fixed_size_list(kind) or pa.types.is_list(kind) or pa.types.is_large_list(kind)):
+        return None
+    metadata = kind.value_field.metadata or {}
+    value = metadata.get(MODEL_METADATA)
+    return value.decode() if value is not None else None
 
 
 def texts_from_arrow(array: pa.Array | pa.ChunkedArray, *, name: str = "texts") -> list[str | None]:
@@ -41,19 +69,22 @@ def texts_from_arrow(array: pa.Array | pa.ChunkedArray, *, name: str = "texts") 
     return array.to_pylist()  # type: ignore[no-any-return]
 
 
-def vectors_to_arrow(vectors: np.ndarray, valid: np.ndarray | None = None) -> pa.FixedSizeListArray:
+def vectors_to_arrow(
+    vectors: np.ndarray, valid: np.ndarray | None = None, model: str | None = None
+) -> pa.FixedSizeListArray:
     """An ``(n, dim)`` float32 matrix as a fixed-size list array without a per-row copy.
 
     Args:
         vectors: (n, dim) matrix, cast to float32 if needed.
         valid: Optional bool mask; rows where it is False become NULL.
+        model: The provenance to record in the type (see :func:`vector_type`).
     """
     matrix = np.ascontiguousarray(vectors, dtype=np.float32)
     if matrix.ndim != 2:
         raise InvalidInputError(f"vectors must be a 2-D matrix, got shape {matrix.shape}")
     values = pa.array(matrix.reshape(-1), type=pa.float32())
     mask = None if valid is None or valid.all() else pa.array(~np.asarray(valid, dtype=bool))
-    return pa.FixedSizeListArray.from_arrays(values, matrix.shape[1], mask=mask)
+    return pa.FixedSizeListArray.from_arrays(values, type=vector_type(matrix.shape[1], model), mask=mask)
 
 
 def vectors_from_arrow(
@@ -73,7 +104,10 @@ def vectors_from_arrow(
         raise InvalidInputError(f"{name} has Arrow type {kind}, not a list of floats")
     if not (pa.types.is_floating(kind.value_type) or pa.types.is_integer(kind.value_type)):
         raise InvalidInputError(f"{name} holds {kind.value_type} values, not floats")
-    valid = np.asarray(array.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    if array.null_count == 0:  # the common case, without building a mask bit by bit
+        valid = np.ones(len(array), dtype=bool)
+    else:
+        valid = np.asarray(array.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
     if pa.types.is_fixed_size_list(kind):
         dim = kind.list_size
     else:
@@ -99,7 +133,7 @@ def _float_matrix(values: pa.Array, rows: int, dim: int) -> np.ndarray:
 
 
 def encode_arrow(
-    encoder: Encoder, texts: pa.Array | pa.ChunkedArray, *, name: str = "texts", **options: Any
+    encoder: Embedder, texts: pa.Array | pa.ChunkedArray, *, name: str = "texts", **options: Any
 ) -> pa.FixedSizeListArray:
     """Encode an Arrow string column into a vector column, NULL in -> NULL out, rows aligned.
 
@@ -110,4 +144,4 @@ def encode_arrow(
         **options: Passed to :meth:`Encoder.encode_nullable` (``batch_size``, ``show_progress``...).
     """
     vectors, valid = encoder.encode_nullable(texts_from_arrow(texts, name=name), **options)
-    return vectors_to_arrow(vectors, valid)
+    return vectors_to_arrow(vectors, valid, encoder.provenance)

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from polyemb.encoder import Encoder, check_texts, place_nulls
+from polyemb.embedder import check_texts, place_nulls
+from polyemb.encoder import Encoder
 from polyemb.errors import InvalidInputError
 
 __all__ = ["CacheStats", "EmbeddingCache"]

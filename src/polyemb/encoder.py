@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -17,18 +17,18 @@ import torch
 from tqdm.auto import tqdm
 
 from polyemb import loading
+from polyemb.embedder import VectorSpec, check_texts, place_nulls, replace_surrogates
 from polyemb.errors import InvalidInputError, ModelLoadError
-from polyemb.options import Precision, WeightPrecision
+from polyemb.options import WEIGHT_PRECISIONS, Precision, WeightPrecision, check_choice
 
 __all__ = [
     "Encoder",
     "available_cpus",
     "cap_cpu_threads",
-    "check_texts",
     "default_encoder",
+    "describe",
     "load",
     "mean_pool",
-    "place_nulls",
     "plan_batches",
     "set_default_encoder",
 ]
@@ -44,8 +44,6 @@ TOKEN_BUDGET = {"cpu": 2_048, "cuda": 65_536, "mps": 16_384}
 MAX_ROWS = {"cpu": 128, "cuda": 1_024, "mps": 256}
 # Show a progress bar by default only when there is this much to do (and stderr is a terminal).
 PROGRESS_MIN_TEXTS = 5_000
-
-_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 def mean_pool(token_embeddings: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -105,44 +103,6 @@ def cap_cpu_threads(cpus: int | None = None) -> None:
     if torch.get_num_threads() > limit:
         logger.info("capping torch threads from %d to %d CPUs", torch.get_num_threads(), limit)
         torch.set_num_threads(limit)
-
-
-def place_nulls(
-    items: list[str | None], dim: int, encode: Callable[[list[str]], np.ndarray]
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(vectors, valid)`` for texts where None is a missing value: the one place NULLs are put.
-
-    ``encode`` gets the present texts in order; their vectors go to their rows, and the rows of
-    None are all zeros with ``valid`` False.
-    """
-    valid = np.fromiter((text is not None for text in items), dtype=bool, count=len(items))
-    if valid.all():
-        return encode(items), valid  # type: ignore[arg-type]
-    vectors = np.zeros((len(items), dim), dtype=np.float32)
-    if valid.any():
-        vectors[valid] = encode([text for text in items if text is not None])
-    return vectors, valid
-
-
-def check_texts(texts: Iterable[Any], *, allow_none: bool) -> list[Any]:
-    """Materialize ``texts`` as a list, checking every item is a str (or None if allowed)."""
-    if isinstance(texts, (str, bytes)):
-        raise InvalidInputError(
-            f"texts is a single {type(texts).__name__}; pass a list of texts, e.g. encode([text])"
-        )
-    items = list(texts)
-    for position, text in enumerate(items):
-        if isinstance(text, str) or (text is None and allow_none):
-            continue
-        shown = "None" if text is None else f"{type(text).__name__} ({_short(text)})"
-        hint = "; use encode_nullable() to keep missing texts as missing rows" if text is None else ""
-        raise InvalidInputError(f"texts[{position}] is {shown}, not a str{hint}", position=position)
-    return items
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 class Encoder:
@@ -214,6 +174,17 @@ class Encoder:
     def precision(self) -> WeightPrecision:
         """The weights' precision as ``load`` names it: ``"fp32"``, ``"fp16"`` or ``"bf16"``."""
         return loading.precision_name(self.dtype)
+
+    def vector_spec(self, *, normalize: bool = True) -> VectorSpec:
+        """What decides the vectors ``encode(..., normalize=normalize)`` gives (a store's key)."""
+        return VectorSpec(
+            model_id=self.model_id,
+            fingerprint=self.fingerprint,
+            dim=self.dim,
+            max_seq_length=self.max_seq_length,
+            precision=self.precision,
+            normalized=normalize or self._normalizes,
+        )
 
     @property
     def normalizes(self) -> bool:
@@ -337,7 +308,7 @@ class Encoder:
             return self._tokenizer.encode_batch_fast(texts)  # type: ignore[no-any-return]
         except TypeError:
             # Lone surrogates cannot cross into Rust as UTF-8.
-            cleaned = [_SURROGATES.sub("\ufffd", text) for text in texts]
+            cleaned = [replace_surrogates(text) for text in texts]
             return self._tokenizer.encode_batch_fast(cleaned)  # type: ignore[no-any-return]
 
     def _encode_chunk(
@@ -423,12 +394,73 @@ def load(
     """
     torch_device = loading.resolve_device(device)
     dtype = loading.resolve_dtype(precision, torch_device)
+    prepared = _prepare(model, max_seq_length, revision, local_files_only)
+    if torch_device.type == "cpu":
+        cap_cpu_threads()
+    transformer = loading.load_transformer(prepared.spec, prepared.config, torch_device, dtype)
+    return Encoder(
+        files=prepared.files,
+        model=transformer,
+        tokenizer=prepared.tokenizer,
+        pad_id=prepared.pad_id,
+        max_seq_length=prepared.max_seq_length,
+        normalizes=prepared.spec.normalize,
+        dim=prepared.dim,
+        device=torch_device,
+        dtype=dtype,
+    )
+
+
+def describe(
+    model: str | os.PathLike[str] | None = None,
+    *,
+    precision: WeightPrecision = "fp32",
+    max_seq_length: int | None = None,
+    revision: str | None = None,
+    normalize: bool = True,
+    local_files_only: bool | None = None,
+) -> VectorSpec:
+    """The :class:`VectorSpec` that ``load(...)`` would give, without loading the weights.
+
+    For a driver (Spark) that needs the store key of the vectors its workers will compute.
+    Arguments as for :func:`load`; ``precision`` must be concrete, since ``"auto"`` depends on the
+    device the vectors are computed on.
+    """
+    check_choice("precision", precision, WEIGHT_PRECISIONS)
+    prepared = _prepare(model, max_seq_length, revision, local_files_only)
+    return VectorSpec(
+        model_id=prepared.files.model_id,
+        fingerprint=loading.fingerprint(prepared.files),
+        dim=prepared.dim,
+        max_seq_length=prepared.max_seq_length,
+        precision=precision,
+        normalized=normalize or prepared.spec.normalize,
+    )
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A model's files, settings, tokenizer and config: all of loading but the weights."""
+
+    files: loading.ModelFiles
+    spec: loading.ModelSpec
+    tokenizer: Any
+    pad_id: int
+    config: Any
+    dim: int
+    max_seq_length: int
+
+
+def _prepare(
+    model: str | os.PathLike[str] | None,
+    max_seq_length: int | None,
+    revision: str | None,
+    local_files_only: bool | None,
+) -> _Prepared:
     files = loading.find_model(model, revision=revision, local_files_only=local_files_only)
     spec = loading.read_spec(files.folder)
     tokenizer, pad_id, tokenizer_limit = loading.load_tokenizer(spec)
-    if torch_device.type == "cpu":
-        cap_cpu_threads()
-    transformer, config = loading.load_transformer(spec, torch_device, dtype)
+    config = loading.load_config(spec)
     dim = int(config.hidden_size)
     if spec.dimension is not None and spec.dimension != dim:
         raise ModelLoadError(
@@ -443,17 +475,7 @@ def load(
         )
     limit = min(tokenizer_limit, int(getattr(config, "max_position_embeddings", tokenizer_limit)))
     length = _choose_length(max_seq_length, spec.max_seq_length, limit)
-    return Encoder(
-        files=files,
-        model=transformer,
-        tokenizer=tokenizer,
-        pad_id=pad_id,
-        max_seq_length=length,
-        normalizes=spec.normalize,
-        dim=dim,
-        device=torch_device,
-        dtype=dtype,
-    )
+    return _Prepared(files, spec, tokenizer, pad_id, config, dim, length)
 
 
 def _choose_length(asked: int | None, configured: int | None, limit: int) -> int:

@@ -31,6 +31,7 @@ __all__ = [
     "ModelSpec",
     "find_model",
     "fingerprint",
+    "load_config",
     "load_tokenizer",
     "load_transformer",
     "model_files",
@@ -429,24 +430,32 @@ def enable_truncation(tokenizer: Any, max_length: int, side: str = "right") -> N
     tokenizer.enable_truncation(max_length=max_length, stride=0, strategy="longest_first", direction=side)
 
 
+def load_config(spec: ModelSpec) -> Any:
+    """The transformer's ``config.json`` (no weights, no code from the folder)."""
+    from transformers import AutoConfig
+
+    config_path = spec.transformer_folder / "config.json"
+    if not config_path.is_file():
+        raise ModelLoadError(f"{config_path} is missing: not a transformers model folder")
+    try:
+        return AutoConfig.from_pretrained(
+            spec.transformer_folder, trust_remote_code=False, local_files_only=True
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UnsupportedModelError(f"cannot read {config_path}: {_first_line(exc)}") from exc
+
+
 def load_transformer(
-    spec: ModelSpec, device: torch.device, dtype: torch.dtype
-) -> tuple[torch.nn.Module, Any]:
+    spec: ModelSpec, config: Any, device: torch.device, dtype: torch.dtype
+) -> torch.nn.Module:
     """Load the transformer through transformers' safe paths, in eval mode on ``device``.
 
     Safetensors first; a pickle (``pytorch_model.bin``) only with ``weights_only=True``, which
     cannot run code. No code from the folder ever runs (``trust_remote_code=False``).
     """
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoModel
 
     folder = spec.transformer_folder
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise ModelLoadError(f"{config_path} is missing: not a transformers model folder")
-    try:
-        config = AutoConfig.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UnsupportedModelError(f"cannot read {config_path}: {_first_line(exc)}") from exc
     if not any(
         (folder / name).is_file() or (folder / f"{name}.index.json").is_file() for name in _WEIGHT_FILES
     ):
@@ -481,7 +490,7 @@ def load_transformer(
             f"{type(exc).__name__}: {_first_line(exc)}"
         ) from exc
     model.eval()
-    return model.to(device), config
+    return model.to(device)
 
 
 _T = TypeVar("_T")

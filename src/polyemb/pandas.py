@@ -13,6 +13,8 @@ Example:
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -26,8 +28,9 @@ except ImportError as exc:  # pragma: no cover - exercised only without pandas
     raise MissingDependencyError("polyemb.pandas needs pandas: pip install 'polyemb[pandas]'") from exc
 
 from polyemb import _pandas_dtypes
-from polyemb.arrow import vector_type, vectors_from_arrow, vectors_to_arrow
-from polyemb.encoder import Encoder, default_encoder
+from polyemb.arrow import vector_model, vector_type, vectors_from_arrow, vectors_to_arrow
+from polyemb.embedder import Embedder, check_same_model
+from polyemb.encoder import Encoder
 from polyemb.options import JoinHow, Score
 from polyemb.similarity import (
     check_join,
@@ -38,17 +41,17 @@ from polyemb.similarity import (
     pairs_above,
     top_k,
 )
+from polyemb.store import VectorStore, embedder
 
 __all__ = ["EmbDataFrameAccessor", "EmbSeriesAccessor", "vector_dtype"]
 
 
-def vector_dtype(dim: int) -> pd.ArrowDtype:
-    """The dtype of a vector Series: ``pd.ArrowDtype(pa.list_(pa.float32(), dim))``."""
-    return pd.ArrowDtype(vector_type(dim))
+def vector_dtype(dim: int, model: str | None = None) -> pd.ArrowDtype:
+    """The dtype of a vector Series: ``pd.ArrowDtype(pa.list_(pa.float32(), dim))``.
 
-
-def _encoder(encoder: Encoder | None) -> Encoder:
-    return encoder if encoder is not None else default_encoder()
+    ``model`` (a provenance) rides in the type's metadata; the dtype equals the plain one.
+    """
+    return pd.ArrowDtype(vector_type(dim, model))
 
 
 def _name(series: pd.Series) -> str:
@@ -75,7 +78,12 @@ def _holds_vectors(series: pd.Series) -> bool:
 
 
 class EmbSeriesAccessor:
-    """``Series.emb``: encode texts, compare, search and find near-duplicates."""
+    """``Series.emb``: encode texts, compare, search and find near-duplicates.
+
+    Every method takes ``encoder=`` (default :func:`polyemb.default_encoder`) and ``store=`` (a
+    :class:`~polyemb.store.VectorStore`: texts it already holds for the model are not embedded
+    again, new ones are stored), plus ``batch_size`` and ``show_progress`` for encoding.
+    """
 
     def __init__(self, series: pd.Series) -> None:
         self._s = series
@@ -89,12 +97,15 @@ class EmbSeriesAccessor:
         values[na] = None
         return values.tolist()  # type: ignore[no-any-return]
 
-    def _vectors(self, encoder: Encoder | None, **options: Any) -> tuple[np.ndarray, np.ndarray]:
-        """This Series as ``(matrix, valid)``: encoded if it holds texts, converted if vectors."""
+    def _vectors(
+        self, source: Callable[[], Embedder], **options: Any
+    ) -> tuple[np.ndarray, np.ndarray, str | None]:
+        """``(matrix, valid, model)``: encoded if the Series holds texts, read if vectors."""
         series = self._s
         if _holds_vectors(series):
             return _vectors_of(series)
-        return _encode_labelled(_encoder(encoder), series, self._texts(), **options)
+        matrix, valid = _encode_labelled(source(), series, self._texts(), **options)
+        return matrix, valid, source().provenance
 
     def to_numpy(self) -> np.ndarray:
         """A vector Series as an ``(n, dim)`` float32 matrix; NA rows are rows of NaN.
@@ -104,10 +115,15 @@ class EmbSeriesAccessor:
         """
         if not _holds_vectors(self._s):
             raise InvalidInputError(f"{_name(self._s)} holds texts, not vectors; call .emb.encode() first")
-        matrix, valid = _vectors_of(self._s)
+        matrix, valid, _ = _vectors_of(self._s)
         if not valid.all():
             matrix[~valid] = np.nan
         return matrix
+
+    @property
+    def model(self) -> str | None:
+        """The provenance of the model that made a vector Series, None if unknown."""
+        return vector_model(self._s.dtype.pyarrow_dtype) if _is_vector_dtype(self._s.dtype) else None
 
     # ------------------------------------------------------------------ methods
 
@@ -115,6 +131,7 @@ class EmbSeriesAccessor:
         self,
         *,
         encoder: Encoder | None = None,
+        store: VectorStore | None = None,
         batch_size: int | None = None,
         show_progress: bool | None = None,
     ) -> pd.Series:
@@ -122,21 +139,24 @@ class EmbSeriesAccessor:
 
         Returns:
             A Series of dtype ``pd.ArrowDtype(pa.list_(pa.float32(), dim))`` with the same index
-            and name; NA where the text was NA.
+            and name; NA where the text was NA. The dtype records the model's provenance
+            (``.emb.model``), so vectors of two models are never compared by mistake.
 
         Raises:
             InvalidInputError: A value that is neither a str nor NA (the message names its label).
         """
         if _holds_vectors(self._s):
             raise InvalidInputError(f"{_name(self._s)} already holds vectors")
-        matrix, valid = self._vectors(encoder, batch_size=batch_size, show_progress=show_progress)
-        return _vector_series(matrix, valid, self._s.index, self._s.name)
+        source = _source(encoder, store)
+        matrix, valid, model = self._vectors(source, batch_size=batch_size, show_progress=show_progress)
+        return _vector_series(matrix, valid, self._s.index, self._s.name, model)
 
     def similarity(
         self,
         other: pd.Series | str,
         *,
         encoder: Encoder | None = None,
+        store: VectorStore | None = None,
         batch_size: int | None = None,
         show_progress: bool | None = None,
     ) -> pd.Series:
@@ -147,27 +167,34 @@ class EmbSeriesAccessor:
                 pandas arithmetic aligns them; labels that do not match are an error), or one
                 str compared with every row.
             encoder: The Encoder; default :func:`polyemb.default_encoder`.
+            store: A vector store to look texts up in (and add new ones to).
             batch_size: Passed to ``encode``.
             show_progress: Passed to ``encode``.
 
         Returns:
             A float64 Series with this Series' index; NaN where either side is NA.
+
+        Raises:
+            ModelMismatchError: The two sides' vectors come from different models.
         """
         options = {"batch_size": batch_size, "show_progress": show_progress}
         series = self._s
+        source = _source(encoder, store)
         if isinstance(other, str):
-            left, ok = self._vectors(encoder, **options)
-            scores = cosine(left, _encoder(encoder).encode([other]))
+            left, ok, model = self._vectors(source, **options)
+            check_same_model(model, source().provenance, "similarity")
+            scores = cosine(left, source().encode([other]))
         elif isinstance(other, pd.Series):
             aligned = _align(series, other)
             if not _holds_vectors(series) and not _holds_vectors(aligned):
                 # Both texts: one encode call, so texts shared by both sides are encoded once.
                 both = pd.concat([series, aligned], ignore_index=True)
-                vectors, valid = both.emb._vectors(encoder, **options)
+                vectors, valid, _ = both.emb._vectors(source, **options)
                 scores, ok = paired_cosines(vectors, valid, len(series))
             else:
-                left, left_valid = self._vectors(encoder, **options)
-                right, right_valid = aligned.emb._vectors(encoder, **options)
+                left, left_valid, left_model = self._vectors(source, **options)
+                right, right_valid, right_model = aligned.emb._vectors(source, **options)
+                check_same_model(left_model, right_model, "similarity")
                 scores, ok = cosine(left, right), left_valid & right_valid
         else:
             raise InvalidInputError(f"other must be a Series or a str, got {type(other).__name__}")
@@ -179,6 +206,7 @@ class EmbSeriesAccessor:
         k: int = 10,
         *,
         encoder: Encoder | None = None,
+        store: VectorStore | None = None,
         batch_size: int | None = None,
         show_progress: bool | None = None,
     ) -> pd.DataFrame:
@@ -188,6 +216,7 @@ class EmbSeriesAccessor:
             query: A text (encoded with the encoder) or a vector.
             k: How many rows.
             encoder: The Encoder; default :func:`polyemb.default_encoder`.
+            store: A vector store to look texts up in (and add new ones to).
             batch_size: Passed to ``encode``.
             show_progress: Passed to ``encode``.
 
@@ -195,9 +224,11 @@ class EmbSeriesAccessor:
             A DataFrame indexed by the matching rows' labels, with the row's value (text or
             vector, in a column named as the Series) and a ``score`` column. NA rows never match.
         """
-        matrix, valid = self._vectors(encoder, batch_size=batch_size, show_progress=show_progress)
+        source = _source(encoder, store)
+        matrix, valid, model = self._vectors(source, batch_size=batch_size, show_progress=show_progress)
         if isinstance(query, str):
-            query_vector = _encoder(encoder).encode([query])
+            check_same_model(model, source().provenance, "search")
+            query_vector = source().encode([query])
         else:
             query_vector = np.asarray(query, dtype=np.float32).reshape(1, -1)
         positions = np.flatnonzero(valid)
@@ -215,6 +246,7 @@ class EmbSeriesAccessor:
         *,
         groups: bool = False,
         encoder: Encoder | None = None,
+        store: VectorStore | None = None,
         batch_size: int | None = None,
         show_progress: bool | None = None,
     ) -> pd.DataFrame | pd.Series:
@@ -226,6 +258,7 @@ class EmbSeriesAccessor:
             threshold: Cosine similarity, -1 to 1.
             groups: Return a group id per row instead of the pairs.
             encoder: The Encoder; default :func:`polyemb.default_encoder`.
+            store: A vector store to look texts up in (and add new ones to).
             batch_size: Passed to ``encode``.
             show_progress: Passed to ``encode``.
 
@@ -235,7 +268,8 @@ class EmbSeriesAccessor:
             ``left_text`` and ``right_text``. Groups: an Int64 Series on this index, the same id
             for rows linked by a chain of near-duplicate pairs, NA for rows in no pair.
         """
-        matrix, valid = self._vectors(encoder, batch_size=batch_size, show_progress=show_progress)
+        source = _source(encoder, store)
+        matrix, valid, _ = self._vectors(source, batch_size=batch_size, show_progress=show_progress)
         positions = np.flatnonzero(valid)
         i, j, scores = pairs_above(matrix[positions], threshold)
         left, right = positions[i], positions[j]
@@ -273,6 +307,7 @@ class EmbDataFrameAccessor:
         suffixes: tuple[str, str] = ("_x", "_y"),
         score_column: str = "score",
         encoder: Encoder | None = None,
+        store: VectorStore | None = None,
         batch_size: int | None = None,
         show_progress: bool | None = None,
     ) -> pd.DataFrame:
@@ -296,12 +331,16 @@ class EmbDataFrameAccessor:
             suffixes: Added to column names found in both tables, as ``merge`` does.
             score_column: Name of the score column.
             encoder: The Encoder; default :func:`polyemb.default_encoder`.
+            store: A vector store to look texts up in (and add new ones to).
             batch_size: Passed to ``encode``.
             show_progress: Passed to ``encode``.
 
         Returns:
             Left columns, right columns, then the score; a fresh RangeIndex, ordered by left
             row, then by decreasing score.
+
+        Raises:
+            ModelMismatchError: The two columns hold vectors of different models.
         """
         if not isinstance(right, pd.DataFrame):
             raise InvalidInputError(f"right must be a DataFrame, got {type(right).__name__}")
@@ -310,14 +349,16 @@ class EmbDataFrameAccessor:
         left_col = _column(self._df, left_on, "left")
         right_col = _column(right, right_on, "right")
         options = {"batch_size": batch_size, "show_progress": show_progress}
+        source = _source(encoder, store)
         if not _holds_vectors(left_col) and not _holds_vectors(right_col):
             both = pd.concat([left_col, right_col], ignore_index=True)
-            matrix, valid = both.emb._vectors(encoder, **options)
+            matrix, valid, _ = both.emb._vectors(source, **options)
             lvec, lvalid = matrix[: len(left_col)], valid[: len(left_col)]
             rvec, rvalid = matrix[len(left_col) :], valid[len(left_col) :]
         else:
-            lvec, lvalid = left_col.emb._vectors(encoder, **options)
-            rvec, rvalid = right_col.emb._vectors(encoder, **options)
+            lvec, lvalid, left_model = left_col.emb._vectors(source, **options)
+            rvec, rvalid, right_model = right_col.emb._vectors(source, **options)
+            check_same_model(left_model, right_model, "join")
         rows = join_rows(lvec, lvalid, rvec, rvalid, k, threshold=threshold, how=how, score=score)
         columns = {score_column: rows.score}
         if score != "cosine":
@@ -328,11 +369,16 @@ class EmbDataFrameAccessor:
 # ---------------------------------------------------------------------- helpers
 
 
+def _source(encoder: Encoder | None, store: VectorStore | None) -> Callable[[], Embedder]:
+    """The embedder to encode with, made on first use (a Series of vectors needs none)."""
+    return functools.cache(lambda: embedder(encoder, store))
+
+
 def _encode_labelled(
-    encoder: Encoder, series: pd.Series, texts: list[str | None], **options: Any
+    source: Embedder, series: pd.Series, texts: list[str | None], **options: Any
 ) -> tuple[np.ndarray, np.ndarray]:
     try:
-        return encoder.encode_nullable(texts, **options)
+        return source.encode_nullable(texts, **options)
     except InvalidInputError as exc:
         if exc.position is None:
             raise
@@ -345,18 +391,21 @@ def _encode_labelled(
         ) from exc
 
 
-def _vectors_of(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+def _vectors_of(series: pd.Series) -> tuple[np.ndarray, np.ndarray, str | None]:
     try:
         array = (
             pa.array(series.array) if _is_vector_dtype(series.dtype) else pa.array(series, from_pandas=True)
         )
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise InvalidInputError(f"{_name(series)} does not hold float vectors: {exc}") from exc
-    return vectors_from_arrow(array, name=_name(series))
+    matrix, valid = vectors_from_arrow(array, name=_name(series))
+    return matrix, valid, vector_model(array.type)
 
 
-def _vector_series(matrix: np.ndarray, valid: np.ndarray, index: pd.Index, name: Any) -> pd.Series:
-    array = vectors_to_arrow(matrix, valid)
+def _vector_series(
+    matrix: np.ndarray, valid: np.ndarray, index: pd.Index, name: Any, model: str | None
+) -> pd.Series:
+    array = vectors_to_arrow(matrix, valid, model)
     return pd.Series(pd.arrays.ArrowExtensionArray(array), index=index, name=name, copy=False)
 
 

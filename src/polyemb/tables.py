@@ -20,7 +20,7 @@ from polyemb.arrow import encode_arrow, vector_type
 from polyemb.errors import ColumnNotFoundError, InvalidInputError, PolyembError
 
 if TYPE_CHECKING:
-    from polyemb.encoder import Encoder
+    from polyemb.embedder import Embedder
 
 __all__ = ["EmbedReport", "embed_file", "read_table", "read_table_batches", "table_format"]
 
@@ -161,7 +161,7 @@ def _guarded(batches: Iterator[pa.RecordBatch], source: str | os.PathLike[str]) 
 
 
 def embed_file(
-    encoder: Encoder,
+    encoder: Embedder,
     source: str | os.PathLike[str],
     column: str,
     output: str | os.PathLike[str],
@@ -195,7 +195,8 @@ def embed_file(
             "dim": encoder.dim,
         }
     ).encode()
-    out_schema = schema.append(pa.field(vector_column, vector_type(encoder.dim))).with_metadata(metadata)
+    out_schema = schema.append(pa.field(vector_column, vector_type(encoder.dim, encoder.provenance)))
+    out_schema = out_schema.with_metadata(metadata)
     target = Path(output)
     partial = target.with_name(target.name + ".partial")
     rows = nulls = 0

@@ -239,6 +239,10 @@ def test_missing_tokenizer_names_the_folder(tiny_model_dir: Path, tmp_path: Path
 def test_wrong_shape_config_is_a_load_error(tiny_model_dir: Path, tmp_path: Path) -> None:
     folder = copy_model(tiny_model_dir, tmp_path / "shape")
     edit_json(folder / "config.json", hidden_size=48, num_attention_heads=4)
+    # The configs are checked against each other before any weights are read.
+    with pytest.raises(polyemb.ModelLoadError, match="dimension 32, but the transformer's hidden size is 48"):
+        polyemb.load(folder)
+    edit_json(folder / "1_Pooling" / "config.json", word_embedding_dimension=48)
     with pytest.raises(polyemb.ModelLoadError, match="model.safetensors"):
         polyemb.load(folder)
 

@@ -1,0 +1,180 @@
+"""What every embedder shares, torch-free: the protocol, text checks, NULLs, the VectorSpec.
+
+The VectorSpec names a model's vectors (a vector store's key).
+
+The :class:`~polyemb.encoder.Encoder` (torch) and the vector store's
+:class:`~polyemb.store.StoredEncoder` both build on these, so a store can be opened, read and
+maintained without importing torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from polyemb.errors import InvalidInputError, ModelMismatchError
+from polyemb.options import WeightPrecision
+
+__all__ = [
+    "VECTOR_FORMAT",
+    "Embedder",
+    "VectorSpec",
+    "check_same_model",
+    "check_texts",
+    "place_nulls",
+    "replace_surrogates",
+]
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def replace_surrogates(text: str) -> str:
+    """``text`` with lone surrogates (which UTF-8 cannot hold) replaced by U+FFFD."""
+    return _SURROGATES.sub("\ufffd", text)
+
+
+def check_same_model(first: str | None, second: str | None, what: str) -> None:
+    """Refuse to compare vectors of two different models; unknown provenance (None) passes.
+
+    Two provenances name the same model when their content fingerprints (after the last ``@``)
+    agree, so the same model loaded from two folders is one model.
+
+    Raises:
+        ModelMismatchError: Naming both models.
+    """
+    if first is None or second is None:
+        return
+    if first.rsplit("@", 1)[-1] != second.rsplit("@", 1)[-1]:
+        raise ModelMismatchError(
+            f"{what} compares vectors of two different models, {first} and {second}: their "
+            "cosines mean nothing. Encode both sides with one model"
+        )
+
+
+def place_nulls(
+    items: list[str | None], dim: int, encode: Callable[[list[str]], np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(vectors, valid)`` for texts where None is a missing value: the one place NULLs are put.
+
+    ``encode`` gets the present texts in order; their vectors go to their rows, and the rows of
+    None are all zeros with ``valid`` False.
+    """
+    valid = np.fromiter((text is not None for text in items), dtype=bool, count=len(items))
+    if valid.all():
+        return encode(items), valid  # type: ignore[arg-type]
+    vectors = np.zeros((len(items), dim), dtype=np.float32)
+    if valid.any():
+        vectors[valid] = encode([text for text in items if text is not None])
+    return vectors, valid
+
+
+def check_texts(texts: Iterable[Any], *, allow_none: bool) -> list[Any]:
+    """Materialize ``texts`` as a list, checking every item is a str (or None if allowed)."""
+    if isinstance(texts, (str, bytes)):
+        raise InvalidInputError(
+            f"texts is a single {type(texts).__name__}; pass a list of texts, e.g. encode([text])"
+        )
+    items = list(texts)
+    for position, text in enumerate(items):
+        if isinstance(text, str) or (text is None and allow_none):
+            continue
+        shown = "None" if text is None else f"{type(text).__name__} ({_short(text)})"
+        hint = "; use encode_nullable() to keep missing texts as missing rows" if text is None else ""
+        raise InvalidInputError(f"texts[{position}] is {shown}, not a str{hint}", position=position)
+    return items
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+class Embedder(Protocol):
+    """What the adapters encode with: an :class:`Encoder`, or one behind a vector store.
+
+    :meth:`polyemb.store.VectorStore.bind` gives the second; both give the same vectors.
+    """
+
+    @property
+    def dim(self) -> int:
+        """Length of each vector."""
+        ...
+
+    @property
+    def provenance(self) -> str:
+        """``model_id@fingerprint`` of the model that makes the vectors."""
+        ...
+
+    def encode(
+        self,
+        texts: Iterable[str],
+        *,
+        batch_size: int | None = None,
+        normalize: bool = True,
+        show_progress: bool | None = None,
+    ) -> np.ndarray:
+        """Texts -> ``(n, dim)`` float32 vectors, as :meth:`Encoder.encode`."""
+        ...
+
+    def encode_nullable(
+        self,
+        texts: Iterable[str | None],
+        *,
+        batch_size: int | None = None,
+        normalize: bool = True,
+        show_progress: bool | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Texts with None -> ``(vectors, valid)``, as :meth:`Encoder.encode_nullable`."""
+        ...
+
+
+# Bump when polyemb changes how it computes vectors from the same model and settings: every
+# store key changes with it, so no stored vector of the old computation is read again.
+VECTOR_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class VectorSpec:
+    """Everything that decides the vectors a model gives: a vector store's key and provenance.
+
+    Attributes:
+        model_id: The hub id or folder the model was loaded from (not part of the key: the same
+            content under another name gives the same vectors).
+        fingerprint: The model's exact content (hub commit, or sha256 of its files).
+        dim: Length of each vector.
+        max_seq_length: Tokens per text; longer texts are truncated.
+        precision: The weights' precision.
+        normalized: Whether vectors are scaled to unit length.
+        pooling: How token vectors become one (polyemb implements ``"mean"``).
+    """
+
+    model_id: str
+    fingerprint: str
+    dim: int
+    max_seq_length: int
+    precision: WeightPrecision
+    normalized: bool
+    pooling: str = "mean"
+
+    @property
+    def provenance(self) -> str:
+        """``model_id@fingerprint``, as :attr:`Encoder.provenance`."""
+        return f"{self.model_id}@{self.fingerprint}"
+
+    def content(self) -> dict[str, Any]:
+        """The fields the key is made of (all but the model's name), with the vector format."""
+        fields = asdict(self)
+        del fields["model_id"]
+        return {**fields, "format": VECTOR_FORMAT}
+
+    @property
+    def key(self) -> str:
+        """16 hex digits of the SHA-256 of :meth:`content` as sorted JSON: changes whenever any does."""
+        text = json.dumps(self.content(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
