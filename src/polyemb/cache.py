@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from polyemb.embedder import check_texts, place_nulls
+from polyemb.embedder import Embedder, check_texts, place_nulls
 from polyemb.encoder import Encoder
 from polyemb.errors import InvalidInputError
 
@@ -104,13 +104,18 @@ class EmbeddingCache:
             return dropped
 
     def encode_nullable(
-        self, texts: Iterable[str | None], *, batch_size: int | None = None
+        self, texts: Iterable[str | None], *, batch_size: int | None = None, source: Embedder | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Like :meth:`Encoder.encode_nullable` (unit vectors, None -> invalid row), cached."""
-        items = check_texts(texts, allow_none=True)
-        return place_nulls(items, self.encoder.dim, lambda present: self._encode(present, batch_size))
+        """Like :meth:`Encoder.encode_nullable` (unit vectors, None -> invalid row), cached.
 
-    def _encode(self, texts: list[str], batch_size: int | None) -> np.ndarray:
+        Texts not cached are encoded by ``source``: the Encoder itself, or the Encoder behind a
+        vector store (:meth:`polyemb.store.VectorStore.bind`), which gives the same vectors.
+        """
+        items = check_texts(texts, allow_none=True)
+        fill = source if source is not None else self.encoder
+        return place_nulls(items, self.encoder.dim, lambda present: self._encode(present, batch_size, fill))
+
+    def _encode(self, texts: list[str], batch_size: int | None, source: Embedder) -> np.ndarray:
         out = np.empty((len(texts), self.encoder.dim), dtype=np.float32)
         rows_of: dict[str, list[int]] = {}
         for row, text in enumerate(texts):
@@ -127,7 +132,7 @@ class EmbeddingCache:
             self._hits += len(rows_of) - len(missing)
             self._misses += len(missing)
         if missing:
-            fresh = self.encoder.encode(missing, batch_size=batch_size, show_progress=False)
+            fresh = source.encode(missing, batch_size=batch_size, show_progress=False)
             for text, vector in zip(missing, fresh, strict=True):
                 out[rows_of[text]] = vector
             self._store(missing, fresh)

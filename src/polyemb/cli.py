@@ -9,6 +9,7 @@ import logging
 import shutil
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from polyemb import __version__
@@ -59,11 +60,13 @@ def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def _embed(args: argparse.Namespace) -> int:
+    from polyemb.store import StoredEncoder, embedder, open_store
     from polyemb.tables import embed_file
 
-    encoder = _load(args)
+    store = open_store(args.store) if args.store else None
+    source = embedder(_load(args), store)
     report = embed_file(
-        encoder,
+        source,
         args.input,
         args.column,
         args.output,
@@ -77,6 +80,13 @@ def _embed(args: argparse.Namespace) -> int:
         f"to {report.output} with {report.model}",
         file=sys.stderr,
     )
+    if isinstance(source, StoredEncoder):
+        stats = source.stats
+        print(
+            f"store {args.store}: {stats.looked_up} distinct texts, {stats.found} found, "
+            f"{stats.embedded} embedded, {stats.written} written",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -100,15 +110,17 @@ def _sql(args: argparse.Namespace) -> int:
     if (args.query is None) == (args.file is None):
         raise InvalidInputError("give a query or -f FILE (one of them)")
     text = args.query if args.query is not None else _read_sql(args.file)
+    # polyemb.duckdb first: without duckdb installed it raises the error that says how to get it.
+    from polyemb.duckdb import load_extension, register  # noqa: I001
+    from polyemb.store import open_store
     import duckdb
-
-    from polyemb.duckdb import load_extension, register  # first: says how to install duckdb
 
     con = duckdb.connect(args.db or ":memory:")
     try:
         for extension in args.extension:
             load_extension(con, extension)
-        register(con, _load(args), cache_mb=args.cache_mb, batch_size=args.batch_size)
+        store = open_store(args.store) if args.store else None
+        register(con, _load(args), store=store, cache_mb=args.cache_mb, batch_size=args.batch_size)
         try:
             statements = con.extract_statements(text)
         except duckdb.Error as exc:
@@ -221,6 +233,33 @@ def _eval_sts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store(args: argparse.Namespace) -> int:
+    from polyemb.store import MARKER, VectorStore
+
+    folder = Path(args.path)
+    if not (folder / MARKER).is_file() and not any(folder.glob("model=*")):
+        raise InvalidInputError(
+            f"{args.path} is not a polyemb vector store (no {MARKER}, no model=* folders)"
+        )
+    store = VectorStore(args.path, read_only=args.action == "stats")
+    if args.action == "stats":
+        print(store.stats().format())
+    elif args.action == "compact":
+        report = store.compact()
+        print(
+            f"compacted {args.path}: {report.files_before} files -> {report.files_after}, "
+            f"{report.duplicates_dropped} duplicate entries dropped, "
+            f"{report.temporary_removed} stale temporary files removed"
+        )
+    else:
+        gc = store.gc(args.keep_model)
+        print(
+            f"kept {len(gc.kept)} model(s) {gc.kept}, dropped {len(gc.dropped)} {gc.dropped}, "
+            f"freed {gc.bytes_freed / 2**20:.1f} MiB"
+        )
+    return 0
+
+
 def _torch_threads() -> int:
     import torch
 
@@ -265,6 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--vector-column", default="embedding", help="name of the new column (default: embedding)"
     )
     embed.add_argument("--chunk-rows", type=int, default=16_384, help="rows read and encoded at a time")
+    embed.add_argument(
+        "--store",
+        metavar="DIR",
+        help="a vector store: texts it holds for this model are read, not embedded; new ones are added",
+    )
     embed.add_argument("--no-progress", action="store_true", help="no progress bar")
     embed.set_defaults(run=_embed)
 
@@ -312,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="load a DuckDB extension first, e.g. --extension vss (repeatable)",
     )
     sql.add_argument("--cache-mb", type=float, default=None, help="embedding cache size in MiB (default 256)")
+    sql.add_argument(
+        "--store", metavar="DIR", help="a vector store behind embed(): embeds only texts it lacks"
+    )
     sql.set_defaults(run=_sql)
 
     bench = commands.add_parser(
@@ -364,6 +411,31 @@ def build_parser() -> argparse.ArgumentParser:
         help='print {"model", "tasks": {task: {pearson, spearman, n}}, "mean_spearman"}',
     )
     eval_sts.set_defaults(run=_eval_sts)
+
+    store = commands.add_parser(
+        "store",
+        help="inspect and maintain a vector store (stats, compact, gc)",
+        description=(
+            "A vector store is a folder of Parquet files (model=<key>/run=<run>/part-N.parquet, columns "
+            "text_hash and vector) written by --store of embed and sql, by Python's polyemb.open_store, "
+            "and by the Spark job."
+        ),
+    )
+    actions = store.add_subparsers(dest="action", metavar="ACTION", required=True)
+    stats = actions.add_parser("stats", help="entries per model and size on disk")
+    stats.add_argument("path", metavar="DIR")
+    compact = actions.add_parser("compact", help="merge small files, one entry per text")
+    compact.add_argument("path", metavar="DIR")
+    gc = actions.add_parser("gc", help="drop the vectors of every model but the ones kept")
+    gc.add_argument("path", metavar="DIR")
+    gc.add_argument(
+        "--keep-model",
+        nargs="+",
+        required=True,
+        metavar="PROVENANCE",
+        help="models to keep: provenances (id@fingerprint, as embedding_model() prints) or model keys",
+    )
+    store.set_defaults(run=_store)
     return parser
 
 

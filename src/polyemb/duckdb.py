@@ -39,6 +39,7 @@ from polyemb.cache import EmbeddingCache
 from polyemb.encoder import Encoder, default_encoder
 from polyemb.options import check_sql_prefix
 from polyemb.similarity import paired_cosines
+from polyemb.store import RunStats, StoredEncoder, VectorStore, embedder
 
 __all__ = ["FUNCTIONS", "load_extension", "register"]
 
@@ -49,6 +50,7 @@ FUNCTIONS = (
     "embedding_model",
     "embedding_cache_stats",
     "embedding_cache_clear",
+    "embedding_store_stats",
 )
 
 
@@ -75,6 +77,7 @@ def register(
     con: duckdb.DuckDBPyConnection,
     encoder: Encoder | None = None,
     *,
+    store: VectorStore | None = None,
     prefix: str = "",
     cache_mb: float | None = None,
     batch_size: int | None = None,
@@ -90,6 +93,8 @@ def register(
       ``path@sha256:...``), to store beside vectors.
     - ``embedding_cache_stats() -> STRUCT(hits, misses, entries, capacity)``.
     - ``embedding_cache_clear() -> BIGINT``: empties the cache, returns the entries dropped.
+    - ``embedding_store_stats() -> STRUCT(looked_up, found, embedded, written)``: what the
+      vector store did for this registration (all zeros without a store).
 
     ``embed`` and ``semantic_similarity`` are deterministic, so DuckDB computes a constant
     argument (a search query) once. Texts go through a bounded cache shared by every
@@ -99,6 +104,8 @@ def register(
     Args:
         con: The connection.
         encoder: The Encoder; default :func:`polyemb.default_encoder`.
+        store: A vector store (:func:`polyemb.open_store`): texts it holds for this model are
+            read, not embedded, and new ones are added. The in-memory cache stays in front.
         prefix: Put before every function name, e.g. ``"pe_"``.
         cache_mb: Cache size in MiB (default 256); sets the shared cache's size.
         batch_size: Passed to ``encode``.
@@ -109,12 +116,13 @@ def register(
     check_sql_prefix(prefix)
     model = encoder if encoder is not None else default_encoder()
     cache = EmbeddingCache.shared(model, max_mb=cache_mb)
+    source = embedder(model, store)
     vector_type = duckdb.array_type(FLOAT, model.dim)
 
     def embed(texts: pa.Array) -> pa.Array:
         with _reported(f"{prefix}embed"):
             vectors, valid = cache.encode_nullable(
-                texts_from_arrow(texts, name="the argument"), batch_size=batch_size
+                texts_from_arrow(texts, name="the argument"), batch_size=batch_size, source=source
             )
             return vectors_to_arrow(vectors, valid)
 
@@ -122,14 +130,21 @@ def register(
         with _reported(f"{prefix}semantic_similarity"):
             a = texts_from_arrow(left, name="the first argument")
             b = texts_from_arrow(right, name="the second argument")
-            vectors, valid = cache.encode_nullable(a + b, batch_size=batch_size)
+            vectors, valid = cache.encode_nullable(a + b, batch_size=batch_size, source=source)
             scores, ok = paired_cosines(vectors, valid, len(a))
             return pa.array(scores, mask=~ok)
 
     def cache_stats() -> dict[str, int]:
         return asdict(cache.stats())
 
+    def store_stats() -> dict[str, int]:
+        counts = asdict(source.stats) if isinstance(source, StoredEncoder) else asdict(RunStats())
+        return {name: counts[name] for name in ("looked_up", "found", "embedded", "written")}
+
     stats_type = duckdb.struct_type({"hits": BIGINT, "misses": BIGINT, "entries": BIGINT, "capacity": BIGINT})
+    store_type = duckdb.struct_type(
+        {"looked_up": BIGINT, "found": BIGINT, "embedded": BIGINT, "written": BIGINT}
+    )
     arrow, special = PythonUDFType.ARROW, FunctionNullHandling.SPECIAL
     definitions: list[tuple[str, Callable[..., Any], list[Any], Any, dict[str, Any]]] = [
         ("embed", embed, [VARCHAR], vector_type, {"type": arrow, "null_handling": special}),
@@ -143,6 +158,7 @@ def register(
         ("embedding_model", lambda: model.provenance, [], VARCHAR, {}),
         ("embedding_cache_stats", cache_stats, [], stats_type, {"side_effects": True}),
         ("embedding_cache_clear", cache.clear, [], BIGINT, {"side_effects": True}),
+        ("embedding_store_stats", store_stats, [], store_type, {"side_effects": True}),
     ]
     for name, function, parameters, returns, options in definitions:
         full_name = prefix + name

@@ -210,7 +210,6 @@ class GcReport:
     kept: list[str]  # model keys
     dropped: list[str]
     bytes_freed: int
-    unmatched: list[str]  # --keep-model values that matched no model of the store
 
 
 @dataclass
@@ -437,6 +436,8 @@ class VectorStore:
                     f"version {STORE_VERSION}: upgrade polyemb"
                 )
             return
+        if self.path.is_dir() and any(self.path.glob("model=*")):
+            return  # written by Spark, which leaves no marker on a lake
         if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
             raise StoreError(
                 f"{self.path} exists and is not a polyemb store (no {MARKER}); give an empty or new folder"
@@ -690,22 +691,32 @@ class VectorStore:
 
         A provenance keeps every key of that model content (any precision or length); a bare
         fingerprint (``sha256:...`` or a hub commit) does too.
+
+        Raises:
+            InvalidInputError: ``keep`` is empty, or names a model the store does not hold (a
+                typo would otherwise drop the model meant): nothing is dropped then.
         """
         self._check_writable("gc")
         if not keep:
             raise InvalidInputError("gc needs at least one model to keep (a provenance or a model key)")
         wanted = {item.strip() for item in keep}
-        fingerprints = {item.rsplit("@", 1)[-1] for item in wanted}
-        kept, dropped, matched, freed = [], [], set(), 0
-        for key, description in self.models():
+        models = self.models()
+        matches: dict[str, set[str]] = {}
+        for key, description in models:
             provenance = str(description.get("provenance", ""))
             fingerprint = str(description.get("fingerprint", provenance.rsplit("@", 1)[-1]))
-            hits = {
-                item for item in wanted if item in (key, provenance) or item.rsplit("@", 1)[-1] == fingerprint
-            }
-            if key in wanted or fingerprint in fingerprints:
+            matches[key] = {item for item in wanted if item == key or item.rsplit("@", 1)[-1] == fingerprint}
+        unmatched = wanted.difference(*matches.values())
+        if unmatched:
+            present = [f"{key} ({description.get('provenance', 'unknown')})" for key, description in models]
+            raise InvalidInputError(
+                f"nothing dropped: {sorted(unmatched)} match(es) no model in {self.path}, so gc could "
+                f"drop a model you meant to keep. The store holds: {present or 'no models'}"
+            )
+        kept, dropped, freed = [], [], 0
+        for key, _ in models:
+            if matches[key]:
                 kept.append(key)
-                matched |= hits
                 continue
             folder = self.model_folder(key)
             freed += _tree_bytes(folder)
@@ -713,7 +724,7 @@ class VectorStore:
             dropped.append(key)
         _remove_leftovers(self.path)
         self._forget_index()
-        return GcReport(kept, dropped, freed, sorted(wanted - matched))
+        return GcReport(kept, dropped, freed)
 
     def _forget_index(self) -> None:
         with self._lock:
