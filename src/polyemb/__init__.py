@@ -1,7 +1,8 @@
 """polyemb: multilingual sentence embeddings and semantic similarity where tabular data lives.
 
 The core is engine-free: ``polyemb.load()`` gives an :class:`Encoder` whose ``encode`` turns
-texts into float32 vectors. The engine adapters are imported by name: ``polyemb.pandas``,
+texts into float32 vectors, and ``polyemb.open_store(path)`` a vector store that keeps them, so
+each text is embedded once per model. The engine adapters are imported by name: ``polyemb.pandas``,
 ``polyemb.duckdb``, ``polyemb.spark``.
 
 The names below torch are imported on first use, so ``import polyemb.cli`` (``polyemb --help``)
@@ -28,6 +29,7 @@ from polyemb.errors import (
 if TYPE_CHECKING:
     from polyemb.encoder import Encoder, default_encoder, load, set_default_encoder
     from polyemb.loading import DEFAULT_MODEL
+    from polyemb.store import VectorStore, open_store
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -41,8 +43,10 @@ __all__ = [
     "PolyembError",
     "StoreError",
     "UnsupportedModelError",
+    "VectorStore",
     "default_encoder",
     "load",
+    "open_store",
     "set_default_encoder",
 ]
 
@@ -55,6 +59,8 @@ _LAZY = {
     "default_encoder": "polyemb.encoder",
     "load": "polyemb.encoder",
     "set_default_encoder": "polyemb.encoder",
+    "VectorStore": "polyemb.store",
+    "open_store": "polyemb.store",
 }
 
 

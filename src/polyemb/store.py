@@ -379,7 +379,8 @@ def _data_files(folder: Path) -> Iterator[Path]:
                 yield path
 
 
-def _run_id() -> str:
+def run_id() -> str:
+    """A new writer's run folder name: UTC time, process id and a random suffix (never reused)."""
     return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
@@ -414,7 +415,7 @@ class VectorStore:
         self._lock = threading.RLock()
         self._shards: dict[str, _Shard] = {}
         self._cache = _RowGroupCache(cache_mb)
-        self._run = _run_id()
+        self._run = run_id()
         self._sequence = 0
         self._writes_failed = False
         self._open()
@@ -578,7 +579,7 @@ class VectorStore:
 
         def write() -> None:
             if not (folder / MODEL_FILE).is_file():
-                _atomic_write(folder / MODEL_FILE, json.dumps(_description(spec), indent=2) + "\n")
+                _atomic_write(folder / MODEL_FILE, json.dumps(description(spec), indent=2) + "\n")
             _write_parquet(table, target)
 
         if not self._write_safely(write):
@@ -675,7 +676,7 @@ class VectorStore:
                 [pa.field(HASH_COLUMN, pa.string()), pa.field(VECTOR_COLUMN, vector_type(dim))],
                 metadata={b"polyemb": json.dumps(description).encode()} if description else None,
             )
-            run = self.model_folder(key) / f"run=compact-{_run_id()}"
+            run = self.model_folder(key) / f"run=compact-{run_id()}"
             written, kept, dropped = _merge(small, run, schema, target_rows)
             for path in small:
                 path.unlink(missing_ok=True)
@@ -871,11 +872,12 @@ def store_schema(spec: VectorSpec) -> pa.Schema:
             pa.field(HASH_COLUMN, pa.string(), nullable=False),
             pa.field(VECTOR_COLUMN, vector_type(spec.dim), nullable=False),
         ],
-        metadata={b"polyemb": json.dumps(_description(spec)).encode()},
+        metadata={b"polyemb": json.dumps(description(spec)).encode()},
     )
 
 
-def _description(spec: VectorSpec) -> dict[str, Any]:
+def description(spec: VectorSpec) -> dict[str, Any]:
+    """What a model key stands for, as ``_model.json`` and every file's metadata record it."""
     return {"key": spec.key, "provenance": spec.provenance, "model_id": spec.model_id, **spec.content()}
 
 

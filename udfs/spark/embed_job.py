@@ -6,7 +6,10 @@ the input's columns and partitioning.
 
     spark-submit udfs/spark/embed_job.py \\
         --input 's3a://lake/articles/' --output 's3a://lake/articles_embedded/' \\
-        --text-column title --model /models/mstsb --delivery broadcast
+        --text-column title --model /models/mstsb [--store 's3a://lake/vectors/']
+
+With --store, texts already embedded for this model (by any earlier run, job, or polyemb on a
+laptop) are read from the store and only new or edited texts are embedded.
 
 GPU clusters: see README "Spark" for the executor, task and Arrow batch settings.
 """
@@ -23,6 +26,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 import polyemb.spark
+from polyemb.encoder import describe
 from polyemb.errors import ColumnNotFoundError
 from polyemb.options import DELIVERIES, PRECISIONS
 
@@ -81,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="output partition columns (default: the input's own key=value partition columns)",
     )
     parser.add_argument("--mode", choices=["errorifexists", "overwrite", "append"], default="errorifexists")
+    parser.add_argument(
+        "--store",
+        help=(
+            "a vector store folder (any path Spark reads and writes): only texts it lacks for this "
+            "model are embedded, and they are added to it (see polyemb.spark.embed_incremental)"
+        ),
+    )
     return parser
 
 
@@ -110,17 +121,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     if args.repartition:
         df = df.repartition(args.repartition)
-    # One registration: the model is delivered once for both functions.
-    polyemb.spark.register(
-        spark,
-        args.model,
-        delivery=args.delivery,
-        batch_size=args.batch_size,
-        precision=args.precision,
-        prefix="polyemb_",
-    )
-    if not args.no_vectors:
-        df = df.withColumn(args.vector_column, F.call_function("polyemb_embed", F.col(args.text_column)))
+    if not args.no_vectors and args.store:
+        # Only the texts the store lacks for this model are embedded; the rest are read.
+        df = polyemb.spark.embed_incremental(
+            df,
+            args.text_column,
+            args.store,
+            args.model,
+            spark=spark,
+            vector_column=args.vector_column,
+            delivery=args.delivery,
+            batch_size=args.batch_size,
+            precision=args.precision,
+        )
+        report = polyemb.spark.store.last_report
+        print(f"embed_job: store {args.store}: {report['embedded']} new texts embedded", file=sys.stderr)
+    if args.similarity_query or args.pair_columns or (not args.no_vectors and not args.store):
+        # One registration: the model is delivered once for both functions.
+        polyemb.spark.register(
+            spark,
+            args.model,
+            delivery=args.delivery,
+            batch_size=args.batch_size,
+            precision=args.precision,
+            prefix="polyemb_",
+        )
+    if not args.no_vectors and not args.store:
+        provenance = describe(args.model).provenance
+        vectors = F.call_function("polyemb_embed", F.col(args.text_column))
+        df = df.withColumn(
+            args.vector_column, vectors.alias(args.vector_column, metadata={"polyemb.model": provenance})
+        )
     if args.similarity_query:
         query = F.lit(args.similarity_query)
         df = df.withColumn(
