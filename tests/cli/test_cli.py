@@ -145,3 +145,50 @@ def test_missing_model_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["similarity", "-m", str(tmp_path / "nothing"), "a", "b"]) == 1
     err = capsys.readouterr().err
     assert "does not exist" in err and "POLYEMB_MODEL" in err
+
+
+def test_embed_with_a_store_and_the_store_commands(
+    tiny_model_dir: Path, tiny_encoder: polyemb.Encoder, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("id,text\n1,hello world\n2,\n3,another text\n4,hello world\n")
+    model = ["-m", str(tiny_model_dir)]
+    store = str(tmp_path / "store")
+    assert (
+        main(
+            ["embed", str(source), "-c", "text", "-o", str(tmp_path / "a.parquet"), "--store", store, *model]
+        )
+        == 0
+    )
+    assert "2 distinct texts, 0 found, 2 embedded, 2 written" in capsys.readouterr().err
+    source.write_text("id,text\n1,hello world\n2,an edited text\n3,another text\n")
+    assert (
+        main(
+            ["embed", str(source), "-c", "text", "-o", str(tmp_path / "b.parquet"), "--store", store, *model]
+        )
+        == 0
+    )
+    assert "3 distinct texts, 2 found, 1 embedded, 1 written" in capsys.readouterr().err
+    table = pq.read_table(tmp_path / "b.parquet")
+    matrix, _ = vectors_from_arrow(table.column("embedding"))
+    np.testing.assert_allclose(
+        matrix, tiny_encoder.encode(["hello world", "an edited text", "another text"]), rtol=0, atol=1e-6
+    )
+    # The Parquet written records the model: in the schema metadata and in the vector field.
+    assert (
+        table.schema.field("embedding").type.value_field.metadata[b"polyemb.model"].decode()
+        == tiny_encoder.provenance
+    )
+
+    assert main(["store", "stats", store]) == 0
+    out = capsys.readouterr().out
+    assert tiny_encoder.vector_spec().key in out and tiny_encoder.provenance in out
+    assert [line.split()[1:4] for line in out.splitlines()[2:]] == [["3", "3", "2"]]  # entries distinct files
+    assert main(["store", "compact", store]) == 0
+    assert "2 files -> 1" in capsys.readouterr().out
+    assert main(["store", "gc", store, "--keep-model", "typo@sha256:0"]) == 1
+    assert "nothing dropped" in capsys.readouterr().err
+    assert main(["store", "gc", store, "--keep-model", tiny_encoder.provenance]) == 0
+    assert "dropped 0" in capsys.readouterr().out
+    assert main(["store", "stats", str(tmp_path)]) == 1
+    assert "is not a polyemb vector store" in capsys.readouterr().err

@@ -237,3 +237,28 @@ def test_hnsw_index_is_used(minilm_encoder: polyemb.Encoder, sts_sentences: list
     assert "HNSW_INDEX_SCAN" in plan
     for target in (17, 123, 250):
         assert connection.execute(query, [docs[target]]).fetchall()[0] == (target,)
+
+
+def test_embed_through_a_store_embeds_each_text_once(tiny_encoder: polyemb.Encoder, tmp_path: Path) -> None:
+    texts = [None if i % 11 == 5 else f"stored duckdb text {i % 700}" for i in range(5000)]
+
+    def run() -> tuple[np.ndarray, dict[str, int]]:
+        # A fresh connection, store handle and cache: what a new process would see.
+        con = duckdb.connect()
+        polyemb.duckdb.register(con, tiny_encoder, store=polyemb.open_store(tmp_path / "store")).clear()
+        con.execute("CREATE TABLE t AS SELECT unnest(range(5000)) AS id, unnest($1::VARCHAR[]) AS s", [texts])
+        rows = con.execute("SELECT id, s, embed(s) FROM t ORDER BY id").fetchall()
+        assert [r[0] for r in rows] == list(range(5000))
+        assert [r[2] is None for r in rows] == [t is None for t in texts]
+        stats = con.execute("SELECT embedding_store_stats()").fetchone()[0]  # type: ignore[index]
+        con.close()
+        return np.array([r[2] for r in rows if r[2] is not None], dtype=np.float32), stats
+
+    first, stats = run()
+    assert stats["embedded"] == 700 and stats["written"] == 700
+    second, stats = run()
+    assert stats["embedded"] == 0 and stats["found"] == 700
+    np.testing.assert_array_equal(second, first)
+    np.testing.assert_allclose(
+        first, tiny_encoder.encode([t for t in texts if t is not None]), rtol=0, atol=1e-6
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -229,3 +230,71 @@ def test_empty_series() -> None:
     assert len(empty.emb.similarity("x")) == 0
     assert len(empty.emb.search("x")) == 0
     assert len(empty.emb.near_duplicates()) == 0
+
+
+# ---------------------------------------------------------------------- store and provenance
+
+
+def test_accessor_methods_go_through_a_store(tiny_encoder: polyemb.Encoder, tmp_path: Path) -> None:
+    store = polyemb.open_store(tmp_path / "store")
+    series = text_series()
+    first = series.emb.encode(store=store)
+    np.testing.assert_allclose(
+        first.emb.to_numpy()[[0, 2, 5, 6]],
+        tiny_encoder.encode([TEXTS[0], TEXTS[2], TEXTS[5], TEXTS[6]]),
+        rtol=0,
+        atol=1e-6,
+    )
+    [model] = store.stats().models
+    assert model.entries == 3  # three distinct texts; NA rows are not texts
+    calls: list[int] = []
+    original = polyemb.Encoder.encode
+
+    def counting(self, texts, **options):  # type: ignore[no-untyped-def]
+        texts = list(texts)
+        calls.append(len(texts))
+        return original(self, texts, **options)
+
+    try:
+        polyemb.Encoder.encode = counting  # type: ignore[method-assign]
+        again = series.emb.encode(store=store)
+        series.emb.similarity(series, store=store)
+        series.emb.search("a query the store has not seen", k=2, store=store)
+        series.emb.near_duplicates(0.99, store=store)
+        pd.DataFrame({"t": series}).emb.join(
+            pd.DataFrame({"t": ["", "El gato está en la alfombra."]}), "t", store=store
+        )
+    finally:
+        polyemb.Encoder.encode = original  # type: ignore[method-assign]
+    assert calls == [1]  # only the search query, a text the store did not hold, was embedded
+    pd.testing.assert_series_equal(again, first)
+
+
+def test_vectors_carry_their_model_and_two_models_are_never_compared(
+    tiny_encoder: polyemb.Encoder, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from polyemb.testing import build_tiny_model
+
+    other = polyemb.load(build_tiny_model(tmp_path / "other", seed=3))
+    series = pd.Series(["a cat", "a dog", None], name="t")
+    ours = series.emb.encode()
+    theirs = series.emb.encode(encoder=other)
+    assert ours.emb.model == tiny_encoder.provenance and theirs.emb.model == other.provenance
+    both = f"{tiny_encoder.provenance}.*{other.provenance}"
+    with pytest.raises(polyemb.ModelMismatchError, match=both):
+        ours.emb.similarity(theirs)
+    with pytest.raises(polyemb.ModelMismatchError, match=both):
+        ours.emb.similarity("a cat", encoder=other)
+    with pytest.raises(polyemb.ModelMismatchError, match="search compares"):
+        ours.emb.search("a cat", encoder=other)
+    with pytest.raises(polyemb.ModelMismatchError, match=both):
+        pd.DataFrame({"v": ours}).emb.join(pd.DataFrame({"v": theirs}), "v")
+    # The same model loaded from another folder is the same model.
+    copy = polyemb.load(shutil.copytree(tiny_model_dir, tmp_path / "copy"))
+    np.testing.assert_allclose(
+        ours.emb.similarity(series.emb.encode(encoder=copy)), [1.0, 1.0, np.nan], atol=1e-6
+    )
+    # Vectors of unknown provenance (a plain list column) work as before.
+    plain = pd.Series([None if v is pd.NA or v is None else list(v) for v in ours.tolist()])
+    assert plain.emb.model is None
+    np.testing.assert_allclose(plain.emb.similarity(theirs), theirs.emb.similarity(plain), atol=1e-6)

@@ -164,3 +164,15 @@ else:
         assert mine and all(event["delivery"] == "artifact" for event in mine)
         assert all(count == 1 for count in per_pid.values()), per_pid
         assert len(per_pid) <= 2  # local[2]: at most two Python workers at a time, reused
+
+    def test_embed_incremental_on_connect(
+        connect: Any, tiny_model_dir: Path, tiny_encoder: polyemb.Encoder, tmp_path: Path
+    ) -> None:
+        store = str(tmp_path / "store")
+        texts = [*TEXTS, "a text only Connect sees"]
+        for expected in (4, 0):  # 4 distinct texts; the second run finds them all
+            out = polyemb.spark.embed_incremental(frame(connect, texts), "text", store, tiny_model_dir)
+            rows = out.select("id", F.col("embedding").alias("v")).collect()
+            check_vectors(rows, texts, tiny_encoder)
+            assert polyemb.spark.store.last_report["embedded"] == expected
+        assert out.schema["embedding"].metadata == {"polyemb.model": tiny_encoder.provenance}

@@ -125,6 +125,52 @@ def test_job_glob_input_without_partitions_and_errors(
     assert info.value.code == 0
 
 
+def test_job_with_a_store_embeds_only_new_texts(
+    spark: SparkSession,
+    lake: Path,
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    tiny_encoder: polyemb.Encoder,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    job = load_job()
+    store = tmp_path / "store"
+    common = [
+        "--input",
+        str(lake),
+        "--text-column",
+        "title",
+        "--model",
+        str(tiny_model_dir),
+        "--store",
+        str(store),
+    ]
+    assert job.main([*common, "--output", str(tmp_path / "day1")]) == 0
+    assert "4 new texts embedded" in capsys.readouterr().err
+    extra = lake / "lang=de"
+    extra.mkdir()
+    pq.write_table(
+        pa.table({"id": [10], "title": ["Die Katze sitzt auf der Matte."], "other": ["x"]}),
+        extra / "p.parquet",
+    )
+    assert job.main([*common, "--output", str(tmp_path / "day2")]) == 0
+    assert "1 new texts embedded" in capsys.readouterr().err
+    table = read_output(tmp_path / "day2")
+    assert table.num_rows == 6 and sorted(p.name for p in (tmp_path / "day2").iterdir() if p.is_dir()) == [
+        "lang=de",
+        "lang=en",
+        "lang=es",
+    ]
+    titles = table.column("title").to_pylist()
+    vectors, valid = tiny_encoder.encode_nullable(titles)
+    got = table.column("embedding").to_pylist()
+    assert [v is None for v in got] == (~valid).tolist()
+    np.testing.assert_allclose(np.array([v for v in got if v is not None]), vectors[valid], atol=1e-5)
+    assert spark.read.parquet(str(tmp_path / "day2")).schema["embedding"].metadata == {
+        "polyemb.model": tiny_encoder.provenance
+    }
+
+
 @pytest.mark.slow
 def test_spark_submit(lake: Path, tmp_path: Path, tiny_model_dir: Path) -> None:
     import pyspark

@@ -149,8 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_vectors and not args.store:
         provenance = describe(args.model).provenance
         vectors = F.call_function("polyemb_embed", F.col(args.text_column))
-        df = df.withColumn(
-            args.vector_column, vectors.alias(args.vector_column, metadata={"polyemb.model": provenance})
+        df = df.withColumn(args.vector_column, vectors).withMetadata(
+            args.vector_column, {"polyemb.model": provenance}
         )
     if args.similarity_query:
         query = F.lit(args.similarity_query)

@@ -141,10 +141,7 @@ def embed_incremental(
         found = vectors.select(F.col(HASH_COLUMN).alias(_HASH), F.col(VECTOR_COLUMN).alias(vector_column))
         found = found.join(texts.select(_HASH), _HASH, "left_semi").dropDuplicates([_HASH])
         result = keyed.join(found, _HASH, "left")
-    result = result.drop(_HASH).withColumn(
-        vector_column,
-        F.col(vector_column).alias(vector_column, metadata={MODEL_METADATA.decode(): spec.provenance}),
-    )
+    result = result.drop(_HASH).withMetadata(vector_column, {MODEL_METADATA.decode(): spec.provenance})
     last_report.clear()
     last_report.update(
         model_key=spec.key,
