@@ -8,6 +8,7 @@ import json
 import logging
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -260,6 +261,54 @@ def _store(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_store(args: argparse.Namespace) -> int:
+    from polyemb import bench, bench_store
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr)
+
+    meta: dict[str, Any] = {"cpu": bench.cpu_description(), "kind": args.kind}
+    with tempfile.TemporaryDirectory(prefix="polyemb-bench-store-", dir=args.workdir) as workdir:
+        if args.kind == "incremental":
+            if not args.texts:
+                raise InvalidInputError("give --texts: real sentences (a glob of STS CSVs, a .txt, ...)")
+            from polyemb.encoder import load
+
+            encoder = load(args.model, precision="fp32", device="cpu")  # resolves the default model once
+            meta["model"] = encoder.provenance
+            pool = bench.load_texts(args.texts, args.column)
+            results = bench_store.incremental(
+                str(encoder.folder),
+                pool,
+                rows=args.rows,
+                edited=args.edited,
+                appended=args.appended,
+                engines=args.engines,
+                workdir=Path(workdir),
+                progress=progress,
+            )
+        else:
+            results = bench_store.lookup(
+                args.entries, args.keys, dim=args.dim, folder=Path(workdir), progress=progress
+            )
+    if args.json:
+        print(json.dumps({**meta, "results": results}, indent=2))
+    else:
+        print(", ".join(f"{k}: {v}" for k, v in meta.items()))
+        for result in results:
+            print(json.dumps(result))
+    return 0
+
+
+def _engine_list(value: str) -> list[str]:
+    from polyemb.bench_store import ENGINES
+
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if not names or any(n not in ENGINES for n in names):
+        raise argparse.ArgumentTypeError(f"engines are a comma-separated subset of {','.join(ENGINES)}")
+    return names
+
+
 def _torch_threads() -> int:
     import torch
 
@@ -411,6 +460,39 @@ def build_parser() -> argparse.ArgumentParser:
         help='print {"model", "tasks": {task: {pearson, spearman, n}}, "mean_spearman"}',
     )
     eval_sts.set_defaults(run=_eval_sts)
+
+    bench_store = commands.add_parser(
+        "bench-store",
+        parents=[model],
+        help="time a daily re-run through the vector store, and lookups in a large store",
+        description=(
+            "incremental: a first run over --rows rows of real sentences into an empty store, then a "
+            "re-run over the same rows with --edited of them changed and --appended added, per "
+            "engine (cli, duckdb, spark on local[2]); prints each run's time and the re-run's share. "
+            "lookup: a store of --entries random vectors, then lookups of --keys keys in a fresh "
+            "process (keys of one earlier run, and random keys), with keys/s and peak memory."
+        ),
+    )
+    bench_store.add_argument("kind", choices=["incremental", "lookup"])
+    bench_store.add_argument("--texts", help="incremental: real sentences (as bench --texts)")
+    bench_store.add_argument("--column", help="the text column of --texts")
+    bench_store.add_argument("--rows", type=int, default=200_000, help="incremental: rows a day (200,000)")
+    bench_store.add_argument("--edited", type=float, default=0.02, help="incremental: share edited (0.02)")
+    bench_store.add_argument(
+        "--appended", type=float, default=0.02, help="incremental: share appended (0.02)"
+    )
+    bench_store.add_argument(
+        "--engines",
+        type=_engine_list,
+        default=["cli", "duckdb", "spark"],
+        help="incremental: e.g. cli,duckdb",
+    )
+    bench_store.add_argument("--entries", type=int, default=5_000_000, help="lookup: store size (5,000,000)")
+    bench_store.add_argument("--keys", type=int, default=200_000, help="lookup: keys looked up (200,000)")
+    bench_store.add_argument("--dim", type=int, default=384, help="lookup: vector length (384)")
+    bench_store.add_argument("--workdir", help="where the stores and files go (default: the temp folder)")
+    bench_store.add_argument("--json", action="store_true", help="print a JSON report")
+    bench_store.set_defaults(run=_bench_store)
 
     store = commands.add_parser(
         "store",

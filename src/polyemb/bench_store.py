@@ -1,0 +1,226 @@
+"""Benchmarks of the vector store: what a daily re-run costs, and lookups in a large store.
+
+``polyemb bench-store incremental``: a first run over N rows of real sentences into an empty
+store, then a re-run over the same rows with a share edited and a share appended, per engine
+(the CLI, DuckDB, Spark ``local[2]``); the figure is the re-run's time as a share of the first.
+
+``polyemb bench-store lookup``: a store of M entries (random vectors under real text hashes),
+then, in a fresh process, a lookup of K keys: keys/s with the index built in the same call, and
+the process's peak memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from polyemb.errors import InvalidInputError
+
+__all__ = ["ENGINES", "daily_loads", "incremental", "lookup"]
+
+ENGINES = ("cli", "duckdb", "spark")
+
+
+def daily_loads(
+    pool: Sequence[str], rows: int, *, edited: float, appended: float, seed: int = 0
+) -> tuple[pa.Table, pa.Table, int]:
+    """Day one's rows (``id``, ``text``), and day two's: ``edited`` of them changed, ``appended`` added.
+
+    Texts repeat across rows as real columns do (``rows`` may exceed the distinct texts); the
+    appended rows use texts day one never had. Returns ``(day1, day2, distinct new texts of day 2)``.
+    """
+    distinct = list(dict.fromkeys(pool))
+    random.Random(seed).shuffle(distinct)
+    n_appended = int(rows * appended)
+    if len(distinct) < n_appended + 100:
+        raise InvalidInputError(f"the texts give {len(distinct)} distinct sentences: too few for {rows} rows")
+    fresh, known = distinct[:n_appended], distinct[n_appended:]
+    rng = random.Random(seed + 1)
+    day1 = [known[i % len(known)] for i in range(rows)]
+    rng.shuffle(day1)
+    day2 = list(day1)
+    for row in rng.sample(range(rows), int(rows * edited)):
+        day2[row] = f"{day2[row]} (updated {row})"
+    day2 += fresh
+    seen = set(day1)
+    new = len({text for text in day2 if text not in seen})
+
+    def table(texts: list[str]) -> pa.Table:
+        return pa.table({"id": pa.array(range(len(texts)), pa.int64()), "text": pa.array(texts, pa.string())})
+
+    return table(day1), table(day2), new
+
+
+def incremental(
+    model: str,
+    pool: Sequence[str],
+    *,
+    rows: int,
+    edited: float,
+    appended: float,
+    engines: Sequence[str],
+    workdir: Path,
+    progress: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """Time a first run and a re-run per engine; each engine gets a store of its own."""
+    day1, day2, new = daily_loads(pool, rows, edited=edited, appended=appended)
+    inputs = {}
+    for name, table in (("day1", day1), ("day2", day2)):
+        inputs[name] = workdir / f"{name}.parquet"
+        pq.write_table(table, inputs[name])
+    progress(f"{rows} rows, {len(set(day1.column('text').to_pylist()))} distinct texts; day 2 adds {new} new")
+    runners = {"cli": _cli_run, "duckdb": _duckdb_run, "spark": _spark_run}
+    results = []
+    for engine in engines:
+        store = workdir / f"store-{engine}"
+        times = []
+        for day in ("day1", "day2"):
+            started = time.perf_counter()
+            embedded = runners[engine](model, inputs[day], workdir / f"out-{engine}-{day}.parquet", store)
+            times.append(time.perf_counter() - started)
+            progress(f"{engine} {day}: {times[-1]:.1f}s, {embedded} texts embedded")
+        results.append(
+            {
+                "engine": engine,
+                "first_run_s": round(times[0], 2),
+                "rerun_s": round(times[1], 2),
+                "rerun_share": round(times[1] / times[0], 4),
+                "rows_day2": day2.num_rows,
+                "new_texts_day2": new,
+            }
+        )
+    return results
+
+
+def _cli_run(model: str, source: Path, output: Path, store: Path) -> int:
+    """``polyemb embed`` in a child process, model load included, as a user runs it."""
+    command = [sys.executable, "-m", "polyemb.cli", "embed", str(source), "-c", "text", "-o", str(output)]
+    command += ["--model", model, "--store", str(store), "--no-progress"]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode:
+        raise InvalidInputError(f"polyemb embed failed: {result.stderr[-2000:]}")
+    line = next(line for line in result.stderr.splitlines() if line.startswith("store "))
+    return int(line.split(" found, ")[1].split(" embedded")[0])
+
+
+def _duckdb_run(model: str, source: Path, output: Path, store: Path) -> int:
+    """``COPY (SELECT id, embed(text) ...) TO`` on a fresh connection, cache and store handle."""
+    import duckdb
+
+    from polyemb.duckdb import register
+    from polyemb.encoder import load
+    from polyemb.store import open_store
+
+    con = duckdb.connect()
+    register(con, load(model), store=open_store(store)).clear()
+    query = f"SELECT id, embed(text) AS embedding FROM read_parquet('{source}')"
+    con.execute(f"COPY ({query}) TO '{output}' (FORMAT parquet)")
+    embedded = con.execute("SELECT embedding_store_stats().embedded").fetchone()[0]
+    con.close()
+    return int(embedded)
+
+
+def _spark_run(model: str, source: Path, output: Path, store: Path) -> int:
+    """``embed_incremental`` on ``local[2]``, written to Parquet."""
+    from pyspark.sql import SparkSession
+
+    from polyemb.spark import embed_incremental
+    from polyemb.spark.store import last_report
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    spark = (
+        SparkSession.builder.master("local[2]")
+        .appName("polyemb-bench-store")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.shuffle.partitions", "4")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    embed_incremental(spark.read.parquet(str(source)), "text", str(store), model).write.parquet(str(output))
+    return int(last_report["embedded"])
+
+
+# ---------------------------------------------------------------------- lookups
+
+_LOOKUP_CHILD = """
+import json, resource, sys, time
+import numpy as np
+from polyemb.embedder import VectorSpec
+from polyemb.store import open_store
+spec = VectorSpec(**json.loads(sys.argv[2]))
+keys = np.load(sys.argv[3]).tolist()
+started = time.perf_counter()
+vectors, found = open_store(sys.argv[1], read_only=True).lookup(spec, keys)
+seconds = time.perf_counter() - started
+print(json.dumps({"keys": len(keys), "found": int(found.sum()), "seconds": seconds,
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def lookup(
+    entries: int, keys: int, *, dim: int, folder: Path | None, progress: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    """Build a store of ``entries`` random vectors (in runs of ``keys``), then time lookups of ``keys``.
+
+    Two kinds of lookup, each in a fresh process (index built in the same call, memory measured):
+    the keys of one earlier run (a daily re-run finds its texts where the last run wrote them),
+    and keys drawn at random over the whole store (the worst case: every file is read).
+    """
+    from polyemb.embedder import VectorSpec
+    from polyemb.store import open_store, text_hashes
+
+    spec = VectorSpec("bench-store-lookup", "sha256:synthetic", dim, 128, "fp32", True)
+    root = folder or Path(tempfile.mkdtemp(prefix="polyemb-lookup-"))
+    store = open_store(root / "store")
+    rng = np.random.default_rng(0)
+    runs: list[list[str]] = []
+    started = time.perf_counter()
+    for run in range(0, entries, keys):
+        hashes = text_hashes(f"synthetic text {i}" for i in range(run, min(entries, run + keys)))
+        store._run = f"bench-{len(runs):04d}"  # one writer run per day, as a daily job writes them
+        store._sequence = 0
+        store.append(spec, hashes, rng.standard_normal((len(hashes), dim), dtype=np.float32))
+        runs.append(hashes)
+    progress(f"wrote {entries:,} entries in {time.perf_counter() - started:.0f}s to {root / 'store'}")
+    wanted = {
+        "one earlier run": runs[len(runs) // 2],
+        "random over the store": [runs[i][j] for i, j in _random_positions(runs, keys, rng)],
+    }
+    results = []
+    for name, hashes in wanted.items():
+        path = root / "keys.npy"
+        np.save(path, np.array(hashes))
+        child = subprocess.run(
+            [sys.executable, "-c", _LOOKUP_CHILD, str(root / "store"), json.dumps(spec.__dict__), str(path)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        figures = json.loads(child.stdout)
+        figures.update(
+            kind=name, entries=entries, dim=dim, keys_per_s=round(figures["keys"] / figures["seconds"])
+        )
+        results.append(figures)
+        progress(f"{name}: {figures['keys_per_s']:,} keys/s, peak {figures['peak_rss_mib']:.0f} MiB")
+    return results
+
+
+def _random_positions(runs: list[list[str]], count: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+    sizes = np.array([len(run) for run in runs])
+    flat = rng.choice(int(sizes.sum()), size=count, replace=False)
+    starts = np.cumsum([0, *sizes[:-1]])
+    which = np.searchsorted(starts, flat, side="right") - 1
+    return list(zip(which.tolist(), (flat - starts[which]).tolist(), strict=True))
