@@ -25,6 +25,7 @@ __all__ = [
     "WeightPrecision",
     "check_choice",
     "check_positive_int",
+    "check_sql_name",
     "check_sql_prefix",
 ]
 
@@ -60,6 +61,16 @@ def check_positive_int(name: str, value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise InvalidInputError(f"{name} must be a positive int, got {value!r}")
     return value
+
+
+def check_sql_name(what: str, name: Any) -> str:
+    """Check a name that becomes part of SQL function names: an SQL identifier (as for prefixes)."""
+    if not isinstance(name, str) or not _SQL_PREFIX.fullmatch(name):
+        raise InvalidInputError(
+            f"{what} must be an SQL identifier (an ASCII letter or _, then ASCII letters, digits or _), "
+            f"got {name!r}"
+        )
+    return name
 
 
 def check_sql_prefix(prefix: Any) -> str:

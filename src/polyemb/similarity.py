@@ -149,7 +149,7 @@ def top_k(
             neighbourhood(c, q, neighbours, block_rows=block_rows),
         )
     query_r, corpus_r = (
-        (torch.from_numpy(np.asarray(r, dtype=np.float32)) for r in neighbourhoods)
+        (torch.from_numpy(np.array(r, dtype=np.float32)) for r in neighbourhoods)
         if neighbourhoods is not None
         else (torch.zeros(0), torch.zeros(0))
     )

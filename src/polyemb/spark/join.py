@@ -1,0 +1,353 @@
+"""Semantic top-k joins in Spark: exact, block by block, with matrix products on the workers.
+
+Left x right rows never exist in Spark. The right side's vectors are cut into blocks:
+
+- **small** (at most ``broadcast_mb`` of vectors): one block, shipped with the task (in the
+  function Spark sends to every worker) and scored against each Arrow batch of left rows: no
+  shuffle of the left side at all;
+- **large**: blocks of at most ``block_rows`` rows, spread over partitions. Left rows are cut
+  into chunks of the same size; every (chunk, block) pair meets in one group of a co-grouped
+  ``applyInPandas``, so a worker holds one chunk and one block at a time; each pair's partial
+  top-k lists are merged per left row.
+
+Both use the core's :func:`polyemb.similarity.top_k`, so Spark, pandas and DuckDB give the same
+pairs and scores on the same vectors. Ties go to the earlier right row (its position in the
+right DataFrame as Spark reads it).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import Window
+from pyspark.sql import functions as F
+
+from polyemb.arrow import MODEL_METADATA
+from polyemb.embedder import check_same_model
+from polyemb.encoder import describe
+from polyemb.errors import ColumnNotFoundError, InvalidInputError
+from polyemb.options import Delivery, JoinHow, Precision, Score, check_positive_int
+from polyemb.similarity import NEIGHBOURS, check_join, normalize_rows, top_k
+from polyemb.spark.delivery import active_session, model_source
+from polyemb.spark.udfs import embed_with
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.column import Column
+
+__all__ = ["semantic_join"]
+
+_LID, _RID, _VEC, _R = "__polyemb_lid", "__polyemb_rid", "__polyemb_vec", "__polyemb_r"
+_PAIRS = "lid long, rid long, score float, cosine float"
+BLOCK_ROWS = 65_536
+BROADCAST_MB = 64.0
+
+
+def semantic_join(
+    left: DataFrame,
+    right: DataFrame,
+    left_on: str,
+    right_on: str | None = None,
+    *,
+    k: int = 1,
+    threshold: float | None = None,
+    how: JoinHow = "inner",
+    score: Score = "cosine",
+    model: str | os.PathLike[str] | None = None,
+    store: str | os.PathLike[str] | None = None,
+    suffixes: tuple[str, str] = ("_x", "_y"),
+    score_column: str = "score",
+    block_rows: int = BLOCK_ROWS,
+    broadcast_mb: float = BROADCAST_MB,
+    spark: SparkSession | None = None,
+    delivery: Delivery = "auto",
+    batch_size: int | None = None,
+    precision: Precision = "auto",
+    max_seq_length: int | None = None,
+    revision: str | None = None,
+) -> DataFrame:
+    """Join each left row with its ``k`` best-scoring right rows, exactly, at any scale.
+
+    Args:
+        left: The left DataFrame.
+        right: The right DataFrame.
+        left_on: A text column (embedded here) or a vector column (``array<float>``) of ``left``.
+        right_on: The same of ``right``; default ``left_on``.
+        k: Matches per left row.
+        threshold: Keep only matches whose score is at least this.
+        how: ``"inner"`` drops left rows without a match (a NULL key, or none above the
+            threshold); ``"left"`` keeps them once, with NULL right columns and score.
+        score: ``"cosine"``; or ``"margin"`` / ``"csls"``, which score a pair relative to both
+            rows' 4 nearest neighbours on the other side (best across languages; these add a
+            ``cosine`` column). As :meth:`DataFrame.emb.join <polyemb.pandas.EmbDataFrameAccessor.join>`.
+        model: For text columns: hub id or folder; None: ``$POLYEMB_MODEL``, else the default.
+        store: For text columns: a vector store folder (see :func:`embed_incremental`): only
+            texts it lacks are embedded.
+        suffixes: Added to column names found in both DataFrames.
+        score_column: Name of the score column.
+        block_rows: Rows per block of a large right side (and per chunk of the left side): what
+            one worker holds of each at a time.
+        broadcast_mb: A right side with at most this many MiB of vectors is shipped whole with
+            the task instead.
+        spark: The session; None: the active one.
+        delivery: How executors get the model, for text columns.
+        batch_size: Texts per forward pass, for text columns.
+        precision: For text columns.
+        max_seq_length: For text columns.
+        revision: For text columns.
+
+    Returns:
+        Left columns, right columns, then the score (and ``cosine`` for margin and CSLS). Row
+        order, as with any Spark join, is not kept.
+
+    Raises:
+        ColumnNotFoundError: A key column is missing.
+        ModelMismatchError: Two vector columns made by different models.
+
+    Example:
+        >>> polyemb.spark.semantic_join(orders, products, "description", "name", k=3, score="margin")
+    """
+    check_join(k, threshold, how, score)
+    check_positive_int("block_rows", block_rows)
+    right_on = left_on if right_on is None else right_on
+    for frame, column, side in ((left, left_on, "left"), (right, right_on, "right")):
+        if column not in frame.columns:
+            raise ColumnNotFoundError.from_missing(column, frame.columns, f"the {side} DataFrame")
+    session = active_session(spark)
+    embed = _Embedding(session, model, store, delivery, batch_size, precision, max_seq_length, revision)
+    left_rows, left_model = embed(left.withColumn(_LID, F.monotonically_increasing_id()), left_on)
+    right_rows, right_model = embed(right.withColumn(_RID, F.monotonically_increasing_id()), right_on)
+    check_same_model(left_model, right_model, "semantic_join")
+    # Materialize the vectors once (texts are embedded once), whatever the plan reads them for.
+    left_rows, right_rows = left_rows.localCheckpoint(), right_rows.localCheckpoint()
+    lvec = left_rows.where(F.col(_VEC).isNotNull()).select(
+        F.col(_LID).alias("id"), F.col(_VEC).alias("vector")
+    )
+    rvec = right_rows.where(F.col(_VEC).isNotNull()).select(
+        F.col(_RID).alias("id"), F.col(_VEC).alias("vector")
+    )
+    if score != "cosine":
+        # r(x) and r(y): each row's mean cosine with its 4 nearest rows on the other side.
+        left_r = _neighbourhood(lvec, rvec, block_rows, broadcast_mb)
+        right_r = _neighbourhood(rvec, lvec, block_rows, broadcast_mb)
+        lvec = lvec.join(left_r, "id").localCheckpoint()
+        rvec = rvec.join(right_r, "id").localCheckpoint()
+    pairs = _top_pairs(lvec, rvec, k, score, block_rows, broadcast_mb)
+    if threshold is not None:
+        pairs = pairs.where(F.col("score") >= threshold)
+    return _assemble(left_rows, right_rows, pairs, how, score, suffixes, score_column)
+
+
+# ---------------------------------------------------------------------- vectors
+
+
+class _Embedding:
+    """Turns a key column into vectors in ``_VEC``: embedded if texts (the model shipped once)."""
+
+    def __init__(
+        self,
+        spark: SparkSession,
+        model: str | os.PathLike[str] | None,
+        store: str | os.PathLike[str] | None,
+        delivery: Delivery,
+        batch_size: int | None,
+        precision: Precision,
+        max_seq_length: int | None,
+        revision: str | None,
+    ) -> None:
+        self.spark, self.model, self.store, self.delivery = spark, model, store, delivery
+        self.batch_size, self.precision = batch_size, precision
+        self.max_seq_length, self.revision = max_seq_length, revision
+        self._udf: Any = None
+        self._provenance: str | None = None
+
+    def __call__(self, frame: DataFrame, column: str) -> tuple[DataFrame, str | None]:
+        """``frame`` plus ``_VEC``, and the vectors' provenance (None if unknown)."""
+        kind = frame.schema[column].dataType.simpleString()
+        if kind in ("array<float>", "array<double>"):
+            provenance = frame.schema[column].metadata.get(MODEL_METADATA.decode())
+            return frame.withColumn(_VEC, _col(column).cast("array<float>")), provenance
+        if kind != "string":
+            raise InvalidInputError(
+                f"column {column!r} is {kind}: give a text (string) or vector (array<float>) column"
+            )
+        if self.store is not None:
+            from polyemb.spark.store import embed_incremental
+
+            embedded = embed_incremental(
+                frame,
+                column,
+                self.store,
+                self.model,
+                spark=self.spark,
+                vector_column=_VEC,
+                delivery=self.delivery,
+                batch_size=self.batch_size,
+                precision="fp32" if self.precision == "auto" else self.precision,
+                max_seq_length=self.max_seq_length,
+                revision=self.revision,
+            )
+            return embedded, embedded.schema[_VEC].metadata.get(MODEL_METADATA.decode())
+        if self._udf is None:
+            source = model_source(
+                self.spark,
+                self.model,
+                delivery=self.delivery,
+                precision=self.precision,
+                max_seq_length=self.max_seq_length,
+                revision=self.revision,
+            )
+            self._udf = embed_with(source, self.batch_size)
+            spec = describe(self.model, max_seq_length=self.max_seq_length, revision=self.revision)
+            self._provenance = spec.provenance
+        return frame.withColumn(_VEC, self._udf(_col(column))), self._provenance
+
+
+def _col(name: str) -> Column:
+    """A column by its exact name (dots and spaces are not paths)."""
+    return F.col("`" + name.replace("`", "``") + "`")
+
+
+# ---------------------------------------------------------------------- scoring
+
+
+def _neighbourhood(queries: DataFrame, corpus: DataFrame, block_rows: int, broadcast_mb: float) -> DataFrame:
+    """``(id, r)``: each query row's mean cosine with its 4 nearest corpus rows."""
+    nearest = _top_pairs(queries, corpus, NEIGHBOURS, "cosine", block_rows, broadcast_mb)
+    return nearest.groupBy(F.col("lid").alias("id")).agg(F.avg("cosine").cast("float").alias("r"))
+
+
+def _top_pairs(
+    queries: DataFrame, corpus: DataFrame, k: int, score: Score, block_rows: int, broadcast_mb: float
+) -> DataFrame:
+    """``(lid, rid, score, cosine)``: the exact top-k corpus rows of every query row.
+
+    ``queries`` and ``corpus`` have columns ``id``, ``vector`` (and ``r`` for margin and CSLS).
+    """
+    count, dim = corpus.agg(F.count("*"), F.max(F.size("vector"))).first()
+    if not count:
+        return queries.sparkSession.createDataFrame([], _PAIRS)
+    if count * dim * 4 <= broadcast_mb * 2**20:
+        return _broadcast_pairs(queries, corpus, k, score)
+    return _blocked_pairs(queries, corpus, k, score, block_rows, count)
+
+
+def _block(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """A pandas batch of ``id, vector[, r]`` as (ids, unit-row matrix, r or None)."""
+    ids = rows["id"].to_numpy(dtype=np.int64)
+    matrix = (
+        normalize_rows(np.stack(rows["vector"].to_numpy()).astype(np.float32, copy=False))
+        if len(rows)
+        else None
+    )
+    r = rows["r"].to_numpy(dtype=np.float32) if "r" in rows.columns else None
+    return ids, matrix if matrix is not None else np.zeros((0, 0), np.float32), r
+
+
+def _score(
+    lids: np.ndarray,
+    left: np.ndarray,
+    left_r: np.ndarray | None,
+    rids: np.ndarray,
+    right: np.ndarray,
+    right_r: np.ndarray | None,
+    k: int,
+    score: Score,
+) -> pd.DataFrame:
+    """One (left batch, right block) pair: its top-k by the core's ``top_k``, as pair rows."""
+    if not len(lids) or not len(rids):
+        return pd.DataFrame({"lid": [], "rid": [], "score": [], "cosine": []}).astype(
+            {"lid": "int64", "rid": "int64", "score": "float32", "cosine": "float32"}
+        )
+    neighbourhoods = (left_r, right_r) if score != "cosine" else None
+    indices, scores = top_k(left, right, k, score=score, neighbourhoods=neighbourhoods)  # type: ignore[arg-type]
+    rows = np.repeat(np.arange(len(lids)), indices.shape[1])
+    chosen = indices.reshape(-1)
+    cosines = np.einsum("ij,ij->i", left[rows], right[chosen])
+    return pd.DataFrame(
+        {
+            "lid": lids[rows],
+            "rid": rids[chosen],
+            "score": scores.reshape(-1).astype(np.float32),
+            "cosine": cosines.astype(np.float32),
+        }
+    )
+
+
+def _broadcast_pairs(queries: DataFrame, corpus: DataFrame, k: int, score: Score) -> DataFrame:
+    """A small corpus, shipped with the task: each batch of queries scored against all of it."""
+    # In id order, so that ties go to the earlier right row as in the blocked path.
+    rids, matrix, corpus_r = _block(corpus.toArrow().to_pandas().sort_values("id", kind="stable"))
+
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            lids, left, left_r = _block(batch)
+            yield _score(lids, left, left_r, rids, matrix, corpus_r, k, score)
+
+    return queries.mapInPandas(run, _PAIRS)
+
+
+def _blocked_pairs(
+    queries: DataFrame, corpus: DataFrame, k: int, score: Score, block_rows: int, count: int
+) -> DataFrame:
+    """A large corpus in blocks: every (query chunk, corpus block) pair meets in one group."""
+    blocks = max(1, -(-count // block_rows))
+    chunks = max(1, -(-queries.count() // block_rows))
+    # Spread rows over blocks and chunks by id; replicate each side once per block of the other.
+    corpus_keys = corpus.withColumn("__block", F.pmod(F.xxhash64("id"), F.lit(blocks))).withColumn(
+        "__chunk", F.explode(F.sequence(F.lit(0), F.lit(chunks - 1)))
+    )
+    query_keys = queries.withColumn("__chunk", F.pmod(F.xxhash64("id"), F.lit(chunks))).withColumn(
+        "__block", F.explode(F.sequence(F.lit(0), F.lit(blocks - 1)))
+    )
+
+    def run(query_rows: pd.DataFrame, corpus_rows: pd.DataFrame) -> pd.DataFrame:
+        lids, left, left_r = _block(query_rows)
+        rids, right, right_r = _block(corpus_rows)
+        return _score(lids, left, left_r, rids, right, right_r, k, score)
+
+    partial = (
+        query_keys.groupBy("__chunk", "__block")
+        .cogroup(corpus_keys.groupBy("__chunk", "__block"))
+        .applyInPandas(run, _PAIRS)
+    )
+    # Merge the blocks' partial lists: the k best per left row, ties to the earlier right row.
+    order = Window.partitionBy("lid").orderBy(F.col("score").desc(), F.col("rid").asc())
+    return partial.withColumn("__rank", F.row_number().over(order)).where(F.col("__rank") <= k).drop("__rank")
+
+
+# ---------------------------------------------------------------------- assembly
+
+
+def _assemble(
+    left_rows: DataFrame,
+    right_rows: DataFrame,
+    pairs: DataFrame,
+    how: JoinHow,
+    score: Score,
+    suffixes: tuple[str, str],
+    score_column: str,
+) -> DataFrame:
+    """Left columns, right columns and the scores, named as ``merge`` names them."""
+    left_cols = [c for c in left_rows.columns if c not in (_LID, _VEC)]
+    right_cols = [c for c in right_rows.columns if c not in (_RID, _VEC)]
+    clash = set(left_cols) & set(right_cols)
+    left_names = {c: f"{c}{suffixes[0]}" if c in clash else c for c in left_cols}
+    right_names = {c: f"{c}{suffixes[1]}" if c in clash else c for c in right_cols}
+    added = [score_column, *(["cosine"] if score != "cosine" else [])]
+    taken = [name for name in added if name in {*left_names.values(), *right_names.values()}]
+    if taken:
+        raise InvalidInputError(
+            f"the joined tables already have a column {taken[0]!r}; choose another score_column"
+        )
+    left_part = left_rows.select(F.col(_LID).alias("lid"), *[_col(c).alias(n) for c, n in left_names.items()])
+    right_part = right_rows.select(
+        F.col(_RID).alias("rid"), *[_col(c).alias(n) for c, n in right_names.items()]
+    )
+    joined = left_part.join(pairs.join(right_part, "rid", "inner"), "lid", how)
+    scores = [F.col("score").alias(score_column), *([F.col("cosine")] if score != "cosine" else [])]
+    return joined.select(*[_col(n) for n in [*left_names.values(), *right_names.values()]], *scores)
