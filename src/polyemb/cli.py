@@ -300,6 +300,47 @@ def _bench_store(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_join(args: argparse.Namespace) -> int:
+    from polyemb import bench, bench_join
+    from polyemb.store import open_store
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr)
+
+    encoder = _load(args)
+    store = open_store(args.store) if args.store else None
+    meta: dict[str, Any] = {"cpu": bench.cpu_description(), "kind": args.kind, "model": encoder.provenance}
+    if args.kind == "retrieval":
+        if not args.data:
+            raise InvalidInputError("give --data: a folder of aligned stsb-<lang>-dev.csv files")
+        pairs = bench_join.parse_pairs(args.pairs)
+        rows = bench_join.retrieval(encoder, Path(args.data), pairs, store)
+        if args.json:
+            print(json.dumps({**meta, "results": rows}, indent=2))
+        else:
+            print(", ".join(f"{k}: {v}" for k, v in meta.items()))
+            print(f"{'direction':<12}{'sentences':>10}{'cosine':>9}{'margin':>9}{'csls':>9}  (P@1)")
+            for row in rows:
+                print(
+                    f"{row['direction']:<12}{row['sentences']:>10}{row['cosine']:>9.4f}"
+                    f"{row['margin']:>9.4f}{row['csls']:>9.4f}"
+                )
+        return 0
+    if not args.texts:
+        raise InvalidInputError("give --texts: real sentences (a glob of STS CSVs, a .txt, ...)")
+    pool = bench.load_texts(args.texts, args.column)
+    if args.kind == "duckdb":
+        report = bench_join.duckdb_join(
+            encoder, pool, args.size, args.k, store, vss=args.vss, progress=progress
+        )
+    else:
+        report = bench_join.spark_join(
+            encoder, pool, args.left, args.right, args.k, store, lsh_tables=args.lsh_tables, progress=progress
+        )
+    print(json.dumps({**meta, **report}, indent=2 if args.json else None))
+    return 0
+
+
 def _engine_list(value: str) -> list[str]:
     from polyemb.bench_store import ENGINES
 
@@ -493,6 +534,35 @@ def build_parser() -> argparse.ArgumentParser:
     bench_store.add_argument("--workdir", help="where the stores and files go (default: the temp folder)")
     bench_store.add_argument("--json", action="store_true", help="print a JSON report")
     bench_store.set_defaults(run=_bench_store)
+
+    bench_join = commands.add_parser(
+        "bench-join",
+        parents=[model],
+        help="translation retrieval P@1 (cosine, margin, CSLS), and join speed in DuckDB and Spark",
+        description=(
+            "retrieval: P@1 of translation retrieval on aligned stsb-<lang>-dev.csv files (--data), per "
+            "direction, for cosine, margin and CSLS. duckdb: --size x --size rows, top -k, the index "
+            "function against array_cosine_similarity's cross join (and the vss HNSW index with --vss). "
+            "spark: --left x --right rows on local[2], semantic_join against Spark ML's LSH "
+            "approxSimilarityJoin, with LSH's recall of the exact top-k. Vectors go through --store."
+        ),
+    )
+    bench_join.add_argument("kind", choices=["retrieval", "duckdb", "spark"])
+    bench_join.add_argument("--data", help="retrieval: folder of stsb-<lang>-dev.csv files")
+    bench_join.add_argument(
+        "--pairs", default="en-de,en-es,en-fr,en-ru,en-zh,de-fr", help="retrieval: language pairs"
+    )
+    bench_join.add_argument("--texts", help="duckdb, spark: real sentences (as bench --texts)")
+    bench_join.add_argument("--column", help="the text column of --texts")
+    bench_join.add_argument("--size", type=int, default=20_000, help="duckdb: rows a side (20,000)")
+    bench_join.add_argument("--left", type=int, default=200_000, help="spark: left rows (200,000)")
+    bench_join.add_argument("--right", type=int, default=50_000, help="spark: right rows (50,000)")
+    bench_join.add_argument("-k", type=int, default=5, help="matches per left row (5)")
+    bench_join.add_argument("--store", metavar="DIR", help="a vector store for the texts' vectors")
+    bench_join.add_argument("--vss", action="store_true", help="duckdb: also the vss HNSW index")
+    bench_join.add_argument("--lsh-tables", type=int, default=3, help="spark: LSH hash tables (3)")
+    bench_join.add_argument("--json", action="store_true", help="print a JSON report")
+    bench_join.set_defaults(run=_bench_join)
 
     store = commands.add_parser(
         "store",

@@ -262,3 +262,57 @@ def test_embed_through_a_store_embeds_each_text_once(tiny_encoder: polyemb.Encod
     np.testing.assert_allclose(
         first, tiny_encoder.encode([t for t in texts if t is not None]), rtol=0, atol=1e-6
     )
+
+
+def test_register_index_is_a_semantic_join_in_sql(tiny_encoder: polyemb.Encoder) -> None:
+    import pandas as pd
+
+    import polyemb.pandas  # noqa: F401 - the reference join
+
+    con = duckdb.connect()
+    polyemb.duckdb.register(con, tiny_encoder)
+    products = pd.DataFrame(
+        {"id": [1, 2, 3, 4, 5], "name": ["red shoes", "blue shirt", None, "green hat", "a lamp"]}
+    )
+    orders = pd.DataFrame(
+        {"oid": [10, 11, 12, 13], "description": ["shoes that are red", None, "a hat", "lamps"]}
+    )
+    con.register("products", products)
+    con.register("orders", orders)
+    for score in ("cosine", "margin", "csls"):
+        source = "SELECT description FROM orders" if score != "cosine" else None
+        index = polyemb.duckdb.register_index(
+            con, "products", "SELECT * FROM products", key="id", text="name", score=score, source=source
+        )
+        assert index.keys.to_pylist() == [1, 2, 4, 5]  # the NULL name is not indexed
+        rows = con.execute(
+            "SELECT o.oid, n.key, n.score FROM orders o, unnest(products_nearest(o.description, 2)) AS t(n)"
+        ).fetchall()
+        expected = orders.emb.join(products, "description", "name", k=2, score=score, encoder=tiny_encoder)
+        assert sorted((r[0], r[1]) for r in rows) == sorted(zip(expected["oid"], expected["id"], strict=True))
+        got = {(r[0], r[1]): r[2] for r in rows}
+        for row in expected.itertuples():
+            assert got[(row.oid, row.id)] == pytest.approx(row.score, abs=1e-5)
+    # NULL in, NULL out; k per row; the vector form; bad k.
+    result = con.execute(
+        "SELECT products_nearest(NULL, 2), products_nearest('a hat', NULL), len(products_nearest('a hat', 9))"
+    ).fetchall()[0]
+    assert result == (None, None, 4)  # at most the 4 indexed rows
+    by_vector = con.execute("SELECT products_nearest_vector(embed('a hat'), 1)[1].key").fetchall()[0][0]
+    assert by_vector == con.execute("SELECT products_nearest('a hat', 1)[1].key").fetchall()[0][0]
+    with pytest.raises(duckdb.Error, match="products_nearest\\(\\): k must be a positive integer"):
+        con.execute("SELECT products_nearest('a hat', 0)").fetchall()
+
+
+def test_register_index_errors(tiny_encoder: polyemb.Encoder) -> None:
+    con = duckdb.connect()
+    polyemb.duckdb.register(con, tiny_encoder)
+    query = "SELECT 1 AS id, 'x' AS name"
+    with pytest.raises(polyemb.ColumnNotFoundError, match="Did you mean 'name'"):
+        polyemb.duckdb.register_index(con, "p", query, key="id", text="nme")
+    with pytest.raises(polyemb.InvalidInputError, match="exactly one of text= .* or vector="):
+        polyemb.duckdb.register_index(con, "p", query, key="id")
+    with pytest.raises(polyemb.InvalidInputError, match="give source="):
+        polyemb.duckdb.register_index(con, "p", query, key="id", text="name", score="margin")
+    with pytest.raises(polyemb.InvalidInputError, match="name must be an SQL identifier"):
+        polyemb.duckdb.register_index(con, "p-q", query, key="id", text="name")

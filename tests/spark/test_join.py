@@ -1,0 +1,117 @@
+"""polyemb.spark.semantic_join on local[2]: the pandas join's pairs and scores, at any block size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+import polyemb
+import polyemb.pandas
+import polyemb.spark
+
+pytestmark = pytest.mark.spark
+
+
+@pytest.fixture(autouse=True)
+def _default_tiny(tiny_encoder: polyemb.Encoder) -> Any:
+    polyemb.set_default_encoder(tiny_encoder)
+    yield
+    polyemb.set_default_encoder(None)
+
+
+def vector_frames(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rng = np.random.default_rng(seed)
+    left = pd.DataFrame(
+        {"id": range(60), "v": [list(x) for x in rng.standard_normal((60, 16)).astype(np.float32)]}
+    )
+    left.loc[[3, 17], "v"] = None  # NULL keys never match
+    right = pd.DataFrame(
+        {
+            "id": range(100, 141),
+            "name": [f"item {i}" for i in range(41)],
+            "v": [list(x) for x in rng.standard_normal((41, 16)).astype(np.float32)],
+        }
+    )
+    return left, right
+
+
+def spark_frames(spark: SparkSession, left: pd.DataFrame, right: pd.DataFrame) -> tuple[Any, Any]:
+    return (
+        spark.createDataFrame(left, "id long, v array<float>").repartition(3),
+        spark.createDataFrame(right, "id long, name string, v array<float>").coalesce(1),
+    )
+
+
+def same_pairs(got: pd.DataFrame, expected: pd.DataFrame, columns: list[str]) -> None:
+    key = ["id_x", "score", "id_y"]
+    got = got.sort_values(key, ascending=[True, False, True]).reset_index(drop=True)
+    expected = expected.sort_values(key, ascending=[True, False, True]).reset_index(drop=True)
+    assert list(got.columns) == columns
+    assert got[["id_x", "id_y"]].values.tolist() == expected[["id_x", "id_y"]].values.tolist()
+    for column in ("score", "cosine"):
+        if column in columns:
+            np.testing.assert_allclose(got[column], expected[column], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("score", ["cosine", "margin", "csls"])
+@pytest.mark.parametrize("blocks", ["shipped", "blocked"])
+def test_same_pairs_and_scores_as_pandas(spark: SparkSession, score: str, blocks: str) -> None:
+    left, right = vector_frames()
+    expected = left.emb.join(right, "v", k=3, score=score)  # type: ignore[arg-type]
+    sl, sr = spark_frames(spark, left, right)
+    # "blocked": blocks of 7 rows, nothing shipped whole: a right side no worker holds at once.
+    options = {"block_rows": 7, "broadcast_mb": 0.0} if blocks == "blocked" else {}
+    got = polyemb.spark.semantic_join(sl, sr, "v", k=3, score=score, **options).toPandas()  # type: ignore[arg-type]
+    columns = ["id_x", "v_x", "id_y", "name", "v_y", "score", *(["cosine"] if score != "cosine" else [])]
+    same_pairs(got, expected, columns)
+
+
+def test_threshold_how_left_and_text_columns(
+    spark: SparkSession, tiny_model_dir: Path, tiny_encoder: polyemb.Encoder
+) -> None:
+    left = pd.DataFrame({"id": [1, 2, 3, 4], "text": ["a red cat", "a blue dog", None, "stock prices"]})
+    right = pd.DataFrame({"id": [7, 8, 9], "text": ["the dog", "the cat", "markets"]})
+    sl = spark.createDataFrame(left, "id long, text string")
+    sr = spark.createDataFrame(right, "id long, text string")
+    for how in ("inner", "left"):
+        for threshold in (None, 0.9):
+            expected = left.emb.join(right, "text", k=2, threshold=threshold, how=how)  # type: ignore[arg-type]
+            got = polyemb.spark.semantic_join(
+                sl,
+                sr,
+                "text",
+                k=2,
+                threshold=threshold,
+                how=how,
+                model=tiny_model_dir,  # type: ignore[arg-type]
+            ).toPandas()
+            assert len(got) == len(expected)
+            matched = got.dropna(subset=["id_y"])
+            same_pairs(
+                matched.astype({"id_y": "int64"}),
+                expected.dropna(subset=["id_y"]).astype({"id_y": "int64"}),
+                ["id_x", "text_x", "id_y", "text_y", "score"],
+            )
+            if how == "left":
+                assert sorted(got["id_x"].unique().tolist()) == [1, 2, 3, 4]  # every left row once at least
+    # Vectors from the text: the model's provenance travels with the UDF's vectors.
+    vectors = sr.withColumn("v", polyemb.spark.embed_udf(tiny_model_dir)("text"))
+    with pytest.raises(polyemb.InvalidInputError, match="text \\(string\\) or vector"):
+        polyemb.spark.semantic_join(sl.withColumn("n", F.lit(1)), vectors, "n", "v")
+
+
+def test_vectors_of_two_models_are_refused(spark: SparkSession, tmp_path: Path) -> None:
+    left, right = vector_frames()
+    sl, sr = spark_frames(spark, left, right)
+    sl = sl.withMetadata("v", {"polyemb.model": "model-a@sha256:aaa"})
+    sr = sr.withMetadata("v", {"polyemb.model": "model-b@sha256:bbb"})
+    with pytest.raises(polyemb.ModelMismatchError, match="model-a@sha256:aaa and model-b@sha256:bbb"):
+        polyemb.spark.semantic_join(sl, sr, "v")
+    with pytest.raises(polyemb.ColumnNotFoundError, match="Did you mean 'v'"):
+        polyemb.spark.semantic_join(sl, sr, "vv", "v")
