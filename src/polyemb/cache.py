@@ -12,6 +12,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -46,7 +47,12 @@ class EmbeddingCache:
     over the same model share it.
     """
 
-    _shared: weakref.WeakKeyDictionary[Encoder, EmbeddingCache] = weakref.WeakKeyDictionary()
+    # Encoder -> {store or None -> cache}: a cache in front of a store is that store's, so a text
+    # cached without the store is still written to it, and stores never share entries.
+    _shared: weakref.WeakKeyDictionary[Encoder, weakref.WeakKeyDictionary[Any, EmbeddingCache]] = (
+        weakref.WeakKeyDictionary()
+    )
+    _plain: weakref.WeakKeyDictionary[Encoder, EmbeddingCache] = weakref.WeakKeyDictionary()
     _shared_lock = threading.Lock()
 
     def __init__(self, encoder: Encoder, *, max_mb: float = DEFAULT_CACHE_MB) -> None:
@@ -61,13 +67,19 @@ class EmbeddingCache:
         self.resize(max_mb)
 
     @classmethod
-    def shared(cls, encoder: Encoder, *, max_mb: float | None = None) -> EmbeddingCache:
-        """The process-wide cache of ``encoder``; ``max_mb`` resizes it when given."""
+    def shared(cls, encoder: Encoder, *, max_mb: float | None = None, store: Any = None) -> EmbeddingCache:
+        """The process-wide cache of ``encoder`` (in front of ``store``); ``max_mb`` resizes it."""
         with cls._shared_lock:
-            cache = cls._shared.get(encoder)
+            if store is None:
+                cache = cls._plain.get(encoder)
+            else:
+                cache = cls._shared.setdefault(encoder, weakref.WeakKeyDictionary()).get(store)
             if cache is None:
                 cache = cls(encoder, max_mb=DEFAULT_CACHE_MB if max_mb is None else max_mb)
-                cls._shared[encoder] = cache
+                if store is None:
+                    cls._plain[encoder] = cache
+                else:
+                    cls._shared[encoder][store] = cache
             elif max_mb is not None:
                 cache.resize(max_mb)
             return cache

@@ -15,7 +15,7 @@ from typing import Any
 
 from polyemb import __version__
 from polyemb.errors import InvalidInputError, PolyembError, SqlError
-from polyemb.options import PRECISIONS
+from polyemb.options import PRECISIONS, SCORES
 
 __all__ = ["main"]
 
@@ -112,7 +112,7 @@ def _sql(args: argparse.Namespace) -> int:
         raise InvalidInputError("give a query or -f FILE (one of them)")
     text = args.query if args.query is not None else _read_sql(args.file)
     # polyemb.duckdb first: without duckdb installed it raises the error that says how to get it.
-    from polyemb.duckdb import load_extension, register  # noqa: I001
+    from polyemb.duckdb import load_extension, register, register_index  # noqa: I001
     from polyemb.store import open_store
     import duckdb
 
@@ -121,7 +121,28 @@ def _sql(args: argparse.Namespace) -> int:
         for extension in args.extension:
             load_extension(con, extension)
         store = open_store(args.store) if args.store else None
-        register(con, _load(args), store=store, cache_mb=args.cache_mb, batch_size=args.batch_size)
+        encoder = _load(args)
+        register(con, encoder, store=store, cache_mb=args.cache_mb, batch_size=args.batch_size)
+        for name, query in args.index:
+            columns = con.sql(query).columns
+            if "key" not in columns or not {"text", "vector"} & set(columns):
+                raise InvalidInputError(
+                    f"--index {name}: the query must give the columns key and text (or vector), "
+                    f"not {columns}"
+                )
+            column = "text" if "text" in columns else "vector"
+            register_index(
+                con,
+                name,
+                query,
+                key="key",
+                **{column: column},
+                score=args.index_score,
+                source=args.index_source,
+                encoder=encoder,
+                store=store,
+                batch_size=args.batch_size,
+            )
         try:
             statements = con.extract_statements(text)
         except duckdb.Error as exc:
@@ -448,6 +469,25 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("--cache-mb", type=float, default=None, help="embedding cache size in MiB (default 256)")
     sql.add_argument(
         "--store", metavar="DIR", help="a vector store behind embed(): embeds only texts it lacks"
+    )
+    sql.add_argument(
+        "--index",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "QUERY"),
+        help=(
+            "hold QUERY's rows (columns key, and text or vector) as vectors and register "
+            "NAME_nearest(text, k) -> STRUCT(key, score)[], for semantic joins (repeatable)"
+        ),
+    )
+    sql.add_argument(
+        "--index-score", choices=SCORES, default="cosine", help="how --index scores pairs (default cosine)"
+    )
+    sql.add_argument(
+        "--index-source",
+        metavar="QUERY",
+        help="margin/csls: SQL giving the texts that will be matched against --index",
     )
     sql.set_defaults(run=_sql)
 

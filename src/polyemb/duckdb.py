@@ -116,7 +116,7 @@ def register(
     """
     check_sql_prefix(prefix)
     model = encoder if encoder is not None else default_encoder()
-    cache = EmbeddingCache.shared(model, max_mb=cache_mb)
+    cache = EmbeddingCache.shared(model, max_mb=cache_mb, store=store)
     source = embedder(model, store)
     vector_type = duckdb.array_type(FLOAT, model.dim)
 
@@ -222,8 +222,9 @@ def register_index(
     Registers, for an index named ``products``:
 
     - ``products_nearest(VARCHAR, k) -> STRUCT(key, score)[]``: the ``k`` best rows for a text,
-      best first (ties to the earlier row of ``query``); NULL text or k, NULL result.
-    - ``products_nearest_vector(FLOAT[dim], k)``: the same for a vector.
+      best first (ties to the earlier row of ``query``); NULL text or k, NULL result. Only for an
+      index of texts (``text=``), whose encoder embeds the query text.
+    - ``products_nearest_vector(FLOAT[dim], k)``: the same for a vector (both kinds of index).
 
     Each call scores DuckDB's chunk of up to 2,048 texts against the whole matrix with matrix
     products (the core's :func:`polyemb.similarity.top_k`), so a semantic join is plain SQL::
@@ -268,7 +269,11 @@ def register_index(
             raise ColumnNotFoundError.from_missing(str(wanted), relation.columns, "the index query")
     key_type = relation.types[relation.columns.index(key)]
     table = relation.to_arrow_table().select([key, str(column)]).rename_columns(["key", "value"])
-    cache = EmbeddingCache.shared(encoder if encoder is not None else default_encoder()) if text else None
+    cache = (
+        EmbeddingCache.shared(encoder if encoder is not None else default_encoder(), store=store)
+        if text
+        else None
+    )
     source_embedder = embedder(cache.encoder, store) if cache is not None else None
 
     def vectors_of(
@@ -292,7 +297,11 @@ def register_index(
     if source is not None and score != "cosine":
         queries, ok = vectors_of(con.sql(source).to_arrow_table().column(0), "the source query's column")
         index = replace(index, neighbourhood=neighbourhood(index.matrix, queries[ok]))
-    dim = index.matrix.shape[1] if len(index.matrix) else (cache.encoder.dim if cache else 0)
+    if not len(index.matrix) and cache is None:
+        raise InvalidInputError(
+            f"the index query gave no vectors in column {vector!r}: nothing to match against"
+        )
+    dim = index.matrix.shape[1] if len(index.matrix) else cache.encoder.dim  # type: ignore[union-attr]
     fields = {"key": key_type, "score": FLOAT, **({"cosine": FLOAT} if score != "cosine" else {})}
     result_type = duckdb.list_type(duckdb.struct_type(fields))
 
@@ -317,7 +326,7 @@ def register_index(
             con.remove_function(f"{name}_nearest")  # a text version from an earlier registration
         except duckdb.InvalidInputException:
             pass
-    vector_parameter = duckdb.array_type(FLOAT, dim) if dim else duckdb.list_type(FLOAT)
+    vector_parameter = duckdb.array_type(FLOAT, dim)
     _create(
         con,
         f"{name}_nearest_vector",

@@ -175,6 +175,10 @@ class VectorSpec:
 
     @property
     def key(self) -> str:
-        """16 hex digits of the SHA-256 of :meth:`content` as sorted JSON: changes whenever any does."""
+        """``"k"`` and 16 hex digits of the SHA-256 of :meth:`content` as sorted JSON.
+
+        Changes whenever any field does. The letter keeps Spark's and DuckDB's partition type
+        inference from reading a key of digits as a number.
+        """
         text = json.dumps(self.content(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return "k" + hashlib.sha256(text.encode()).hexdigest()[:16]

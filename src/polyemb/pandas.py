@@ -362,6 +362,10 @@ class EmbDataFrameAccessor:
         rows = join_rows(lvec, lvalid, rvec, rvalid, k, threshold=threshold, how=how, score=score)
         columns = {score_column: rows.score}
         if score != "cosine":
+            if score_column == "cosine":
+                raise InvalidInputError(
+                    f"score={score!r} adds a 'cosine' column: choose another score_column"
+                )
             columns["cosine"] = rows.cosine
         return _assemble(self._df, right, rows.left, rows.right, columns, suffixes)
 

@@ -165,12 +165,14 @@ def top_k(
                     block = rescore(
                         block, score, query_r[q0 : q0 + len(q_block)], corpus_r[c0 : c0 + block.shape[1]]
                     )
-                val, idx = block.topk(min(keep, block.shape[1]), dim=1)
+                val, idx = _first_best(block, min(keep, block.shape[1]))
                 best_val = torch.cat([best_val, val], dim=1)
                 best_idx = torch.cat([best_idx, idx + c0], dim=1)
-                if best_val.shape[1] > keep:
-                    best_val, pick = best_val.topk(keep, dim=1)
-                    best_idx = best_idx.gather(1, pick)
+                if best_val.shape[1] > keep:  # a few candidates: order them fully, ties by index
+                    by_index = best_idx.argsort(dim=1)
+                    best_val, best_idx = best_val.gather(1, by_index), best_idx.gather(1, by_index)
+                    pick = best_val.argsort(dim=1, descending=True, stable=True)[:, :keep]
+                    best_val, best_idx = best_val.gather(1, pick), best_idx.gather(1, pick)
             indices[q0 : q0 + len(q_block)] = best_idx.numpy()
             scores[q0 : q0 + len(q_block)] = best_val.numpy()
     order = np.lexsort((indices, -scores), axis=1)
@@ -184,6 +186,21 @@ def check_join(k: int, threshold: float | None, how: str, score: str) -> None:
     check_choice("score", score, SCORES)
     if threshold is not None and not isinstance(threshold, (int, float)):
         raise InvalidInputError(f"threshold must be a number or None, got {threshold!r}")
+
+
+def _first_best(block: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's ``keep`` highest values and their columns; among equal values the lower column.
+
+    ``torch.topk`` alone may keep any of several tied columns; rows where a tie crosses the
+    cut are sorted stably instead (ties are rare, but duplicate vectors make them exact).
+    """
+    values, columns = block.topk(keep, dim=1)
+    last = values[:, -1:]
+    tied = ((block == last).sum(dim=1) > (values == last).sum(dim=1)).nonzero().flatten()
+    if len(tied):
+        order = block[tied].argsort(dim=1, descending=True, stable=True)[:, :keep]
+        values[tied], columns[tied] = block[tied].gather(1, order), order
+    return values, columns
 
 
 @dataclass(frozen=True)

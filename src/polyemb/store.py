@@ -34,13 +34,14 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import threading
 import time
 import uuid
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -327,6 +328,7 @@ class _Shard:
         self.folder = folder
         self.spec = spec
         self.segments: dict[Path, _Segment] = {}
+        self.unreadable: set[Path] = set()
 
     def refresh(self) -> bool:
         """Index files that appeared since the last look, forget vanished ones; True if any changed."""
@@ -335,10 +337,20 @@ class _Shard:
         for path in vanished:
             del self.segments[path]
         added = False
-        for path in sorted(present - set(self.segments)):
+        for path in sorted(present - set(self.segments) - self.unreadable):
             try:
                 self.segments[path] = _Segment.read(path)
             except FileNotFoundError:  # compacted away between listing and reading
+                continue
+            except (StoreError, pa.ArrowException, OSError) as exc:
+                # One bad file (truncated, foreign) must not stop every lookup: skip it, say so once.
+                self.unreadable.add(path)
+                warnings.warn(
+                    f"skipping {path}: not a readable store file ({exc}); its texts are embedded "
+                    "again. Remove it, or run polyemb store compact",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
                 continue
             added = True
         return added or bool(vanished)
@@ -409,7 +421,14 @@ class VectorStore:
     ) -> None:
         if on_write_error not in ("raise", "warn"):
             raise InvalidInputError(f"on_write_error must be 'raise' or 'warn', got {on_write_error!r}")
-        self.path = Path(path).expanduser()
+        text = os.fspath(path)
+        if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", text) and not text.startswith("file://"):
+            raise StoreError(
+                f"{text} is a URL: open_store reads and writes local folders (and mounts). For a store on "
+                "a lake, use polyemb.spark.embed_incremental or the lake job's --store, which go through "
+                "Spark's file systems; DuckDB reads it with read_parquet"
+            )
+        self.path = Path(text.removeprefix("file://")).expanduser()
         self.read_only = read_only
         self.on_write_error: WriteErrors = on_write_error
         self._lock = threading.RLock()
@@ -431,6 +450,8 @@ class VectorStore:
                 info = json.loads(marker.read_text(encoding="utf-8"))
             except (OSError, ValueError) as exc:
                 raise StoreError(f"cannot read {marker}: {exc}") from exc
+            if not isinstance(info, dict):
+                raise StoreError(f"{marker} is not a polyemb store marker (not a JSON object)")
             if info.get("version", 0) > STORE_VERSION:
                 raise StoreError(
                     f"{self.path} is a version {info.get('version')} store; this polyemb reads up to "
@@ -439,7 +460,9 @@ class VectorStore:
             return
         if self.path.is_dir() and any(self.path.glob("model=*")):
             return  # written by Spark, which leaves no marker on a lake
-        if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
+        visible = [p for p in self.path.iterdir() if not p.name.startswith(".")] if self.path.is_dir() else []
+        # Hidden entries do not count: another process may be writing the marker this moment.
+        if self.path.exists() and (not self.path.is_dir() or visible):
             raise StoreError(
                 f"{self.path} exists and is not a polyemb store (no {MARKER}); give an empty or new folder"
             )
@@ -451,7 +474,7 @@ class VectorStore:
             "text_hash": "first 32 hex digits of SHA-256 of the UTF-8 text",
             "layout": "model=<key>/run=<run>/part-<n>.parquet with columns text_hash, vector",
         }
-        self._write_safely(lambda: _atomic_write(marker, json.dumps(content, indent=2) + "\n"))
+        self._write_safely(lambda: _write_text(marker, json.dumps(content, indent=2) + "\n"))
 
     # ------------------------------------------------------------------ encoding
 
@@ -571,7 +594,7 @@ class VectorStore:
                 ),
             }
         )
-        table = table.cast(store_schema(spec))
+        table = table.cast(store_schema(spec.dim, description(spec)))
         with self._lock:
             self._sequence += 1
             folder = self.model_folder(spec.key)
@@ -579,16 +602,14 @@ class VectorStore:
 
         def write() -> None:
             if not (folder / MODEL_FILE).is_file():
-                _atomic_write(folder / MODEL_FILE, json.dumps(description(spec), indent=2) + "\n")
-            _write_parquet(table, target)
+                _write_text(folder / MODEL_FILE, json.dumps(description(spec), indent=2) + "\n")
+            _write_table(table, target)
 
         if not self._write_safely(write):
             return None
-        groups = np.arange(0, len(order) + ROW_GROUP_ROWS, ROW_GROUP_ROWS)
-        groups[-1] = len(order)
-        segment = _Segment(
-            target, hi[order], lo[order], np.arange(len(order), dtype=np.int32), np.unique(groups)
-        )
+        metadata = pq.read_metadata(target)  # the row groups as written, not as assumed
+        groups = np.cumsum([0, *(metadata.row_group(g).num_rows for g in range(metadata.num_row_groups))])
+        segment = _Segment(target, hi[order], lo[order], np.arange(len(order), dtype=np.int32), groups)
         with self._lock:
             self._shard(spec).segments.setdefault(target, segment)
         return target
@@ -655,11 +676,15 @@ class VectorStore:
         return StoreStats(self.path, models, _tree_bytes(self.path))
 
     def compact(self, *, target_mb: float = COMPACT_TARGET_MB) -> CompactReport:
-        """Merge each model's small files into files of up to ``target_mb`` of vectors, one copy per text.
+        """Merge each model's small files into files of about ``target_mb`` of vectors.
 
-        Safe beside readers and writers: the merged files appear (atomically) before the small
-        ones are removed, and files written meanwhile are left for the next compaction. Also
-        removes temporary files that killed writers left more than an hour ago.
+        Among the files merged, each text is kept once (large files are left as they are, and a
+        duplicate between a large and a small file stays; lookups take either copy). Safe beside
+        polyemb's readers and writers: merged files appear (atomically) before the small ones are
+        removed, and files written meanwhile are left for the next compaction. A Spark job that
+        has already listed the store's files fails if they vanish under it: do not compact while
+        one reads the store. Also removes temporary files and empty run folders that killed
+        writers left more than an hour ago.
         """
         self._check_writable("compact")
         before = after = kept_total = dropped_total = 0
@@ -672,12 +697,12 @@ class VectorStore:
             if len(small) < 2:
                 after += len(files)
                 continue
-            schema = pa.schema(
-                [pa.field(HASH_COLUMN, pa.string()), pa.field(VECTOR_COLUMN, vector_type(dim))],
-                metadata={b"polyemb": json.dumps(description).encode()} if description else None,
-            )
             run = self.model_folder(key) / f"run=compact-{run_id()}"
-            written, kept, dropped = _merge(small, run, schema, target_rows)
+            try:
+                written, kept, dropped = _merge(small, run, store_schema(dim, description), target_rows)
+            except FileNotFoundError:  # another compaction took these files: nothing lost
+                after += len(list(_data_files(self.model_folder(key))))
+                continue
             for path in small:
                 path.unlink(missing_ok=True)
             kept_total += kept
@@ -691,7 +716,8 @@ class VectorStore:
         """Drop the vectors of every model but ``keep`` (provenances ``id@fingerprint``, or model keys).
 
         A provenance keeps every key of that model content (any precision or length); a bare
-        fingerprint (``sha256:...`` or a hub commit) does too.
+        fingerprint (``sha256:...`` or a hub commit) does too. A model folder whose description
+        cannot be read is kept. Do not run it while a job writes a model it drops.
 
         Raises:
             InvalidInputError: ``keep`` is empty, or names a model the store does not hold (a
@@ -715,8 +741,8 @@ class VectorStore:
                 f"drop a model you meant to keep. The store holds: {present or 'no models'}"
             )
         kept, dropped, freed = [], [], 0
-        for key, _ in models:
-            if matches[key]:
+        for key, description in models:
+            if matches[key] or not description:  # a model we cannot identify is never dropped
                 kept.append(key)
                 continue
             folder = self.model_folder(key)
@@ -865,14 +891,11 @@ def open_store(
 # --------------------------------------------------------------------------- files
 
 
-def store_schema(spec: VectorSpec) -> pa.Schema:
-    """The Arrow schema of a store file of this model (its spec in the schema metadata)."""
+def store_schema(dim: int, about: dict[str, Any] | None) -> pa.Schema:
+    """The Arrow schema of a store file: the hash, the vector, and what the model is in the metadata."""
     return pa.schema(
-        [
-            pa.field(HASH_COLUMN, pa.string(), nullable=False),
-            pa.field(VECTOR_COLUMN, vector_type(spec.dim), nullable=False),
-        ],
-        metadata={b"polyemb": json.dumps(description(spec)).encode()},
+        [pa.field(HASH_COLUMN, pa.string()), pa.field(VECTOR_COLUMN, vector_type(dim))],
+        metadata={b"polyemb": json.dumps(about).encode()} if about else None,
     )
 
 
@@ -908,83 +931,64 @@ def _file_dim(files: list[Path]) -> int:
     return 1
 
 
-def _write_parquet(table: pa.Table, target: Path) -> None:
-    """Write ``table`` to ``target`` through a hidden temporary file and an atomic rename."""
+_PARQUET_OPTIONS: dict[str, Any] = {
+    "row_group_size": ROW_GROUP_ROWS,
+    "compression": {HASH_COLUMN: "zstd", VECTOR_COLUMN: "none"},  # random floats do not compress
+    "use_dictionary": False,
+}
+
+
+def _atomically(target: Path, write: Callable[[Path], object]) -> None:
+    """``write`` a hidden temporary file beside ``target``, then rename it into place: all or nothing."""
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        pq.write_table(
-            table,
-            temporary,
-            row_group_size=ROW_GROUP_ROWS,
-            compression={HASH_COLUMN: "zstd", VECTOR_COLUMN: "none"},  # random floats do not compress
-            use_dictionary=False,
-        )
+        write(temporary)
         os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)
 
 
-def _atomic_write(target: Path, text: str) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
+def _write_table(table: pa.Table, target: Path) -> None:
+    _atomically(target, lambda path: pq.write_table(table, path, **_PARQUET_OPTIONS))
+
+
+def _write_text(target: Path, text: str) -> None:
+    _atomically(target, lambda path: path.write_text(text, encoding="utf-8"))
 
 
 def _merge(inputs: list[Path], run: Path, schema: pa.Schema, target_rows: int) -> tuple[int, int, int]:
-    """Stream ``inputs`` into files of up to ``target_rows`` in ``run``, one row per hash.
+    """Copy ``inputs`` into files of about ``target_rows`` in ``run``, each hash once.
 
-    Returns ``(files written, rows kept, duplicate rows dropped)``.
+    Holds one output file's rows at a time. Returns ``(files written, rows kept, duplicates dropped)``.
     """
-    words = [_Segment.read(path) for path in inputs]
-    hi = np.concatenate([s.hi for s in words])
-    lo = np.concatenate([s.lo for s in words])
+    segments = [_Segment.read(path) for path in inputs]
+    hi = np.concatenate([s.hi for s in segments])
+    lo = np.concatenate([s.lo for s in segments])
     _, first = np.unique(np.stack([hi, lo], 1), axis=0, return_index=True)
     keep_all = np.zeros(len(hi), dtype=bool)
     keep_all[first] = True
-    writer: pq.ParquetWriter | None = None
-    temporary = target = Path()
-    written = rows_in_file = kept = 0
-    offset = 0
-    try:
-        for segment in words:
-            keep_sorted = keep_all[offset : offset + len(segment.hi)]
-            offset += len(segment.hi)
-            file_rows = np.sort(segment.rows[keep_sorted])
-            if not len(file_rows):
-                continue
-            table = _as_store_table(
-                pq.read_table(segment.path).take(pa.array(file_rows)), schema, segment.path
-            )
-            if writer is None or rows_in_file >= target_rows:
-                if writer is not None:
-                    writer.close()
-                    os.replace(temporary, target)
-                    written += 1
-                target = run / f"part-{written:05d}.parquet"
-                temporary = target.with_name(f".{target.name}.tmp")
-                run.mkdir(parents=True, exist_ok=True)
-                writer = pq.ParquetWriter(
-                    temporary,
-                    schema,
-                    compression={HASH_COLUMN: "zstd", VECTOR_COLUMN: "none"},
-                    use_dictionary=False,
-                )
-                rows_in_file = 0
-            writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
-            rows_in_file += table.num_rows
-            kept += table.num_rows
-        if writer is not None:
-            writer.close()
-            os.replace(temporary, target)
+    pending: list[pa.Table] = []
+    written = kept = offset = 0
+
+    def flush() -> None:
+        nonlocal written
+        if pending:
+            _write_table(pa.concat_tables(pending), run / f"part-{written:05d}.parquet")
             written += 1
-    finally:
-        if temporary != Path() and temporary.exists():
-            temporary.unlink()
+            pending.clear()
+
+    for segment in segments:
+        rows = np.sort(segment.rows[keep_all[offset : offset + len(segment.hi)]])
+        offset += len(segment.hi)
+        if len(rows):
+            pending.append(
+                _as_store_table(pq.read_table(segment.path).take(pa.array(rows)), schema, segment.path)
+            )
+            kept += len(rows)
+        if sum(t.num_rows for t in pending) >= target_rows:
+            flush()
+    flush()
     return written, kept, len(hi) - kept
 
 
@@ -1002,7 +1006,7 @@ def _as_store_table(table: pa.Table, schema: pa.Schema, source: Path) -> pa.Tabl
 
 
 def _remove_leftovers(root: Path) -> int:
-    """Remove stale hidden temporary files and empty run folders; return how many files went."""
+    """Remove stale (an hour old) hidden temporary files and empty run folders; return the files removed."""
     removed = 0
     now = time.time()
     for path in root.rglob(".*.tmp"):
@@ -1014,7 +1018,8 @@ def _remove_leftovers(root: Path) -> int:
             continue
     for run in root.glob("model=*/run=*"):
         try:
-            run.rmdir()  # only if empty
+            if now - run.stat().st_mtime > STALE_SECONDS:
+                run.rmdir()  # only if empty; a fresh one may belong to a writer about to write
         except OSError:
             continue
     return removed

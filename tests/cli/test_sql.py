@@ -74,3 +74,21 @@ def test_errors(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixt
     assert "give a query or -f FILE" in capsys.readouterr().err
     assert main(["sql", *model, "SELECT 1", "--extension", "no_such_ext"]) == 1
     assert "cannot load the DuckDB extension 'no_such_ext'" in capsys.readouterr().err
+
+
+def test_sql_with_an_index_runs_the_semantic_join_recipe(
+    minilm_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(Path(__file__).parents[2])
+    index = ["--index", "products", "SELECT id AS key, name AS text FROM 'udfs/data/products.csv'"]
+    argv = ["sql", "-m", str(minilm_dir), *index, "-f", "udfs/duckdb/semantic_join.sql", "--json"]
+    assert main(argv) == 0, capsys.readouterr().err
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 36  # 18 orders x 2 matches
+    best = {row["order_text"]: row["product"] for row in rows[::2]}
+    # all-MiniLM-L6-v2 is an English model: it gets the orders that share words with a product
+    # (the multilingual default model gets them all).
+    assert best["Espressomaschine mit Milchaufschäumer"] == "Espresso machine with milk frother"
+    assert best["Bureaulamp met dimmer"] == "LED desk lamp with dimmer"
+    assert best["Zaino per portatile con porta USB"] == "Laptop backpack with USB charging port"
+    assert all(rows[i]["score"] >= rows[i + 1]["score"] for i in range(0, len(rows), 2))

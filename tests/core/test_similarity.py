@@ -38,3 +38,20 @@ def test_top_k_matches_brute_force(n_query: int, n_corpus: int, k: int, block: i
 def test_top_k_bad_k() -> None:
     with pytest.raises(polyemb.InvalidInputError, match="k must be"):
         top_k(np.ones((1, 2)), np.ones((1, 2)), 0)
+
+
+def test_ties_go_to_the_earlier_corpus_row_across_blocks() -> None:
+    from polyemb.similarity import top_k
+
+    # A one-hot query scores each corpus row by one component, with no rounding: rows 4, 6, 8
+    # and 10 tie exactly at 0.6 (above all others), and must come in that order, however the
+    # corpus is cut into blocks.
+    corpus = np.zeros((12, 4), dtype=np.float32)
+    corpus[:, 1] = 1.0
+    corpus[:, 0] = 0.1
+    corpus[[4, 6, 8, 10], 0] = 0.75
+    query = np.array([[1.0, 0.0, 0.0, 0.0]], dtype=np.float32)
+    for block_rows in (2, 3, 5, 100):
+        indices, scores = top_k(query, corpus, 3, block_rows=block_rows)
+        assert indices[0].tolist() == [4, 6, 8], block_rows
+        np.testing.assert_allclose(scores[0], 0.6, atol=1e-6)

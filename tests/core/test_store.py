@@ -166,7 +166,7 @@ def test_a_read_only_store_serves_reads(
         raise PermissionError(13, "Permission denied", str(tmp_path / "store"))
 
     # A read-only lake path (the suite may run as root, for which chmod denies nothing).
-    monkeypatch.setattr(store_module, "_write_parquet", denied)
+    monkeypatch.setattr(store_module, "_write_table", denied)
     strict = open_store(tmp_path / "store").bind(tiny_encoder)
     np.testing.assert_array_equal(strict.encode(TEXTS[:10]), tiny_encoder.encode(TEXTS[:10]))
     with pytest.raises(StoreError, match="cannot write to the vector store.*on_write_error='warn'"):

@@ -282,7 +282,8 @@ def test_register_index_is_a_semantic_join_in_sql(tiny_encoder: polyemb.Encoder)
     for score in ("cosine", "margin", "csls"):
         source = "SELECT description FROM orders" if score != "cosine" else None
         index = polyemb.duckdb.register_index(
-            con, "products", "SELECT * FROM products", key="id", text="name", score=score, source=source
+            con, "products", "SELECT * FROM products", key="id", text="name", score=score, source=source,
+            encoder=tiny_encoder,
         )
         assert index.keys.to_pylist() == [1, 2, 4, 5]  # the NULL name is not indexed
         rows = con.execute(

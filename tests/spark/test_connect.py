@@ -176,3 +176,28 @@ else:
             check_vectors(rows, texts, tiny_encoder)
             assert polyemb.spark.store.last_report["embedded"] == expected
         assert out.schema["embedding"].metadata == {"polyemb.model": tiny_encoder.provenance}
+
+    def test_semantic_join_on_connect(
+        connect: Any, tiny_model_dir: Path, tiny_encoder: polyemb.Encoder
+    ) -> None:
+        import pandas as pd
+
+        import polyemb.pandas  # noqa: F401 - the reference join
+
+        left = pd.DataFrame({"a": [1, 2, 3], "text": ["a red cat", None, "cheap stocks"]})
+        right = pd.DataFrame({"b": [7, 8, 9], "text": ["the cat", "the dog", "markets"]})
+        expected = left.emb.join(right, "text", k=2, score="margin", encoder=tiny_encoder)
+        for options in ({}, {"block_rows": 2, "broadcast_mb": 0.0}):  # shipped whole, and in blocks
+            got = polyemb.spark.semantic_join(
+                connect.createDataFrame(left),
+                connect.createDataFrame(right),
+                "text",
+                k=2,
+                score="margin",
+                model=tiny_model_dir,
+                **options,
+            ).toPandas()
+            assert sorted(zip(got["a"], got["b"], strict=True)) == sorted(
+                zip(expected["a"], expected["b"], strict=True)
+            )
+            np.testing.assert_allclose(np.sort(got["score"]), np.sort(expected["score"]), atol=1e-5)

@@ -115,3 +115,41 @@ def test_vectors_of_two_models_are_refused(spark: SparkSession, tmp_path: Path) 
         polyemb.spark.semantic_join(sl, sr, "v")
     with pytest.raises(polyemb.ColumnNotFoundError, match="Did you mean 'v'"):
         polyemb.spark.semantic_join(sl, sr, "vv", "v")
+
+
+def test_semantic_join_job(
+    spark: SparkSession,
+    tiny_model_dir: Path,
+    tiny_encoder: polyemb.Encoder,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import importlib.util
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    job_path = Path(__file__).parents[2] / "udfs" / "spark" / "semantic_join_job.py"
+    spec = importlib.util.spec_from_file_location("semantic_join_job", job_path)
+    assert spec and spec.loader
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    left = pd.DataFrame({"oid": [1, 2, 3], "description": ["a red cat", None, "cheap stocks"]})
+    right = pd.DataFrame({"pid": [7, 8, 9], "name": ["the cat", "the dog", "markets"]})
+    pq.write_table(pa.Table.from_pandas(left), tmp_path / "orders.parquet")
+    pq.write_table(pa.Table.from_pandas(right), tmp_path / "products.parquet")
+    argv = [
+        "--left", str(tmp_path / "orders.parquet"), "--right", str(tmp_path / "products.parquet"),
+        "--left-on", "description", "--right-on", "name", "--k", "2", "--score", "margin",
+        "--model", str(tiny_model_dir), "--output", str(tmp_path / "out"),
+    ]  # fmt: skip
+    assert job.main(argv) == 0
+    got = pq.read_table(tmp_path / "out").to_pandas()
+    expected = left.emb.join(right, "description", "name", k=2, score="margin")
+    same_pairs(
+        got.rename(columns={"oid": "id_x", "pid": "id_y"}),
+        expected.rename(columns={"oid": "id_x", "pid": "id_y"}),
+        ["id_x", "description", "id_y", "name", "score", "cosine"],
+    )
+    assert job.main([*argv[:-1], str(tmp_path / "other"), "--left-on", "descr"]) == 2
+    assert "Did you mean 'description'" in capsys.readouterr().err

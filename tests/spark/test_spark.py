@@ -203,7 +203,8 @@ def test_cpu_tasks_cap_torch_threads(tiny_model_dir: Path, monkeypatch: pytest.M
     before = torch.get_num_threads()
     context = SimpleNamespace(resources=dict, cpus=lambda: 1)
     monkeypatch.setattr(pyspark.TaskContext, "get", staticmethod(lambda: context))
-    source = ModelSource(str(tiny_model_dir), "sha256:threads", "path", "fp32", None)
+    fingerprint = polyemb.load(tiny_model_dir).fingerprint
+    source = ModelSource(str(tiny_model_dir), fingerprint, "path", "fp32", 30)  # a key of its own
     try:
         delivery.worker_encoder(source)
         assert torch.get_num_threads() == 1
@@ -269,3 +270,15 @@ def test_register_checks_the_prefix_as_duckdb_does(spark: SparkSession, tiny_mod
             polyemb.InvalidInputError, match="prefix must be empty or start an SQL identifier"
         ):
             polyemb.spark.register(spark, tiny_model_dir, prefix=bad)
+
+
+def test_a_worker_refuses_a_path_that_holds_another_model(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from polyemb.testing import build_tiny_model
+
+    other = build_tiny_model(tmp_path / "stale", seed=9)  # what a stale copy on an executor holds
+    monkeypatch.setattr(pyspark.TaskContext, "get", staticmethod(lambda: None))
+    source = ModelSource(str(other), polyemb.load(tiny_model_dir).fingerprint, "path", "fp32", 31)
+    with pytest.raises(polyemb.InvalidInputError, match="give every executor the same model folder"):
+        delivery.worker_encoder(source)

@@ -253,6 +253,14 @@ def worker_encoder(source: ModelSource) -> Encoder:
                 max_seq_length=source.max_seq_length,
                 revision=source.revision,
             )
+            if source.delivery == "path" and encoder.fingerprint != source.fingerprint:
+                # A folder that differs on this executor would write another model's vectors
+                # under the driver's key (a store's key) or mix models in one column.
+                raise InvalidInputError(
+                    f"the model at {source.model} on this executor is {encoder.fingerprint}, not the "
+                    f"{source.fingerprint} the driver found: give every executor the same model folder, "
+                    "or use delivery='auto' to ship it"
+                )
             _encoders[key] = encoder
             event = {
                 "pid": os.getpid(),

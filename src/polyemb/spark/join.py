@@ -5,10 +5,12 @@ Left x right rows never exist in Spark. The right side's vectors are cut into bl
 - **small** (at most ``broadcast_mb`` of vectors): one block, shipped with the task (in the
   function Spark sends to every worker) and scored against each Arrow batch of left rows: no
   shuffle of the left side at all;
-- **large**: blocks of at most ``block_rows`` rows, spread over partitions. Left rows are cut
-  into chunks of the same size; every (chunk, block) pair meets in one group of a co-grouped
-  ``applyInPandas``, so a worker holds one chunk and one block at a time; each pair's partial
-  top-k lists are merged per left row.
+- **large**: blocks of about ``block_rows`` rows (rows go to blocks by a hash of their id),
+  spread over partitions. Left rows are cut into chunks of the same size; every (chunk, block)
+  pair meets in one group of a co-grouped ``applyInPandas``, so a worker holds one chunk and one
+  block at a time; each pair's partial top-k lists are merged per left row. Each left row is
+  shuffled once per right block and each right row once per left chunk, so the shuffle grows as
+  ``rows x other side's rows / block_rows``: make ``block_rows`` as large as a worker's memory allows.
 
 Both use the core's :func:`polyemb.similarity.top_k`, so Spark, pandas and DuckDB give the same
 pairs and scores on the same vectors. Ties go to the earlier right row (its position in the
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from pyspark import StorageLevel
 from pyspark.sql import Window
 from pyspark.sql import functions as F
 
@@ -33,16 +36,17 @@ from polyemb.errors import ColumnNotFoundError, InvalidInputError
 from polyemb.options import Delivery, JoinHow, Precision, Score, check_positive_int
 from polyemb.similarity import NEIGHBOURS, check_join, normalize_rows, top_k
 from polyemb.spark.delivery import active_session, model_source
-from polyemb.spark.udfs import embed_with
+from polyemb.spark.udfs import col_named, embed_with
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
-    from pyspark.sql.column import Column
 
 __all__ = ["semantic_join"]
 
 _LID, _RID, _VEC, _R = "__polyemb_lid", "__polyemb_rid", "__polyemb_vec", "__polyemb_r"
-_PAIRS = "lid long, rid long, score float, cosine float"
+# The pair rows' columns: internal names, so that no user column can clash with them.
+_L, _R, _SCORE, _COS = "__polyemb_l", "__polyemb_r_id", "__polyemb_score", "__polyemb_cosine"
+_PAIRS = f"{_L} long, {_R} long, {_SCORE} float, {_COS} float"
 BLOCK_ROWS = 65_536
 BROADCAST_MB = 64.0
 
@@ -70,7 +74,7 @@ def semantic_join(
     max_seq_length: int | None = None,
     revision: str | None = None,
 ) -> DataFrame:
-    """Join each left row with its ``k`` best-scoring right rows, exactly, at any scale.
+    """Join each left row with its ``k`` best-scoring right rows, exactly, block by block.
 
     Args:
         left: The left DataFrame.
@@ -122,8 +126,9 @@ def semantic_join(
     left_rows, left_model = embed(left.withColumn(_LID, F.monotonically_increasing_id()), left_on)
     right_rows, right_model = embed(right.withColumn(_RID, F.monotonically_increasing_id()), right_on)
     check_same_model(left_model, right_model, "semantic_join")
-    # Materialize the vectors once (texts are embedded once), whatever the plan reads them for.
-    left_rows, right_rows = left_rows.localCheckpoint(), right_rows.localCheckpoint()
+    # Keep the vectors (texts are embedded once), whatever the plan reads them for. A lost
+    # partition is recomputed from its lineage.
+    left_rows, right_rows = _kept(left_rows), _kept(right_rows)
     lvec = left_rows.where(F.col(_VEC).isNotNull()).select(
         F.col(_LID).alias("id"), F.col(_VEC).alias("vector")
     )
@@ -134,11 +139,11 @@ def semantic_join(
         # r(x) and r(y): each row's mean cosine with its 4 nearest rows on the other side.
         left_r = _neighbourhood(lvec, rvec, block_rows, broadcast_mb)
         right_r = _neighbourhood(rvec, lvec, block_rows, broadcast_mb)
-        lvec = lvec.join(left_r, "id").localCheckpoint()
-        rvec = rvec.join(right_r, "id").localCheckpoint()
+        lvec = _kept(lvec.join(left_r, "id"))
+        rvec = _kept(rvec.join(right_r, "id"))
     pairs = _top_pairs(lvec, rvec, k, score, block_rows, broadcast_mb)
     if threshold is not None:
-        pairs = pairs.where(F.col("score") >= threshold)
+        pairs = pairs.where(F.col(_SCORE) >= threshold)
     return _assemble(left_rows, right_rows, pairs, how, score, suffixes, score_column)
 
 
@@ -170,7 +175,7 @@ class _Embedding:
         kind = frame.schema[column].dataType.simpleString()
         if kind in ("array<float>", "array<double>"):
             provenance = frame.schema[column].metadata.get(MODEL_METADATA.decode())
-            return frame.withColumn(_VEC, _col(column).cast("array<float>")), provenance
+            return frame.withColumn(_VEC, col_named(column).cast("array<float>")), provenance
         if kind != "string":
             raise InvalidInputError(
                 f"column {column!r} is {kind}: give a text (string) or vector (array<float>) column"
@@ -204,12 +209,14 @@ class _Embedding:
             self._udf = embed_with(source, self.batch_size)
             spec = describe(self.model, max_seq_length=self.max_seq_length, revision=self.revision)
             self._provenance = spec.provenance
-        return frame.withColumn(_VEC, self._udf(_col(column))), self._provenance
+        return frame.withColumn(_VEC, self._udf(col_named(column))), self._provenance
 
 
-def _col(name: str) -> Column:
-    """A column by its exact name (dots and spaces are not paths)."""
-    return F.col("`" + name.replace("`", "``") + "`")
+def _kept(frame: DataFrame) -> DataFrame:
+    """``frame`` persisted (memory, then disk) and computed now."""
+    frame = frame.persist(StorageLevel.MEMORY_AND_DISK)
+    frame.count()
+    return frame
 
 
 # ---------------------------------------------------------------------- scoring
@@ -218,7 +225,7 @@ def _col(name: str) -> Column:
 def _neighbourhood(queries: DataFrame, corpus: DataFrame, block_rows: int, broadcast_mb: float) -> DataFrame:
     """``(id, r)``: each query row's mean cosine with its 4 nearest corpus rows."""
     nearest = _top_pairs(queries, corpus, NEIGHBOURS, "cosine", block_rows, broadcast_mb)
-    return nearest.groupBy(F.col("lid").alias("id")).agg(F.avg("cosine").cast("float").alias("r"))
+    return nearest.groupBy(F.col(_L).alias("id")).agg(F.avg(_COS).cast("float").alias("r"))
 
 
 def _top_pairs(
@@ -228,16 +235,27 @@ def _top_pairs(
 
     ``queries`` and ``corpus`` have columns ``id``, ``vector`` (and ``r`` for margin and CSLS).
     """
-    count, dim = corpus.agg(F.count("*"), F.max(F.size("vector"))).first()
+    count, dim, smallest = corpus.agg(F.count("*"), F.max(F.size("vector")), F.min(F.size("vector"))).first()
     if not count:
         return queries.sparkSession.createDataFrame([], _PAIRS)
+    low, high = queries.agg(F.min(F.size("vector")), F.max(F.size("vector"))).first()
+    lengths = {dim, smallest, low, high} - {None}
+    if len(lengths) > 1:
+        raise InvalidInputError(
+            f"the vectors to join have different lengths {sorted(lengths)}: both sides must come "
+            "from one model"
+        )
     if count * dim * 4 <= broadcast_mb * 2**20:
         return _broadcast_pairs(queries, corpus, k, score)
     return _blocked_pairs(queries, corpus, k, score, block_rows, count)
 
 
 def _block(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """A pandas batch of ``id, vector[, r]`` as (ids, unit-row matrix, r or None)."""
+    """A pandas batch of ``id, vector[, r]`` as (ids, unit-row matrix, r or None), in id order.
+
+    In id order, so that the core's "lower index first" among equal scores is "earlier row".
+    """
+    rows = rows.sort_values("id", kind="stable")
     ids = rows["id"].to_numpy(dtype=np.int64)
     matrix = (
         normalize_rows(np.stack(rows["vector"].to_numpy()).astype(np.float32, copy=False))
@@ -260,8 +278,8 @@ def _score(
 ) -> pd.DataFrame:
     """One (left batch, right block) pair: its top-k by the core's ``top_k``, as pair rows."""
     if not len(lids) or not len(rids):
-        return pd.DataFrame({"lid": [], "rid": [], "score": [], "cosine": []}).astype(
-            {"lid": "int64", "rid": "int64", "score": "float32", "cosine": "float32"}
+        return pd.DataFrame({_L: [], _R: [], _SCORE: [], _COS: []}).astype(
+            {_L: "int64", _R: "int64", _SCORE: "float32", _COS: "float32"}
         )
     neighbourhoods = (left_r, right_r) if score != "cosine" else None
     indices, scores = top_k(left, right, k, score=score, neighbourhoods=neighbourhoods)  # type: ignore[arg-type]
@@ -270,18 +288,17 @@ def _score(
     cosines = np.einsum("ij,ij->i", left[rows], right[chosen])
     return pd.DataFrame(
         {
-            "lid": lids[rows],
-            "rid": rids[chosen],
-            "score": scores.reshape(-1).astype(np.float32),
-            "cosine": cosines.astype(np.float32),
+            _L: lids[rows],
+            _R: rids[chosen],
+            _SCORE: scores.reshape(-1).astype(np.float32),
+            _COS: cosines.astype(np.float32),
         }
     )
 
 
 def _broadcast_pairs(queries: DataFrame, corpus: DataFrame, k: int, score: Score) -> DataFrame:
     """A small corpus, shipped with the task: each batch of queries scored against all of it."""
-    # In id order, so that ties go to the earlier right row as in the blocked path.
-    rids, matrix, corpus_r = _block(corpus.toArrow().to_pandas().sort_values("id", kind="stable"))
+    rids, matrix, corpus_r = _block(corpus.toArrow().to_pandas())
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
@@ -316,7 +333,7 @@ def _blocked_pairs(
         .applyInPandas(run, _PAIRS)
     )
     # Merge the blocks' partial lists: the k best per left row, ties to the earlier right row.
-    order = Window.partitionBy("lid").orderBy(F.col("score").desc(), F.col("rid").asc())
+    order = Window.partitionBy(_L).orderBy(F.col(_SCORE).desc(), F.col(_R).asc())
     return partial.withColumn("__rank", F.row_number().over(order)).where(F.col("__rank") <= k).drop("__rank")
 
 
@@ -340,14 +357,19 @@ def _assemble(
     right_names = {c: f"{c}{suffixes[1]}" if c in clash else c for c in right_cols}
     added = [score_column, *(["cosine"] if score != "cosine" else [])]
     taken = [name for name in added if name in {*left_names.values(), *right_names.values()}]
-    if taken:
+    if taken or len(set(added)) < len(added):
         raise InvalidInputError(
-            f"the joined tables already have a column {taken[0]!r}; choose another score_column"
+            f"the joined tables already have a column {(taken or added)[0]!r}; choose another score_column"
         )
-    left_part = left_rows.select(F.col(_LID).alias("lid"), *[_col(c).alias(n) for c, n in left_names.items()])
-    right_part = right_rows.select(
-        F.col(_RID).alias("rid"), *[_col(c).alias(n) for c, n in right_names.items()]
+    left_part = left_rows.select(
+        F.col(_LID).alias(_L), *[col_named(c).alias(n) for c, n in left_names.items()]
     )
-    joined = left_part.join(pairs.join(right_part, "rid", "inner"), "lid", how)
-    scores = [F.col("score").alias(score_column), *([F.col("cosine")] if score != "cosine" else [])]
-    return joined.select(*[_col(n) for n in [*left_names.values(), *right_names.values()]], *scores)
+    right_part = right_rows.select(
+        F.col(_RID).alias(_R), *[col_named(c).alias(n) for c, n in right_names.items()]
+    )
+    joined = left_part.join(pairs.join(right_part, _R, "inner"), _L, how)
+    scores = [
+        F.col(_SCORE).alias(score_column),
+        *([F.col(_COS).alias("cosine")] if score != "cosine" else []),
+    ]
+    return joined.select(*[col_named(n) for n in [*left_names.values(), *right_names.values()]], *scores)

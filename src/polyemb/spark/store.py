@@ -24,8 +24,8 @@ from polyemb.encoder import describe
 from polyemb.errors import ColumnNotFoundError, InvalidInputError
 from polyemb.options import Delivery, Precision
 from polyemb.spark.delivery import active_session
-from polyemb.spark.udfs import embed_udf
-from polyemb.store import HASH_COLUMN, MARKER, VECTOR_COLUMN, description, run_id
+from polyemb.spark.udfs import col_named, embed_udf
+from polyemb.store import HASH_COLUMN, VECTOR_COLUMN, description, run_id
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -74,7 +74,9 @@ def embed_incremental(
 
     Returns:
         ``df``'s rows and columns plus ``vector_column`` (``array<float>``). Row order, as with
-        any Spark join, is not kept.
+        any Spark join, is not kept. ``df`` is read more than once (to find what is missing,
+        and to join the vectors back), so it must give the same rows each time, as any input
+        of a Spark job read twice: cache or checkpoint a ``df`` whose source changes meanwhile.
 
     Raises:
         ColumnNotFoundError: ``column`` is not in ``df``.
@@ -98,12 +100,11 @@ def embed_incremental(
     )
     root = os.fspath(store).rstrip("/")
     model_dir = f"{root}/model={spec.key}"
-    _mark_local_store(root)
 
-    keyed = df.withColumn(_HASH, F.substring(F.sha2(F.col(column), 256), 1, 32))
+    keyed = df.withColumn(_HASH, F.substring(F.sha2(col_named(column), 256), 1, 32))
     texts = (
         keyed.where(F.col(_HASH).isNotNull())
-        .select(_HASH, F.col(column).alias(_TEXT))
+        .select(_HASH, col_named(column).alias(_TEXT))
         .dropDuplicates([_HASH])
     )
     stored = _read_store(session, model_dir)
@@ -131,7 +132,8 @@ def embed_incremental(
                 F.col(_HASH).alias(HASH_COLUMN),
                 embed(F.col(_TEXT)).alias(VECTOR_COLUMN, metadata={"polyemb": about}),
             )
-            new.write.parquet(run)
+            # Row groups of 32 MiB: a lookup from Python reads whole row groups.
+            new.write.option("parquet.block.size", 32 * 2**20).parquet(run)
     finally:
         missing.unpersist()
     vectors = _read_store(session, model_dir)
@@ -165,16 +167,3 @@ def _read_store(spark: Any, model_dir: str) -> DataFrame | None:
             return None
         raise
     return frame.select(HASH_COLUMN, VECTOR_COLUMN)
-
-
-def _mark_local_store(root: str) -> None:
-    """Give a local store its marker file (a lake store is recognised by its model= folders)."""
-    if "://" in root and not root.startswith("file://"):
-        return
-    from pathlib import Path
-
-    from polyemb.store import open_store
-
-    folder = Path(root.removeprefix("file://"))
-    if not (folder / MARKER).is_file():
-        open_store(folder)

@@ -21,7 +21,14 @@ from polyemb.spark.delivery import ModelSource, model_source, worker_encoder
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-__all__ = ["embed_udf", "register", "similarity_udf"]
+__all__ = ["col_named", "embed_udf", "register", "similarity_udf"]
+
+
+def col_named(name: str) -> Any:
+    """A column by its exact name: dots and spaces in it are not struct paths."""
+    from pyspark.sql import functions as F
+
+    return F.col("`" + name.replace("`", "``") + "`")
 
 
 def embed_udf(
