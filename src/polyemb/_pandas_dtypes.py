@@ -15,14 +15,16 @@ import pyarrow as pa
 __all__ = ["install"]
 
 
-class _ListDtypeReader:
+class _ListDtypeReader(pd.api.extensions.ExtensionDtype):  # type: ignore[misc]
     """Parses the list dtype strings pandas writes into Parquet metadata but cannot read back.
 
     ``df.to_parquet()`` records a vector column's dtype as ``"fixed_size_list<item: float>[768]
     [pyarrow]"``, and ``pd.read_parquet()`` then fails on that string (pandas-dev/pandas#59738,
     open). Registered ahead of ``ArrowDtype``, this reader turns list-of-float dtype strings back
     into the ``ArrowDtype`` they came from, so vector columns round-trip; every other string
-    falls through to pandas' own parsers.
+    falls through to pandas' own parsers. It subclasses ``ExtensionDtype`` (and is never
+    instantiated) so that pandas code that walks the registry, such as plotting, finds the
+    methods it expects.
     """
 
     _PATTERN = re.compile(r"(fixed_size_)?list<item: (float|double|halffloat)>(?:\[(\d+)\])?\[pyarrow\]")

@@ -298,3 +298,11 @@ def test_vectors_carry_their_model_and_two_models_are_never_compared(
     plain = pd.Series([None if v is pd.NA or v is None else list(v) for v in ours.tolist()])
     assert plain.emb.model is None
     np.testing.assert_allclose(plain.emb.similarity(theirs), theirs.emb.similarity(plain), atol=1e-6)
+
+
+def test_the_dtype_reader_leaves_pandas_plotting_working() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    axes = pd.DataFrame({"a": [1.0, 2.0], "b": [0.5, 0.25]}).plot.bar()  # walks the dtype registry
+    assert len(axes.patches) == 4
