@@ -127,8 +127,7 @@ def _sql(args: argparse.Namespace) -> int:
             columns = con.sql(query).columns
             if "key" not in columns or not {"text", "vector"} & set(columns):
                 raise InvalidInputError(
-                    f"--index {name}: the query must give the columns key and text (or vector), "
-                    f"not {columns}"
+                    f"--index {name}: the query must give the columns key and text (or vector), not {columns}"
                 )
             column = "text" if "text" in columns else "vector"
             register_index(

@@ -322,24 +322,66 @@ class _RowGroupCache:
 
 
 class _Shard:
-    """The files of one model key, indexed in memory by hash."""
+    """The files of one model key, indexed in memory by hash.
+
+    Most files sit in one merged index (a single binary search finds a hash in any of them);
+    files added since the last merge (a writer's own, or other writers') are searched one by
+    one until there are ``PENDING_FILES`` of them, then merged in.
+    """
+
+    PENDING_FILES = 16
 
     def __init__(self, folder: Path, spec: VectorSpec) -> None:
         self.folder = folder
         self.spec = spec
         self.segments: dict[Path, _Segment] = {}
         self.unreadable: set[Path] = set()
+        self._merged: list[_Segment] = []
+        self._pending: list[_Segment] = []
+        self._hi = self._lo = np.zeros(0, dtype=np.uint64)
+        self._file = self._row = np.zeros(0, dtype=np.int32)
+
+    def add(self, segment: _Segment) -> None:
+        """Index one more file."""
+        if segment.path in self.segments:
+            return
+        self.segments[segment.path] = segment
+        self._pending.append(segment)
+        if len(self._pending) > self.PENDING_FILES:
+            self._merge()
+
+    def reset(self) -> None:
+        """Forget every file (they are indexed again by the next refresh)."""
+        self.segments.clear()
+        self._merged, self._pending = [], []
+        self._hi = self._lo = np.zeros(0, dtype=np.uint64)
+        self._file = self._row = np.zeros(0, dtype=np.int32)
+
+    def _merge(self) -> None:
+        first = len(self._merged)
+        hi = np.concatenate([self._hi, *(s.hi for s in self._pending)])
+        order = np.argsort(hi, kind="stable")  # sorted runs: a merge, in linear time
+        self._hi = hi[order]
+        self._lo = np.concatenate([self._lo, *(s.lo for s in self._pending)])[order]
+        files = [np.full(len(s.hi), first + i, dtype=np.int32) for i, s in enumerate(self._pending)]
+        self._file = np.concatenate([self._file, *files])[order]
+        self._row = np.concatenate([self._row, *(s.rows for s in self._pending)])[order]
+        self._merged += self._pending
+        self._pending = []
 
     def refresh(self) -> bool:
         """Index files that appeared since the last look, forget vanished ones; True if any changed."""
         present = set(_data_files(self.folder))
         vanished = set(self.segments) - present
-        for path in vanished:
-            del self.segments[path]
+        if vanished:  # compacted away: index the rest again
+            kept = [s for path, s in self.segments.items() if path not in vanished]
+            self.reset()
+            for segment in kept:
+                self.add(segment)
         added = False
         for path in sorted(present - set(self.segments) - self.unreadable):
             try:
-                self.segments[path] = _Segment.read(path)
+                self.add(_Segment.read(path))
             except FileNotFoundError:  # compacted away between listing and reading
                 continue
             except (StoreError, pa.ArrowException, OSError) as exc:
@@ -358,25 +400,28 @@ class _Shard:
     def lookup(self, hi: np.ndarray, lo: np.ndarray, out: np.ndarray, cache: _RowGroupCache) -> np.ndarray:
         """Fill ``out`` rows of the hashes found; return the found mask."""
         found = np.zeros(len(hi), dtype=bool)
-        order = np.argsort(hi, kind="stable")  # sorted needles: each binary search starts near the last
-        hi, lo = hi[order], lo[order]
-        for segment in list(self.segments.values()):
+        files = np.zeros(len(hi), dtype=np.int32)
+        rows = np.zeros(len(hi), dtype=np.int64)
+        if len(self._hi):
+            at = np.minimum(np.searchsorted(self._hi, hi), len(self._hi) - 1)
+            found = (self._hi[at] == hi) & (self._lo[at] == lo)
+            files[found], rows[found] = self._file[at[found]], self._row[at[found]]
+        for offset, segment in enumerate(self._pending, start=len(self._merged)):
             todo = np.flatnonzero(~found)
             if not len(todo):
                 break
-            hit, rows = segment.find(hi[todo], lo[todo])
-            if not hit.any():
-                continue
-            targets, rows = todo[hit], rows[hit]
-            groups = np.searchsorted(segment.group_starts, rows, side="right") - 1
+            hit, where = segment.find(hi[todo], lo[todo])
+            found[todo[hit]], files[todo[hit]], rows[todo[hit]] = True, offset, where[hit]
+        everything = self._merged + self._pending
+        for file in np.unique(files[found]).tolist():
+            segment = everything[file]
+            targets = np.flatnonzero(found & (files == file))
+            groups = np.searchsorted(segment.group_starts, rows[targets], side="right") - 1
             for group in np.unique(groups).tolist():
-                in_group = groups == group
+                in_group = targets[groups == group]
                 matrix = cache.get(segment.path, group, self.spec.dim)
-                out[order[targets[in_group]]] = matrix[rows[in_group] - segment.group_starts[group]]
-            found[targets] = True
-        unsorted = np.empty_like(found)
-        unsorted[order] = found
-        return unsorted
+                out[in_group] = matrix[rows[in_group] - segment.group_starts[group]]
+        return found
 
 
 def _data_files(folder: Path) -> Iterator[Path]:
@@ -559,7 +604,7 @@ class VectorStore:
                     if attempt == 2:
                         raise
                     self._cache.forget(set(shard.segments))
-                    shard.segments.clear()
+                    shard.reset()
                     shard.refresh()
             raise AssertionError("unreachable")  # pragma: no cover
 
@@ -611,7 +656,7 @@ class VectorStore:
         groups = np.cumsum([0, *(metadata.row_group(g).num_rows for g in range(metadata.num_row_groups))])
         segment = _Segment(target, hi[order], lo[order], np.arange(len(order), dtype=np.int32), groups)
         with self._lock:
-            self._shard(spec).segments.setdefault(target, segment)
+            self._shard(spec).add(segment)
         return target
 
     def _write_safely(self, write: Any) -> bool:
