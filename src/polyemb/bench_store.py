@@ -155,8 +155,9 @@ def _spark_run(model: str, source: Path, output: Path, store: Path) -> int:
 
 # ---------------------------------------------------------------------- lookups
 
+# The peak is VmHWM, the child's own: ru_maxrss would carry over the parent's at fork.
 _LOOKUP_CHILD = """
-import json, resource, sys, time
+import json, sys, time
 import numpy as np
 from polyemb.embedder import VectorSpec
 from polyemb.store import open_store
@@ -165,8 +166,8 @@ keys = np.load(sys.argv[3]).tolist()
 started = time.perf_counter()
 vectors, found = open_store(sys.argv[1], read_only=True).lookup(spec, keys)
 seconds = time.perf_counter() - started
-print(json.dumps({"keys": len(keys), "found": int(found.sum()), "seconds": seconds,
-                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+peak = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024
+print(json.dumps({"keys": len(keys), "found": int(found.sum()), "seconds": seconds, "peak_rss_mib": peak}))
 """
 
 

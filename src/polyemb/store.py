@@ -91,10 +91,6 @@ STALE_SECONDS = 3_600
 
 WriteErrors = Literal["raise", "warn"]
 
-_HEX = np.full(256, 255, dtype=np.uint8)
-_HEX[np.frombuffer(b"0123456789", dtype=np.uint8)] = np.arange(10, dtype=np.uint8)
-_HEX[np.frombuffer(b"abcdef", dtype=np.uint8)] = np.arange(10, 16, dtype=np.uint8)
-
 
 # --------------------------------------------------------------------------- keys
 
@@ -144,12 +140,14 @@ def _hash_words(
     offsets = np.frombuffer(array.buffers()[1], dtype=np.int32, count=n + 1, offset=array.offset * 4)
     if array.null_count or not np.array_equal(np.diff(offsets), np.full(n, 32, dtype=np.int32)):
         raise StoreError(f"{source}: the {HASH_COLUMN} column must hold 32 hex digits in every row")
-    raw = np.frombuffer(array.buffers()[2], dtype=np.uint8, count=32 * n, offset=int(offsets[0]))
-    nibbles = _HEX[raw].reshape(n, 32)
-    if (nibbles == 255).any():
-        raise StoreError(f"{source}: the {HASH_COLUMN} column holds a value that is not lowercase hex")
-    packed = (nibbles[:, 0::2] << 4) | nibbles[:, 1::2]  # (n, 16) bytes, big-endian words
-    words = np.ascontiguousarray(packed).view(">u8").astype(np.uint64)
+    raw = array.buffers()[2].to_pybytes()[int(offsets[0]) : int(offsets[0]) + 32 * n]
+    try:
+        packed = bytes.fromhex(raw.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        packed = b""
+    if len(packed) != 16 * n:  # fromhex skips whitespace: a short result is a malformed hash
+        raise StoreError(f"{source}: the {HASH_COLUMN} column holds a value that is not 32 hex digits")
+    words = np.frombuffer(packed, dtype=">u8").reshape(n, 2).astype(np.uint64)
     return words[:, 0].copy(), words[:, 1].copy()
 
 
@@ -366,6 +364,9 @@ class _Shard:
         files = [np.full(len(s.hi), first + i, dtype=np.int32) for i, s in enumerate(self._pending)]
         self._file = np.concatenate([self._file, *files])[order]
         self._row = np.concatenate([self._row, *(s.rows for s in self._pending)])[order]
+        for segment in self._pending:  # their hashes live in the merged arrays now
+            segment.hi = segment.lo = np.zeros(0, dtype=np.uint64)
+            segment.rows = np.zeros(0, dtype=np.int32)
         self._merged += self._pending
         self._pending = []
 
@@ -373,11 +374,8 @@ class _Shard:
         """Index files that appeared since the last look, forget vanished ones; True if any changed."""
         present = set(_data_files(self.folder))
         vanished = set(self.segments) - present
-        if vanished:  # compacted away: index the rest again
-            kept = [s for path, s in self.segments.items() if path not in vanished]
+        if vanished:  # compacted away: index what is there again
             self.reset()
-            for segment in kept:
-                self.add(segment)
         added = False
         for path in sorted(present - set(self.segments) - self.unreadable):
             try:
@@ -395,6 +393,8 @@ class _Shard:
                 )
                 continue
             added = True
+        if len(self._pending) > 1:
+            self._merge()
         return added or bool(vanished)
 
     def lookup(self, hi: np.ndarray, lo: np.ndarray, out: np.ndarray, cache: _RowGroupCache) -> np.ndarray:
@@ -581,8 +581,10 @@ class VectorStore:
         found too.
         """
         hi, lo = _hash_words(list(hashes), "the lookup")
-        out = np.zeros((len(hashes), spec.dim), dtype=np.float32)
-        return out, self._lookup(spec, hi, lo, out)
+        out = np.empty((len(hashes), spec.dim), dtype=np.float32)
+        found = self._lookup(spec, hi, lo, out)
+        out[~found] = 0
+        return out, found
 
     def _lookup(self, spec: VectorSpec, hi: np.ndarray, lo: np.ndarray, out: np.ndarray) -> np.ndarray:
         with self._lock:
@@ -876,7 +878,7 @@ class StoredEncoder:
         unique = list(index)
         digests = _digests(unique)
         hi, lo = _digest_words(digests)
-        vectors = np.zeros((len(unique), spec.dim), dtype=np.float32)
+        vectors = np.empty((len(unique), spec.dim), dtype=np.float32)  # every row is filled below
         found = self.store._lookup(spec, hi, lo, vectors)
         missing = np.flatnonzero(~found)
         disable = (len(missing) < 5_000 or None) if show_progress is None else not show_progress

@@ -265,35 +265,45 @@ def test_embed_through_a_store_embeds_each_text_once(tiny_encoder: polyemb.Encod
 
 
 def test_register_index_is_a_semantic_join_in_sql(tiny_encoder: polyemb.Encoder) -> None:
-    import pandas as pd
+    # The reference is the core top_k, so this runs with the duckdb extra alone (no pandas);
+    # tests/test_joins_agree.py compares the engines with each other.
+    import pyarrow as pa
 
-    import polyemb.pandas  # noqa: F401 - the reference join
+    from polyemb.similarity import top_k
 
     con = duckdb.connect()
     polyemb.duckdb.register(con, tiny_encoder)
-    products = pd.DataFrame(
-        {"id": [1, 2, 3, 4, 5], "name": ["red shoes", "blue shirt", None, "green hat", "a lamp"]}
-    )
-    orders = pd.DataFrame(
-        {"oid": [10, 11, 12, 13], "description": ["shoes that are red", None, "a hat", "lamps"]}
-    )
+    names = ["red shoes", "blue shirt", None, "green hat", "a lamp"]
+    descriptions = ["shoes that are red", None, "a hat", "lamps"]
+    products = pa.table({"id": [1, 2, 3, 4, 5], "name": names})
+    orders = pa.table({"oid": [10, 11, 12, 13], "description": descriptions})
     con.register("products", products)
     con.register("orders", orders)
+    indexed_ids = [i for i, name in zip([1, 2, 3, 4, 5], names, strict=True) if name is not None]
+    queries = [(oid, d) for oid, d in zip([10, 11, 12, 13], descriptions, strict=True) if d is not None]
+    corpus = tiny_encoder.encode([n for n in names if n is not None])
+    query_vectors = tiny_encoder.encode([d for _, d in queries])
     for score in ("cosine", "margin", "csls"):
         source = "SELECT description FROM orders" if score != "cosine" else None
         index = polyemb.duckdb.register_index(
             con, "products", "SELECT * FROM products", key="id", text="name", score=score, source=source,
             encoder=tiny_encoder,
         )
-        assert index.keys.to_pylist() == [1, 2, 4, 5]  # the NULL name is not indexed
+        assert index.keys.to_pylist() == indexed_ids  # the NULL name is not indexed
         rows = con.execute(
             "SELECT o.oid, n.key, n.score FROM orders o, unnest(products_nearest(o.description, 2)) AS t(n)"
         ).fetchall()
-        expected = orders.emb.join(products, "description", "name", k=2, score=score, encoder=tiny_encoder)
-        assert sorted((r[0], r[1]) for r in rows) == sorted(zip(expected["oid"], expected["id"], strict=True))
+        best, scores = top_k(query_vectors, corpus, 2, score=score)
+        expected = {
+            (oid, indexed_ids[j]): float(s)
+            for (oid, _), row, row_scores in zip(queries, best, scores, strict=True)
+            for j, s in zip(row, row_scores, strict=True)
+        }
         got = {(r[0], r[1]): r[2] for r in rows}
-        for row in expected.itertuples():
-            assert got[(row.oid, row.id)] == pytest.approx(row.score, abs=1e-5)
+        assert len(rows) == len(got) == 2 * len(queries)  # the NULL description has no matches
+        assert set(got) == set(expected)
+        for pair, value in expected.items():
+            assert got[pair] == pytest.approx(value, abs=1e-5)
     # NULL in, NULL out; k per row; the vector form; bad k.
     result = con.execute(
         "SELECT products_nearest(NULL, 2), products_nearest('a hat', NULL), len(products_nearest('a hat', 9))"
