@@ -1,7 +1,13 @@
-"""Benchmarks: polyemb against a reference on the same texts, in the same run, alternating.
+"""Benchmarks: polyemb against references on the same texts, in the same run, in turns.
 
-Every figure is a median over rounds; each round times both sides on identical input, in
-alternating order so that neither always runs on a warmer machine.
+Every figure is a median over rounds; each round times every side on identical input, in a
+rotating order so that no side always runs on a warmer machine. Ratios are against one
+baseline side of the same run (sentence-transformers with torch fp32 by default).
+
+Sides: polyemb at any precision; sentence-transformers with torch; sentence-transformers'
+ONNX and OpenVINO backends, in fp32 and int8, run by :func:`peer_side` in a child process of
+another Python if their extras do not install beside polyemb's; DuckDB's ``embed()``; the
+Spark UDF.
 """
 
 from __future__ import annotations
@@ -28,7 +34,16 @@ from polyemb.similarity import cosine
 from polyemb.tables import read_table, table_format
 from polyemb.testing import SAMPLE_SENTENCES
 
-__all__ = ["SCENARIOS", "ScenarioResult", "load_texts", "make_scenario", "run_bench", "scenario_texts"]
+__all__ = [
+    "SCENARIOS",
+    "Measured",
+    "ScenarioResult",
+    "SideResult",
+    "load_texts",
+    "make_scenario",
+    "run_bench",
+    "scenario_texts",
+]
 
 SCENARIOS = {
     "a": "distinct real sentences of STS length",
@@ -38,32 +53,61 @@ SCENARIOS = {
 
 
 @dataclass
+class SideResult:
+    """One encoder's figures in one scenario: rates and ratios per round, quality, memory."""
+
+    per_s: list[float] = field(default_factory=list)
+    ratios: list[float] = field(default_factory=list)
+    mean_row_cosine: float = float("nan")
+    min_row_cosine: float = float("nan")
+    peak_mib: float = float("nan")
+
+    def summary(self) -> dict[str, Any]:
+        """Medians and raw rounds, JSON-ready."""
+        return {
+            **asdict(self),
+            "median_per_s": statistics.median(self.per_s),
+            "ratio": statistics.median(self.ratios),
+        }
+
+
+@dataclass
 class ScenarioResult:
-    """Figures of one scenario."""
+    """Figures of one scenario: every side's, each ratio against the ``baseline`` side.
+
+    A ratio is baseline time / side time (above 1: the side is faster than the baseline), and
+    the row cosines compare each side's vectors with the baseline's.
+    """
 
     scenario: str
     description: str
     texts: int
     distinct: int
-    reference_per_s: list[float] = field(default_factory=list)
-    polyemb_per_s: list[float] = field(default_factory=list)
-    ratios: list[float] = field(default_factory=list)
-    min_row_cosine: float = float("nan")
-    mean_row_cosine: float = float("nan")
-    peak_mib: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def ratio(self) -> float:
-        """Median over rounds of reference time / polyemb time (> 1: polyemb is faster)."""
-        return statistics.median(self.ratios)
+    baseline: str
+    sides: dict[str, SideResult] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
-        """Medians and raw rounds, JSON-ready."""
-        out = asdict(self)
-        out["median_reference_per_s"] = statistics.median(self.reference_per_s)
-        out["median_polyemb_per_s"] = statistics.median(self.polyemb_per_s)
-        out["ratio"] = self.ratio
-        return out
+        """JSON-ready: the scenario's facts and each side's summary."""
+        return {
+            "scenario": self.scenario,
+            "description": self.description,
+            "texts": self.texts,
+            "distinct": self.distinct,
+            "baseline": self.baseline,
+            "sides": {name: side.summary() for name, side in self.sides.items()},
+        }
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What a side that times itself returns (a child process): its vectors, seconds, peak MiB."""
+
+    vectors: np.ndarray
+    seconds: float
+    peak_mib: float
+
+
+Side = Callable[[list[str]], "np.ndarray | Measured"]
 
 
 # ---------------------------------------------------------------------- texts
@@ -149,6 +193,16 @@ def make_scenario(scenario: str, texts_file: str | None, column: str | None, siz
     return scenario_texts(scenario, pool, size)
 
 
+def held_out(texts_file: str | None, column: str | None, exclude: Sequence[str], count: int) -> list[str]:
+    """Up to ``count`` texts of ``texts_file`` (or generated ones) that are not in ``exclude``.
+
+    For calibrating a peer's int8 export on other texts than the ones it is timed and compared on.
+    """
+    used = set(exclude)
+    pool = load_texts(texts_file, column) if texts_file else _generated_sentences(len(used) + count, 1)
+    return [text for text in dict.fromkeys(pool) if text not in used][:count]
+
+
 # ---------------------------------------------------------------------- measuring
 
 # CPU flags that decide which precisions are fast: bf16 and int8 matrix units.
@@ -207,58 +261,60 @@ def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _timed(run: Callable[[list[str]], np.ndarray], texts: list[str]) -> tuple[float, np.ndarray, float]:
+def _timed(run: Side, texts: list[str]) -> tuple[float, np.ndarray, float]:
     gc.collect()
     _reset_peak()
     start = time.perf_counter()
-    vectors = run(texts)
+    result = run(texts)
     elapsed = time.perf_counter() - start
-    return elapsed, vectors, _peak_mib()
+    if isinstance(result, Measured):  # timed where it ran, without the trip between processes
+        return result.seconds, result.vectors, result.peak_mib
+    return elapsed, result, _peak_mib()
 
 
 def run_bench(
-    polyemb_side: Callable[[list[str]], np.ndarray],
-    reference_side: Callable[[list[str]], np.ndarray],
+    sides: dict[str, Side],
     scenarios: dict[str, list[str]],
     *,
+    baseline: str,
     rounds: int = 3,
-    reference_name: str = "reference",
     progress: Callable[[str], None] | None = None,
 ) -> list[ScenarioResult]:
-    """Time both sides on each scenario's texts, alternating which goes first each round."""
+    """Time every side on each scenario's texts, round after round, in a rotating order.
+
+    Round r starts with side r (mod the number of sides), so that no side always runs first or
+    last on a warmer or cooler machine. Each side encodes 32 texts first, untimed.
+    """
+    if baseline not in sides:
+        raise InvalidInputError(f"the baseline {baseline!r} is not one of the sides {list(sides)}")
     results = []
+    names = list(sides)
     for name, texts in scenarios.items():
-        result = ScenarioResult(name, SCENARIOS.get(name, name), len(texts), len(set(texts)))
+        result = ScenarioResult(name, SCENARIOS.get(name, name), len(texts), len(set(texts)), baseline)
+        result.sides = {side: SideResult() for side in names}
         warm = texts[: min(32, len(texts))]
-        polyemb_side(warm)
-        reference_side(warm)
-        peaks: dict[str, list[float]] = {"polyemb": [], reference_name: []}
-        ours = theirs = np.zeros((0, 0), dtype=np.float32)
+        for run in sides.values():
+            run(warm)
+        vectors: dict[str, np.ndarray] = {}
+        peaks: dict[str, list[float]] = {side: [] for side in names}
         for round_ in range(rounds):
-            order = [("polyemb", polyemb_side), (reference_name, reference_side)]
-            if round_ % 2:
-                order.reverse()
+            shift = round_ % len(names)
             times = {}
-            for side, run in order:
-                elapsed, vectors, peak = _timed(run, texts)
-                times[side] = elapsed
+            for side in names[shift:] + names[:shift]:
+                times[side], vectors[side], peak = _timed(sides[side], texts)
                 peaks[side].append(peak)
-                if side == "polyemb":
-                    ours = vectors
-                else:
-                    theirs = vectors
-            result.polyemb_per_s.append(len(texts) / times["polyemb"])
-            result.reference_per_s.append(len(texts) / times[reference_name])
-            result.ratios.append(times[reference_name] / times["polyemb"])
+            for side in names:
+                result.sides[side].per_s.append(len(texts) / times[side])
+                result.sides[side].ratios.append(times[baseline] / times[side])
             if progress:
-                progress(
-                    f"scenario {name} round {round_ + 1}/{rounds}: polyemb {result.polyemb_per_s[-1]:.0f}/s, "
-                    f"{reference_name} {result.reference_per_s[-1]:.0f}/s"
-                )
-        cosines = cosine(ours, theirs)
-        result.min_row_cosine = float(cosines.min()) if len(cosines) else float("nan")
-        result.mean_row_cosine = float(cosines.mean()) if len(cosines) else float("nan")
-        result.peak_mib = {side: max(values) for side, values in peaks.items()}
+                rates = ", ".join(f"{side} {result.sides[side].per_s[-1]:.0f}/s" for side in names)
+                progress(f"scenario {name} round {round_ + 1}/{rounds}: {rates}")
+        for side in names:
+            cosines = cosine(vectors[side], vectors[baseline])
+            figures = result.sides[side]
+            figures.mean_row_cosine = float(cosines.mean()) if len(cosines) else float("nan")
+            figures.min_row_cosine = float(cosines.min()) if len(cosines) else float("nan")
+            figures.peak_mib = max(peaks[side])
         results.append(result)
     return results
 
@@ -283,6 +339,134 @@ def sentence_transformers_side(encoder: Encoder) -> Callable[[list[str]], np.nda
         return np.asarray(model.encode(texts, convert_to_numpy=True, normalize_embeddings=True))
 
     return run
+
+
+PEERS = {
+    "st-onnx": ("onnx", "fp32"),
+    "st-onnx-int8": ("onnx", "int8"),
+    "st-openvino": ("openvino", "fp32"),
+    "st-openvino-int8": ("openvino", "int8"),
+}
+"""sentence-transformers backends :func:`peer_side` runs: name -> (backend, precision)."""
+
+# Runs in the peer Python (sentence-transformers with the onnx / openvino extras, no polyemb):
+# argv = model folder, backend, precision. stdin: one JSON line of calibration texts, then one
+# JSON line per request {"texts", "out"}; the answers go, one JSON line each, to the original
+# stdout, while everything the libraries print goes to stderr.
+_PEER_CHILD = r"""
+import json, os, shutil, sys, tempfile, time
+import numpy as np
+answers = os.fdopen(os.dup(1), "w")
+os.dup2(2, 1)
+folder, backend, precision = sys.argv[1:4]
+calibration = json.loads(sys.stdin.readline())
+from sentence_transformers import SentenceTransformer
+import sentence_transformers
+work = tempfile.mkdtemp(prefix="polyemb-peer-")
+copy = os.path.join(work, "model")
+shutil.copytree(folder, copy)  # exports are written into the copy, never into the user's folder
+model = SentenceTransformer(copy, backend=backend, device="cpu")
+if precision == "int8" and backend == "onnx":
+    from sentence_transformers import export_dynamic_quantized_onnx_model
+    export_dynamic_quantized_onnx_model(model, "avx512_vnni", copy)
+    model = SentenceTransformer(copy, backend="onnx", device="cpu",
+                                model_kwargs={"file_name": "onnx/model_qint8_avx512_vnni.onnx"})
+elif precision == "int8":
+    # Static int8 as sentence-transformers' export_static_quantized_openvino_model makes it (NNCF),
+    # calibrated on the texts given here, since its own calibration set comes from the hub.
+    import nncf, openvino
+    ov = model.transformers_model
+    batches = []
+    for i in range(0, len(calibration), 32):
+        tokens = model.tokenizer(calibration[i:i + 32], padding=True, truncation=True,
+                                 max_length=model.max_seq_length, return_tensors="np")
+        batches.append({name: tokens[name] for name in ov.input_names if name in tokens})
+    quantized = nncf.quantize(ov.model, nncf.Dataset(batches), model_type=nncf.ModelType.TRANSFORMER,
+                              subset_size=len(batches))
+    openvino.save_model(quantized, os.path.join(copy, "openvino", "openvino_model_qint8.xml"))
+    model = SentenceTransformer(copy, backend="openvino", device="cpu",
+                                model_kwargs={"file_name": "openvino/openvino_model_qint8.xml"})
+answers.write(json.dumps({"sentence_transformers": sentence_transformers.__version__}) + "\n")
+answers.flush()
+def peak():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+for line in sys.stdin:
+    request = json.loads(line)
+    try:
+        open("/proc/self/clear_refs", "w").write("5")
+    except OSError:
+        pass
+    started = time.perf_counter()
+    vectors = model.encode(request["texts"], convert_to_numpy=True, normalize_embeddings=True)
+    seconds = time.perf_counter() - started
+    np.save(request["out"], np.asarray(vectors, dtype=np.float32))
+    answers.write(json.dumps({"seconds": seconds, "peak_mib": peak()}) + "\n")
+    answers.flush()
+shutil.rmtree(work, ignore_errors=True)
+"""
+
+
+def peer_side(
+    encoder: Encoder, name: str, python: str, calibration: list[str]
+) -> tuple[Side, dict[str, Any]]:
+    """A sentence-transformers backend (a key of :data:`PEERS`) in a child process of ``python``.
+
+    The child copies the model folder, exports it (int8: ONNX dynamic quantization for
+    AVX-512 VNNI, or OpenVINO static quantization calibrated on ``calibration``), then encodes
+    what it is sent and times itself. Returns the side and a dict with the child's versions.
+
+    Raises:
+        InvalidInputError: ``python`` cannot run the backend (the message has the child's last
+            lines of output, and how to make such an environment).
+    """
+    import subprocess
+    import tempfile
+
+    backend, precision = PEERS[name]
+    log = tempfile.NamedTemporaryFile(prefix=f"polyemb-{name}-", suffix=".log", delete=False)  # noqa: SIM115
+    child = subprocess.Popen(
+        [python, "-c", _PEER_CHILD, str(encoder.folder), backend, precision],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+    )
+    work = Path(tempfile.mkdtemp(prefix="polyemb-peer-out-"))
+
+    def answer() -> dict[str, Any]:
+        line = child.stdout.readline() if child.stdout else ""
+        if not line:
+            child.kill()
+            tail = Path(log.name).read_text(errors="replace").strip().splitlines()[-15:]
+            raise InvalidInputError(
+                f"{name} could not run in {python} (log: {log.name}):\n  " + "\n  ".join(tail) + "\n"
+                "Make a Python for it with: python3 -m venv .venv-peers && .venv-peers/bin/pip install "
+                "torch==2.13.0 'sentence-transformers[onnx,openvino]', then pass --peer-python "
+                ".venv-peers/bin/python"
+            )
+        return dict(json.loads(line))
+
+    def send(value: Any) -> None:
+        try:
+            assert child.stdin is not None
+            child.stdin.write(json.dumps(value) + "\n")
+            child.stdin.flush()
+        except BrokenPipeError:  # the child has gone: answer() says why
+            pass
+
+    send(calibration)
+    info = {name: answer()}
+
+    def run(texts: list[str]) -> Measured:
+        out = work / "vectors.npy"
+        send({"texts": texts, "out": str(out)})
+        figures = answer()
+        return Measured(np.load(out), float(figures["seconds"]), float(figures["peak_mib"]))
+
+    return run, info
 
 
 def _indexed_table(texts: list[str]) -> Any:
@@ -376,21 +560,100 @@ def _python_worker_peaks() -> list[float]:
     return sorted(peaks, reverse=True)
 
 
-def format_table(results: list[ScenarioResult], reference_name: str) -> str:
-    """A plain-text table of the medians."""
+# ---------------------------------------------------------------------- memory per precision
+
+# One precision in a fresh process, as a Spark Python worker holds one model: argv = model,
+# precision, texts JSON file. Prints one JSON line (or {"error"} if the precision cannot load).
+_FOOTPRINT_CHILD = """
+import json, sys, time
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+before = status("VmRSS:")
+import polyemb
+from polyemb.errors import PolyembError
+texts = json.load(open(sys.argv[3]))
+started = time.perf_counter()
+try:
+    encoder = polyemb.load(sys.argv[1], precision=sys.argv[2], device="cpu")
+except PolyembError as exc:
+    print(json.dumps({"error": str(exc)}))
+    sys.exit(0)
+load_s = time.perf_counter() - started
+loaded = status("VmRSS:")
+encoder.encode(texts[:32])
+started = time.perf_counter()
+encoder.encode(texts)
+seconds = time.perf_counter() - started
+print(json.dumps({"load_s": load_s, "per_s": len(texts) / seconds, "python_mib": before,
+                  "loaded_mib": loaded, "peak_mib": status("VmHWM:")}))
+"""
+
+
+def footprints(
+    model: str, precisions: Sequence[str], texts: list[str], *, rounds: int = 2
+) -> dict[str, dict[str, Any]]:
+    """Speed and memory of each precision, each in a process of its own (as a Spark worker).
+
+    Rounds rotate the order of the precisions. Per precision: median texts/s, load seconds,
+    and memory (MiB): resident after ``import`` of Python alone, after loading, and the peak
+    while encoding. A precision that cannot load here gets ``{"error": message}``.
+    """
+    import subprocess
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump(texts, handle)
+    runs: dict[str, list[dict[str, Any]]] = {p: [] for p in precisions}
+    try:
+        for round_ in range(rounds):
+            shift = round_ % len(precisions)
+            for precision in [*precisions[shift:], *precisions[:shift]]:
+                done = subprocess.run(
+                    [sys.executable, "-c", _FOOTPRINT_CHILD, model, precision, handle.name],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
+                lines = done.stdout.strip().splitlines()
+                if done.returncode or not lines:
+                    raise InvalidInputError(f"measuring {precision} failed: {done.stderr.strip()[-2000:]}")
+                runs[precision].append(json.loads(lines[-1]))
+    finally:
+        os.unlink(handle.name)
+    out: dict[str, dict[str, Any]] = {}
+    for precision, figures in runs.items():
+        if "error" in figures[0]:
+            out[precision] = {"error": figures[0]["error"]}
+            continue
+        out[precision] = {
+            "per_s": statistics.median(f["per_s"] for f in figures),
+            "load_s": statistics.median(f["load_s"] for f in figures),
+            "loaded_mib": max(f["loaded_mib"] for f in figures),
+            "peak_mib": max(f["peak_mib"] for f in figures),
+            "python_mib": max(f["python_mib"] for f in figures),
+        }
+    return out
+
+
+def format_table(results: list[ScenarioResult]) -> str:
+    """A plain-text table of the medians: one line per scenario and side."""
+    baseline = results[0].baseline if results else ""
     header = (
-        f"{'scenario':<9}{'texts':>7}{'distinct':>9}{reference_name + '/s':>26}{'polyemb/s':>11}"
-        f"{'ratio':>8}{'min cos':>11}{'peak MiB (ref/polyemb)':>25}"
+        f"{'scenario':<9}{'texts':>6}{'distinct':>9}  {'side':<26}{'texts/s':>9}"
+        f"{'vs ' + baseline:>{max(10, len(baseline) + 5)}}{'mean cos':>10}{'min cos':>10}{'peak MiB':>10}"
     )
     lines = [header, "-" * len(header)]
     for r in results:
-        summary = r.summary()
-        nan = float("nan")
-        peak = f"{r.peak_mib.get(reference_name, nan):.0f}/{r.peak_mib.get('polyemb', nan):.0f}"
-        lines.append(
-            f"{r.scenario:<9}{r.texts:>7}{r.distinct:>9}{summary['median_reference_per_s']:>26.1f}"
-            f"{summary['median_polyemb_per_s']:>11.1f}{r.ratio:>7.2f}x{r.min_row_cosine:>11.6f}{peak:>25}"
-        )
+        for side, figures in r.sides.items():
+            summary = figures.summary()
+            lines.append(
+                f"{r.scenario:<9}{r.texts:>6}{r.distinct:>9}  {side:<26}{summary['median_per_s']:>9.1f}"
+                f"{summary['ratio']:>{max(10, len(baseline) + 5) - 1}.2f}x{figures.mean_row_cosine:>10.5f}"
+                f"{figures.min_row_cosine:>10.5f}{figures.peak_mib:>10.0f}"
+            )
     return "\n".join(lines)
 
 

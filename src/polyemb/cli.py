@@ -6,6 +6,7 @@ import argparse
 import csv
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -15,7 +16,7 @@ from typing import Any
 
 from polyemb import __version__
 from polyemb.errors import InvalidInputError, PolyembError, SqlError
-from polyemb.options import PRECISIONS, SCORES
+from polyemb.options import PRECISIONS, SCORES, WEIGHT_PRECISIONS
 
 __all__ = ["main"]
 
@@ -202,28 +203,42 @@ def _json_default(value: Any) -> Any:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from polyemb import bench
+    from polyemb import bench, load
 
     encoder = _load(args)
     scenarios = {
         name: bench.make_scenario(name, args.texts, args.column, args.size) for name in args.scenarios
     }
+    ours_name = f"polyemb-{encoder.precision}"
     extra: dict[str, Any] = {}
-    if args.against == "sentence-transformers":
-        reference = bench.sentence_transformers_side(encoder)
-    elif args.against == "duckdb":
-        reference = bench.duckdb_side(encoder, args.batch_size)
-    else:
-        reference, extra = bench.spark_side(encoder, args.batch_size)
-
-    def ours(texts: list[str]) -> Any:
-        return encoder.encode(texts, batch_size=args.batch_size, show_progress=False)
+    sides: dict[str, bench.Side] = {}
+    for name in args.against:
+        if name == "sentence-transformers":
+            sides[name] = bench.sentence_transformers_side(encoder)
+        elif name == "duckdb":
+            sides[name] = bench.duckdb_side(encoder, args.batch_size)
+        elif name == "spark":
+            sides[name], extra["spark"] = bench.spark_side(encoder, args.batch_size)
+        elif name in bench.PEERS:
+            timed = [text for texts in scenarios.values() for text in texts]
+            calibration = bench.held_out(args.texts, args.column, timed, 300)
+            sides[name], versions = bench.peer_side(encoder, name, args.peer_python, calibration)
+            extra.setdefault("peers", {}).update(versions)
+        elif name != ours_name:  # polyemb at another precision
+            other = load(
+                encoder.folder,
+                device=encoder.device,
+                precision=name.removeprefix("polyemb-"),
+                max_seq_length=encoder.max_seq_length,
+            )
+            sides[name] = _encoding_side(other, args.batch_size)
+    sides = {ours_name: _encoding_side(encoder, args.batch_size), **sides}
 
     def progress(line: str) -> None:
         print(line, file=sys.stderr)
 
     results = bench.run_bench(
-        ours, reference, scenarios, rounds=args.rounds, reference_name=args.against, progress=progress
+        sides, scenarios, baseline=args.against[0], rounds=args.rounds, progress=progress
     )
     meta = {
         "cpu": bench.cpu_description(),
@@ -233,6 +248,7 @@ def _bench(args: argparse.Namespace) -> int:
         # sentence_transformers_side: fp32 on the CPU, the encoder's precision on a GPU.
         "reference_precision": "fp32" if encoder.device.type == "cpu" else encoder.precision,
         "against": args.against,
+        "baseline": args.against[0],
         "rounds": args.rounds,
         "torch_threads": _torch_threads(),
         **extra,
@@ -241,8 +257,15 @@ def _bench(args: argparse.Namespace) -> int:
         print(bench.to_json(meta, results))
     else:
         print(", ".join(f"{k}: {v}" for k, v in meta.items()))
-        print(bench.format_table(results, args.against))
+        print(bench.format_table(results))
     return 0
+
+
+def _encoding_side(encoder: Any, batch_size: int | None) -> Any:
+    def run(texts: list[str]) -> Any:
+        return encoder.encode(texts, batch_size=batch_size, show_progress=False)
+
+    return run
 
 
 def _eval_sts(args: argparse.Namespace) -> int:
@@ -252,6 +275,40 @@ def _eval_sts(args: argparse.Namespace) -> int:
     report = sts.evaluate(_load(args), data, batch_size=args.batch_size)
     print(sts.to_json(report) if args.json else sts.format_report(report))
     return 0
+
+
+GATE_FAILED = 3
+"""``polyemb check-precision``'s exit status when the precision fails the gate (1 is an error)."""
+
+
+def _check_precision(args: argparse.Namespace) -> int:
+    from polyemb import load, sts
+
+    names = [Path(path).name for path in args.paths]
+    if len(set(names)) < len(names):  # same names in different folders: show the paths
+        names = list(args.paths)
+    files = {name: sts.read_sts(path) for name, path in zip(names, args.paths, strict=True)}
+    candidate = _load(args)
+    if candidate.precision == args.reference:
+        raise InvalidInputError(
+            f"--precision gives {candidate.precision}, the same as --reference: nothing to compare"
+        )
+    reference = load(
+        candidate.folder,
+        device=candidate.device,
+        precision=args.reference,
+        max_seq_length=candidate.max_seq_length,
+    )
+    report = sts.check_precision(
+        candidate,
+        reference,
+        files,
+        max_drop=args.max_drop,
+        min_mean_cosine=args.min_mean_cosine,
+        batch_size=args.batch_size,
+    )
+    print(json.dumps(report) if args.json else sts.format_precision_check(report))
+    return 0 if report["passed"] else GATE_FAILED
 
 
 def _store(args: argparse.Namespace) -> int:
@@ -277,6 +334,30 @@ def _store(args: argparse.Namespace) -> int:
         print(
             f"kept {len(gc.kept)} model(s) {gc.kept}, dropped {len(gc.dropped)} {gc.dropped}, "
             f"freed {gc.bytes_freed / 2**20:.1f} MiB"
+        )
+    return 0
+
+
+def _bench_memory(args: argparse.Namespace) -> int:
+    from polyemb import bench
+    from polyemb.loading import DEFAULT_MODEL, MODEL_ENV
+
+    model = args.model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+    texts = bench.make_scenario("a", args.texts, args.column, args.size)
+    report = bench.footprints(model, args.precisions, texts, rounds=args.rounds)
+    meta = {"cpu": bench.cpu_description(), "model": model, "texts": len(texts), "rounds": args.rounds}
+    if args.json:
+        print(json.dumps({**meta, "precisions": report}, indent=2))
+        return 0
+    print(", ".join(f"{k}: {v}" for k, v in meta.items()))
+    print(f"{'precision':<10}{'texts/s':>9}{'load s':>8}{'MiB loaded':>12}{'MiB peak':>10}")
+    for precision, figures in report.items():
+        if "error" in figures:
+            print(f"{precision:<10}  cannot run here: {figures['error']}")
+            continue
+        print(
+            f"{precision:<10}{figures['per_s']:>9.1f}{figures['load_s']:>8.1f}"
+            f"{figures['loaded_mib']:>12.0f}{figures['peak_mib']:>10.0f}"
         )
     return 0
 
@@ -374,6 +455,40 @@ def _torch_threads() -> int:
     import torch
 
     return torch.get_num_threads()
+
+
+BENCH_SIDES = (
+    "sentence-transformers",
+    "st-onnx",
+    "st-onnx-int8",
+    "st-openvino",
+    "st-openvino-int8",
+    "polyemb-fp32",
+    "polyemb-bf16",
+    "polyemb-int8",
+    "polyemb-fp16",
+    "duckdb",
+    "spark",
+)
+
+
+def _side_list(value: str) -> list[str]:
+    names = list(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+    unknown = [n for n in names if n not in BENCH_SIDES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"--against is a comma-separated list of {', '.join(BENCH_SIDES)}; got {value!r}"
+        )
+    return names
+
+
+def _precision_list(value: str) -> list[str]:
+    names = list(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+    if not names or any(n not in WEIGHT_PRECISIONS for n in names):
+        raise argparse.ArgumentTypeError(
+            f"precisions are a comma-separated subset of {','.join(WEIGHT_PRECISIONS)}"
+        )
+    return names
 
 
 def _scenario_list(value: str) -> list[str]:
@@ -493,21 +608,34 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser(
         "bench",
         parents=[model],
-        help="time polyemb against sentence-transformers, DuckDB's embed() or the Spark UDF",
+        help="time polyemb against sentence-transformers (torch, ONNX, OpenVINO), DuckDB or Spark",
         description=(
-            "Encode the same texts with polyemb and with a reference in one run, alternating, for "
-            "several rounds; print texts/s for each, the median ratio (reference time / polyemb "
-            "time), the smallest row cosine between the two, and peak memory. Scenarios: "
-            "a = distinct sentences, b = each text 10 times in random order, c = long paragraphs."
+            "Encode the same texts with polyemb and with each reference in one run, in rotating "
+            "order, for several rounds; print texts/s for each, the median ratio against the "
+            "first reference (its time / the side's time), the mean and smallest row cosine to "
+            "the first reference's vectors, and peak memory. Scenarios: a = distinct sentences, "
+            "b = each text 10 times in random order, c = long paragraphs."
         ),
     )
     bench.add_argument(
         "--against",
-        choices=["sentence-transformers", "duckdb", "spark"],
-        default="sentence-transformers",
+        type=_side_list,
+        default=["sentence-transformers"],
         help=(
-            "the reference: sentence-transformers on the same model (default), SELECT embed(t) in "
-            "DuckDB, or the Spark UDF on local[2]"
+            "comma-separated references, the first one the baseline of every ratio: "
+            "sentence-transformers (torch, fp32 on the CPU; the default), st-onnx, st-onnx-int8, "
+            "st-openvino, st-openvino-int8 (sentence-transformers' backends, run in --peer-python), "
+            "polyemb-fp32, polyemb-bf16, polyemb-int8, polyemb-fp16 (polyemb at another precision), "
+            "duckdb (SELECT embed(t)), spark (the UDF on local[2])"
+        ),
+    )
+    bench.add_argument(
+        "--peer-python",
+        default=sys.executable,
+        help=(
+            "the Python that runs the st-* references (default: this one). Their extras need "
+            "sentence-transformers 5.x; make one with: python3 -m venv .venv-peers && "
+            ".venv-peers/bin/pip install torch==2.13.0 'sentence-transformers[onnx,openvino]'"
         ),
     )
     bench.add_argument(
@@ -540,6 +668,45 @@ def build_parser() -> argparse.ArgumentParser:
         help='print {"model", "tasks": {task: {pearson, spearman, n}}, "mean_spearman"}',
     )
     eval_sts.set_defaults(run=_eval_sts)
+
+    check = commands.add_parser(
+        "check-precision",
+        parents=[model],
+        help="the quality gate of a faster precision (int8, bf16) against fp32 on STS files",
+        description=(
+            "Encode every STS file with --precision and with --reference (fp32), and compare: "
+            "each file's Spearman (it may drop by at most --max-drop) and the cosine between the "
+            "two vectors of each sentence (the mean over all files' sentences must be at least "
+            f"--min-mean-cosine). Prints a table ending in PASSED or FAILED; exits {GATE_FAILED} "
+            "when the precision fails the gate, 1 on an error."
+        ),
+    )
+    check.add_argument("paths", nargs="+", metavar="PATH", help="STS files, as eval-sts reads them")
+    check.add_argument("--reference", choices=WEIGHT_PRECISIONS, default="fp32", help="default fp32")
+    check.add_argument("--max-drop", type=float, default=0.005, help="largest Spearman drop (0.005)")
+    check.add_argument("--min-mean-cosine", type=float, default=0.99, help="smallest mean row cosine (0.99)")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.set_defaults(run=_check_precision)
+
+    bench_memory = commands.add_parser(
+        "bench-memory",
+        help="speed and memory of each precision, each loaded in a process of its own",
+        description=(
+            "For each of --precisions, a fresh Python process (as a Spark Python worker) loads the "
+            "model and encodes --size texts of scenario a; prints texts/s, load time, and resident "
+            "memory after loading and at its peak, the medians over rounds in rotating order."
+        ),
+    )
+    bench_memory.add_argument("--model", "-m", help="model folder or hub id (default: the default model)")
+    bench_memory.add_argument(
+        "--precisions", type=_precision_list, default=["fp32", "bf16", "int8"], help="default fp32,bf16,int8"
+    )
+    bench_memory.add_argument("--texts", help="texts file (as bench --texts); default: generated sentences")
+    bench_memory.add_argument("--column", help="the text column of --texts")
+    bench_memory.add_argument("--size", type=int, default=1000, help="texts encoded (1,000)")
+    bench_memory.add_argument("--rounds", type=int, default=2, help="rounds (2)")
+    bench_memory.add_argument("--json", action="store_true", help="print a JSON report")
+    bench_memory.set_defaults(run=_bench_memory)
 
     bench_store = commands.add_parser(
         "bench-store",

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from polyemb import loading
+from polyemb import loading, quantize
 from polyemb.embedder import VectorSpec, check_texts, place_nulls, replace_surrogates
 from polyemb.errors import InvalidInputError, ModelLoadError
 from polyemb.options import WEIGHT_PRECISIONS, Precision, WeightPrecision, check_choice
@@ -116,7 +116,8 @@ class Encoder:
         dim: Length of each vector.
         max_seq_length: Tokens per text, special tokens included; longer texts are truncated.
         device: The torch device the model runs on.
-        dtype: The torch dtype of the weights (pooling is always float32).
+        dtype: The torch dtype of the weights (float32 for int8, whose activations are float32;
+            pooling is always float32).
     """
 
     def __init__(
@@ -131,6 +132,7 @@ class Encoder:
         dim: int,
         device: torch.device,
         dtype: torch.dtype,
+        precision: WeightPrecision,
     ) -> None:
         self._files = files
         self._model = model
@@ -147,12 +149,13 @@ class Encoder:
         self.dim = dim
         self.device = device
         self.dtype = dtype
+        self._precision: WeightPrecision = precision
         loading.enable_truncation(tokenizer, max_seq_length)
 
     def __repr__(self) -> str:
         return (
             f"Encoder(model_id={self.model_id!r}, dim={self.dim}, max_seq_length="
-            f"{self.max_seq_length}, device='{self.device}', dtype={str(self.dtype).split('.')[-1]})"
+            f"{self.max_seq_length}, device='{self.device}', precision={self.precision})"
         )
 
     @cached_property
@@ -172,8 +175,8 @@ class Encoder:
 
     @property
     def precision(self) -> WeightPrecision:
-        """The weights' precision as ``load`` names it: ``"fp32"``, ``"fp16"`` or ``"bf16"``."""
-        return loading.precision_name(self.dtype)
+        """The weights' precision as ``load`` names it: ``"fp32"``, ``"fp16"``, ``"bf16"`` or ``"int8"``."""
+        return self._precision
 
     def vector_spec(self, *, normalize: bool = True) -> VectorSpec:
         """What decides the vectors ``encode(..., normalize=normalize)`` gives (a store's key)."""
@@ -371,7 +374,9 @@ def load(
             ``AIDA-UPM/mstsb-paraphrase-multilingual-mpnet-base-v2``.
         device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda:0"``, ...
         precision: Weight dtype: ``"auto"`` is fp32 on CPU and fp16 on GPUs; ``"fp32"``,
-            ``"fp16"``, ``"bf16"``. Pooling is always computed in float32.
+            ``"fp16"``, ``"bf16"``, or ``"int8"`` (CPUs with AVX-512 VNNI: the transformer
+            layers' matrix products in int8, see :mod:`polyemb.quantize`). Pooling is always
+            computed in float32. Only fp32 gives the same vectors on every CPU.
         max_seq_length: Tokens per text (special tokens included); None: the model's own
             setting (``sentence_bert_config.json``, else the tokenizer's).
         revision: Hub branch, tag or commit, e.g. ``"refs/pr/3"``.
@@ -394,10 +399,14 @@ def load(
     """
     torch_device = loading.resolve_device(device)
     dtype = loading.resolve_dtype(precision, torch_device)
+    if precision == "int8":
+        quantize.check_int8_supported(torch_device)
     prepared = _prepare(model, max_seq_length, revision, local_files_only)
     if torch_device.type == "cpu":
         cap_cpu_threads()
     transformer = loading.load_transformer(prepared.spec, prepared.config, torch_device, dtype)
+    if precision == "int8":
+        quantize.quantize_linears(transformer)
     return Encoder(
         files=prepared.files,
         model=transformer,
@@ -408,6 +417,7 @@ def load(
         dim=prepared.dim,
         device=torch_device,
         dtype=dtype,
+        precision=_precision_of(precision, dtype),
     )
 
 
@@ -476,6 +486,12 @@ def _prepare(
     limit = min(tokenizer_limit, int(getattr(config, "max_position_embeddings", tokenizer_limit)))
     length = _choose_length(max_seq_length, spec.max_seq_length, limit)
     return _Prepared(files, spec, tokenizer, pad_id, config, dim, length)
+
+
+def _precision_of(asked: Precision, dtype: torch.dtype) -> WeightPrecision:
+    if asked != "auto":
+        return asked
+    return "fp32" if dtype == torch.float32 else "fp16"
 
 
 def _choose_length(asked: int | None, configured: int | None, limit: int) -> int:

@@ -35,7 +35,6 @@ __all__ = [
     "load_tokenizer",
     "load_transformer",
     "model_files",
-    "precision_name",
     "read_spec",
     "resolve_device",
     "resolve_dtype",
@@ -50,6 +49,7 @@ _DTYPES: dict[WeightPrecision, torch.dtype] = {
     "fp32": torch.float32,
     "fp16": torch.float16,
     "bf16": torch.bfloat16,
+    "int8": torch.float32,  # float32 weights, then int8 matrix products (polyemb.quantize)
 }
 
 # Files a text-embedding model needs from a hub repository (weights are chosen separately).
@@ -371,17 +371,12 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def resolve_dtype(precision: Precision, device: torch.device) -> torch.dtype:
-    """``"auto"`` -> fp32 on CPU, fp16 on GPUs; else the named precision."""
+    """The dtype to load weights in: ``"auto"`` -> fp32 on CPU, fp16 on GPUs; else the named precision."""
     if precision == "auto":
         return torch.float32 if device.type == "cpu" else torch.float16
     if precision not in _DTYPES:
         raise InvalidInputError(f"precision {precision!r} is not one of {list(PRECISIONS)}")
     return _DTYPES[precision]
-
-
-def precision_name(dtype: torch.dtype) -> WeightPrecision:
-    """The precision name (``"fp32"``, ...) of a torch dtype that ``resolve_dtype`` gives."""
-    return next(name for name, known in _DTYPES.items() if known == dtype)
 
 
 def load_tokenizer(spec: ModelSpec) -> tuple[Any, int, int]:

@@ -29,9 +29,9 @@ __all__ = [
     "check_sql_prefix",
 ]
 
-WeightPrecision = Literal["fp32", "fp16", "bf16"]
+WeightPrecision = Literal["fp32", "fp16", "bf16", "int8"]
 """What the weights of a loaded model are computed in (``Encoder.precision``)."""
-Precision = Literal["auto", "fp32", "fp16", "bf16"]
+Precision = Literal["auto", "fp32", "fp16", "bf16", "int8"]
 """What ``load`` takes: a weight precision, or ``"auto"`` (fp32 on CPU, fp16 on GPUs)."""
 Delivery = Literal["auto", "broadcast", "artifact", "path"]
 """How Spark executors get the model (see :mod:`polyemb.spark`)."""

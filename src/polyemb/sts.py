@@ -16,7 +16,19 @@ from polyemb.errors import ColumnNotFoundError, InvalidInputError
 from polyemb.similarity import cosine
 from polyemb.tables import read_table
 
-__all__ = ["StsData", "TaskResult", "evaluate", "fisher_mean", "pearson", "read_sts", "spearman"]
+__all__ = [
+    "MAX_SPEARMAN_DROP",
+    "MIN_MEAN_COSINE",
+    "StsData",
+    "TaskResult",
+    "check_precision",
+    "evaluate",
+    "fisher_mean",
+    "format_precision_check",
+    "pearson",
+    "read_sts",
+    "spearman",
+]
 
 
 @dataclass(frozen=True)
@@ -123,6 +135,11 @@ def evaluate(encoder: Encoder, data: StsData, *, batch_size: int | None = None) 
     if not data.score.size:
         raise InvalidInputError("no sentence pairs to evaluate")
     vectors = encoder.encode([*data.sentence1, *data.sentence2], batch_size=batch_size)
+    return {"model": encoder.model_id, **_correlate(vectors, data)}
+
+
+def _correlate(vectors: np.ndarray, data: StsData) -> dict[str, Any]:
+    """The report's figures from the vectors of ``[*sentence1, *sentence2]``."""
     n = len(data.sentence1)
     cosines = cosine(vectors[:n], vectors[n:]).astype(np.float64)
     tasks: dict[str, TaskResult] = {}
@@ -135,12 +152,111 @@ def evaluate(encoder: Encoder, data: StsData, *, batch_size: int | None = None) 
             int(rows.sum()),
         )
     return {
-        "model": encoder.model_id,
         "tasks": {
             name: {"pearson": r.pearson, "spearman": r.spearman, "n": r.n} for name, r in tasks.items()
         },
         "mean_spearman": fisher_mean([r.spearman for r in tasks.values()]),
     }
+
+
+MAX_SPEARMAN_DROP = 0.005
+"""The precision gate: no STS file's Spearman may fall further below the reference's."""
+MIN_MEAN_COSINE = 0.99
+"""The precision gate: the mean row cosine to the reference's vectors, over every file's sentences."""
+
+
+def check_precision(
+    candidate: Encoder,
+    reference: Encoder,
+    files: dict[str, StsData],
+    *,
+    max_drop: float = MAX_SPEARMAN_DROP,
+    min_mean_cosine: float = MIN_MEAN_COSINE,
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """The precision gate: does ``candidate`` (say int8) keep ``reference``'s (fp32) quality?
+
+    On every file: the Spearman of both (Fisher-z mean over the file's tasks), and the cosine
+    between the two encoders' vectors of each sentence. It passes when no file's Spearman drops
+    by more than ``max_drop`` and the mean row cosine over all sentences is at least
+    ``min_mean_cosine``.
+
+    Returns:
+        ``{"candidate", "reference", "files": {name: {"reference_spearman", "spearman", "drop",
+        "mean_row_cosine", "min_row_cosine", "sentences"}}, "mean_row_cosine",
+        "min_row_cosine", "max_drop", "min_mean_cosine", "passed", "failures"}``.
+    """
+    if not files:
+        raise InvalidInputError("no STS files to check the precision on")
+    rows: dict[str, dict[str, Any]] = {}
+    all_cosines = []
+    failures = []
+    for name, data in files.items():
+        if not data.score.size:
+            raise InvalidInputError(f"{name}: no sentence pairs to evaluate")
+        texts = [*data.sentence1, *data.sentence2]
+        ours = candidate.encode(texts, batch_size=batch_size)
+        theirs = reference.encode(texts, batch_size=batch_size)
+        distinct = np.unique(np.array(texts, dtype=object), return_index=True)[1]
+        row_cosines = cosine(ours[distinct], theirs[distinct])
+        all_cosines.append(row_cosines)
+        spearman_ref = _correlate(theirs, data)["mean_spearman"]
+        spearman_ours = _correlate(ours, data)["mean_spearman"]
+        drop = spearman_ref - spearman_ours
+        rows[name] = {
+            "reference_spearman": spearman_ref,
+            "spearman": spearman_ours,
+            "drop": drop,
+            "mean_row_cosine": float(row_cosines.mean()),
+            "min_row_cosine": float(row_cosines.min()),
+            "sentences": len(distinct),
+        }
+        if not drop <= max_drop:  # a NaN Spearman fails too
+            failures.append(f"{name}: Spearman {spearman_ours:.4f} is {drop:.4f} below {spearman_ref:.4f}")
+    cosines = np.concatenate(all_cosines)
+    mean_cosine = float(cosines.mean())
+    if not mean_cosine >= min_mean_cosine:
+        failures.append(f"mean row cosine {mean_cosine:.5f} is below {min_mean_cosine}")
+    return {
+        "candidate": candidate.precision,
+        "reference": reference.precision,
+        "model": candidate.model_id,
+        "files": rows,
+        "mean_row_cosine": mean_cosine,
+        "min_row_cosine": float(cosines.min()),
+        "max_drop": max_drop,
+        "min_mean_cosine": min_mean_cosine,
+        "passed": not failures,
+        "failures": failures,
+    }
+
+
+def format_precision_check(report: dict[str, Any]) -> str:
+    """A readable table of :func:`check_precision`'s report, ending in PASSED or FAILED."""
+    candidate, reference = report["candidate"], report["reference"]
+    header = (
+        f"{'file':<28}{'sentences':>10}{reference + ' spearman':>16}{candidate + ' spearman':>16}"
+        f"{'drop':>9}{'mean cos':>10}{'min cos':>9}"
+    )
+    lines = [f"model: {report['model']}", header, "-" * len(header)]
+    for name, r in report["files"].items():
+        lines.append(
+            f"{name[-28:]:<28}{r['sentences']:>10}{r['reference_spearman']:>16.4f}{r['spearman']:>16.4f}"
+            f"{r['drop']:>9.4f}{r['mean_row_cosine']:>10.5f}{r['min_row_cosine']:>9.4f}"
+        )
+    lines.append("-" * len(header))
+    lines.append(
+        f"all sentences: mean row cosine {report['mean_row_cosine']:.5f}, min {report['min_row_cosine']:.4f}"
+    )
+    gate = (
+        f"(Spearman drop <= {report['max_drop']} on every file, "
+        f"mean row cosine >= {report['min_mean_cosine']})"
+    )
+    if report["passed"]:
+        lines.append(f"PASSED {gate}")
+    else:
+        lines.append(f"FAILED {gate}: " + "; ".join(report["failures"]))
+    return "\n".join(lines)
 
 
 def format_report(report: dict[str, Any]) -> str:

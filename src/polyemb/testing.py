@@ -70,6 +70,8 @@ def build_tiny_model(
     vocab_size: int = 1_000,
     max_seq_length: int = 32,
     normalize: bool = False,
+    embedding_rows: int | None = None,
+    intermediate_size: int | None = None,
 ) -> Path:
     """Write a tiny sentence-transformers model (XLM-RoBERTa, mean pooling) to ``folder``.
 
@@ -83,6 +85,9 @@ def build_tiny_model(
         max_seq_length: The ``sentence_bert_config.json`` max length; the tokenizer itself
             allows 128 tokens, as the real model's tokenizer allows more than its config.
         normalize: Add a Normalize module after pooling.
+        embedding_rows: Rows of the embedding table, if more than the trained vocabulary
+            (250,002 for XLM-RoBERTa's shape; the rows past the vocabulary are never looked up).
+        intermediate_size: The feed-forward width; None: 4 x hidden_size.
 
     Returns:
         The folder, ready for :func:`polyemb.load`.
@@ -90,6 +95,9 @@ def build_tiny_model(
     Example:
         >>> from polyemb.testing import build_tiny_model
         >>> encoder = polyemb.load(build_tiny_model(tmp_path / "tiny"))
+        >>> # The default model's shape (XLM-RoBERTa base), random weights, 1.1 GB:
+        >>> build_tiny_model(tmp_path / "xlmr-base-shape", hidden_size=768, num_layers=12,
+        ...                  num_heads=12, embedding_rows=250_002, max_seq_length=128)
     """
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
@@ -115,11 +123,11 @@ def build_tiny_model(
     tokenizer.save_pretrained(out)
 
     config = XLMRobertaConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=max(len(tokenizer), embedding_rows or 0),
         hidden_size=hidden_size,
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
-        intermediate_size=hidden_size * 4,
+        intermediate_size=intermediate_size or hidden_size * 4,
         max_position_embeddings=130,  # 128 tokens after RoBERTa's padding-index offset of 2
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,

@@ -27,17 +27,51 @@ def test_json_report_shape(tiny_model_dir: Path, against: str, capsys: pytest.Ca
     ]
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["against"] == against and report["rounds"] == 2
+    assert report["against"] == [against] and report["baseline"] == against and report["rounds"] == 2
     assert set(report["scenarios"]) == {"a", "b", "c"}
     a, b, c = (report["scenarios"][name] for name in "abc")
     assert (a["texts"], a["distinct"]) == (40, 40)
     assert (b["texts"], b["distinct"]) == (40, 4)
     assert c["texts"] == 4
     for scenario in (a, b, c):
-        assert len(scenario["ratios"]) == 2 and scenario["ratio"] > 0
-        assert scenario["median_polyemb_per_s"] > 0 and scenario["median_reference_per_s"] > 0
-        assert scenario["min_row_cosine"] > 0.9999  # same model, same texts: the same vectors
-        assert set(scenario["peak_mib"]) == {"polyemb", against}
+        assert list(scenario["sides"]) == ["polyemb-fp32", against]
+        for side in scenario["sides"].values():
+            assert len(side["ratios"]) == len(side["per_s"]) == 2 and side["ratio"] > 0
+            assert side["median_per_s"] > 0 and side["peak_mib"] > 0
+            assert side["min_row_cosine"] > 0.9999  # same model, same texts: the same vectors
+        assert scenario["sides"][against]["ratios"] == [1.0, 1.0]  # the baseline against itself
+
+
+def test_several_references_and_precisions(tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["bench", "-m", str(tiny_model_dir), "--size", "30", "--rounds", "3", "--scenarios", "a", "--json"]
+    assert main([*argv, "--against", "sentence-transformers,polyemb-bf16,polyemb-fp32"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    sides = report["scenarios"]["a"]["sides"]
+    # The loaded encoder first, each named once, then the references in the order given.
+    assert list(sides) == ["polyemb-fp32", "sentence-transformers", "polyemb-bf16"]
+    assert sides["polyemb-fp32"]["min_row_cosine"] > 0.9999
+    # bf16 weights: close to fp32, not equal (the contract of bf16; see the README's precisions).
+    assert 0.99 < sides["polyemb-bf16"]["mean_row_cosine"] < 0.999999
+
+
+def test_peer_without_its_extras_is_a_clear_error(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A "Python" that cannot run the peer: the error names the reference and how to make one.
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 'No module named sentence_transformers' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    argv = ["bench", "-m", str(tiny_model_dir), "--size", "10", "--rounds", "1", "--scenarios", "a"]
+    assert main([*argv, "--against", "st-onnx", "--peer-python", str(fake)]) == 1
+    err = capsys.readouterr().err
+    assert "st-onnx could not run" in err and "No module named sentence_transformers" in err
+    assert "--peer-python" in err
+
+
+def test_unknown_reference_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["bench", "--against", "sentence-transformers,faiss"])
+    assert "comma-separated list of" in capsys.readouterr().err
 
 
 @pytest.mark.spark
@@ -46,10 +80,10 @@ def test_spark_report_shape(spark, tiny_model_dir: Path, capsys: pytest.CaptureF
     argv = ["bench", "-m", str(tiny_model_dir), "--size", "40", "--rounds", "1", "--scenarios", "a"]
     assert main([*argv, "--json", "--against", "spark"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["against"] == "spark" and report["shipment"]["files"] > 0
+    assert report["against"] == ["spark"] and report["spark"]["shipment"]["files"] > 0
     scenario = report["scenarios"]["a"]
-    assert scenario["texts"] == 40 and scenario["min_row_cosine"] > 0.9999
-    assert set(scenario["peak_mib"]) == {"polyemb", "spark"}
+    assert scenario["texts"] == 40 and list(scenario["sides"]) == ["polyemb-fp32", "spark"]
+    assert scenario["sides"]["polyemb-fp32"]["min_row_cosine"] > 0.9999
 
 
 def test_table_report_and_texts_file(
@@ -76,8 +110,14 @@ def test_table_report_and_texts_file(
         == 0
     )
     out = capsys.readouterr().out
-    assert "sentence-transformers/s" in out and "ratio" in out
-    assert [line.split()[0] for line in out.splitlines()[3:]] == ["a", "b"]
+    assert "vs sentence-transformers" in out and "texts/s" in out
+    rows = [line.split()[:4] for line in out.splitlines()[3:]]
+    assert rows == [
+        ["a", "20", "20", "polyemb-fp32"],
+        ["a", "20", "20", "sentence-transformers"],
+        ["b", "20", "2", "polyemb-fp32"],
+        ["b", "20", "2", "sentence-transformers"],
+    ]
 
 
 def test_scenarios_from_sts_csv(sts_rows: list[dict[str, str]], tmp_path: Path) -> None:

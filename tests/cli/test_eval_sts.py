@@ -126,3 +126,32 @@ def test_statistics_match_scipy() -> None:
     assert pearson(x, y) == pytest.approx(stats.pearsonr(x, y)[0], abs=1e-12)
     assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y)[0], abs=1e-12)
     assert fisher_mean([0.5, 0.9]) == pytest.approx(np.tanh((np.arctanh(0.5) + np.arctanh(0.9)) / 2))
+
+
+def test_check_precision_report_and_exit_codes(
+    tiny_model_dir: Path, sts_rows: list[dict[str, str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = []
+    for lang in ("de", "en"):
+        path = tmp_path / lang / f"stsb-{lang}-dev.csv"
+        path.parent.mkdir()
+        with path.open("w", encoding="utf-8", newline="") as handle:
+            writer = csv.writer(handle)  # header-less, as the shared dev files are
+            for row in (r for r in sts_rows if r["lang"] == lang):
+                writer.writerow([row["sentence1"], row["sentence2"], row["score"]])
+        files.append(str(path))
+    base = ["check-precision", "-m", str(tiny_model_dir), "--precision", "bf16", *files]
+    assert main([*base, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["candidate"] == "bf16" and report["reference"] == "fp32" and report["passed"]
+    assert list(report["files"]) == ["stsb-de-dev.csv", "stsb-en-dev.csv"]
+    for row in report["files"].values():
+        assert row["sentences"] > 150 and abs(row["drop"]) <= 0.005
+        assert 0.99 < row["mean_row_cosine"] < 1.0  # bf16: close to fp32, not equal
+    # A gate the precision cannot pass: exit 3 and a table that says why.
+    assert main([*base, "--min-mean-cosine", "1.01"]) == 3
+    out = capsys.readouterr().out
+    assert "FAILED" in out and "mean row cosine" in out and "stsb-de-dev.csv" in out
+    # Nothing to compare is an error (exit 1), not a pass.
+    assert main(["check-precision", "-m", str(tiny_model_dir), "--precision", "fp32", files[0]]) == 1
+    assert "nothing to compare" in capsys.readouterr().err

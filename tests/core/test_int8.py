@@ -1,0 +1,115 @@
+"""precision="int8": what is quantized, its quality gate, and clear refusals where it cannot run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import polyemb
+from polyemb import quantize
+from polyemb.errors import InvalidInputError
+from polyemb.sts import StsData, check_precision
+
+HAS_VNNI = "avx512_vnni" in quantize._cpu_flags()
+needs_vnni = pytest.mark.skipif(
+    not HAS_VNNI, reason="int8 needs AVX-512 VNNI, which this CPU lacks (the refusal is tested below)"
+)
+
+
+def sample_files(rows: list[dict[str, str]]) -> dict[str, StsData]:
+    """The fixture's STS pairs as one file per language, as the shared dev set has them."""
+    files: dict[str, StsData] = {}
+    for lang in dict.fromkeys(r["lang"] for r in rows):
+        mine = [r for r in rows if r["lang"] == lang]
+        files[lang] = StsData(
+            [r["sentence1"] for r in mine],
+            [r["sentence2"] for r in mine],
+            np.array([float(r["score"]) for r in mine]),
+            ["all"] * len(mine),
+        )
+    return files
+
+
+@needs_vnni
+def test_int8_quantizes_the_layers_and_keeps_the_embeddings(tiny_model_dir: Path) -> None:
+    fp32 = polyemb.load(tiny_model_dir, precision="fp32")
+    int8 = polyemb.load(tiny_model_dir, precision="int8")
+    assert int8.precision == "int8" and int8.dtype == torch.float32
+    assert "precision=int8" in repr(int8)
+    model = int8._model
+    linears = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Linear)]
+    int8_layers = [m for m in model.encoder.modules() if isinstance(m, quantize.Int8Linear)]
+    assert not linears and len(int8_layers) == 6 * model.config.num_hidden_layers
+    # The embedding table is untouched: the same float32 weights as the fp32 model's.
+    table = model.embeddings.word_embeddings.weight
+    assert table.dtype == torch.float32
+    assert torch.equal(table, fp32._model.embeddings.word_embeddings.weight)
+    # int8 vectors are a store key of their own, never mixed with fp32 ones.
+    assert int8.vector_spec().key != fp32.vector_spec().key
+
+
+@needs_vnni
+def test_int8_vectors_are_close_to_fp32(
+    tiny_encoder: polyemb.Encoder, tiny_model_dir: Path, sts_sentences: list[str]
+) -> None:
+    int8 = polyemb.load(tiny_model_dir, precision="int8")
+    texts = sts_sentences[:200]
+    reference, ours = tiny_encoder.encode(texts), int8.encode(texts)
+    cosines = (reference * ours).sum(axis=1)
+    # The contract on a random model: close to fp32, not equal (that would mean nothing was quantized).
+    assert cosines.mean() > 0.99 and cosines.min() > 0.95
+    assert not np.allclose(ours, reference, atol=1e-6)
+    # NULL handling and row order are the encoder's own, whatever the precision.
+    vectors, valid = int8.encode_nullable([texts[0], None, texts[1]])
+    assert valid.tolist() == [True, False, True] and not vectors[1].any()
+    # Activations are quantized over each batch's range, so a text's int8 vector moves a little
+    # with the texts it is batched with (documented): close, where fp32 would agree to 1e-6.
+    assert (vectors[[0, 2]] * ours[:2]).sum(axis=1).min() > 0.999
+
+
+@pytest.mark.slow
+@needs_vnni
+def test_int8_passes_the_gate_on_minilm(
+    minilm_encoder: polyemb.Encoder, minilm_dir: Path, sts_rows: list[dict[str, str]]
+) -> None:
+    # The gate of the README (Spearman drop <= 0.005 per language, mean row cosine >= 0.99) on
+    # the 11 languages of the fixture: 100 pairs each, a sample of the shared dev set.
+    int8 = polyemb.load(minilm_dir, precision="int8")
+    report = check_precision(int8, minilm_encoder, sample_files(sts_rows))
+    assert report["passed"], report["failures"]
+    assert len(report["files"]) == 11 and report["mean_row_cosine"] >= 0.99
+
+
+def test_int8_is_refused_without_vnni(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(quantize, "_cpu_flags", lambda: {"avx2", "avx512f"})
+    with pytest.raises(InvalidInputError, match="AVX-512 VNNI.*Use 'bf16' or 'fp32'"):
+        polyemb.load(tiny_model_dir, precision="int8")
+
+
+def test_int8_is_refused_on_a_gpu() -> None:
+    with pytest.raises(InvalidInputError, match="CPU only"):
+        quantize.check_int8_supported(torch.device("cuda", 0))
+
+
+def test_int8_is_refused_for_a_model_without_layers() -> None:
+    with pytest.raises(InvalidInputError, match="'encoder' module"):
+        quantize.quantize_linears(torch.nn.Sequential(torch.nn.Linear(4, 4)))
+
+
+def test_the_gate_fails_what_it_should(tiny_encoder: polyemb.Encoder, sts_rows: list[dict[str, str]]) -> None:
+    files = sample_files(sts_rows[:200])
+    # An encoder against itself passes with drop 0 and cosine 1 (up to float32 rounding).
+    same = check_precision(tiny_encoder, tiny_encoder, files)
+    assert same["passed"] and same["failures"] == []
+    assert all(abs(r["drop"]) < 1e-9 for r in same["files"].values())
+    assert same["min_row_cosine"] == pytest.approx(1.0, abs=1e-6)
+    # A gate nobody can pass names what failed.
+    strict = check_precision(tiny_encoder, tiny_encoder, files, min_mean_cosine=1.5, max_drop=-1.0)
+    assert not strict["passed"]
+    assert len(strict["failures"]) == len(files) + 1
+    assert "mean row cosine" in strict["failures"][-1]
+    with pytest.raises(InvalidInputError, match="no STS files"):
+        check_precision(tiny_encoder, tiny_encoder, {})
