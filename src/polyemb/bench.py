@@ -497,6 +497,28 @@ def duckdb_side(encoder: Encoder, batch_size: int | None) -> Callable[[list[str]
     return run
 
 
+def local_spark(app: str, conf: dict[str, str]) -> Any:
+    """The benchmarks' Spark: ``local[2]``, no UI or progress bars, errors-only logs, plus ``conf``.
+
+    Its Python workers run this Python (the one with polyemb), not whatever ``python3`` is first
+    on PATH, as when ``.venv/bin/polyemb bench`` runs without the venv activated.
+    """
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = (
+        SparkSession.builder.master("local[2]")
+        .appName(app)
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+    )
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("ERROR")
+    return session
+
+
 def spark_side(
     encoder: Encoder, batch_size: int | None
 ) -> tuple[Callable[[list[str]], np.ndarray], dict[str, Any]]:
@@ -505,25 +527,11 @@ def spark_side(
     Returns the run function and a dict that fills with the broadcast's size and time and the
     Python workers' peak memory.
     """
-    from pyspark.sql import SparkSession
-
     from polyemb import spark as polyemb_spark
+    from polyemb.arrow import vectors_from_arrow
     from polyemb.spark.delivery import last_shipment
 
-    # The local workers must run this Python (the one with polyemb), not whatever python3 is first
-    # on PATH, as when `.venv/bin/polyemb bench` runs without the venv activated.
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    from polyemb.arrow import vectors_from_arrow
-
-    session = (
-        SparkSession.builder.master("local[2]")
-        .appName("polyemb-bench")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.python.worker.reuse", "true")
-        .getOrCreate()
-    )
-    session.sparkContext.setLogLevel("ERROR")
+    session = local_spark("polyemb-bench", {"spark.python.worker.reuse": "true"})
     embed = polyemb_spark.embed_udf(
         encoder.folder,
         spark=session,

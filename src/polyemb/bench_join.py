@@ -13,9 +13,7 @@ Vectors come through a vector store (``--store``), so a second run embeds nothin
 
 from __future__ import annotations
 
-import os
 import random
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -162,10 +160,10 @@ def spark_join(
     import pandas as pd
     from pyspark.ml.feature import BucketedRandomProjectionLSH
     from pyspark.ml.functions import array_to_vector
-    from pyspark.sql import SparkSession
     from pyspark.sql import functions as F
 
     import polyemb.pandas  # noqa: F401 - the pandas reference rate
+    from polyemb.bench import local_spark
     from polyemb.spark import semantic_join
 
     source = embedder(encoder, store)
@@ -178,17 +176,9 @@ def spark_join(
     right = np.stack([lookup[t] for t in right_texts])
     del lookup
 
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    spark = (
-        SparkSession.builder.master("local[2]")
-        .appName("polyemb-bench-join")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.driver.memory", "6g")
-        .config("spark.sql.shuffle.partitions", "8")
-        .getOrCreate()
+    spark = local_spark(
+        "polyemb-bench-join", {"spark.driver.memory": "6g", "spark.sql.shuffle.partitions": "8"}
     )
-    spark.sparkContext.setLogLevel("ERROR")
     schema = "id long, v array<float>"
 
     def frame(matrix: np.ndarray, partitions: int) -> Any:

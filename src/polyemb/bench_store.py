@@ -12,7 +12,6 @@ the process's peak memory.
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import sys
@@ -134,21 +133,11 @@ def _duckdb_run(model: str, source: Path, output: Path, store: Path) -> int:
 
 def _spark_run(model: str, source: Path, output: Path, store: Path) -> int:
     """``embed_incremental`` on ``local[2]``, written to Parquet."""
-    from pyspark.sql import SparkSession
-
+    from polyemb.bench import local_spark
     from polyemb.spark import embed_incremental
     from polyemb.spark.store import last_report
 
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    spark = (
-        SparkSession.builder.master("local[2]")
-        .appName("polyemb-bench-store")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.sql.shuffle.partitions", "4")
-        .getOrCreate()
-    )
-    spark.sparkContext.setLogLevel("ERROR")
+    spark = local_spark("polyemb-bench-store", {"spark.sql.shuffle.partitions": "4"})
     embed_incremental(spark.read.parquet(str(source)), "text", str(store), model).write.parquet(str(output))
     return int(last_report["embedded"])
 

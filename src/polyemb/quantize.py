@@ -15,8 +15,8 @@ README's precision section has the commands and figures):
   cosine 0.9961 and 0.9979 alone; every other layer 0.9983 or better). With everything
   quantized, the gate of ``polyemb check-precision`` failed on the 11 dev files (Spearman drops
   of 0.0057 on ja and 0.0056 on zh); with these two in float32 it passed (largest drop 0.0042,
-  mean row cosine 0.9939) at 869 texts/s against 1,337 for all-int8 and 341 for fp32. Keeping
-  every down-projection in float32 cost far more speed (646/s) for no better gate.
+  mean row cosine 0.9939), at 2.5x fp32's speed where all-int8 ran at 3.1x. Keeping every
+  down-projection in float32 ran at 1.8x and still failed the gate (zh, 0.0052).
 - Never quantized: the embedding tables (a 250k-token table quantized per tensor is noise, and a
   lookup costs nothing), LayerNorm, softmax and pooling, which stay float32.
 

@@ -137,3 +137,27 @@ def test_bad_scenarios_and_sizes(tiny_model_dir: Path, capsys: pytest.CaptureFix
     assert "comma-separated subset" in capsys.readouterr().err
     assert main(["bench", "-m", str(tiny_model_dir), "--texts", "/nonexistent.csv"]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_bench_memory_report(tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [
+        "bench-memory",
+        "-m",
+        str(tiny_model_dir),
+        "--precisions",
+        "fp32,bf16",
+        "--size",
+        "20",
+        "--rounds",
+        "2",
+    ]
+    assert main([*argv, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["texts"] == 20 and list(report["precisions"]) == ["fp32", "bf16"]
+    for figures in report["precisions"].values():
+        assert figures["per_s"] > 0 and figures["load_s"] > 0
+        # Each precision in a process of its own: Python alone < after loading <= the peak.
+        assert 0 < figures["python_mib"] < figures["loaded_mib"] <= figures["peak_mib"]
+    with pytest.raises(SystemExit):
+        main(["bench-memory", "--precisions", "fp32,int4"])
+    assert "comma-separated subset of fp32,fp16,bf16,int8" in capsys.readouterr().err
