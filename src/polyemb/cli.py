@@ -436,7 +436,15 @@ def _bench_join(args: argparse.Namespace) -> int:
         )
     else:
         report = bench_join.spark_join(
-            encoder, pool, args.left, args.right, args.k, store, lsh_tables=args.lsh_tables, progress=progress
+            encoder,
+            pool,
+            args.left,
+            args.right,
+            args.k,
+            store,
+            lsh_tables=args.lsh_tables,
+            lsh_timeout=args.lsh_timeout,
+            progress=progress,
         )
     print(json.dumps({**meta, **report}, indent=2 if args.json else None))
     return 0
@@ -767,6 +775,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench_join.add_argument("--store", metavar="DIR", help="a vector store for the texts' vectors")
     bench_join.add_argument("--vss", action="store_true", help="duckdb: also the vss HNSW index")
     bench_join.add_argument("--lsh-tables", type=int, default=3, help="spark: LSH hash tables (3)")
+    bench_join.add_argument(
+        "--lsh-timeout", type=float, default=1800, help="spark: seconds before LSH's join is cancelled (1800)"
+    )
     bench_join.add_argument("--json", action="store_true", help="print a JSON report")
     bench_join.set_defaults(run=_bench_join)
 

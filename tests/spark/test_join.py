@@ -72,6 +72,30 @@ def test_same_pairs_and_scores_as_pandas(spark: SparkSession, score: str, blocks
     same_pairs(got, expected, columns)
 
 
+def test_blocked_join_with_many_shuffle_partitions(spark: SparkSession) -> None:
+    # Regression: the co-grouped block keys were a long on one side and an int on the other,
+    # which hash to different shuffle partitions. Small test data met anyway (adaptive execution
+    # coalesces it into one partition); at 2,000 x 5,000 rows the join returned no rows, or a
+    # wrong top-k. Here: many partitions, none coalesced.
+    left, right = vector_frames(seed=1)
+    expected = left.emb.join(right, "v", k=3)
+    sl, sr = spark_frames(spark, left, right)
+    settings = {
+        "spark.sql.shuffle.partitions": "16",
+        "spark.sql.adaptive.coalescePartitions.enabled": "false",
+    }
+    before = {key: spark.conf.get(key) for key in settings}
+    for key, value in settings.items():
+        spark.conf.set(key, value)
+    try:
+        for block_rows in (7, 1_000):  # many blocks and chunks; one of each
+            got = polyemb.spark.semantic_join(sl, sr, "v", k=3, block_rows=block_rows, broadcast_mb=0.0)
+            same_pairs(got.toPandas(), expected, ["id_x", "v_x", "id_y", "name", "v_y", "score"])
+    finally:
+        for key, value in before.items():
+            spark.conf.set(key, value)
+
+
 def test_threshold_how_left_and_text_columns(
     spark: SparkSession, tiny_model_dir: Path, tiny_encoder: polyemb.Encoder
 ) -> None:

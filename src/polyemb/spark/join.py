@@ -315,12 +315,14 @@ def _blocked_pairs(
     blocks = max(1, -(-count // block_rows))
     chunks = max(1, -(-queries.count() // block_rows))
     # Spread rows over blocks and chunks by id; replicate each side once per block of the other.
-    corpus_keys = corpus.withColumn("__block", F.pmod(F.xxhash64("id"), F.lit(blocks))).withColumn(
-        "__chunk", F.explode(F.sequence(F.lit(0), F.lit(chunks - 1)))
-    )
-    query_keys = queries.withColumn("__chunk", F.pmod(F.xxhash64("id"), F.lit(chunks))).withColumn(
-        "__block", F.explode(F.sequence(F.lit(0), F.lit(blocks - 1)))
-    )
+    # Every key an int on both sides: pmod of a long is a long, a sequence of ints is ints, and
+    # co-grouped keys of different types never meet.
+    corpus_keys = corpus.withColumn(
+        "__block", F.pmod(F.xxhash64("id"), F.lit(blocks)).cast("int")
+    ).withColumn("__chunk", F.explode(F.sequence(F.lit(0), F.lit(chunks - 1))))
+    query_keys = queries.withColumn(
+        "__chunk", F.pmod(F.xxhash64("id"), F.lit(chunks)).cast("int")
+    ).withColumn("__block", F.explode(F.sequence(F.lit(0), F.lit(blocks - 1))))
 
     def run(query_rows: pd.DataFrame, corpus_rows: pd.DataFrame) -> pd.DataFrame:
         lids, left, left_r = _block(query_rows)

@@ -66,7 +66,7 @@ def embed_incremental(
         vector_column: Name of the new column; its metadata records the model's provenance.
         delivery: How executors get the model (see :mod:`polyemb.spark.delivery`).
         batch_size: Texts per forward pass on the workers.
-        precision: ``"fp32"`` (default), ``"fp16"`` or ``"bf16"``. Part of the store key, so it is
+        precision: ``"fp32"`` (default), ``"fp16"``, ``"bf16"`` or ``"int8"``. Part of the store key, so it is
             fixed here: ``"auto"`` means fp32, since vectors in a lake must not depend on which
             executor (GPU or CPU) computed them.
         max_seq_length: Tokens per text; None: the model's.

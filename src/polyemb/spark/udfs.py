@@ -50,7 +50,8 @@ def embed_udf(
             :mod:`polyemb.spark.delivery`): auto ships the model's files, by broadcast on classic
             Spark and as a session artifact on Spark Connect.
         batch_size: Texts per forward pass on the workers; None: by token budget.
-        precision: ``"auto"`` (fp16 on GPU tasks, fp32 on CPU), ``"fp32"``, ``"fp16"``, ``"bf16"``.
+        precision: ``"auto"`` (fp16 on GPU tasks, fp32 on CPU), ``"fp32"``, ``"fp16"``, ``"bf16"``,
+            ``"int8"`` (CPU executors with AVX-512 VNNI only).
         max_seq_length: Tokens per text; None: the model's.
         revision: Hub revision.
 
