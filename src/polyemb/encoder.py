@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from polyemb import loading, quantize
+from polyemb import kernels, loading, quantize
 from polyemb.embedder import VectorSpec, check_texts, place_nulls, replace_surrogates
 from polyemb.errors import InvalidInputError, ModelLoadError
 from polyemb.options import WEIGHT_PRECISIONS, Precision, WeightPrecision, check_choice
@@ -407,6 +407,8 @@ def load(
     transformer = loading.load_transformer(prepared.spec, prepared.config, torch_device, dtype)
     if precision == "int8":
         quantize.quantize_linears(transformer)
+    if torch_device.type == "cpu":
+        kernels.use_onednn(transformer)
     return Encoder(
         files=prepared.files,
         model=transformer,

@@ -1,0 +1,141 @@
+"""The CPU's Linear layers through oneDNN: same products as torch's within float rounding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import polyemb
+from polyemb import kernels
+from polyemb.testing import SAMPLE_SENTENCES
+
+needs_onednn = pytest.mark.skipif(
+    not kernels.supports(torch.float32),
+    reason="this torch build has no working oneDNN linear operators (the fallback is tested below)",
+)
+
+
+def stock_encoder(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch, precision: str = "fp32"
+) -> polyemb.Encoder:
+    """The encoder as torch alone would run it: every Linear an ``nn.Linear`` through torch's BLAS."""
+    with monkeypatch.context() as patch:
+        patch.setattr(kernels, "use_onednn", lambda model: 0)
+        return polyemb.load(model_dir, device="cpu", precision=precision)  # type: ignore[arg-type]
+
+
+class FeedForward(torch.nn.Module):
+    """A transformers-style feed-forward block: ``dense`` then ``intermediate_act_fn``."""
+
+    def __init__(self, activation: torch.nn.Module, *, residual: bool = False) -> None:
+        super().__init__()
+        self.dense = torch.nn.Linear(16, 24)
+        self.intermediate_act_fn = activation
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.intermediate_act_fn(self.dense(x))
+        return out + x.sum() if self.residual else out
+
+
+@needs_onednn
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("activation", ["none", "gelu"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_onednn_linear_is_the_same_product(dtype: torch.dtype, activation: str, bias: bool) -> None:
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 48, bias=bias).to(dtype)
+    for shape in [(7, 64), (3, 5, 64), (1, 1, 64)]:
+        x = torch.randn(shape).to(dtype)
+        with torch.inference_mode():
+            expected = linear(x).float()
+            if activation == "gelu":
+                expected = torch.nn.functional.gelu(expected)
+            got = kernels.OneDnnLinear(linear, activation)(x)  # type: ignore[arg-type]
+        assert got.shape == expected.shape and got.dtype == dtype
+        # Contract: the same sums in another order. float32: within 1e-5 of the output's scale;
+        # bfloat16 (8 bits of mantissa, rounded once where torch rounds before the GELU too): 2e-2.
+        tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+        assert (got.float() - expected).abs().max() <= tolerance * expected.abs().max()
+
+
+@needs_onednn
+def test_the_loaded_model_runs_through_onednn_with_gelu_fused(
+    tiny_encoder: polyemb.Encoder, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = tiny_encoder._model
+    kinds = [type(module).__name__ for module in model.modules()]
+    layers = model.config.num_hidden_layers
+    assert "Linear" not in kinds
+    # Per layer: query, key, value, the attention output, the fused feed-forward block and the
+    # down-projection; plus the pooler's dense layer.
+    assert kinds.count("OneDnnLinear") == 6 * layers + 1
+    assert all(isinstance(layer.intermediate, kernels.OneDnnLinear) for layer in model.encoder.layer)
+    # The vectors are torch's own within float32 rounding, the contract of every CPU path.
+    stock = stock_encoder(tiny_model_dir, monkeypatch)
+    assert "OneDnnLinear" not in [type(module).__name__ for module in stock._model.modules()]
+    texts = SAMPLE_SENTENCES
+    np.testing.assert_allclose(tiny_encoder.encode(texts), stock.encode(texts), atol=1e-6)
+
+
+@pytest.mark.slow
+@needs_onednn
+def test_minilm_vectors_match_torch_alone(
+    minilm_encoder: polyemb.Encoder,
+    minilm_dir: Path,
+    sts_sentences: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    texts = sts_sentences[:300]
+    stock = stock_encoder(minilm_dir, monkeypatch)
+    np.testing.assert_allclose(minilm_encoder.encode(texts), stock.encode(texts), atol=1e-6)
+    bf16 = polyemb.load(minilm_dir, precision="bf16")
+    stock_bf16 = stock_encoder(minilm_dir, monkeypatch, "bf16")
+    # bf16 has no exact answer: the fused GELU rounds once where torch rounds twice. Both stay as
+    # close to fp32 as the bf16 gate asks (mean row cosine >= 0.99; measured 0.99995).
+    reference = minilm_encoder.encode(texts)
+    for encoder in (bf16, stock_bf16):
+        assert (encoder.encode(texts) * reference).sum(axis=1).mean() > 0.9995
+
+
+@needs_onednn
+def test_only_an_exact_erf_gelu_block_is_fused() -> None:
+    exact = FeedForward(torch.nn.GELU())
+    tanh = FeedForward(torch.nn.GELU(approximate="tanh"))
+    more = FeedForward(torch.nn.GELU(), residual=True)  # computes more than gelu(dense(x))
+    model = torch.nn.ModuleDict({"exact": exact, "tanh": tanh, "more": more}).eval()
+    x = torch.randn(2, 3, 16)
+    with torch.inference_mode():
+        expected = {name: block(x) for name, block in model.items()}
+    assert kernels.use_onednn(model) == 3
+    assert isinstance(model["exact"], kernels.OneDnnLinear)
+    # Not fusable: only their dense layer is replaced, their own forward still runs.
+    for name in ("tanh", "more"):
+        assert isinstance(model[name], FeedForward) and isinstance(model[name].dense, kernels.OneDnnLinear)
+    with torch.inference_mode():
+        for name, block in model.items():
+            torch.testing.assert_close(block(x), expected[name], atol=1e-5, rtol=1e-5)
+
+
+def test_a_model_is_left_as_it_was_where_onednn_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(self: kernels.OneDnnLinear, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("no oneDNN kernel for this CPU")
+
+    monkeypatch.setattr(kernels.OneDnnLinear, "forward", broken)
+    kernels.supports.cache_clear()
+    try:
+        model = torch.nn.Sequential(torch.nn.Linear(8, 8), FeedForward(torch.nn.GELU()))
+        assert kernels.use_onednn(model) == 0
+        assert isinstance(model[0], torch.nn.Linear) and isinstance(model[1].dense, torch.nn.Linear)
+    finally:
+        kernels.supports.cache_clear()
+
+
+def test_float16_is_left_to_torch() -> None:
+    # oneDNN's float16 products need AVX-512 FP16, which the CPUs this runs on lack.
+    assert not kernels.supports(torch.float16)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8)).half()
+    assert kernels.use_onednn(model) == 0
