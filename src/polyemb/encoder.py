@@ -408,7 +408,7 @@ def load(
     if precision == "int8":
         quantize.quantize_linears(transformer)
     if torch_device.type == "cpu":
-        kernels.use_onednn(transformer)
+        kernels.use_onednn(transformer, rows=TOKEN_BUDGET["cpu"])
     return Encoder(
         files=prepared.files,
         model=transformer,

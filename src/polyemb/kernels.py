@@ -30,8 +30,8 @@ logger = logging.getLogger(__name__)
 
 Activation = Literal["none", "gelu"]
 
-# Rows per product that the packed weight's layout is chosen for: a CPU batch's token budget.
-_PACKING_ROWS = 2_048
+# Rows per product a probe's weights are packed for (any value gives the same answer).
+_PROBE_ROWS = 16
 # How far a probe product may stray from torch's, relative to the output's scale.
 _PROBE_TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 
@@ -43,10 +43,11 @@ class OneDnnLinear(torch.nn.Module):
     not kept: its weight lives on only in packed form.
     """
 
-    def __init__(self, linear: torch.nn.Linear, activation: Activation = "none") -> None:
+    def __init__(self, linear: torch.nn.Linear, activation: Activation = "none", *, rows: int) -> None:
         super().__init__()
         weight = linear.weight.detach()
-        self._packed = torch.ops.mkldnn._reorder_linear_weight(weight, _PACKING_ROWS)
+        # oneDNN picks the packed layout for products of about this many rows.
+        self._packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
         self._bias = None if linear.bias is None else linear.bias.detach()
         self._activation = activation
         # "none" is erf GELU for the "gelu" post-op; the argument must be empty otherwise.
@@ -82,13 +83,16 @@ def supports(dtype: torch.dtype) -> bool:
                 expected = linear(x).float()
                 if activation == "gelu":
                     expected = torch.nn.functional.gelu(expected)
-                got = OneDnnLinear(linear, activation)(x).float()
+                got = OneDnnLinear(linear, activation, rows=_PROBE_ROWS)(x).float()
                 error = (got - expected).abs().max() / expected.abs().max()
                 if not error <= _PROBE_TOLERANCE[dtype]:
                     logger.warning("oneDNN linear off by %.2g in %s on a probe: not used", error, dtype)
                     return False
     except (RuntimeError, AttributeError, NotImplementedError) as exc:
-        logger.info("oneDNN linear not available in %s: %s", dtype, exc)
+        # A torch without these operators (a build without oneDNN's x86 kernels, a release
+        # that renamed them) still encodes correctly on its own path, only slower: that is a
+        # fact to log, not a reason to fail loading the model.
+        logger.info("oneDNN linear not usable in %s (%s): torch's own path is used", dtype, exc)
         return False
     return True
 
@@ -125,12 +129,13 @@ def _fusable(module: torch.nn.Module) -> torch.nn.Linear | None:
     return dense if same else None
 
 
-def use_onednn(model: torch.nn.Module) -> int:
+def use_onednn(model: torch.nn.Module, *, rows: int) -> int:
     """Replace, in place, the model's float ``nn.Linear`` layers by :class:`OneDnnLinear`.
 
     Feed-forward blocks that compute ``erf_gelu(dense(x))`` become one fused layer. Does nothing
     when :func:`supports` is False for the weights' dtype. The model must be on the CPU, in
-    eval mode. Returns how many layers now run through oneDNN.
+    eval mode. ``rows`` is the typical rows per product (tokens per batch), for the weights'
+    packed layout. Returns how many layers now run through oneDNN.
     """
     replaced: list[str] = []
     for name, module in list(model.named_modules()):
@@ -138,9 +143,9 @@ def use_onednn(model: torch.nn.Module) -> int:
             continue  # the model itself, or inside a block already fused
         dense = _fusable(module)
         if dense is not None and supports(dense.weight.dtype):
-            replacement = OneDnnLinear(dense, "gelu")
+            replacement = OneDnnLinear(dense, "gelu", rows=rows)
         elif isinstance(module, torch.nn.Linear) and supports(module.weight.dtype):
-            replacement = OneDnnLinear(module)
+            replacement = OneDnnLinear(module, rows=rows)
         else:
             continue
         parent_name, _, child = name.rpartition(".")

@@ -23,7 +23,7 @@ def stock_encoder(
 ) -> polyemb.Encoder:
     """The encoder as torch alone would run it: every Linear an ``nn.Linear`` through torch's BLAS."""
     with monkeypatch.context() as patch:
-        patch.setattr(kernels, "use_onednn", lambda model: 0)
+        patch.setattr(kernels, "use_onednn", lambda model, rows: 0)
         return polyemb.load(model_dir, device="cpu", precision=precision)  # type: ignore[arg-type]
 
 
@@ -54,7 +54,7 @@ def test_onednn_linear_is_the_same_product(dtype: torch.dtype, activation: str, 
             expected = linear(x).float()
             if activation == "gelu":
                 expected = torch.nn.functional.gelu(expected)
-            got = kernels.OneDnnLinear(linear, activation)(x)  # type: ignore[arg-type]
+            got = kernels.OneDnnLinear(linear, activation, rows=8)(x)  # type: ignore[arg-type]
         assert got.shape == expected.shape and got.dtype == dtype
         # Contract: the same sums in another order. float32: within 1e-5 of the output's scale;
         # bfloat16 (8 bits of mantissa, rounded once where torch rounds before the GELU too): 2e-2.
@@ -110,7 +110,7 @@ def test_only_an_exact_erf_gelu_block_is_fused() -> None:
     x = torch.randn(2, 3, 16)
     with torch.inference_mode():
         expected = {name: block(x) for name, block in model.items()}
-    assert kernels.use_onednn(model) == 3
+    assert kernels.use_onednn(model, rows=8) == 3
     assert isinstance(model["exact"], kernels.OneDnnLinear)
     # Not fusable: only their dense layer is replaced, their own forward still runs.
     for name in ("tanh", "more"):
@@ -128,14 +128,14 @@ def test_a_model_is_left_as_it_was_where_onednn_fails(monkeypatch: pytest.Monkey
     kernels.supports.cache_clear()
     try:
         model = torch.nn.Sequential(torch.nn.Linear(8, 8), FeedForward(torch.nn.GELU()))
-        assert kernels.use_onednn(model) == 0
+        assert kernels.use_onednn(model, rows=8) == 0
         assert isinstance(model[0], torch.nn.Linear) and isinstance(model[1].dense, torch.nn.Linear)
     finally:
         kernels.supports.cache_clear()
 
 
 def test_float16_is_left_to_torch() -> None:
-    # oneDNN's float16 products need AVX-512 FP16, which the CPUs this runs on lack.
+    # Left to torch on purpose: oneDNN's float16 products need AVX-512 FP16, which few CPUs have.
     assert not kernels.supports(torch.float16)
     model = torch.nn.Sequential(torch.nn.Linear(8, 8)).half()
-    assert kernels.use_onednn(model) == 0
+    assert kernels.use_onednn(model, rows=8) == 0
