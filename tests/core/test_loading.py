@@ -157,9 +157,12 @@ def test_default_model_offline_fails_fast_with_hint(monkeypatch: pytest.MonkeyPa
 
 def test_unreachable_hub_fails_fast_with_hint(tmp_path: Path) -> None:
     # A fresh interpreter whose hub endpoint refuses connections: the real network code runs.
+    # Both offline switches are set here, whatever the caller's shell has (offline clusters
+    # often export TRANSFORMERS_OFFLINE=1, which polyemb honours too).
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "0",
+        "TRANSFORMERS_OFFLINE": "0",
         "HF_ENDPOINT": "http://127.0.0.1:9",
         "HF_HUB_CACHE": str(tmp_path),
         "POLYEMB_MODEL": "",
