@@ -38,7 +38,6 @@ from polyemb.similarity import (
     connected_groups,
     cosine,
     join_rows,
-    paired_cosines,
     pairs_above,
     top_k,
 )
@@ -187,17 +186,10 @@ class EmbSeriesAccessor:
             check_same_model(model, embedder().provenance, "similarity")
             scores = cosine(left, embedder().encode([other]))
         elif isinstance(other, pd.Series):
-            aligned = _align(series, other)
-            if not _holds_vectors(series) and not _holds_vectors(aligned):
-                # Both texts: one encode call, so texts shared by both sides are encoded once.
-                both = pd.concat([series, aligned], ignore_index=True)
-                vectors, valid, _ = both.emb._vectors(embedder, **options)
-                scores, ok = paired_cosines(vectors, valid, len(series))
-            else:
-                left, left_valid, left_model = self._vectors(embedder, **options)
-                right, right_valid, right_model = aligned.emb._vectors(embedder, **options)
-                check_same_model(left_model, right_model, "similarity")
-                scores, ok = cosine(left, right), left_valid & right_valid
+            left, left_valid, right, right_valid = _both_sides(
+                series, _align(series, other), embedder, "similarity", options
+            )
+            scores, ok = cosine(left, right), left_valid & right_valid
         else:
             raise InvalidInputError(f"other must be a Series or a str, got {type(other).__name__}")
         return pd.Series(scores.astype(np.float64), index=series.index, name="similarity").where(ok)
@@ -349,19 +341,14 @@ class EmbDataFrameAccessor:
         check_join(k, threshold, how, score)
         names = added_columns(score, score_column)
         right_on = left_on if right_on is None else right_on
-        left_col = _column(self._df, left_on, "left")
-        right_col = _column(right, right_on, "right")
         options = {"batch_size": batch_size, "show_progress": show_progress}
-        embedder = _lazy_embedder(encoder, store)
-        if not _holds_vectors(left_col) and not _holds_vectors(right_col):
-            both = pd.concat([left_col, right_col], ignore_index=True)
-            matrix, valid, _ = both.emb._vectors(embedder, **options)
-            lvec, lvalid = matrix[: len(left_col)], valid[: len(left_col)]
-            rvec, rvalid = matrix[len(left_col) :], valid[len(left_col) :]
-        else:
-            lvec, lvalid, left_model = left_col.emb._vectors(embedder, **options)
-            rvec, rvalid, right_model = right_col.emb._vectors(embedder, **options)
-            check_same_model(left_model, right_model, "join")
+        lvec, lvalid, rvec, rvalid = _both_sides(
+            _column(self._df, left_on, "left"),
+            _column(right, right_on, "right"),
+            _lazy_embedder(encoder, store),
+            "join",
+            options,
+        )
         rows = join_rows(lvec, lvalid, rvec, rvalid, k, threshold=threshold, how=how, score=score)
         added = dict(zip(names, [rows.score, *rows.columns.values()], strict=True))
         return _assemble(self._df, right, rows.left, rows.right, added, suffixes)
@@ -373,6 +360,26 @@ class EmbDataFrameAccessor:
 def _lazy_embedder(encoder: Encoder | None, store: VectorStore | None) -> Callable[[], Embedder]:
     """The embedder to encode with, made on first call (a Series of vectors needs none)."""
     return functools.cache(lambda: embedder_for(encoder, store))
+
+
+def _both_sides(
+    left: pd.Series, right: pd.Series, embedder: Callable[[], Embedder], what: str, options: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(left matrix, left valid, right matrix, right valid)`` of two Series of texts or vectors.
+
+    Two Series of texts go through one encode call, so a text found on both sides is encoded once.
+
+    Raises:
+        ModelMismatchError: The two sides' vectors come from different models.
+    """
+    if not _holds_vectors(left) and not _holds_vectors(right):
+        both = pd.concat([left, right], ignore_index=True)
+        matrix, valid, _ = both.emb._vectors(embedder, **options)
+        return matrix[: len(left)], valid[: len(left)], matrix[len(left) :], valid[len(left) :]
+    lvec, lvalid, left_model = left.emb._vectors(embedder, **options)
+    rvec, rvalid, right_model = right.emb._vectors(embedder, **options)
+    check_same_model(left_model, right_model, what)
+    return lvec, lvalid, rvec, rvalid
 
 
 def _encode_labelled(
