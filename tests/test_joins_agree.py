@@ -37,9 +37,9 @@ def via_duckdb(score: str, request: pytest.FixtureRequest) -> set[tuple[int, int
     vector = pa.list_(pa.float32(), 24)
     con.register("r", pa.table({"j": range(len(RIGHT)), "v": pa.array(list(RIGHT), vector)}))
     con.register("l", pa.table({"i": range(len(LEFT)), "v": pa.array(list(LEFT), vector)}))
-    source = "SELECT v FROM l" if score != "cosine" else None
+    queries = "SELECT v FROM l" if score != "cosine" else None
     polyemb.duckdb.register_index(
-        con, "r", "SELECT * FROM r", key="j", vector="v", score=score, source=source
+        con, "r", "SELECT * FROM r", key="j", vector="v", score=score, queries=queries
     )  # type: ignore[arg-type]
     rows = con.execute(f"SELECT l.i, n.key FROM l, unnest(r_nearest_vector(l.v, {K})) AS t(n)").fetchall()
     return {(int(i), int(j)) for i, j in rows}

@@ -17,6 +17,7 @@ CORE = (
     "polyemb.encoder",
     "polyemb.loading",
     "polyemb.options",
+    "polyemb.scores",
     "polyemb.similarity",
     "polyemb.sts",
     "polyemb.tables",
@@ -60,3 +61,8 @@ def test_the_command_line_needs_no_torch_for_help() -> None:
 
 def test_errors_and_options_need_no_torch() -> None:
     assert imported_after("import polyemb.errors, polyemb.options; from polyemb import PolyembError") == set()
+
+
+def test_the_table_of_scores_needs_no_torch() -> None:
+    # The command line reads it (choices, column names) for --help.
+    assert imported_after("import polyemb.scores") == set()

@@ -3,7 +3,8 @@
 The core is engine-free: ``polyemb.load()`` gives an :class:`Encoder` whose ``encode`` turns
 texts into float32 vectors, and ``polyemb.open_store(path)`` a vector store that keeps them, so
 each text is embedded once per model. The engine adapters are imported by name: ``polyemb.pandas``,
-``polyemb.duckdb``, ``polyemb.spark``.
+``polyemb.duckdb``, ``polyemb.spark``. They only convert their columns and call the core (encoding,
+NULLs, scoring, the store are all here); ``ARCHITECTURE.md`` is the contract a new adapter follows.
 
 The names below torch are imported on first use, so ``import polyemb.cli`` (``polyemb --help``)
 and the errors cost no torch import.

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -37,10 +38,13 @@ except ImportError as exc:  # pragma: no cover - exercised only without duckdb
 
 from polyemb.arrow import texts_from_arrow, vectors_from_arrow, vectors_to_arrow
 from polyemb.cache import EmbeddingCache
+from polyemb.embedder import Embedder
 from polyemb.encoder import Encoder, default_encoder
-from polyemb.options import SCORES, Score, check_choice, check_sql_name, check_sql_prefix
-from polyemb.similarity import neighbourhood, normalize_rows, paired_cosines, top_k
-from polyemb.store import RunStats, StoredEncoder, VectorStore, embedder
+from polyemb.options import Score, check_sql_name, check_sql_prefix
+from polyemb.scores import ScoreSpec, score_spec
+from polyemb.similarity import neighbourhood, normalize_rows, paired_cosines, top_pairs
+from polyemb.store import RunStats, StoredEncoder, VectorStore
+from polyemb.store import embedder as embedder_for
 
 __all__ = ["FUNCTIONS", "SemanticIndex", "load_extension", "register", "register_index"]
 
@@ -117,13 +121,13 @@ def register(
     check_sql_prefix(prefix)
     model = encoder if encoder is not None else default_encoder()
     cache = EmbeddingCache.shared(model, max_mb=cache_mb, store=store)
-    source = embedder(model, store)
+    embedder = embedder_for(model, store)
     vector_type = duckdb.array_type(FLOAT, model.dim)
 
     def embed(texts: pa.Array) -> pa.Array:
         with _reported(f"{prefix}embed"):
             vectors, valid = cache.encode_nullable(
-                texts_from_arrow(texts, name="the argument"), batch_size=batch_size, source=source
+                texts_from_arrow(texts, name="the argument"), batch_size=batch_size, source=embedder
             )
             return vectors_to_arrow(vectors, valid)
 
@@ -131,7 +135,7 @@ def register(
         with _reported(f"{prefix}semantic_similarity"):
             a = texts_from_arrow(left, name="the first argument")
             b = texts_from_arrow(right, name="the second argument")
-            vectors, valid = cache.encode_nullable(a + b, batch_size=batch_size, source=source)
+            vectors, valid = cache.encode_nullable(a + b, batch_size=batch_size, source=embedder)
             scores, ok = paired_cosines(vectors, valid, len(a))
             return pa.array(scores, mask=~ok)
 
@@ -139,7 +143,7 @@ def register(
         return asdict(cache.stats())
 
     def store_stats() -> dict[str, int]:
-        counts = asdict(source.stats) if isinstance(source, StoredEncoder) else asdict(RunStats())
+        counts = asdict(embedder.stats) if isinstance(embedder, StoredEncoder) else asdict(RunStats())
         return {name: counts[name] for name in ("looked_up", "found", "embedded", "written")}
 
     stats_type = duckdb.struct_type({"hits": BIGINT, "misses": BIGINT, "entries": BIGINT, "capacity": BIGINT})
@@ -175,11 +179,16 @@ def _create(
     options: dict[str, Any],
 ) -> None:
     """Create (or replace) a function on the connection."""
+    _remove(con, name)
+    con.create_function(name, function, parameters, returns, **options)
+
+
+def _remove(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    """Remove a function from the connection, if it is there."""
     try:
         con.remove_function(name)
     except duckdb.InvalidInputException:
-        pass  # not registered yet
-    con.create_function(name, function, parameters, returns, **options)
+        pass  # not registered
 
 
 @dataclass(frozen=True)
@@ -191,7 +200,8 @@ class SemanticIndex:
         keys: The key of each indexed row (an Arrow array, in the query's type).
         matrix: ``(rows, dim)`` unit float32 vectors.
         score: ``"cosine"``, ``"margin"`` or ``"csls"``.
-        neighbourhood: For margin and CSLS, each row's mean cosine with its 4 nearest source rows.
+        neighbourhood: For margin and CSLS, each row's mean cosine with its 4 nearest rows of
+            ``queries=`` (the texts or vectors that will be matched).
         model: The provenance of the vectors, None if they came as a vector column.
     """
 
@@ -212,10 +222,11 @@ def register_index(
     text: str | None = None,
     vector: str | None = None,
     score: Score = "cosine",
-    source: str | None = None,
+    queries: str | None = None,
     encoder: Encoder | None = None,
     store: VectorStore | None = None,
     batch_size: int | None = None,
+    source: str | None = None,
 ) -> SemanticIndex:
     """Hold a query's rows in memory as vectors and register an exact top-k function over them.
 
@@ -227,7 +238,7 @@ def register_index(
     - ``products_nearest_vector(FLOAT[dim], k)``: the same for a vector (both kinds of index).
 
     Each call scores DuckDB's chunk of up to 2,048 texts against the whole matrix with matrix
-    products (the core's :func:`polyemb.similarity.top_k`), so a semantic join is plain SQL::
+    products (the core's :func:`polyemb.similarity.top_pairs`), so a semantic join is plain SQL::
 
         SELECT o.id, n.key, n.score
         FROM orders o, unnest(products_nearest(o.description, 3)) AS t(n)
@@ -240,142 +251,163 @@ def register_index(
         text: Its text column, embedded with ``encoder`` (through ``store`` if given); or
         vector: its vector column (``FLOAT[]`` or ``FLOAT[dim]``). Rows with a NULL one are not indexed.
         score: ``"cosine"``, or ``"margin"`` / ``"csls"`` (then the struct also has ``cosine``).
-        source: For margin and CSLS: SQL giving one column, the texts (or vectors) that will be
-            matched, whose neighbourhoods of the indexed rows the scores are relative to.
+        queries: For margin and CSLS: SQL giving one column, the texts (or vectors) that will be
+            matched against the index; the scores are relative to the indexed rows'
+            neighbourhoods among them (run once, now).
         encoder: The Encoder for texts; default :func:`polyemb.default_encoder`.
         store: A vector store for texts.
         batch_size: Passed to ``encode``.
+        source: Deprecated name of ``queries`` (warns).
 
     Returns:
         The index (its keys and matrix).
 
     Raises:
         ColumnNotFoundError: ``key``, ``text`` or ``vector`` is not a column of ``query``.
-        InvalidInputError: Not exactly one of ``text`` and ``vector``, or margin without ``source``.
+        InvalidInputError: Not exactly one of ``text`` and ``vector``, or margin without ``queries``.
+
+    Example:
+        >>> register_index(con, "products", "SELECT * FROM products", key="id", text="name",
+        ...                score="margin", queries="SELECT description FROM orders")
     """
+    queries = _queries_argument(queries, source)
     check_sql_name("name", name)
-    check_choice("score", score, SCORES)
+    spec = score_spec(score)
     if (text is None) == (vector is None):
         raise InvalidInputError("give exactly one of text= (a text column) or vector= (a vector column)")
-    if score != "cosine" and source is None:
+    if spec.neighbourhoods and queries is None:
         raise InvalidInputError(
-            f"score={score!r} scores a pair relative to both sides' neighbourhoods: give source=, "
+            f"score={score!r} scores a pair relative to both sides' neighbourhoods: give queries=, "
             "an SQL query of the texts (or vectors) that will be matched against the index"
         )
-    relation = con.sql(query)
-    column = text if text is not None else vector
-    for wanted in (key, column):
-        if wanted not in relation.columns:
-            raise ColumnNotFoundError.from_missing(str(wanted), relation.columns, "the index query")
-    key_type = relation.types[relation.columns.index(key)]
-    table = relation.to_arrow_table().select([key, str(column)]).rename_columns(["key", "value"])
-    cache = (
-        EmbeddingCache.shared(encoder if encoder is not None else default_encoder(), store=store)
-        if text
-        else None
-    )
-    source_embedder = embedder(cache.encoder, store) if cache is not None else None
+    column = text if text is not None else str(vector)
+    rows, key_type = _index_rows(con, query, key, column)
+    reader = _Reader.make(text is not None, encoder, store, batch_size)
+    index = _build_index(name, rows, column, spec, reader)
+    if spec.neighbourhoods:
+        matched, ok = reader(con.sql(str(queries)).to_arrow_table().column(0), "the column of queries=")
+        index = replace(index, neighbourhood=neighbourhood(index.matrix, matched[ok]))
+    _register_nearest(con, index, key_type, reader)
+    return index
 
-    def vectors_of(
-        values: pa.Array | pa.ChunkedArray, what: str, texts: bool = text is not None
+
+def _queries_argument(queries: str | None, source: str | None) -> str | None:
+    """``queries=``, or its deprecated old name ``source=`` (which also named embedders elsewhere)."""
+    if source is None:
+        return queries
+    if queries is not None:
+        raise InvalidInputError("give queries= alone: source= is its deprecated old name")
+    warnings.warn(
+        "register_index(source=...) is deprecated; pass queries=, the SQL giving the texts or "
+        "vectors that will be matched against the index",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return source
+
+
+@dataclass(frozen=True)
+class _Reader:
+    """``(vectors, valid)`` of an Arrow column: texts embedded (through the shared cache), vectors read."""
+
+    cache: EmbeddingCache | None  # None for an index of vectors: nothing is embedded
+    embedder: Embedder | None
+    batch_size: int | None
+
+    @classmethod
+    def make(
+        cls, texts: bool, encoder: Encoder | None, store: VectorStore | None, batch_size: int | None
+    ) -> _Reader:
+        if not texts:
+            return cls(None, None, batch_size)
+        cache = EmbeddingCache.shared(encoder if encoder is not None else default_encoder(), store=store)
+        return cls(cache, embedder_for(cache.encoder, store), batch_size)
+
+    def __call__(
+        self, values: pa.Array | pa.ChunkedArray, what: str, *, vectors: bool = False
     ) -> tuple[np.ndarray, np.ndarray]:
-        if texts and cache is not None:
-            return cache.encode_nullable(
-                texts_from_arrow(values, name=what), batch_size=batch_size, source=source_embedder
-            )
+        """Embed ``values`` if this index holds texts, unless ``vectors``; else read them as vectors."""
+        if self.cache is not None and not vectors:
+            texts = texts_from_arrow(values, name=what)
+            return self.cache.encode_nullable(texts, batch_size=self.batch_size, source=self.embedder)
         return vectors_from_arrow(values, name=what)
 
-    matrix, valid = vectors_of(table.column("value"), f"column {column!r}")
-    index = SemanticIndex(
+
+def _index_rows(con: duckdb.DuckDBPyConnection, query: str, key: str, column: str) -> tuple[pa.Table, Any]:
+    """``query``'s rows as an Arrow table of ``key`` and ``value``, and the DuckDB type of the keys."""
+    relation = con.sql(query)
+    for wanted in (key, column):
+        if wanted not in relation.columns:
+            raise ColumnNotFoundError.from_missing(wanted, relation.columns, "the index query")
+    key_type = relation.types[relation.columns.index(key)]
+    return relation.to_arrow_table().select([key, column]).rename_columns(["key", "value"]), key_type
+
+
+def _build_index(name: str, table: pa.Table, column: str, spec: ScoreSpec, reader: _Reader) -> SemanticIndex:
+    """The index of the rows whose value is not NULL."""
+    matrix, valid = reader(table.column("value"), f"column {column!r}")
+    if reader.cache is None and not valid.any():
+        raise InvalidInputError(
+            f"the index query gave no vectors in column {column!r}: nothing to match against"
+        )
+    return SemanticIndex(
         name=name,
         keys=table.column("key").filter(pa.array(valid)).combine_chunks(),
         matrix=normalize_rows(matrix[valid]),
-        score=score,
+        score=spec.name,
         neighbourhood=None,
-        model=source_embedder.provenance if source_embedder is not None else None,
+        model=reader.embedder.provenance if reader.embedder is not None else None,
     )
-    if source is not None and score != "cosine":
-        queries, ok = vectors_of(con.sql(source).to_arrow_table().column(0), "the source query's column")
-        index = replace(index, neighbourhood=neighbourhood(index.matrix, queries[ok]))
-    if not len(index.matrix) and cache is None:
-        raise InvalidInputError(
-            f"the index query gave no vectors in column {vector!r}: nothing to match against"
-        )
-    dim = index.matrix.shape[1] if len(index.matrix) else cache.encoder.dim  # type: ignore[union-attr]
-    fields = {"key": key_type, "score": FLOAT, **({"cosine": FLOAT} if score != "cosine" else {})}
+
+
+def _register_nearest(
+    con: duckdb.DuckDBPyConnection, index: SemanticIndex, key_type: Any, reader: _Reader
+) -> None:
+    """Create ``<name>_nearest`` (an index of texts only) and ``<name>_nearest_vector``."""
+    fields = {"key": key_type, "score": FLOAT, **dict.fromkeys(score_spec(index.score).columns, FLOAT)}
     result_type = duckdb.list_type(duckdb.struct_type(fields))
 
-    def nearest(values: pa.Array, ks: pa.Array, what: str, texts: bool) -> pa.Array:
-        with _reported(what):
-            queries, ok = vectors_of(values, "the first argument", texts)
+    text_name, vector_name = f"{index.name}_nearest", f"{index.name}_nearest_vector"
+
+    def nearest(values: pa.Array, ks: pa.Array, *, vectors: bool) -> pa.Array:
+        with _reported(vector_name if vectors else text_name):
+            queries, ok = reader(values, "the first argument", vectors=vectors)
             ok &= np.asarray(ks.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
             return _nearest_lists(index, queries, ok, ks.fill_null(0).to_numpy(zero_copy_only=False))
 
+    def nearest_to_text(texts: pa.Array, ks: pa.Array) -> pa.Array:
+        return nearest(texts, ks, vectors=False)
+
+    def nearest_to_vector(vectors: pa.Array, ks: pa.Array) -> pa.Array:
+        return nearest(vectors, ks, vectors=True)
+
     options = {"type": PythonUDFType.ARROW, "null_handling": FunctionNullHandling.SPECIAL}
-    if text is not None:
-        _create(
-            con,
-            f"{name}_nearest",
-            lambda v, k: nearest(v, k, f"{name}_nearest", True),
-            [VARCHAR, BIGINT],
-            result_type,
-            options,
-        )
+    if reader.cache is not None:
+        _create(con, text_name, nearest_to_text, [VARCHAR, BIGINT], result_type, options)
     else:
-        try:
-            con.remove_function(f"{name}_nearest")  # a text version from an earlier registration
-        except duckdb.InvalidInputException:
-            pass
-    vector_parameter = duckdb.array_type(FLOAT, dim)
-    _create(
-        con,
-        f"{name}_nearest_vector",
-        lambda v, k: nearest(v, k, f"{name}_nearest_vector", False),
-        [vector_parameter, BIGINT],
-        result_type,
-        options,
-    )
-    return index
+        _remove(con, text_name)  # a text version from an earlier registration
+    dim = index.matrix.shape[1] if len(index.matrix) else reader.cache.encoder.dim  # type: ignore[union-attr]
+    vector_type = duckdb.array_type(FLOAT, dim)
+    _create(con, vector_name, nearest_to_vector, [vector_type, BIGINT], result_type, options)
 
 
 def _nearest_lists(index: SemanticIndex, queries: np.ndarray, ok: np.ndarray, ks: np.ndarray) -> pa.Array:
     """Each valid query row's top ``k`` of the index, as a list of structs; NULL where not valid."""
-    if (ks[ok] < 1).any():
-        raise InvalidInputError(f"k must be a positive integer, got {int(ks[ok].min())}")
     rows = np.flatnonzero(ok)
-    most = int(ks[ok].max()) if len(rows) else 1
-    unit = (
-        normalize_rows(queries[rows])
-        if len(rows)
-        else np.zeros((0, max(1, index.matrix.shape[1])), np.float32)
+    # The index's r is over the queries= rows; each query's own r, over the index, comes from the core.
+    pairs = top_pairs(
+        queries[rows], index.matrix, ks[rows], score=index.score, neighbourhoods=(None, index.neighbourhood)
     )
-    neighbourhoods = None
-    if index.score != "cosine" and len(rows) and len(index.matrix):
-        neighbourhoods = (neighbourhood(unit, index.matrix), index.neighbourhood)
-    indices, scores = top_k(unit, index.matrix, most, score=index.score, neighbourhoods=neighbourhoods)  # type: ignore[arg-type]
     counts = np.zeros(len(ok), dtype=np.int64)
-    counts[rows] = np.minimum(ks[rows], indices.shape[1])
-    take = (
-        np.concatenate([indices[i, : counts[row]] for i, row in enumerate(rows)])
-        if len(rows)
-        else np.zeros(0, np.int64)
-    )
-    took = (
-        np.concatenate([scores[i, : counts[row]] for i, row in enumerate(rows)])
-        if len(rows)
-        else np.zeros(0, np.float32)
-    )
-    fields = [index.keys.take(pa.array(take, pa.int64())), pa.array(took, pa.float32())]
-    names = ["key", "score"]
-    if index.score != "cosine":
-        query_rows = np.repeat(np.arange(len(rows)), counts[rows]) if len(rows) else np.zeros(0, np.int64)
-        cosines = np.einsum("ij,ij->i", unit[query_rows], index.matrix[take]) if len(take) else np.zeros(0)
-        fields.append(pa.array(cosines, pa.float32()))
-        names.append("cosine")
+    counts[rows] = np.bincount(pairs.query, minlength=len(rows))
+    fields = {
+        "key": index.keys.take(pa.array(pairs.corpus, pa.int64())),
+        "score": pa.array(pairs.score, pa.float32()),
+        **{column: pa.array(values, pa.float32()) for column, values in pairs.columns.items()},
+    }
+    structs = pa.StructArray.from_arrays(list(fields.values()), names=list(fields))
     offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
-    return pa.ListArray.from_arrays(
-        offsets, pa.StructArray.from_arrays(fields, names=names), mask=pa.array(~ok)
-    )
+    return pa.ListArray.from_arrays(offsets, structs, mask=pa.array(~ok))
 
 
 def load_extension(con: duckdb.DuckDBPyConnection, name: str) -> None:

@@ -32,16 +32,17 @@ from polyemb.arrow import vector_model, vector_type, vectors_from_arrow, vectors
 from polyemb.embedder import Embedder, check_same_model
 from polyemb.encoder import Encoder
 from polyemb.options import JoinHow, Score
+from polyemb.scores import added_columns
 from polyemb.similarity import (
     check_join,
     connected_groups,
     cosine,
     join_rows,
-    paired_cosines,
     pairs_above,
     top_k,
 )
-from polyemb.store import VectorStore, embedder
+from polyemb.store import VectorStore
+from polyemb.store import embedder as embedder_for
 
 __all__ = ["EmbDataFrameAccessor", "EmbSeriesAccessor", "vector_dtype"]
 
@@ -98,14 +99,14 @@ class EmbSeriesAccessor:
         return values.tolist()  # type: ignore[no-any-return]
 
     def _vectors(
-        self, source: Callable[[], Embedder], **options: Any
+        self, embedder: Callable[[], Embedder], **options: Any
     ) -> tuple[np.ndarray, np.ndarray, str | None]:
         """``(matrix, valid, model)``: encoded if the Series holds texts, read if vectors."""
         series = self._s
         if _holds_vectors(series):
             return _vectors_of(series)
-        matrix, valid = _encode_labelled(source(), series, self._texts(), **options)
-        return matrix, valid, source().provenance
+        matrix, valid = _encode_labelled(embedder(), series, self._texts(), **options)
+        return matrix, valid, embedder().provenance
 
     def to_numpy(self) -> np.ndarray:
         """A vector Series as an ``(n, dim)`` float32 matrix; NA rows are rows of NaN.
@@ -147,8 +148,8 @@ class EmbSeriesAccessor:
         """
         if _holds_vectors(self._s):
             raise InvalidInputError(f"{_name(self._s)} already holds vectors")
-        source = _source(encoder, store)
-        matrix, valid, model = self._vectors(source, batch_size=batch_size, show_progress=show_progress)
+        embedder = _lazy_embedder(encoder, store)
+        matrix, valid, model = self._vectors(embedder, batch_size=batch_size, show_progress=show_progress)
         return _vector_series(matrix, valid, self._s.index, self._s.name, model)
 
     def similarity(
@@ -179,23 +180,16 @@ class EmbSeriesAccessor:
         """
         options = {"batch_size": batch_size, "show_progress": show_progress}
         series = self._s
-        source = _source(encoder, store)
+        embedder = _lazy_embedder(encoder, store)
         if isinstance(other, str):
-            left, ok, model = self._vectors(source, **options)
-            check_same_model(model, source().provenance, "similarity")
-            scores = cosine(left, source().encode([other]))
+            left, ok, model = self._vectors(embedder, **options)
+            check_same_model(model, embedder().provenance, "similarity")
+            scores = cosine(left, embedder().encode([other]))
         elif isinstance(other, pd.Series):
-            aligned = _align(series, other)
-            if not _holds_vectors(series) and not _holds_vectors(aligned):
-                # Both texts: one encode call, so texts shared by both sides are encoded once.
-                both = pd.concat([series, aligned], ignore_index=True)
-                vectors, valid, _ = both.emb._vectors(source, **options)
-                scores, ok = paired_cosines(vectors, valid, len(series))
-            else:
-                left, left_valid, left_model = self._vectors(source, **options)
-                right, right_valid, right_model = aligned.emb._vectors(source, **options)
-                check_same_model(left_model, right_model, "similarity")
-                scores, ok = cosine(left, right), left_valid & right_valid
+            left, left_valid, right, right_valid = _both_sides(
+                series, _align(series, other), embedder, "similarity", options
+            )
+            scores, ok = cosine(left, right), left_valid & right_valid
         else:
             raise InvalidInputError(f"other must be a Series or a str, got {type(other).__name__}")
         return pd.Series(scores.astype(np.float64), index=series.index, name="similarity").where(ok)
@@ -224,11 +218,11 @@ class EmbSeriesAccessor:
             A DataFrame indexed by the matching rows' labels, with the row's value (text or
             vector, in a column named as the Series) and a ``score`` column. NA rows never match.
         """
-        source = _source(encoder, store)
-        matrix, valid, model = self._vectors(source, batch_size=batch_size, show_progress=show_progress)
+        embedder = _lazy_embedder(encoder, store)
+        matrix, valid, model = self._vectors(embedder, batch_size=batch_size, show_progress=show_progress)
         if isinstance(query, str):
-            check_same_model(model, source().provenance, "search")
-            query_vector = source().encode([query])
+            check_same_model(model, embedder().provenance, "search")
+            query_vector = embedder().encode([query])
         else:
             query_vector = np.asarray(query, dtype=np.float32).reshape(1, -1)
         positions = np.flatnonzero(valid)
@@ -268,8 +262,8 @@ class EmbSeriesAccessor:
             ``left_text`` and ``right_text``. Groups: an Int64 Series on this index, the same id
             for rows linked by a chain of near-duplicate pairs, NA for rows in no pair.
         """
-        source = _source(encoder, store)
-        matrix, valid, _ = self._vectors(source, batch_size=batch_size, show_progress=show_progress)
+        embedder = _lazy_embedder(encoder, store)
+        matrix, valid, _ = self._vectors(embedder, batch_size=batch_size, show_progress=show_progress)
         positions = np.flatnonzero(valid)
         i, j, scores = pairs_above(matrix[positions], threshold)
         left, right = positions[i], positions[j]
@@ -345,44 +339,54 @@ class EmbDataFrameAccessor:
         if not isinstance(right, pd.DataFrame):
             raise InvalidInputError(f"right must be a DataFrame, got {type(right).__name__}")
         check_join(k, threshold, how, score)
+        names = added_columns(score, score_column)
         right_on = left_on if right_on is None else right_on
-        left_col = _column(self._df, left_on, "left")
-        right_col = _column(right, right_on, "right")
         options = {"batch_size": batch_size, "show_progress": show_progress}
-        source = _source(encoder, store)
-        if not _holds_vectors(left_col) and not _holds_vectors(right_col):
-            both = pd.concat([left_col, right_col], ignore_index=True)
-            matrix, valid, _ = both.emb._vectors(source, **options)
-            lvec, lvalid = matrix[: len(left_col)], valid[: len(left_col)]
-            rvec, rvalid = matrix[len(left_col) :], valid[len(left_col) :]
-        else:
-            lvec, lvalid, left_model = left_col.emb._vectors(source, **options)
-            rvec, rvalid, right_model = right_col.emb._vectors(source, **options)
-            check_same_model(left_model, right_model, "join")
+        lvec, lvalid, rvec, rvalid = _both_sides(
+            _column(self._df, left_on, "left"),
+            _column(right, right_on, "right"),
+            _lazy_embedder(encoder, store),
+            "join",
+            options,
+        )
         rows = join_rows(lvec, lvalid, rvec, rvalid, k, threshold=threshold, how=how, score=score)
-        columns = {score_column: rows.score}
-        if score != "cosine":
-            if score_column == "cosine":
-                raise InvalidInputError(
-                    f"score={score!r} adds a 'cosine' column: choose another score_column"
-                )
-            columns["cosine"] = rows.cosine
-        return _assemble(self._df, right, rows.left, rows.right, columns, suffixes)
+        added = dict(zip(names, [rows.score, *rows.columns.values()], strict=True))
+        return _assemble(self._df, right, rows.left, rows.right, added, suffixes)
 
 
 # ---------------------------------------------------------------------- helpers
 
 
-def _source(encoder: Encoder | None, store: VectorStore | None) -> Callable[[], Embedder]:
-    """The embedder to encode with, made on first use (a Series of vectors needs none)."""
-    return functools.cache(lambda: embedder(encoder, store))
+def _lazy_embedder(encoder: Encoder | None, store: VectorStore | None) -> Callable[[], Embedder]:
+    """The embedder to encode with, made on first call (a Series of vectors needs none)."""
+    return functools.cache(lambda: embedder_for(encoder, store))
+
+
+def _both_sides(
+    left: pd.Series, right: pd.Series, embedder: Callable[[], Embedder], what: str, options: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(left matrix, left valid, right matrix, right valid)`` of two Series of texts or vectors.
+
+    Two Series of texts go through one encode call, so a text found on both sides is encoded once.
+
+    Raises:
+        ModelMismatchError: The two sides' vectors come from different models.
+    """
+    if not _holds_vectors(left) and not _holds_vectors(right):
+        both = pd.concat([left, right], ignore_index=True)
+        matrix, valid, _ = both.emb._vectors(embedder, **options)
+        return matrix[: len(left)], valid[: len(left)], matrix[len(left) :], valid[len(left) :]
+    lvec, lvalid, left_model = left.emb._vectors(embedder, **options)
+    rvec, rvalid, right_model = right.emb._vectors(embedder, **options)
+    check_same_model(left_model, right_model, what)
+    return lvec, lvalid, rvec, rvalid
 
 
 def _encode_labelled(
-    source: Embedder, series: pd.Series, texts: list[str | None], **options: Any
+    embedder: Embedder, series: pd.Series, texts: list[str | None], **options: Any
 ) -> tuple[np.ndarray, np.ndarray]:
     try:
-        return source.encode_nullable(texts, **options)
+        return embedder.encode_nullable(texts, **options)
     except InvalidInputError as exc:
         if exc.position is None:
             raise

@@ -1,17 +1,24 @@
-"""Cosine similarity, margin scoring and top-k search on float32 matrices (no engine types here)."""
+"""Cosine similarity, top-k search and join pairs on float32 matrices (no engine types here).
+
+How a pair is scored comes from the table in :mod:`polyemb.scores`; :func:`top_pairs` is the one
+function every engine's join calls.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import numpy as np
 import torch
 
 from polyemb.errors import InvalidInputError
-from polyemb.options import JOIN_HOWS, SCORES, JoinHow, Score, check_choice, check_positive_int
+from polyemb.options import JOIN_HOWS, JoinHow, Score, check_choice, check_positive_int
+from polyemb.scores import PAIR_COLUMNS, ScoreSpec, score_spec
 
 __all__ = [
     "JoinRows",
+    "Pairs",
     "check_join",
     "connected_groups",
     "cosine",
@@ -20,8 +27,8 @@ __all__ = [
     "normalize_rows",
     "paired_cosines",
     "pairs_above",
-    "rescore",
     "top_k",
+    "top_pairs",
 ]
 
 # Rows of the (query block x corpus block) score matrix computed at once: 4096 x 4096 float32
@@ -86,21 +93,8 @@ def neighbourhood(
     return scores.mean(axis=1) if scores.shape[1] else np.zeros(len(scores), dtype=np.float32)
 
 
-def rescore(
-    cosines: torch.Tensor, score: Score, query_r: torch.Tensor, corpus_r: torch.Tensor
-) -> torch.Tensor:
-    """Turn a (queries x corpus) block of cosines into ``score``, given both sides' r (neighbourhoods).
-
-    - ``"margin"`` (Artetxe & Schwenk, 2019, ratio margin): ``cos(x, y) / ((r(x) + r(y)) / 2)``,
-      the denominator kept >= 1e-6.
-    - ``"csls"`` (Conneau et al., 2018): ``2 cos(x, y) - r(x) - r(y)``.
-    - ``"cosine"``: unchanged.
-    """
-    if score == "cosine":
-        return cosines
-    if score == "margin":
-        return cosines / ((query_r[:, None] + corpus_r[None, :]) / 2).clamp(min=1e-6)
-    return 2 * cosines - query_r[:, None] - corpus_r[None, :]
+Neighbourhoods: TypeAlias = tuple[np.ndarray | None, np.ndarray | None]
+"""``(r of each query row over the corpus, r of each corpus row over the queries)``."""
 
 
 def top_k(
@@ -109,7 +103,7 @@ def top_k(
     k: int,
     *,
     score: Score = "cosine",
-    neighbourhoods: tuple[np.ndarray, np.ndarray] | None = None,
+    neighbourhoods: Neighbourhoods | None = None,
     neighbours: int = NEIGHBOURS,
     block_rows: int = BLOCK_ROWS,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -123,69 +117,209 @@ def top_k(
         queries: (n, dim) vectors (normalized here).
         corpus: (m, dim) vectors.
         k: Rows per query (fewer if the corpus is smaller).
-        score: ``"cosine"``, ``"margin"`` or ``"csls"`` (see :func:`rescore`).
+        score: A score of :data:`polyemb.scores.SCORE_TABLE`: ``"cosine"``, ``"margin"`` or ``"csls"``.
         neighbourhoods: For margin and CSLS, ``(r of each query over the corpus, r of each
-            corpus row over the queries)``; None computes both with :func:`neighbourhood`.
+            corpus row over the queries)``; a side that is None is computed here with
+            :func:`neighbourhood`. Scores without neighbourhoods ignore it.
         neighbours: k of the neighbourhoods computed here (4, as LASER uses).
         block_rows: Rows of a block on each side.
 
     Returns:
         ``(indices, scores)``, each ``(len(queries), min(k, len(corpus)))``.
+
+    Example:
+        >>> indices, scores = top_k(np.eye(2), np.array([[0.0, 1.0], [1.0, 0.1]]), 1)
+        >>> indices.tolist()
+        [[1], [0]]
     """
     check_positive_int("k", k)
-    check_choice("score", score, SCORES)
-    q = normalize_rows(queries)
-    c = normalize_rows(corpus)
-    if q.shape[1] != c.shape[1]:
-        raise InvalidInputError(f"vectors of dimension {q.shape[1]} and {c.shape[1]} cannot be compared")
-    keep = min(k, len(c))
-    indices = np.zeros((len(q), keep), dtype=np.int64)
-    scores = np.zeros((len(q), keep), dtype=np.float32)
-    if keep == 0 or len(q) == 0:
-        return indices, scores
-    if score != "cosine" and neighbourhoods is None:
-        neighbourhoods = (
-            neighbourhood(q, c, neighbours, block_rows=block_rows),
-            neighbourhood(c, q, neighbours, block_rows=block_rows),
-        )
-    query_r, corpus_r = (
-        (torch.from_numpy(np.array(r, dtype=np.float32)) for r in neighbourhoods)
-        if neighbourhoods is not None
-        else (torch.zeros(0), torch.zeros(0))
-    )
-    corpus_t = torch.from_numpy(c)
-    with torch.inference_mode():
-        for q0 in range(0, len(q), block_rows):
-            q_block = torch.from_numpy(q[q0 : q0 + block_rows])
-            best_val = torch.empty((len(q_block), 0))
-            best_idx = torch.empty((len(q_block), 0), dtype=torch.int64)
-            for c0 in range(0, len(c), block_rows):
-                block = q_block @ corpus_t[c0 : c0 + block_rows].T
-                if score != "cosine":
-                    block = rescore(
-                        block, score, query_r[q0 : q0 + len(q_block)], corpus_r[c0 : c0 + block.shape[1]]
-                    )
-                val, idx = _first_best(block, min(keep, block.shape[1]))
-                best_val = torch.cat([best_val, val], dim=1)
-                best_idx = torch.cat([best_idx, idx + c0], dim=1)
-                if best_val.shape[1] > keep:  # a few candidates: order them fully, ties by index
-                    by_index = best_idx.argsort(dim=1)
-                    best_val, best_idx = best_val.gather(1, by_index), best_idx.gather(1, by_index)
-                    pick = best_val.argsort(dim=1, descending=True, stable=True)[:, :keep]
-                    best_val, best_idx = best_val.gather(1, pick), best_idx.gather(1, pick)
-            indices[q0 : q0 + len(q_block)] = best_idx.numpy()
-            scores[q0 : q0 + len(q_block)] = best_val.numpy()
-    order = np.lexsort((indices, -scores), axis=1)
-    return np.take_along_axis(indices, order, axis=1), np.take_along_axis(scores, order, axis=1)
+    spec = score_spec(score)
+    q, c = _unit_pair(queries, corpus)
+    return _ranked(q, c, k, spec, neighbourhoods, neighbours, block_rows)
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """Top-k pairs as flat rows: by query row, then best first, ties to the lower corpus row.
+
+    Attributes:
+        query: int64 query row of each pair.
+        corpus: int64 corpus row of each pair.
+        score: float32 score of each pair.
+        columns: The columns the score adds (its entry in :data:`polyemb.scores.SCORE_TABLE`),
+            float32, by name: ``{"cosine": ...}`` for margin and CSLS, empty for cosine.
+    """
+
+    query: np.ndarray
+    corpus: np.ndarray
+    score: np.ndarray
+    columns: dict[str, np.ndarray]
+
+
+def top_pairs(
+    queries: np.ndarray,
+    corpus: np.ndarray,
+    k: int | np.ndarray,
+    *,
+    score: Score = "cosine",
+    neighbourhoods: Neighbourhoods | None = None,
+    neighbours: int = NEIGHBOURS,
+    block_rows: int = BLOCK_ROWS,
+) -> Pairs:
+    """Each query row's ``k`` best corpus rows as flat pairs, with the columns the score adds.
+
+    What every engine's join is made of: :func:`top_k`, flattened, plus the score's own columns
+    (the cosine of each pair for margin and CSLS), so no engine branches on the score.
+
+    Args:
+        queries: (n, dim) vectors (normalized here).
+        corpus: (m, dim) vectors.
+        k: Pairs per query row: one positive int, or one per query row (int array of length n).
+        score: A score of :data:`polyemb.scores.SCORE_TABLE`.
+        neighbourhoods: As for :func:`top_k`.
+        neighbours: As for :func:`top_k`.
+        block_rows: As for :func:`top_k`.
+
+    Returns:
+        The pairs; a query row has ``min(its k, len(corpus))`` of them.
+
+    Raises:
+        InvalidInputError: A k below 1, an unknown score, or vectors of different dimensions.
+
+    Example:
+        >>> pairs = top_pairs(np.eye(2), np.eye(2), 1, score="csls")
+        >>> pairs.corpus.tolist(), sorted(pairs.columns)
+        ([0, 1], ['cosine'])
+    """
+    spec = score_spec(score)
+    q, c = _unit_pair(queries, corpus)
+    ks = _per_query_k(k, len(q))
+    indices, scores = _ranked(q, c, int(ks.max(initial=1)), spec, neighbourhoods, neighbours, block_rows)
+    taken = np.arange(indices.shape[1]) < ks[:, None]
+    rows, chosen = np.nonzero(taken)[0].astype(np.int64), indices[taken]
+    columns = {name: PAIR_COLUMNS[name](q[rows], c[chosen]) for name in spec.columns}
+    return Pairs(rows, chosen, scores[taken], columns)
 
 
 def check_join(k: int, threshold: float | None, how: str, score: str) -> None:
     """Check a join's options (before the engines spend time encoding)."""
     check_positive_int("k", k)
     check_choice("how", how, JOIN_HOWS)
-    check_choice("score", score, SCORES)
+    score_spec(score)
     if threshold is not None and not isinstance(threshold, (int, float)):
         raise InvalidInputError(f"threshold must be a number or None, got {threshold!r}")
+
+
+def _unit_pair(queries: np.ndarray, corpus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both sides as unit rows of one dimension.
+
+    An engine may not know the dimension of an empty side (an empty Arrow list column is
+    ``(0, 0)``): it takes the other side's, and simply has no pairs.
+    """
+    q, c = normalize_rows(queries), normalize_rows(corpus)
+    if not len(q):
+        return q.reshape(0, c.shape[1]), c
+    if not len(c):
+        return q, c.reshape(0, q.shape[1])
+    if q.shape[1] != c.shape[1]:
+        raise InvalidInputError(f"vectors of dimension {q.shape[1]} and {c.shape[1]} cannot be compared")
+    return q, c
+
+
+def _per_query_k(k: int | np.ndarray, rows: int) -> np.ndarray:
+    """``k`` as one int64 per query row, checked."""
+    if np.ndim(k) == 0:
+        return np.full(rows, check_positive_int("k", k), dtype=np.int64)
+    ks = np.asarray(k)
+    if ks.shape != (rows,) or not np.issubdtype(ks.dtype, np.integer):
+        raise InvalidInputError(
+            f"k must be a positive int or one int per query row ({rows}); got {ks.dtype} of shape {ks.shape}"
+        )
+    if rows and ks.min() < 1:
+        raise InvalidInputError(f"k must be a positive integer, got {int(ks.min())}")
+    return ks.astype(np.int64, copy=False)
+
+
+def _ranked(
+    q: np.ndarray,
+    c: np.ndarray,
+    k: int,
+    spec: ScoreSpec,
+    neighbourhoods: Neighbourhoods | None,
+    neighbours: int,
+    block_rows: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`top_k` of unit rows: query block by query block, each against the whole corpus."""
+    keep = min(k, len(c))
+    indices = np.zeros((len(q), keep), dtype=np.int64)
+    scores = np.zeros((len(q), keep), dtype=np.float32)
+    if keep == 0 or len(q) == 0:
+        return indices, scores
+    query_r, corpus_r = _neighbourhood_tensors(q, c, spec, neighbourhoods, neighbours, block_rows)
+    corpus_t = torch.from_numpy(c)
+    with torch.inference_mode():
+        for q0 in range(0, len(q), block_rows):
+            rows = slice(q0, q0 + block_rows)
+            best_idx, best_val = _best_in_corpus(
+                torch.from_numpy(q[rows]), corpus_t, keep, spec, query_r[rows], corpus_r, block_rows
+            )
+            indices[rows], scores[rows] = best_idx.numpy(), best_val.numpy()
+    order = np.lexsort((indices, -scores), axis=1)
+    return np.take_along_axis(indices, order, axis=1), np.take_along_axis(scores, order, axis=1)
+
+
+def _neighbourhood_tensors(
+    q: np.ndarray,
+    c: np.ndarray,
+    spec: ScoreSpec,
+    given: Neighbourhoods | None,
+    neighbours: int,
+    block_rows: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both sides' r as tensors (a missing side computed here); empty for a score without them."""
+    if not spec.neighbourhoods:
+        return torch.zeros(0), torch.zeros(0)
+    query_r, corpus_r = given if given is not None else (None, None)
+    if query_r is None:
+        query_r = neighbourhood(q, c, neighbours, block_rows=block_rows)
+    if corpus_r is None:
+        corpus_r = neighbourhood(c, q, neighbours, block_rows=block_rows)
+    for r, rows, side in ((query_r, len(q), "query"), (corpus_r, len(c), "corpus")):
+        if np.shape(r) != (rows,):
+            raise InvalidInputError(
+                f"the {side} neighbourhoods have shape {np.shape(r)}; {spec.name} needs one per {side} "
+                f"row ({rows})"
+            )
+    return torch.from_numpy(np.array(query_r, dtype=np.float32)), torch.from_numpy(
+        np.array(corpus_r, dtype=np.float32)
+    )
+
+
+def _best_in_corpus(
+    q_block: torch.Tensor,
+    corpus: torch.Tensor,
+    keep: int,
+    spec: ScoreSpec,
+    query_r: torch.Tensor,
+    corpus_r: torch.Tensor,
+    block_rows: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(columns, values)``: a block of queries' ``keep`` best corpus rows, corpus block by block."""
+    best_val = torch.empty((len(q_block), 0))
+    best_idx = torch.empty((len(q_block), 0), dtype=torch.int64)
+    for c0 in range(0, len(corpus), block_rows):
+        block = spec.rescore(
+            q_block @ corpus[c0 : c0 + block_rows].T, query_r, corpus_r[c0 : c0 + block_rows]
+        )
+        val, idx = _first_best(block, min(keep, block.shape[1]))
+        best_val = torch.cat([best_val, val], dim=1)
+        best_idx = torch.cat([best_idx, idx + c0], dim=1)
+        if best_val.shape[1] > keep:  # a few candidates: order them fully, ties by index
+            by_index = best_idx.argsort(dim=1)
+            best_val, best_idx = best_val.gather(1, by_index), best_idx.gather(1, by_index)
+            pick = best_val.argsort(dim=1, descending=True, stable=True)[:, :keep]
+            best_val, best_idx = best_val.gather(1, pick), best_idx.gather(1, pick)
+    return best_idx, best_val
 
 
 def _first_best(block: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -213,8 +347,8 @@ class JoinRows:
 
     left: np.ndarray  # int64 left row positions
     right: np.ndarray  # int64 right row positions, -1 where unmatched
-    score: np.ndarray  # float64 score (cosine, margin or CSLS)
-    cosine: np.ndarray  # float64 cosine of the pair
+    score: np.ndarray  # float64 score of the pair
+    columns: dict[str, np.ndarray]  # float64 columns the score adds (Pairs.columns), by name
 
 
 def join_rows(
@@ -237,34 +371,29 @@ def join_rows(
     """
     check_join(k, threshold, how, score)
     lpos, rpos = np.flatnonzero(left_valid), np.flatnonzero(right_valid)
-    lvec, rvec = normalize_rows(left[lpos]), normalize_rows(right[rpos])
-    indices, scores = top_k(lvec, rvec, k, score=score, neighbours=neighbours, block_rows=block_rows)
-    left_rows = np.repeat(lpos, indices.shape[1])
-    right_rows = rpos[indices].reshape(-1) if indices.size else np.zeros(0, dtype=np.int64)
-    flat = scores.reshape(-1).astype(np.float64)
-    if score == "cosine":
-        cosines = flat
-    else:
-        chosen = indices.reshape(-1)
-        cosines = np.einsum("ij,ij->i", lvec[np.repeat(np.arange(len(lpos)), indices.shape[1])], rvec[chosen])
-        cosines = cosines.astype(np.float64)
+    pairs = top_pairs(left[lpos], right[rpos], k, score=score, neighbours=neighbours, block_rows=block_rows)
+    left_rows, right_rows = lpos[pairs.query], rpos[pairs.corpus]
+    # One row per value (the score, then the added columns), one column per pair.
+    values = np.vstack([pairs.score, *pairs.columns.values()]).astype(np.float64)
     if threshold is not None:
-        keep = flat >= threshold
-        left_rows, right_rows, flat, cosines = left_rows[keep], right_rows[keep], flat[keep], cosines[keep]
+        keep = values[0] >= threshold
+        left_rows, right_rows, values = left_rows[keep], right_rows[keep], values[:, keep]
     if how == "left":
-        unmatched = np.setdiff1d(np.arange(len(left)), left_rows)
-        nan = np.full(len(unmatched), np.nan)
-        left_rows = np.concatenate([left_rows, unmatched])
-        right_rows = np.concatenate([right_rows, np.full(len(unmatched), -1)])
-        flat, cosines = np.concatenate([flat, nan]), np.concatenate([cosines, nan])
-        order = np.argsort(left_rows, kind="stable")
-        left_rows, right_rows, flat, cosines = (
-            left_rows[order],
-            right_rows[order],
-            flat[order],
-            cosines[order],
-        )
-    return JoinRows(left_rows.astype(np.int64), right_rows.astype(np.int64), flat, cosines)
+        left_rows, right_rows, values = _with_unmatched(len(left), left_rows, right_rows, values)
+    columns = dict(zip(pairs.columns, values[1:], strict=True))
+    return JoinRows(left_rows.astype(np.int64), right_rows.astype(np.int64), values[0], columns)
+
+
+def _with_unmatched(
+    n_left: int, left_rows: np.ndarray, right_rows: np.ndarray, values: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pairs plus each left row without one (right row -1, NaN values), in left row order."""
+    unmatched = np.setdiff1d(np.arange(n_left), left_rows)
+    left_rows = np.concatenate([left_rows, unmatched])
+    right_rows = np.concatenate([right_rows, np.full(len(unmatched), -1)])
+    values = np.concatenate([values, np.full((len(values), len(unmatched)), np.nan)], axis=1)
+    order = np.argsort(left_rows, kind="stable")
+    return left_rows[order], right_rows[order], values[:, order]
 
 
 def pairs_above(

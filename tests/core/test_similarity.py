@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 import polyemb
-from polyemb.similarity import cosine, normalize_rows, top_k
+from polyemb.options import SCORES
+from polyemb.scores import PAIR_COLUMNS, SCORE_TABLE, added_columns, score_spec
+from polyemb.similarity import cosine, join_rows, normalize_rows, top_k, top_pairs
 
 
 def test_cosine_rowwise_and_broadcast() -> None:
@@ -55,3 +57,106 @@ def test_ties_go_to_the_earlier_corpus_row_across_blocks() -> None:
         indices, scores = top_k(query, corpus, 3, block_rows=block_rows)
         assert indices[0].tolist() == [4, 6, 8], block_rows
         np.testing.assert_allclose(scores[0], 0.6, atol=1e-6)
+
+
+# ---------------------------------------------------------------------- the table of scores
+
+
+def test_the_table_of_scores_is_the_public_choice_of_scores() -> None:
+    assert tuple(SCORE_TABLE) == SCORES
+    for name, spec in SCORE_TABLE.items():
+        assert spec.name == name
+        assert score_spec(name) is spec
+        assert set(spec.columns) <= set(PAIR_COLUMNS), name
+        assert "score" not in spec.columns  # the score's own column is named by the caller
+    assert SCORE_TABLE["cosine"].columns == () and not SCORE_TABLE["cosine"].neighbourhoods
+    with pytest.raises(polyemb.InvalidInputError, match="score must be one of 'cosine', 'margin', 'csls'"):
+        score_spec("dot")
+
+
+def test_added_columns_name_the_score_then_its_own_columns() -> None:
+    assert added_columns("cosine", "score") == ("score",)
+    assert added_columns("cosine", "cosine") == ("cosine",)
+    assert added_columns("margin", "similarity") == ("similarity", "cosine")
+    with pytest.raises(polyemb.InvalidInputError, match="score='csls' adds a 'cosine' column"):
+        added_columns("csls", "cosine")
+
+
+# Two one-hot queries against four rows: rows 0 and 2 are the same vector (exact ties), row 3
+# points away from query 0. With 4 neighbours every row's r is its mean cosine with the whole
+# other side: r(query 0) = r(query 1) = 0.25; r(rows 0, 1, 2) = 0.5, r(row 3) = -0.5.
+QUERIES = np.array([[2.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+CORPUS = np.array([[1.0, 0.0], [0.0, 3.0], [1.0, 0.0], [-1.0, 0.0]], dtype=np.float32)
+BY_SCORE = {
+    # score: (corpus rows, scores, cosines) of query 0, then of query 1, best first
+    "cosine": ([0, 2, 1, 1, 0, 2], [1, 1, 0, 1, 0, 0], [1, 1, 0, 1, 0, 0]),
+    # cos / ((r(x) + r(y)) / 2); row 3's denominator, -0.125, is floored at 1e-6
+    "margin": ([0, 2, 1, 1, 0, 2], [8 / 3, 8 / 3, 0, 8 / 3, 0, 0], [1, 1, 0, 1, 0, 0]),
+    # 2 cos - r(x) - r(y): row 3 (-0.5) beats the tied rows 0 and 2 for query 1
+    "csls": ([0, 2, 1, 1, 3, 0], [1.25, 1.25, -0.75, 1.25, 0.25, -0.75], [1, 1, 0, 1, 0, 0]),
+}
+
+
+@pytest.mark.parametrize("score", list(BY_SCORE))
+def test_top_pairs_by_hand(score: str) -> None:
+    rows, scores, cosines = BY_SCORE[score]
+    pairs = top_pairs(QUERIES, CORPUS, 3, score=score)  # type: ignore[arg-type]
+    assert pairs.query.tolist() == [0, 0, 0, 1, 1, 1]
+    assert pairs.corpus.tolist() == rows
+    np.testing.assert_allclose(pairs.score, scores, atol=1e-6)
+    assert pairs.query.dtype == pairs.corpus.dtype == np.int64 and pairs.score.dtype == np.float32
+    assert list(pairs.columns) == list(SCORE_TABLE[score].columns)  # type: ignore[index]
+    for values in pairs.columns.values():
+        np.testing.assert_allclose(values, cosines, atol=1e-6)
+        assert values.dtype == np.float32
+    # the same pairs as top_k's, flattened
+    indices, best = top_k(QUERIES, CORPUS, 3, score=score)  # type: ignore[arg-type]
+    assert indices.reshape(-1).tolist() == rows
+    np.testing.assert_array_equal(best.reshape(-1), pairs.score)
+
+
+def test_top_pairs_k_per_query_and_given_neighbourhoods() -> None:
+    pairs = top_pairs(QUERIES, CORPUS, np.array([1, 2]))
+    assert pairs.query.tolist() == [0, 1, 1] and pairs.corpus.tolist() == [0, 1, 0]
+    many = top_pairs(QUERIES, CORPUS, np.array([9, 1]))  # at most the corpus
+    assert many.query.tolist() == [0, 0, 0, 0, 1]
+    # A side given is used as it is; the other is computed: here the true r, so the same answer.
+    true_r = np.array([0.5, 0.5, 0.5, -0.5])
+    given = top_pairs(QUERIES, CORPUS, 3, score="csls", neighbourhoods=(None, true_r))
+    assert given.corpus.tolist() == BY_SCORE["csls"][0]
+    high_r = np.array([5.0, 0.5, 0.5, 0.5])
+    moved = top_pairs(QUERIES, CORPUS, 1, score="csls", neighbourhoods=(None, high_r))
+    assert moved.corpus.tolist() == [2, 1]  # a hub's r: row 0 loses its tie with row 2
+    ignored = top_pairs(QUERIES, CORPUS, 3, neighbourhoods=(np.zeros(7), None))  # cosine has none
+    assert ignored.corpus.tolist() == BY_SCORE["cosine"][0]
+    with pytest.raises(polyemb.InvalidInputError, match="corpus neighbourhoods have shape \\(2,\\)"):
+        top_pairs(QUERIES, CORPUS, 1, score="margin", neighbourhoods=(None, np.zeros(2)))
+    with pytest.raises(polyemb.InvalidInputError, match="k must be a positive integer, got 0"):
+        top_pairs(QUERIES, CORPUS, np.array([1, 0]))
+    with pytest.raises(polyemb.InvalidInputError, match="one int per query row \\(2\\)"):
+        top_pairs(QUERIES, CORPUS, np.array([1, 1, 1]))
+    with pytest.raises(polyemb.InvalidInputError, match="k must be a positive int, got 0"):
+        top_pairs(QUERIES, CORPUS, 0)
+
+
+def test_top_pairs_of_an_empty_side_are_none() -> None:
+    # An engine may hand over an empty side as (0, 0): no pairs, whatever the other's dimension.
+    for queries, corpus in ((np.zeros((0, 0)), CORPUS), (QUERIES, np.zeros((0, 0)))):
+        pairs = top_pairs(queries, corpus, 2, score="margin")
+        assert len(pairs.query) == len(pairs.corpus) == len(pairs.score) == len(pairs.columns["cosine"]) == 0
+    with pytest.raises(polyemb.InvalidInputError, match="dimension 2 and 3"):
+        top_pairs(QUERIES, np.ones((1, 3)), 1)
+
+
+def test_join_rows_keep_the_score_columns_with_nan_where_unmatched() -> None:
+    # Left row 1 is NULL, so the corpus rows' r is their cosine with left row 0 alone: 1, 0, 1, -1;
+    # the margin of rows 0 and 2 is 1 / ((0.25 + 1) / 2) = 1.6, of row 1 0 (below the threshold).
+    left_valid = np.array([True, False])
+    everything = np.ones(4, bool)
+    rows = join_rows(QUERIES, left_valid, CORPUS, everything, 3, threshold=1.5, how="left", score="margin")
+    assert rows.left.tolist() == [0, 0, 1] and rows.right.tolist() == [0, 2, -1]
+    np.testing.assert_allclose(rows.score, [1.6, 1.6, np.nan], atol=1e-6)
+    assert list(rows.columns) == ["cosine"]
+    np.testing.assert_allclose(rows.columns["cosine"], [1, 1, np.nan], atol=1e-6)
+    assert rows.score.dtype == rows.columns["cosine"].dtype == np.float64
+    assert join_rows(QUERIES, left_valid, CORPUS, everything, 1).columns == {}

@@ -284,9 +284,9 @@ def test_register_index_is_a_semantic_join_in_sql(tiny_encoder: polyemb.Encoder)
     corpus = tiny_encoder.encode([n for n in names if n is not None])
     query_vectors = tiny_encoder.encode([d for _, d in queries])
     for score in ("cosine", "margin", "csls"):
-        source = "SELECT description FROM orders" if score != "cosine" else None
+        matched = "SELECT description FROM orders" if score != "cosine" else None
         index = polyemb.duckdb.register_index(
-            con, "products", "SELECT * FROM products", key="id", text="name", score=score, source=source,
+            con, "products", "SELECT * FROM products", key="id", text="name", score=score, queries=matched,
             encoder=tiny_encoder,
         )
         assert index.keys.to_pylist() == indexed_ids  # the NULL name is not indexed
@@ -323,7 +323,31 @@ def test_register_index_errors(tiny_encoder: polyemb.Encoder) -> None:
         polyemb.duckdb.register_index(con, "p", query, key="id", text="nme")
     with pytest.raises(polyemb.InvalidInputError, match="exactly one of text= .* or vector="):
         polyemb.duckdb.register_index(con, "p", query, key="id")
-    with pytest.raises(polyemb.InvalidInputError, match="give source="):
+    with pytest.raises(polyemb.InvalidInputError, match="give queries="):
         polyemb.duckdb.register_index(con, "p", query, key="id", text="name", score="margin")
     with pytest.raises(polyemb.InvalidInputError, match="name must be an SQL identifier"):
         polyemb.duckdb.register_index(con, "p-q", query, key="id", text="name")
+
+
+def test_register_index_source_is_the_deprecated_name_of_queries() -> None:
+    con = duckdb.connect()
+    rng = np.random.default_rng(3)
+    vector = pa.list_(pa.float32(), 3)
+    indexed = rng.standard_normal((6, 3)).astype(np.float32)
+    matched = rng.standard_normal((5, 3)).astype(np.float32)
+    con.register("r", pa.table({"j": range(6), "v": pa.array(list(indexed), vector)}))
+    con.register("l", pa.table({"i": range(5), "v": pa.array(list(matched), vector)}))
+    nearest = "SELECT i, r_nearest_vector(v, 3) FROM l ORDER BY i"
+    options = {"key": "j", "vector": "v", "score": "margin"}
+    new = polyemb.duckdb.register_index(con, "r", "SELECT * FROM r", queries="SELECT v FROM l", **options)
+    expected = con.execute(nearest).fetchall()
+    assert list(expected[0][1][0]) == ["key", "score", "cosine"]  # margin adds the cosine
+    with pytest.warns(DeprecationWarning, match="source=.* deprecated; pass queries="):
+        old = polyemb.duckdb.register_index(con, "r", "SELECT * FROM r", source="SELECT v FROM l", **options)
+    assert old.neighbourhood is not None and new.neighbourhood is not None
+    np.testing.assert_array_equal(old.neighbourhood, new.neighbourhood)
+    assert con.execute(nearest).fetchall() == expected
+    with pytest.raises(polyemb.InvalidInputError, match="give queries= alone"):
+        polyemb.duckdb.register_index(
+            con, "r", "SELECT * FROM r", queries="SELECT v FROM l", source="SELECT v FROM l", **options
+        )

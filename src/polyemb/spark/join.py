@@ -12,8 +12,9 @@ Left x right rows never exist in Spark. The right side's vectors are cut into bl
   shuffled once per right block and each right row once per left chunk, so the shuffle grows as
   ``rows x other side's rows / block_rows``: make ``block_rows`` as large as a worker's memory allows.
 
-Both use the core's :func:`polyemb.similarity.top_k`, so Spark, pandas and DuckDB give the same
-pairs and scores on the same vectors. Ties go to the earlier right row (its position in the
+Both use the core's :func:`polyemb.similarity.top_pairs`, so Spark, pandas and DuckDB give the
+same pairs and scores on the same vectors; which columns a score adds comes from the core's table
+(:data:`polyemb.scores.SCORE_TABLE`). Ties go to the earlier right row (its position in the
 right DataFrame as Spark reads it).
 """
 
@@ -34,7 +35,8 @@ from polyemb.embedder import check_same_model
 from polyemb.encoder import describe
 from polyemb.errors import ColumnNotFoundError, InvalidInputError
 from polyemb.options import Delivery, JoinHow, Precision, Score, check_positive_int
-from polyemb.similarity import NEIGHBOURS, check_join, normalize_rows, top_k
+from polyemb.scores import added_columns, score_spec
+from polyemb.similarity import NEIGHBOURS, check_join, top_pairs
 from polyemb.spark.delivery import active_session, model_source
 from polyemb.spark.udfs import col_named, embed_with
 
@@ -43,10 +45,12 @@ if TYPE_CHECKING:
 
 __all__ = ["semantic_join"]
 
-_LID, _RID, _VEC, _R = "__polyemb_lid", "__polyemb_rid", "__polyemb_vec", "__polyemb_r"
-# The pair rows' columns: internal names, so that no user column can clash with them.
-_L, _R, _SCORE, _COS = "__polyemb_l", "__polyemb_r_id", "__polyemb_score", "__polyemb_cosine"
-_PAIRS = f"{_L} long, {_R} long, {_SCORE} float, {_COS} float"
+# Row ids and vectors added to the user's rows, and the pair rows' columns: internal names, so
+# that no user column can clash with them.
+_LID, _RID, _VEC = "__polyemb_lid", "__polyemb_rid", "__polyemb_vec"
+_L, _R, _SCORE = "__polyemb_l", "__polyemb_r", "__polyemb_score"
+# The column of each row's neighbourhood (r) beside its id and vector, for margin and CSLS.
+_NEIGHBOURHOOD = "r"
 BLOCK_ROWS = 65_536
 BROADCAST_MB = 64.0
 
@@ -117,6 +121,7 @@ def semantic_join(
     """
     check_join(k, threshold, how, score)
     check_positive_int("block_rows", block_rows)
+    added = added_columns(score, score_column)
     right_on = left_on if right_on is None else right_on
     for frame, column, side in ((left, left_on, "left"), (right, right_on, "right")):
         if column not in frame.columns:
@@ -135,7 +140,7 @@ def semantic_join(
     rvec = right_rows.where(F.col(_VEC).isNotNull()).select(
         F.col(_RID).alias("id"), F.col(_VEC).alias("vector")
     )
-    if score != "cosine":
+    if score_spec(score).neighbourhoods:
         # r(x) and r(y): each row's mean cosine with its 4 nearest rows on the other side.
         left_r = _neighbourhood(lvec, rvec, block_rows, broadcast_mb)
         right_r = _neighbourhood(rvec, lvec, block_rows, broadcast_mb)
@@ -144,7 +149,7 @@ def semantic_join(
     pairs = _top_pairs(lvec, rvec, k, score, block_rows, broadcast_mb)
     if threshold is not None:
         pairs = pairs.where(F.col(_SCORE) >= threshold)
-    return _assemble(left_rows, right_rows, pairs, how, score, suffixes, score_column)
+    return _assemble(left_rows, right_rows, pairs, how, added, suffixes)
 
 
 # ---------------------------------------------------------------------- vectors
@@ -225,7 +230,18 @@ def _kept(frame: DataFrame) -> DataFrame:
 def _neighbourhood(queries: DataFrame, corpus: DataFrame, block_rows: int, broadcast_mb: float) -> DataFrame:
     """``(id, r)``: each query row's mean cosine with its 4 nearest corpus rows."""
     nearest = _top_pairs(queries, corpus, NEIGHBOURS, "cosine", block_rows, broadcast_mb)
-    return nearest.groupBy(F.col(_L).alias("id")).agg(F.avg(_COS).cast("float").alias("r"))
+    return nearest.groupBy(F.col(_L).alias("id")).agg(F.avg(_SCORE).cast("float").alias(_NEIGHBOURHOOD))
+
+
+def _pair_column(name: str) -> str:
+    """The pair rows' name for a column the score adds (see :data:`polyemb.scores.SCORE_TABLE`)."""
+    return f"__polyemb_added_{name}"
+
+
+def _pair_schema(score: Score) -> str:
+    """The pair rows' schema: left id, right id, score, and each column the score adds."""
+    added = "".join(f", {_pair_column(name)} float" for name in score_spec(score).columns)
+    return f"{_L} long, {_R} long, {_SCORE} float{added}"
 
 
 def _top_pairs(
@@ -237,7 +253,7 @@ def _top_pairs(
     """
     count, dim, smallest = corpus.agg(F.count("*"), F.max(F.size("vector")), F.min(F.size("vector"))).first()
     if not count:
-        return queries.sparkSession.createDataFrame([], _PAIRS)
+        return queries.sparkSession.createDataFrame([], _pair_schema(score))
     low, high = queries.agg(F.min(F.size("vector")), F.max(F.size("vector"))).first()
     lengths = {dim, smallest, low, high} - {None}
     if len(lengths) > 1:
@@ -251,19 +267,19 @@ def _top_pairs(
 
 
 def _block(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """A pandas batch of ``id, vector[, r]`` as (ids, unit-row matrix, r or None), in id order.
+    """A pandas batch of ``id, vector[, r]`` as (ids, float32 matrix, r or None), in id order.
 
     In id order, so that the core's "lower index first" among equal scores is "earlier row".
     """
     rows = rows.sort_values("id", kind="stable")
     ids = rows["id"].to_numpy(dtype=np.int64)
     matrix = (
-        normalize_rows(np.stack(rows["vector"].to_numpy()).astype(np.float32, copy=False))
+        np.stack(rows["vector"].to_numpy()).astype(np.float32, copy=False)
         if len(rows)
-        else None
+        else np.zeros((0, 0), np.float32)
     )
-    r = rows["r"].to_numpy(dtype=np.float32) if "r" in rows.columns else None
-    return ids, matrix if matrix is not None else np.zeros((0, 0), np.float32), r
+    column = rows.get(_NEIGHBOURHOOD)
+    return ids, matrix, column.to_numpy(dtype=np.float32) if column is not None else None
 
 
 def _score(
@@ -276,24 +292,11 @@ def _score(
     k: int,
     score: Score,
 ) -> pd.DataFrame:
-    """One (left batch, right block) pair: its top-k by the core's ``top_k``, as pair rows."""
-    if not len(lids) or not len(rids):
-        return pd.DataFrame({_L: [], _R: [], _SCORE: [], _COS: []}).astype(
-            {_L: "int64", _R: "int64", _SCORE: "float32", _COS: "float32"}
-        )
-    neighbourhoods = (left_r, right_r) if score != "cosine" else None
-    indices, scores = top_k(left, right, k, score=score, neighbourhoods=neighbourhoods)  # type: ignore[arg-type]
-    rows = np.repeat(np.arange(len(lids)), indices.shape[1])
-    chosen = indices.reshape(-1)
-    cosines = np.einsum("ij,ij->i", left[rows], right[chosen])
-    return pd.DataFrame(
-        {
-            _L: lids[rows],
-            _R: rids[chosen],
-            _SCORE: scores.reshape(-1).astype(np.float32),
-            _COS: cosines.astype(np.float32),
-        }
-    )
+    """One (left batch, right block) pair: its top-k by the core's ``top_pairs``, as pair rows."""
+    pairs = top_pairs(left, right, k, score=score, neighbourhoods=(left_r, right_r))
+    columns = {_L: lids[pairs.query], _R: rids[pairs.corpus], _SCORE: pairs.score}
+    columns.update({_pair_column(name): values for name, values in pairs.columns.items()})
+    return pd.DataFrame(columns)
 
 
 def _broadcast_pairs(queries: DataFrame, corpus: DataFrame, k: int, score: Score) -> DataFrame:
@@ -305,7 +308,7 @@ def _broadcast_pairs(queries: DataFrame, corpus: DataFrame, k: int, score: Score
             lids, left, left_r = _block(batch)
             yield _score(lids, left, left_r, rids, matrix, corpus_r, k, score)
 
-    return queries.mapInPandas(run, _PAIRS)
+    return queries.mapInPandas(run, _pair_schema(score))
 
 
 def _blocked_pairs(
@@ -332,7 +335,7 @@ def _blocked_pairs(
     partial = (
         query_keys.groupBy("__chunk", "__block")
         .cogroup(corpus_keys.groupBy("__chunk", "__block"))
-        .applyInPandas(run, _PAIRS)
+        .applyInPandas(run, _pair_schema(score))
     )
     # Merge the blocks' partial lists: the k best per left row, ties to the earlier right row.
     order = Window.partitionBy(_L).orderBy(F.col(_SCORE).desc(), F.col(_R).asc())
@@ -347,21 +350,19 @@ def _assemble(
     right_rows: DataFrame,
     pairs: DataFrame,
     how: JoinHow,
-    score: Score,
+    added: tuple[str, ...],
     suffixes: tuple[str, str],
-    score_column: str,
 ) -> DataFrame:
-    """Left columns, right columns and the scores, named as ``merge`` names them."""
+    """Left columns, right columns, then ``added`` (the score, the score's own), named as ``merge`` does."""
     left_cols = [c for c in left_rows.columns if c not in (_LID, _VEC)]
     right_cols = [c for c in right_rows.columns if c not in (_RID, _VEC)]
     clash = set(left_cols) & set(right_cols)
     left_names = {c: f"{c}{suffixes[0]}" if c in clash else c for c in left_cols}
     right_names = {c: f"{c}{suffixes[1]}" if c in clash else c for c in right_cols}
-    added = [score_column, *(["cosine"] if score != "cosine" else [])]
     taken = [name for name in added if name in {*left_names.values(), *right_names.values()}]
-    if taken or len(set(added)) < len(added):
+    if taken:
         raise InvalidInputError(
-            f"the joined tables already have a column {(taken or added)[0]!r}; choose another score_column"
+            f"the joined tables already have a column {taken[0]!r}; choose another score_column"
         )
     left_part = left_rows.select(
         F.col(_LID).alias(_L), *[col_named(c).alias(n) for c, n in left_names.items()]
@@ -370,8 +371,6 @@ def _assemble(
         F.col(_RID).alias(_R), *[col_named(c).alias(n) for c, n in right_names.items()]
     )
     joined = left_part.join(pairs.join(right_part, _R, "inner"), _L, how)
-    scores = [
-        F.col(_SCORE).alias(score_column),
-        *([F.col(_COS).alias("cosine")] if score != "cosine" else []),
-    ]
+    score_column, *own = added
+    scores = [F.col(_SCORE).alias(score_column), *[F.col(_pair_column(name)).alias(name) for name in own]]
     return joined.select(*[col_named(n) for n in [*left_names.values(), *right_names.values()]], *scores)

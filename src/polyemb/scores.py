@@ -1,0 +1,115 @@
+"""The table of join scores: one entry per score, read by the core's top-k and by every engine.
+
+An entry says what a score needs (both sides' neighbourhoods, or nothing), which columns a join
+adds beside it, and how it turns a block of cosines into scores. Engines read the entry, never
+the score's name, so adding a score is one entry here (with its tests) and nothing in pandas,
+DuckDB or Spark. Torch-free at import (torch appears in annotations only), so the command line
+can read the table for its help.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from polyemb.errors import InvalidInputError
+from polyemb.options import SCORES, Score, check_choice
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["PAIR_COLUMNS", "SCORE_TABLE", "ScoreSpec", "added_columns", "score_spec"]
+
+Rescore = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]
+"""``(cosines, query_r, corpus_r) -> scores`` for a (queries x corpus) block."""
+
+
+@dataclass(frozen=True)
+class ScoreSpec:
+    """One score of the table.
+
+    Attributes:
+        name: The name users give (``score=``), one of :data:`polyemb.options.SCORES`.
+        neighbourhoods: Whether the score needs r, each row's mean cosine with its nearest rows
+            on the other side (see :func:`polyemb.similarity.neighbourhood`).
+        columns: The columns a join adds beside the score, each a key of :data:`PAIR_COLUMNS`.
+        rescore: Turns a (queries x corpus) block of cosines into this score, given the block's
+            query r and corpus r (empty tensors when ``neighbourhoods`` is False).
+    """
+
+    name: Score
+    neighbourhoods: bool
+    columns: tuple[str, ...]
+    rescore: Rescore
+
+
+def _pair_cosine(queries: np.ndarray, corpus: np.ndarray) -> np.ndarray:
+    """Cosine of each pair of unit rows ``(queries[i], corpus[i])``."""
+    cosines: np.ndarray = np.einsum("ij,ij->i", queries, corpus).astype(np.float32)
+    return cosines
+
+
+PAIR_COLUMNS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {"cosine": _pair_cosine}
+"""How each added column is computed from the unit vectors of the pairs (float32, one per pair)."""
+
+
+def _cosine(cosines: torch.Tensor, query_r: torch.Tensor, corpus_r: torch.Tensor) -> torch.Tensor:
+    return cosines
+
+
+def _margin(cosines: torch.Tensor, query_r: torch.Tensor, corpus_r: torch.Tensor) -> torch.Tensor:
+    # A floor on the denominator: rows whose neighbours are orthogonal (r = 0) must not divide by 0.
+    return cosines / ((query_r[:, None] + corpus_r[None, :]) / 2).clamp(min=1e-6)
+
+
+def _csls(cosines: torch.Tensor, query_r: torch.Tensor, corpus_r: torch.Tensor) -> torch.Tensor:
+    return 2 * cosines - query_r[:, None] - corpus_r[None, :]
+
+
+SCORE_TABLE: dict[Score, ScoreSpec] = {
+    spec.name: spec
+    for spec in (
+        # Plain cosine of the two unit vectors.
+        ScoreSpec("cosine", neighbourhoods=False, columns=(), rescore=_cosine),
+        # Ratio margin (Artetxe & Schwenk, 2019): cos(x, y) / ((r(x) + r(y)) / 2).
+        ScoreSpec("margin", neighbourhoods=True, columns=("cosine",), rescore=_margin),
+        # CSLS (Conneau et al., 2018): 2 cos(x, y) - r(x) - r(y).
+        ScoreSpec("csls", neighbourhoods=True, columns=("cosine",), rescore=_csls),
+    )
+}
+"""Every score, by name; its keys are :data:`polyemb.options.SCORES` (a test holds them equal)."""
+
+
+def score_spec(score: Any) -> ScoreSpec:
+    """The table's entry for ``score``.
+
+    Raises:
+        InvalidInputError: ``score`` is not one of :data:`polyemb.options.SCORES`.
+
+    Example:
+        >>> score_spec("margin").columns
+        ('cosine',)
+    """
+    name: Score = check_choice("score", score, SCORES)
+    return SCORE_TABLE[name]
+
+
+def added_columns(score: Any, score_column: str) -> tuple[str, ...]:
+    """The columns a join adds, in order: ``score_column``, then the score's own columns.
+
+    Raises:
+        InvalidInputError: ``score_column`` is the name of one of the score's own columns.
+
+    Example:
+        >>> added_columns("csls", "similarity")
+        ('similarity', 'cosine')
+    """
+    spec = score_spec(score)
+    if score_column in spec.columns:
+        raise InvalidInputError(
+            f"score={spec.name!r} adds a {score_column!r} column: choose another score_column"
+        )
+    return (score_column, *spec.columns)
