@@ -60,3 +60,8 @@ def test_the_command_line_needs_no_torch_for_help() -> None:
 
 def test_errors_and_options_need_no_torch() -> None:
     assert imported_after("import polyemb.errors, polyemb.options; from polyemb import PolyembError") == set()
+
+
+def test_the_store_needs_no_torch() -> None:
+    # Opening, reading and maintaining a store needs no model: the default encoder loads lazily.
+    assert imported_after("import polyemb.store; polyemb.store.open_store") == set()

@@ -40,7 +40,7 @@ from polyemb.cache import EmbeddingCache
 from polyemb.encoder import Encoder, default_encoder
 from polyemb.options import SCORES, Score, check_choice, check_sql_name, check_sql_prefix
 from polyemb.similarity import neighbourhood, normalize_rows, paired_cosines, top_k
-from polyemb.store import RunStats, StoredEncoder, VectorStore, embedder
+from polyemb.store import RunStats, StoredEncoder, VectorStore, embedder_for
 
 __all__ = ["FUNCTIONS", "SemanticIndex", "load_extension", "register", "register_index"]
 
@@ -117,7 +117,7 @@ def register(
     check_sql_prefix(prefix)
     model = encoder if encoder is not None else default_encoder()
     cache = EmbeddingCache.shared(model, max_mb=cache_mb, store=store)
-    source = embedder(model, store)
+    source = embedder_for(model, store)
     vector_type = duckdb.array_type(FLOAT, model.dim)
 
     def embed(texts: pa.Array) -> pa.Array:
@@ -274,7 +274,7 @@ def register_index(
         if text
         else None
     )
-    source_embedder = embedder(cache.encoder, store) if cache is not None else None
+    source_embedder = embedder_for(cache.encoder, store) if cache is not None else None
 
     def vectors_of(
         values: pa.Array | pa.ChunkedArray, what: str, texts: bool = text is not None

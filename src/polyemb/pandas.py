@@ -41,7 +41,7 @@ from polyemb.similarity import (
     pairs_above,
     top_k,
 )
-from polyemb.store import VectorStore, embedder
+from polyemb.store import VectorStore, embedder_for
 
 __all__ = ["EmbDataFrameAccessor", "EmbSeriesAccessor", "vector_dtype"]
 
@@ -375,7 +375,7 @@ class EmbDataFrameAccessor:
 
 def _source(encoder: Encoder | None, store: VectorStore | None) -> Callable[[], Embedder]:
     """The embedder to encode with, made on first use (a Series of vectors needs none)."""
-    return functools.cache(lambda: embedder(encoder, store))
+    return functools.cache(lambda: embedder_for(encoder, store))
 
 
 def _encode_labelled(

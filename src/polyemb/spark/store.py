@@ -25,7 +25,7 @@ from polyemb.errors import ColumnNotFoundError, InvalidInputError
 from polyemb.options import Delivery, Precision
 from polyemb.spark.delivery import active_session
 from polyemb.spark.udfs import col_named, embed_udf
-from polyemb.store import HASH_COLUMN, VECTOR_COLUMN, description, run_id
+from polyemb.store.layout import HASH_COLUMN, VECTOR_COLUMN, description, run_id
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
