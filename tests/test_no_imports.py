@@ -66,3 +66,8 @@ def test_errors_and_options_need_no_torch() -> None:
 def test_the_table_of_scores_needs_no_torch() -> None:
     # The command line reads it (choices, column names) for --help.
     assert imported_after("import polyemb.scores") == set()
+
+
+def test_the_store_needs_no_torch() -> None:
+    # Opening, reading and maintaining a store needs no model: the default encoder loads lazily.
+    assert imported_after("import polyemb.store; polyemb.store.open_store") == set()

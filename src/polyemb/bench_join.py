@@ -27,7 +27,7 @@ from polyemb.encoder import Encoder
 from polyemb.errors import InvalidInputError
 from polyemb.options import SCORES
 from polyemb.similarity import top_k
-from polyemb.store import VectorStore, embedder
+from polyemb.store import VectorStore, embedder_for
 
 __all__ = ["duckdb_join", "retrieval", "spark_join"]
 
@@ -55,7 +55,7 @@ def retrieval(
     """
     from polyemb.sts import read_sts
 
-    source = embedder(encoder, store)
+    source = embedder_for(encoder, store)
     results = []
     for first, second in pairs:
         a = read_sts(folder / f"stsb-{first}-dev.csv").sentence1
@@ -91,7 +91,7 @@ def duckdb_join(
 
     from polyemb.duckdb import load_extension, register_index
 
-    source = embedder(encoder, store)
+    source = embedder_for(encoder, store)
     texts = _sample(pool, 2 * size, 0, distinct=True)
     left, right = source.encode(texts[:size]), source.encode(texts[size:])
     con = duckdb.connect()
@@ -171,7 +171,7 @@ def spark_join(
     from polyemb.bench import local_spark
     from polyemb.spark import semantic_join
 
-    source = embedder(encoder, store)
+    source = embedder_for(encoder, store)
     right_texts = _sample(pool, right_rows, 1, distinct=True)
     left_texts = _sample(pool, left_rows, 2, distinct=False)
     distinct = list(dict.fromkeys([*left_texts, *right_texts]))

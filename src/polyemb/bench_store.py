@@ -134,12 +134,13 @@ def _duckdb_run(model: str, source: Path, output: Path, store: Path) -> int:
 def _spark_run(model: str, source: Path, output: Path, store: Path) -> int:
     """``embed_incremental`` on ``local[2]``, written to Parquet."""
     from polyemb.bench import local_spark
-    from polyemb.spark import embed_incremental
-    from polyemb.spark.store import last_report
+    from polyemb.spark import IncrementalReport, embed_incremental
 
     spark = local_spark("polyemb-bench-store", {"spark.sql.shuffle.partitions": "4"})
-    embed_incremental(spark.read.parquet(str(source)), "text", str(store), model).write.parquet(str(output))
-    return int(last_report["embedded"])
+    report = IncrementalReport()
+    out = embed_incremental(spark.read.parquet(str(source)), "text", str(store), model, report=report)
+    out.write.parquet(str(output))
+    return report.embedded
 
 
 # ---------------------------------------------------------------------- lookups

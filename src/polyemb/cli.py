@@ -62,11 +62,11 @@ def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from polyemb.store import StoredEncoder, embedder, open_store
+    from polyemb.store import StoredEncoder, embedder_for, open_store
     from polyemb.tables import embed_file
 
     store = open_store(args.store) if args.store else None
-    source = embedder(_load(args), store)
+    source = embedder_for(_load(args), store)
     report = embed_file(
         source,
         args.input,

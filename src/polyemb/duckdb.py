@@ -43,8 +43,7 @@ from polyemb.encoder import Encoder, default_encoder
 from polyemb.options import Score, check_sql_name, check_sql_prefix
 from polyemb.scores import ScoreSpec, score_spec
 from polyemb.similarity import neighbourhood, normalize_rows, paired_cosines, top_pairs
-from polyemb.store import RunStats, StoredEncoder, VectorStore
-from polyemb.store import embedder as embedder_for
+from polyemb.store import RunStats, StoredEncoder, VectorStore, embedder_for
 
 __all__ = ["FUNCTIONS", "SemanticIndex", "load_extension", "register", "register_index"]
 

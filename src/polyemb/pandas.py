@@ -41,8 +41,7 @@ from polyemb.similarity import (
     pairs_above,
     top_k,
 )
-from polyemb.store import VectorStore
-from polyemb.store import embedder as embedder_for
+from polyemb.store import VectorStore, embedder_for
 
 __all__ = ["EmbDataFrameAccessor", "EmbSeriesAccessor", "vector_dtype"]
 

@@ -171,10 +171,13 @@ else:
         store = str(tmp_path / "store")
         texts = [*TEXTS, "a text only Connect sees"]
         for expected in (4, 0):  # 4 distinct texts; the second run finds them all
-            out = polyemb.spark.embed_incremental(frame(connect, texts), "text", store, tiny_model_dir)
+            report = polyemb.spark.IncrementalReport()
+            out = polyemb.spark.embed_incremental(
+                frame(connect, texts), "text", store, tiny_model_dir, report=report
+            )
             rows = out.select("id", F.col("embedding").alias("v")).collect()
             check_vectors(rows, texts, tiny_encoder)
-            assert polyemb.spark.store.last_report["embedded"] == expected
+            assert report.embedded == expected
         assert out.schema["embedding"].metadata == {"polyemb.model": tiny_encoder.provenance}
 
     def test_semantic_join_on_connect(

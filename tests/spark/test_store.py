@@ -36,9 +36,13 @@ def test_only_texts_the_store_lacks_are_embedded(
     store = tmp_path / "store"
     polyemb.open_store(store).encode(["text 1", "text 2"], encoder=tiny_encoder)  # from a laptop
     texts = [f"text {i % 30}" for i in range(100)] + [None, None]
-    out = polyemb.spark.embed_incremental(frame(spark, texts), "text", str(store), tiny_model_dir)
-    report = dict(polyemb.spark.store.last_report)
-    assert report["embedded"] == 28 and report["model_key"] == tiny_encoder.vector_spec().key
+    report = polyemb.spark.IncrementalReport()
+    out = polyemb.spark.embed_incremental(
+        frame(spark, texts), "text", str(store), tiny_model_dir, report=report
+    )
+    assert report.embedded == 28 and report.model_key == tiny_encoder.vector_spec().key
+    assert report.provenance == tiny_encoder.provenance and report.run is not None
+    assert Path(report.run).parent.name == f"model={report.model_key}" and Path(report.run).is_dir()
     rows = out.collect()
     assert sorted(row["id"] for row in rows) == list(range(102))  # every row once, NULLs kept
     check(rows, tiny_encoder)
@@ -47,10 +51,15 @@ def test_only_texts_the_store_lacks_are_embedded(
     # The next day: 2 texts edited, 1 row appended. Only those 3 are embedded.
     texts[0], texts[50] = "text 0, edited", "text 20 (corrected)"
     out = polyemb.spark.embed_incremental(
-        frame(spark, [*texts, "a new row"]), "text", str(store), tiny_model_dir
+        frame(spark, [*texts, "a new row"]), "text", str(store), tiny_model_dir, report=report
     )
     check(out.collect(), tiny_encoder)
-    assert polyemb.spark.store.last_report["embedded"] == 3
+    assert report.embedded == 3
+    # Nothing new: nothing embedded, no run written, and the report says so.
+    polyemb.spark.embed_incremental(
+        frame(spark, texts[:5]), "text", str(store), tiny_model_dir, report=report
+    )
+    assert report.embedded == 0 and report.run is None
 
     # What Spark stored, Python reads (and the reverse held above): one store, one hash.
     stored = polyemb.open_store(store).bind(tiny_encoder)
@@ -66,11 +75,12 @@ def test_two_jobs_appending_at_once_corrupt_nothing(
 ) -> None:
     store = str(tmp_path / "store")
     results: dict[int, list[Any]] = {}
+    reports = [polyemb.spark.IncrementalReport() for _ in range(2)]
 
     def job(i: int) -> None:
         texts = [f"concurrent spark text {j}" for j in range(i * 40, i * 40 + 80)]  # 40 shared
         results[i] = polyemb.spark.embed_incremental(
-            frame(spark, texts), "text", store, tiny_model_dir
+            frame(spark, texts), "text", store, tiny_model_dir, report=reports[i]
         ).collect()
 
     threads = [threading.Thread(target=job, args=(i,)) for i in range(2)]
@@ -84,6 +94,8 @@ def test_two_jobs_appending_at_once_corrupt_nothing(
         check(rows, tiny_encoder)
     [model] = polyemb.open_store(store).stats().models
     assert model.distinct == 120 and model.entries >= 120  # a text both jobs wrote is there twice
+    # Each job's own report: what it wrote, in a run of its own (no shared global to race on).
+    assert sum(r.embedded for r in reports) == model.entries and reports[0].run != reports[1].run
     reader = polyemb.open_store(store).bind(tiny_encoder)
     reader.encode([f"concurrent spark text {j}" for j in range(120)])
     assert reader.stats.found == 120

@@ -123,6 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         df = df.repartition(args.repartition)
     if not args.no_vectors and args.store:
         # Only the texts the store lacks for this model are embedded; the rest are read.
+        report = polyemb.spark.IncrementalReport()
         df = polyemb.spark.embed_incremental(
             df,
             args.text_column,
@@ -133,9 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             delivery=args.delivery,
             batch_size=args.batch_size,
             precision=args.precision,
+            report=report,
         )
-        report = polyemb.spark.store.last_report
-        print(f"embed_job: store {args.store}: {report['embedded']} new texts embedded", file=sys.stderr)
+        print(f"embed_job: store {args.store}: {report.embedded} new texts embedded", file=sys.stderr)
     if args.similarity_query or args.pair_columns or (not args.no_vectors and not args.store):
         # One registration: the model is delivered once for both functions.
         polyemb.spark.register(

@@ -26,7 +26,15 @@ except ImportError as exc:  # pragma: no cover - exercised only without pyspark
 
 from polyemb.spark.delivery import worker_loads
 from polyemb.spark.join import semantic_join
-from polyemb.spark.store import embed_incremental
+from polyemb.spark.store import IncrementalReport, embed_incremental
 from polyemb.spark.udfs import embed_udf, register, similarity_udf
 
-__all__ = ["embed_incremental", "embed_udf", "register", "semantic_join", "similarity_udf", "worker_loads"]
+__all__ = [
+    "IncrementalReport",
+    "embed_incremental",
+    "embed_udf",
+    "register",
+    "semantic_join",
+    "similarity_udf",
+    "worker_loads",
+]

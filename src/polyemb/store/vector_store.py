@@ -1,0 +1,323 @@
+"""The store object: open a folder, look vectors up, append new ones; maintenance delegated."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from polyemb.embedder import VectorSpec
+from polyemb.errors import InvalidInputError, StoreError
+from polyemb.store import maintenance, writer
+from polyemb.store.index import FileIndex, ModelIndex, RowGroupCache, group_starts
+from polyemb.store.keys import digest_words, hash_words
+from polyemb.store.layout import (
+    MARKER,
+    MODEL_FILE,
+    can_hold_new_store,
+    check_marker,
+    description_text,
+    is_store,
+    local_folder,
+    marker_text,
+    model_descriptions,
+    model_dir,
+    part_name,
+    run_dir,
+    run_id,
+)
+from polyemb.store.stored import StoredEncoder, default_encoder_or
+
+if TYPE_CHECKING:
+    from polyemb.encoder import Encoder
+
+__all__ = ["CACHE_MB", "VectorStore", "open_store"]
+
+# Decoded row groups kept in memory for repeated lookups (DuckDB asks 2,048 rows at a time).
+CACHE_MB = 128.0
+
+
+class VectorStore:
+    """A folder of Parquet files mapping (model key, text hash) to float32 vectors.
+
+    Open one with :func:`open_store`. Safe to share between threads; several processes (and
+    Spark jobs) may read and write one store at once. See :mod:`polyemb.store` for the layout.
+
+    Attributes:
+        path: The store's folder.
+        read_only: Never write (lookups only; new texts are embedded but not stored).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        read_only: bool = False,
+        on_write_error: writer.WriteErrors = "raise",
+        cache_mb: float = CACHE_MB,
+        create: bool = True,
+    ) -> None:
+        if on_write_error not in ("raise", "warn"):
+            raise InvalidInputError(f"on_write_error must be 'raise' or 'warn', got {on_write_error!r}")
+        self.path = local_folder(path)
+        self.read_only = read_only
+        self._writes = writer.WriteGuard(self.path, on_write_error)
+        self._lock = threading.RLock()
+        self._indexes: dict[str, ModelIndex] = {}
+        self._cache = RowGroupCache(cache_mb)
+        self._run = run_id()
+        self._sequence = 0
+        self._open(create)
+
+    def __repr__(self) -> str:
+        mode = "read-only" if self.read_only else "read-write"
+        return f"VectorStore({str(self.path)!r}, {mode})"
+
+    @property
+    def on_write_error(self) -> writer.WriteErrors:
+        """What a failed write does: ``"raise"``, or ``"warn"`` once and go on without storing."""
+        return self._writes.on_write_error
+
+    def _open(self, create: bool) -> None:
+        if is_store(self.path):
+            check_marker(self.path)
+            return
+        if not create:
+            raise StoreError(
+                f"{self.path} is not a polyemb vector store (no {MARKER}, no model=* folders); "
+                "open_store(path) without create=False creates one in a new or empty folder"
+            )
+        if not can_hold_new_store(self.path):
+            raise StoreError(
+                f"{self.path} exists and is not a polyemb store (no {MARKER}); give an empty or new folder"
+            )
+        if not self.read_only:  # read-only, it stays an empty store: every lookup misses
+            self._writes.run(lambda: writer.write_text(self.path / MARKER, marker_text()))
+
+    # ------------------------------------------------------------------ encoding
+
+    def bind(self, encoder: Encoder) -> StoredEncoder:
+        """``encoder`` behind this store: an :class:`~polyemb.encoder.Embedder` for the adapters."""
+        if not callable(getattr(encoder, "vector_spec", None)):  # an Encoder (duck-typed: no torch import)
+            raise InvalidInputError(f"bind takes an Encoder, got {type(encoder).__name__}")
+        return StoredEncoder(self, encoder)
+
+    def encode(
+        self,
+        texts: Iterable[str],
+        *,
+        encoder: Encoder | None = None,
+        batch_size: int | None = None,
+        normalize: bool = True,
+        show_progress: bool | None = None,
+    ) -> np.ndarray:
+        """Vectors of ``texts``, embedding (and storing) only those the store lacks for this model.
+
+        Args:
+            texts: Any sequence or iterable of str.
+            encoder: The Encoder; default :func:`polyemb.default_encoder`.
+            batch_size: Passed to ``Encoder.encode``.
+            normalize: Passed to ``Encoder.encode`` (part of the model key).
+            show_progress: A progress bar over the texts to embed.
+
+        Returns:
+            ``(len(texts), dim)`` float32, rows in input order, equal to what the encoder gives.
+        """
+        return self.bind(default_encoder_or(encoder)).encode(
+            texts, batch_size=batch_size, normalize=normalize, show_progress=show_progress
+        )
+
+    def encode_nullable(
+        self,
+        texts: Iterable[str | None],
+        *,
+        encoder: Encoder | None = None,
+        batch_size: int | None = None,
+        normalize: bool = True,
+        show_progress: bool | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`encode`, None marking a missing text: ``(vectors, valid)``."""
+        return self.bind(default_encoder_or(encoder)).encode_nullable(
+            texts, batch_size=batch_size, normalize=normalize, show_progress=show_progress
+        )
+
+    # ------------------------------------------------------------------ lookups and writes
+
+    def model_folder(self, key: str) -> Path:
+        """Where the vectors of a model key live."""
+        return model_dir(self.path, key)
+
+    def models(self) -> list[tuple[str, dict[str, Any]]]:
+        """``(key, description)`` of every model folder, description from ``_model.json`` or a file."""
+        return model_descriptions(self.path)
+
+    def lookup(self, spec: VectorSpec, hashes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The stored vectors of ``hashes`` for the model of ``spec``: ``(vectors, found)``.
+
+        Rows not found are zeros. Files written by other processes since the last lookup are
+        found too.
+
+        Args:
+            spec: The model (its key picks the model folder).
+            hashes: Text hashes, as :func:`~polyemb.store.text_hashes` gives them.
+
+        Returns:
+            ``(len(hashes), spec.dim)`` float32 and a bool mask of the hashes found.
+
+        Raises:
+            StoreError: A hash is not 32 hex digits.
+        """
+        return self._find(spec, *hash_words(list(hashes), "the lookup"))
+
+    def lookup_digests(self, spec: VectorSpec, digests: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`lookup`, for 16-byte digests (:func:`~polyemb.store.keys.text_digests`), not hex."""
+        return self._find(spec, *digest_words(digests))
+
+    def _find(self, spec: VectorSpec, hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = np.empty((len(hi), spec.dim), dtype=np.float32)
+        with self._lock:
+            found = self._index(spec).lookup(hi, lo, out, self._cache)
+        out[~found] = 0
+        return out, found
+
+    def _index(self, spec: VectorSpec) -> ModelIndex:
+        index = self._indexes.get(spec.key)
+        if index is None:
+            index = ModelIndex(self.model_folder(spec.key), spec)
+            index.refresh()
+            self._indexes[spec.key] = index
+        return index
+
+    def append(self, spec: VectorSpec, hashes: Sequence[str], vectors: np.ndarray) -> Path | None:
+        """Write vectors of one model as one new file (atomically); None if writes are off.
+
+        Args:
+            spec: The model the vectors are of.
+            hashes: Their texts' hashes (:func:`~polyemb.store.text_hashes`).
+            vectors: ``(len(hashes), spec.dim)`` floats.
+
+        Returns:
+            The new file, or None where nothing was written (no hashes, read-only, writes failed).
+
+        Raises:
+            InvalidInputError: ``vectors`` is not of shape ``(len(hashes), spec.dim)``.
+            StoreError: The store cannot be written and ``on_write_error`` is ``"raise"``.
+        """
+        matrix = np.ascontiguousarray(vectors, dtype=np.float32)
+        if matrix.shape != (len(hashes), spec.dim):
+            raise InvalidInputError(
+                f"{len(hashes)} hashes need a ({len(hashes)}, {spec.dim}) matrix, got {matrix.shape}"
+            )
+        if not len(hashes) or self.read_only or self._writes.failed:
+            return None
+        hi, lo = hash_words(list(hashes), "the new vectors")
+        table, order = writer.sorted_table(spec, hashes, matrix, hi, lo)
+        folder = self.model_folder(spec.key)
+        with self._lock:
+            self._sequence += 1
+            target = run_dir(folder, self._run) / part_name(self._sequence)
+
+        def write() -> None:
+            if not (folder / MODEL_FILE).is_file():
+                writer.write_text(folder / MODEL_FILE, description_text(spec))
+            writer.write_table(table, target)
+
+        if not self._writes.run(write):
+            return None
+        # The row groups as written, not as assumed.
+        starts = group_starts(pq.read_metadata(target))
+        file = FileIndex(target, hi[order], lo[order], np.arange(len(order), dtype=np.int32), starts)
+        with self._lock:
+            self._index(spec).add(file)
+        return target
+
+    # ------------------------------------------------------------------ maintenance
+
+    def stats(self) -> maintenance.StoreStats:
+        """Entries, distinct texts, files and size on disk per model."""
+        return maintenance.stats(self.path)
+
+    def compact(self, *, target_mb: float = maintenance.COMPACT_TARGET_MB) -> maintenance.CompactReport:
+        """Merge each model's small files into files of about ``target_mb`` of vectors.
+
+        Among the files merged, each text is kept once (large files are left as they are, and a
+        duplicate between a large and a small file stays; lookups take either copy). Safe beside
+        polyemb's readers and writers: merged files appear (atomically) before the small ones are
+        removed, and files written meanwhile are left for the next compaction. A Spark job that
+        has already listed the store's files fails if they vanish under it: do not compact while
+        one reads the store. Also removes temporary files and empty run folders that killed
+        writers left more than an hour ago.
+
+        Raises:
+            StoreError: The store was opened read-only.
+        """
+        self._check_writable("compact")
+        report = maintenance.compact(self.path, target_mb=target_mb)
+        self._forget_index()
+        return report
+
+    def gc(self, keep: Sequence[str]) -> maintenance.GcReport:
+        """Drop the vectors of every model but ``keep`` (provenances ``id@fingerprint``, or model keys).
+
+        A provenance keeps every key of that model content (any precision or length); a bare
+        fingerprint (``sha256:...`` or a hub commit) does too. A model folder whose description
+        cannot be read is kept. Do not run it while a job writes a model it drops.
+
+        Raises:
+            StoreError: The store was opened read-only.
+            InvalidInputError: ``keep`` is empty, or names a model the store does not hold (a
+                typo would otherwise drop the model meant): nothing is dropped then.
+        """
+        self._check_writable("gc")
+        report = maintenance.gc(self.path, keep)
+        self._forget_index()
+        return report
+
+    def _forget_index(self) -> None:
+        with self._lock:
+            self._indexes.clear()
+            self._cache.forget()
+
+    def _check_writable(self, what: str) -> None:
+        if self.read_only:
+            raise StoreError(f"cannot {what} {self.path}: the store was opened read-only")
+
+
+def open_store(
+    path: str | os.PathLike[str],
+    *,
+    read_only: bool = False,
+    on_write_error: writer.WriteErrors = "raise",
+    cache_mb: float = CACHE_MB,
+    create: bool = True,
+) -> VectorStore:
+    """Open (or create) a vector store in a folder.
+
+    Args:
+        path: The store's folder: new, empty, or an existing store.
+        read_only: Never write: new texts are embedded but not stored.
+        on_write_error: When a write fails (a read-only lake path, a full disk): ``"raise"`` a
+            :class:`~polyemb.errors.StoreError`, or ``"warn"`` once and go on without storing.
+        cache_mb: Memory for decoded vectors kept between lookups.
+        create: Create a store in a new or empty folder. False: the folder must hold a store
+            already (what a command that reads or maintains one wants).
+
+    Returns:
+        The store.
+
+    Raises:
+        StoreError: The folder is not a store (and not empty, or ``create`` is False), or
+            cannot be created.
+
+    Example:
+        >>> store = polyemb.open_store("vectors/")
+        >>> df["vector"] = df["title"].emb.encode(store=store)
+    """
+    return VectorStore(
+        path, read_only=read_only, on_write_error=on_write_error, cache_mb=cache_mb, create=create
+    )

@@ -1,0 +1,99 @@
+"""Concurrency and crashes: two processes writing at once, a writer killed mid-write."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+import polyemb
+from polyemb.store import open_store, stored
+
+
+def _write_in_process(args: tuple[str, str, list[str]]) -> int:
+    model, store, texts = args
+    stored.WRITE_ROWS = 7  # many small files, so the two writers interleave
+    encoder = open_store(store).bind(polyemb.load(model))
+    encoder.encode(texts)
+    return encoder.stats.written
+
+
+def test_two_processes_writing_at_once_lose_nothing(tiny_model_dir: Path, tmp_path: Path) -> None:
+    texts = [f"concurrent text {i}" for i in range(120)]
+    jobs = [
+        (str(tiny_model_dir), str(tmp_path / "store"), texts[:80]),
+        (str(tiny_model_dir), str(tmp_path / "store"), texts[40:]),
+    ]
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        written = pool.map(_write_in_process, jobs)
+    assert sum(written) >= 120  # the 40 shared texts may be written by both
+    encoder = polyemb.load(tiny_model_dir)
+    reader = open_store(tmp_path / "store").bind(encoder)
+    vectors = reader.encode(texts)
+    assert (reader.stats.found, reader.stats.embedded) == (120, 0)
+    np.testing.assert_allclose(vectors, encoder.encode(texts), rtol=0, atol=1e-6)
+    [model] = reader.store.stats().models
+    assert model.distinct == 120 and model.entries == sum(written)
+
+
+KILLED_WRITER = textwrap.dedent(
+    """
+    import os, sys, time
+    import pyarrow.parquet as pq
+    import polyemb
+    from polyemb.store import stored
+
+    stored.WRITE_ROWS = 5
+    real_write, writes = pq.write_table, []
+
+    def write_table(table, where, **options):
+        real_write(table, where, **options)
+        writes.append(where)
+        if len(writes) == 21:  # the 21st file: cut it in half and stop there, as a kill would
+            os.truncate(where, os.path.getsize(where) // 2)
+            print("mid-write", flush=True)
+            time.sleep(600)
+
+    pq.write_table = write_table
+    texts = [f"killed writer text {i} " + "word " * (i % 9) for i in range(1_000)]
+    polyemb.open_store(sys.argv[2]).encode(texts, encoder=polyemb.load(sys.argv[1]))
+    """
+)
+
+
+def test_a_writer_killed_mid_write_leaves_every_finished_file(tiny_model_dir: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    process = subprocess.Popen(
+        [sys.executable, "-c", KILLED_WRITER, str(tiny_model_dir), str(store)],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == b"mid-write"  # 20 files done, the 21st half on disk
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    process.stdout.close()
+    files = list(store.glob("model=*/run=*/part-*.parquet"))
+    leftovers = list(store.rglob(".*.tmp"))
+    assert len(files) == 20 and len(leftovers) == 1  # the half-written file is hidden
+    for path in files:  # every visible file is whole
+        assert pq.read_table(path).num_rows == 5
+    encoder = polyemb.load(tiny_model_dir)
+    texts = [f"killed writer text {i} " + "word " * (i % 9) for i in range(1_000)]
+    reader = open_store(store).bind(encoder)
+    vectors = reader.encode(texts[:100])
+    assert reader.stats.found == 100  # every finished batch: the first 20 x 5 texts
+    np.testing.assert_allclose(vectors, encoder.encode(texts[:100]), rtol=0, atol=1e-6)
+    reader.encode(texts)  # a new run finishes the job beside the leftover
+    assert reader.stats.embedded == 900
+    # compact removes the killed writer's leftover once it is stale (an hour old).
+    os.utime(leftovers[0], (0, 0))
+    report = open_store(store).compact()
+    assert report.temporary_removed == 1 and not list(store.rglob(".*.tmp"))

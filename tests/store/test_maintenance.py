@@ -1,0 +1,44 @@
+"""Maintenance: stats, compaction and garbage collection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import polyemb
+from polyemb.store import open_store, text_hashes
+
+TEXTS = [f"stored text number {i} " + "word " * (i % 5) for i in range(60)]
+
+
+def test_stats_compact_and_gc(tiny_model_dir: Path, tmp_path: Path) -> None:
+    first = polyemb.load(tiny_model_dir)
+    other = polyemb.load(tiny_model_dir, max_seq_length=16)
+    store = open_store(tmp_path / "store")
+    for start in range(0, 60, 10):  # six files
+        store.encode(TEXTS[start : start + 10], encoder=first)
+    open_store(tmp_path / "store").encode(TEXTS[:20], encoder=first)  # found: nothing written
+    open_store(tmp_path / "store").encode(TEXTS[:5], encoder=other)
+    # A duplicate entry, as two writers racing leave one: the same text in two files.
+    dup = open_store(tmp_path / "store")
+    dup.append(first.vector_spec(), text_hashes(TEXTS[:3]), first.encode(TEXTS[:3]))
+    stats = {m.key: m for m in store.stats().models}
+    main = stats[first.vector_spec().key]
+    assert (main.entries, main.distinct, main.files) == (63, 60, 7)
+    assert stats[other.vector_spec().key].entries == 5 and main.provenance == first.provenance
+    report = store.compact()
+    assert report.duplicates_dropped == 3 and report.files_after == 2
+    main = {m.key: m for m in store.stats().models}[first.vector_spec().key]
+    assert (main.entries, main.distinct, main.files) == (60, 60, 1)
+    np.testing.assert_array_equal(
+        open_store(tmp_path / "store").encode(TEXTS, encoder=first), first.encode(TEXTS)
+    )
+    with pytest.raises(polyemb.InvalidInputError, match="nothing dropped.*typo@sha256:0"):
+        store.gc(["typo@sha256:0"])
+    assert len(store.stats().models) == 2
+    gc = store.gc([first.provenance])  # a provenance keeps every key of that content
+    assert sorted(gc.kept) == sorted({first.vector_spec().key, other.vector_spec().key}) and not gc.dropped
+    gc = store.gc([first.vector_spec().key])
+    assert gc.dropped == [other.vector_spec().key] and gc.bytes_freed > 0

@@ -1,0 +1,117 @@
+"""Reading and writing: round trips, only new texts embedded, other models, read-only paths, bad files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import polyemb
+from polyemb.store import StoreError, open_store, text_hashes, writer
+from polyemb.testing import build_tiny_model
+
+TEXTS = [f"stored text number {i} " + "word " * (i % 5) for i in range(60)]
+
+
+def test_a_stored_vector_is_the_encoders_vector(tiny_encoder: polyemb.Encoder, tmp_path: Path) -> None:
+    store = open_store(tmp_path / "store")
+    stored = store.bind(tiny_encoder)
+    first = stored.encode(TEXTS + TEXTS[:5])  # duplicates in one call are looked up once
+    assert (stored.stats.looked_up, stored.stats.found, stored.stats.embedded) == (60, 0, 60)
+    expected = tiny_encoder.encode(TEXTS + TEXTS[:5])
+    np.testing.assert_allclose(first, expected, rtol=0, atol=1e-6)
+    # A new process's view of the store: every vector read back, none embedded again.
+    again = open_store(tmp_path / "store").bind(tiny_encoder)
+    read = again.encode(list(reversed(TEXTS)))
+    assert (again.stats.found, again.stats.embedded) == (60, 0)
+    cosines = np.einsum("ij,ij->i", read, expected[:60][::-1]) / (
+        np.linalg.norm(read, axis=1) * np.linalg.norm(expected[:60][::-1], axis=1)
+    )
+    assert cosines.min() >= 1 - 1e-6
+    np.testing.assert_array_equal(read, first[:60][::-1])  # float32 written and read as it was
+
+
+def test_lookup_by_hash_finds_what_the_encoder_stored(tiny_encoder: polyemb.Encoder, tmp_path: Path) -> None:
+    store = open_store(tmp_path / "store")
+    stored = store.encode(TEXTS[:10], encoder=tiny_encoder)
+    vectors, found = open_store(tmp_path / "store").lookup(
+        tiny_encoder.vector_spec(), text_hashes([TEXTS[4], "never stored", TEXTS[0]])
+    )
+    assert found.tolist() == [True, False, True]
+    np.testing.assert_array_equal(vectors[[0, 2]], stored[[4, 0]])
+    assert not vectors[1].any()  # a miss reads as zeros
+
+
+def test_only_new_texts_are_embedded_and_nulls_stay_in_place(
+    tiny_encoder: polyemb.Encoder, tmp_path: Path
+) -> None:
+    store = open_store(tmp_path / "store")
+    store.encode(TEXTS[:40], encoder=tiny_encoder)
+    stored = store.bind(tiny_encoder)
+    vectors, valid = stored.encode_nullable([TEXTS[0], None, "an edited text", TEXTS[39], None])
+    assert valid.tolist() == [True, False, True, True, False]
+    assert (stored.stats.found, stored.stats.embedded, stored.stats.written) == (2, 1, 1)
+    assert not vectors[~valid].any()
+    np.testing.assert_allclose(
+        vectors[valid], tiny_encoder.encode([TEXTS[0], "an edited text", TEXTS[39]]), rtol=0, atol=1e-6
+    )
+
+
+def test_a_store_is_never_read_for_another_model(tiny_model_dir: Path, tmp_path: Path) -> None:
+    first = polyemb.load(tiny_model_dir)
+    other = polyemb.load(build_tiny_model(tmp_path / "other", seed=7))  # same shape, other weights
+    assert other.dim == first.dim
+    store = open_store(tmp_path / "store")
+    store.encode(TEXTS, encoder=first)
+    stored = store.bind(other)
+    vectors = stored.encode(TEXTS)
+    assert (stored.stats.found, stored.stats.embedded) == (0, len(TEXTS))
+    np.testing.assert_allclose(vectors, other.encode(TEXTS), rtol=0, atol=1e-6)
+    assert not np.allclose(vectors, first.encode(TEXTS), atol=1e-2)
+    assert {m.key for m in store.stats().models} == {first.vector_spec().key, other.vector_spec().key}
+
+
+def test_a_read_only_store_serves_reads(
+    tiny_encoder: polyemb.Encoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    open_store(tmp_path / "store").encode(TEXTS[:10], encoder=tiny_encoder)
+
+    def denied(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied", str(tmp_path / "store"))
+
+    # A read-only lake path (the suite may run as root, for which chmod denies nothing).
+    monkeypatch.setattr(writer, "write_table", denied)
+    strict = open_store(tmp_path / "store").bind(tiny_encoder)
+    np.testing.assert_array_equal(strict.encode(TEXTS[:10]), tiny_encoder.encode(TEXTS[:10]))
+    with pytest.raises(StoreError, match="cannot write to the vector store.*on_write_error='warn'"):
+        strict.encode(TEXTS[:12])
+    lenient = open_store(tmp_path / "store", on_write_error="warn").bind(tiny_encoder)
+    with pytest.warns(RuntimeWarning, match="writes are skipped from now on") as caught:
+        vectors = lenient.encode(TEXTS[:12])
+        lenient.encode(["one more", "and another"])
+    assert len(caught) == 1  # one warning, not one per write
+    np.testing.assert_allclose(vectors, tiny_encoder.encode(TEXTS[:12]), rtol=0, atol=1e-6)
+    assert lenient.stats.written == 0 and lenient.stats.embedded == 4
+    reader = open_store(tmp_path / "store", read_only=True)
+    with pytest.raises(StoreError, match="read-only"):
+        reader.compact()
+
+
+def test_a_foreign_file_in_a_model_folder_is_skipped_once(
+    tiny_encoder: polyemb.Encoder, tmp_path: Path
+) -> None:
+    store = open_store(tmp_path / "store")
+    store.encode(TEXTS[:10], encoder=tiny_encoder)
+    run = store.model_folder(tiny_encoder.vector_spec().key) / "run=foreign"
+    run.mkdir()
+    pq.write_table(pa.table({"id": [1, 2]}), run / "part-0.parquet")
+    stored = open_store(tmp_path / "store").bind(tiny_encoder)
+    with pytest.warns(RuntimeWarning, match="skipping .*part-0.parquet: not a readable store file") as caught:
+        vectors = stored.encode(TEXTS[:12])
+        stored.encode(["yet another text"])
+    assert len(caught) == 1
+    assert (stored.stats.found, stored.stats.embedded) == (10, 3)
+    np.testing.assert_allclose(vectors, tiny_encoder.encode(TEXTS[:12]), rtol=0, atol=1e-6)
