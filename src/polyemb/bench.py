@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from polyemb._platform import cpu_description
 from polyemb.arrow import texts_from_arrow
 from polyemb.encoder import Encoder
 from polyemb.errors import InvalidInputError
@@ -36,6 +37,7 @@ from polyemb.testing import SAMPLE_SENTENCES
 
 __all__ = [
     "SCENARIOS",
+    "cpu_description",
     "Measured",
     "ScenarioResult",
     "SideResult",
@@ -204,40 +206,6 @@ def held_out(texts_file: str | None, column: str | None, exclude: Sequence[str],
 
 
 # ---------------------------------------------------------------------- measuring
-
-# CPU flags that decide which precisions are fast: bf16 and int8 matrix units.
-_SPEED_FLAGS = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx512f", "avx2")
-
-
-def cpu_description() -> str:
-    """The CPU every speed figure was measured on, e.g. ``"AMD EPYC (family 26, model 2), 2 CPUs: ..."``.
-
-    Names the model, family and model numbers (``lscpu`` shows the same), the CPUs this process
-    may use, and the flags among ``amx_*``, ``avx512_bf16``, ``avx512_vnni``, ``avx_vnni``,
-    ``avx512f`` and ``avx2`` that the CPU has. Never fails: unknown parts are left out.
-    """
-    import platform
-
-    from polyemb.encoder import available_cpus
-
-    fields: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-            if key.strip() == "flags":
-                break
-    except OSError:
-        pass
-    name = fields.get("model name") or platform.processor() or platform.machine() or "unknown CPU"
-    if "cpu family" in fields and "model" in fields:
-        name += f" (family {fields['cpu family']}, model {fields['model']})"
-    flags = set(fields.get("flags", "").split())
-    present = [flag for flag in _SPEED_FLAGS if flag in flags]
-    amx = "AMX" if any(flag.startswith("amx") for flag in flags) else "no AMX"
-    shown = ", ".join(present) if present else "flags unknown"
-    return f"{name}, {available_cpus()} CPUs: {shown}; {amx}"
-
 
 def _reset_peak() -> None:
     # Linux: writing 5 to clear_refs resets the peak RSS (VmHWM) of this process.
