@@ -495,20 +495,22 @@ def spark_side(
     Returns the run function and a dict that fills with the broadcast's size and time and the
     Python workers' peak memory.
     """
-    from polyemb import spark as polyemb_spark
     from polyemb.arrow import vectors_from_arrow
-    from polyemb.spark.delivery import last_shipment
+    from polyemb.spark.delivery import model_source
+    from polyemb.spark.udfs import embed_with
 
     session = local_spark("polyemb-bench", {"spark.python.worker.reuse": "true"})
-    embed = polyemb_spark.embed_udf(
+    # What embed_udf does, kept in two steps so that the shipment's figures can be read.
+    source = model_source(
+        session,
         encoder.folder,
-        spark=session,
         delivery="broadcast",
-        batch_size=batch_size,
         precision=encoder.precision,
         max_seq_length=encoder.max_seq_length,
+        revision=None,
     )
-    info: dict[str, Any] = {"shipment": dict(last_shipment)}
+    embed = embed_with(source, batch_size)
+    info: dict[str, Any] = {"shipment": source.shipment}
 
     def run(texts: list[str]) -> np.ndarray:
         table = _indexed_table(texts)
