@@ -4,4 +4,5 @@ import sys
 
 from polyemb.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # documentation tools import every module
+    sys.exit(main())
