@@ -26,7 +26,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def pytest_report_header(config: pytest.Config) -> str:
     """Name the CPU in the header: float results are compared with tolerances that must hold on
     Intel (AMX) and AMD (Zen 4/5) alike, and a failure report should say which one it ran on."""
-    from polyemb.bench import cpu_description
+    from polyemb._platform import cpu_description
 
     return f"cpu: {cpu_description()}"
 

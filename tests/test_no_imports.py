@@ -11,8 +11,15 @@ import pytest
 ENGINES = ("pandas", "duckdb", "pyspark")
 CORE = (
     "polyemb",
+    "polyemb._platform",
     "polyemb.arrow",
     "polyemb.bench",
+    "polyemb.bench.encode",
+    "polyemb.bench.join",
+    "polyemb.bench.memory",
+    "polyemb.bench.sides",
+    "polyemb.bench.store",
+    "polyemb.bench.texts",
     "polyemb.cache",
     "polyemb.encoder",
     "polyemb.loading",
@@ -51,12 +58,19 @@ def test_an_adapter_imports_no_other_engine(adapter: str, engines: set[str]) -> 
 def test_the_command_line_needs_no_torch_for_help() -> None:
     statement = (
         "import contextlib, io, polyemb.cli\n"
-        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
-        "    polyemb.cli.main(['--help'])\n"
-        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
-        "    polyemb.cli.main(['embed', '--help'])\n"
+        "for argv in [['--help'], ['embed', '--help'], ['bench', '--help'], ['check-precision', '--help']]:\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "        polyemb.cli.main(argv)\n"
     )
     assert imported_after(statement) == set()
+
+
+def test_the_footprint_child_reads_python_alone_before_any_library() -> None:
+    # bench-memory's child (python -m polyemb.bench._footprint_child) takes its "Python alone"
+    # reading after these imports: no library may come with them.
+    code = "import sys, polyemb._platform, polyemb.bench\nprint(' '.join(sys.modules))\n"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert {"numpy", "pyarrow", "torch"} & set(result.stdout.split()) == set()
 
 
 def test_errors_and_options_need_no_torch() -> None:

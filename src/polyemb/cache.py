@@ -12,13 +12,16 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from polyemb.embedder import Embedder, check_texts, place_nulls
-from polyemb.encoder import Encoder
 from polyemb.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    # Typing only: the command line reads DEFAULT_CACHE_MB for its help without importing torch.
+    from polyemb.encoder import Encoder
 
 __all__ = ["CacheStats", "EmbeddingCache"]
 

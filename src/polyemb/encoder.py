@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 from collections.abc import Iterable, Iterator
@@ -17,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from polyemb import kernels, loading, quantize
+from polyemb._platform import available_cpus
 from polyemb.embedder import VectorSpec, check_texts, place_nulls, replace_surrogates
 from polyemb.errors import InvalidInputError, ModelLoadError
 from polyemb.options import WEIGHT_PRECISIONS, Precision, WeightPrecision, check_choice
@@ -76,21 +76,6 @@ def plan_batches(lengths: np.ndarray, *, max_tokens: int, max_rows: int) -> list
         batches.append((start, end))
         start = end
     return batches
-
-
-def available_cpus() -> int:
-    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, cpus)
 
 
 def cap_cpu_threads(cpus: int | None = None) -> None:

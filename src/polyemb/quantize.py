@@ -29,10 +29,10 @@ from __future__ import annotations
 import logging
 import re
 import warnings
-from pathlib import Path
 
 import torch
 
+from polyemb._platform import cpu_flags
 from polyemb.errors import InvalidInputError
 
 __all__ = ["FLOAT_LAYERS", "Int8Linear", "check_int8_supported", "quantize_linears"]
@@ -40,16 +40,6 @@ __all__ = ["FLOAT_LAYERS", "Int8Linear", "check_int8_supported", "quantize_linea
 logger = logging.getLogger(__name__)
 
 _ENGINES = ("x86", "fbgemm")
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.partition(":")[2].split())
-    except OSError:
-        pass
-    return set()
 
 
 def check_int8_supported(device: torch.device) -> None:
@@ -63,7 +53,7 @@ def check_int8_supported(device: torch.device) -> None:
             f"precision='int8' needs torch's x86 quantized engine; this torch has "
             f"{torch.backends.quantized.supported_engines}. Use 'bf16' or 'fp32'"
         )
-    if "avx512_vnni" not in _cpu_flags():
+    if "avx512_vnni" not in cpu_flags():
         raise InvalidInputError(
             "precision='int8' needs a CPU with AVX-512 VNNI (Intel Cascade Lake and later, AMD Zen 4 "
             "and later); this CPU has none, so its int8 kernels would saturate. Use 'bf16' or 'fp32'"

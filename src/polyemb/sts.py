@@ -7,14 +7,16 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from polyemb.encoder import Encoder
 from polyemb.errors import ColumnNotFoundError, InvalidInputError
-from polyemb.similarity import cosine
 from polyemb.tables import read_table
+
+if TYPE_CHECKING:
+    # Typing only: the command line reads the gate's defaults for its help without importing torch.
+    from polyemb.encoder import Encoder
 
 __all__ = [
     "MAX_SPEARMAN_DROP",
@@ -140,6 +142,8 @@ def evaluate(encoder: Encoder, data: StsData, *, batch_size: int | None = None) 
 
 def _correlate(vectors: np.ndarray, data: StsData) -> dict[str, Any]:
     """The report's figures from the vectors of ``[*sentence1, *sentence2]``."""
+    from polyemb.similarity import cosine  # imports torch: see the TYPE_CHECKING import above
+
     n = len(data.sentence1)
     cosines = cosine(vectors[:n], vectors[n:]).astype(np.float64)
     tasks: dict[str, TaskResult] = {}
@@ -186,6 +190,8 @@ def check_precision(
         "mean_row_cosine", "min_row_cosine", "sentences"}}, "mean_row_cosine",
         "min_row_cosine", "max_drop", "min_mean_cosine", "passed", "failures"}``.
     """
+    from polyemb.similarity import cosine  # imports torch: see the TYPE_CHECKING import above
+
     if not files:
         raise InvalidInputError("no STS files to check the precision on")
     rows: dict[str, dict[str, Any]] = {}

@@ -161,3 +161,29 @@ def test_bench_memory_report(tiny_model_dir: Path, capsys: pytest.CaptureFixture
     with pytest.raises(SystemExit):
         main(["bench-memory", "--precisions", "fp32,int4"])
     assert "comma-separated subset of fp32,fp16,bf16,int8" in capsys.readouterr().err
+
+
+def test_bench_store_lookup_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Each lookup runs in a child process (python -m polyemb.bench._lookup_child).
+    argv = ["bench-store", "lookup", "--entries", "3000", "--keys", "1000", "--dim", "8"]
+    assert main([*argv, "--workdir", str(tmp_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["kind"] == "lookup"
+    results = report["results"]
+    assert [r["kind"] for r in results] == ["one earlier run", "random over the store"]
+    for result in results:
+        assert result["keys"] == result["found"] == 1000
+        assert result["entries"] == 3000 and result["keys_per_s"] > 0 and result["peak_rss_mib"] > 0
+
+
+def test_bench_join_duckdb_report(
+    tiny_model_dir: Path, sts_sentences: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(sentence.replace("\n", " ") for sentence in sts_sentences))
+    argv = ["bench-join", "duckdb", "-m", str(tiny_model_dir), "--texts", str(texts), "--size", "100"]
+    assert main([*argv, "-k", "3", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["kind"], report["left"], report["right"], report["k"]) == ("duckdb", 100, 100, 3)
+    # The index function and DuckDB's exact cross join find the same top 3 (ties aside).
+    assert report["cross_join_agreement"] > 0.99

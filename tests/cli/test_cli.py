@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -12,15 +13,52 @@ import pytest
 
 import polyemb
 from polyemb.arrow import vectors_from_arrow
-from polyemb.cli import main
+from polyemb.bench.encode import DEFAULT_ROUNDS
+from polyemb.bench.store import ENGINES
+from polyemb.cache import DEFAULT_CACHE_MB
+from polyemb.cli import build_parser, main
+from polyemb.sts import MAX_SPEARMAN_DROP, MIN_MEAN_COSINE
+from polyemb.tables import CHUNK_ROWS
+
+COMMANDS = [
+    "embed",
+    "similarity",
+    "sql",
+    "eval-sts",
+    "check-precision",
+    "bench",
+    "bench-memory",
+    "bench-store",
+    "bench-join",
+    "store",
+]
 
 
-@pytest.mark.parametrize("command", [[], ["embed"], ["similarity"]])
+def test_every_command_is_listed() -> None:
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert sorted(commands.choices) == sorted(COMMANDS)
+
+
+@pytest.mark.parametrize(
+    "command", [[], *([name] for name in COMMANDS), ["store", "stats"], ["store", "compact"], ["store", "gc"]]
+)
 def test_help_on_every_command(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main([*command, "--help"])
     assert info.value.code == 0
     assert "usage: polyemb" in capsys.readouterr().out
+
+
+def test_defaults_come_from_the_modules_that_use_them(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
+    assert parser.parse_args(["embed", "in.csv", "-c", "t", "-o", "out.parquet"]).chunk_rows == CHUNK_ROWS
+    check = parser.parse_args(["check-precision", "sts.csv"])
+    assert (check.max_drop, check.min_mean_cosine) == (MAX_SPEARMAN_DROP, MIN_MEAN_COSINE)
+    assert parser.parse_args(["bench"]).rounds == DEFAULT_ROUNDS
+    assert parser.parse_args(["bench-store", "lookup"]).engines == list(ENGINES)
+    with pytest.raises(SystemExit):
+        main(["sql", "--help"])
+    assert f"(default {DEFAULT_CACHE_MB:g})" in " ".join(capsys.readouterr().out.split())
 
 
 def test_similarity(

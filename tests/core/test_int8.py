@@ -11,10 +11,11 @@ import torch
 
 import polyemb
 from polyemb import quantize
+from polyemb._platform import cpu_flags
 from polyemb.errors import InvalidInputError
 from polyemb.sts import StsData, check_precision
 
-HAS_VNNI = "avx512_vnni" in quantize._cpu_flags()
+HAS_VNNI = "avx512_vnni" in cpu_flags()
 needs_vnni = pytest.mark.skipif(
     not HAS_VNNI, reason="int8 needs AVX-512 VNNI, which this CPU lacks (the refusal is tested below)"
 )
@@ -102,7 +103,7 @@ def merge(parts: Iterable[StsData]) -> StsData:
 
 
 def test_int8_is_refused_without_vnni(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(quantize, "_cpu_flags", lambda: {"avx2", "avx512f"})
+    monkeypatch.setattr(quantize, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
     with pytest.raises(InvalidInputError, match="AVX-512 VNNI.*Use 'bf16' or 'fp32'"):
         polyemb.load(tiny_model_dir, precision="int8")
 

@@ -50,6 +50,7 @@ else:
     from pyspark.sql import functions as F
 
     import polyemb.spark
+    from polyemb.spark.delivery import ModelSource, model_source
 
     @pytest.fixture(scope="module")
     def load_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -86,12 +87,21 @@ else:
                 np.testing.assert_allclose(np.array(by_id[i], dtype=np.float32), expected[i], atol=1e-5)
 
     def test_embed_udf_ships_a_local_folder_by_default(
-        connect: Any, tiny_model_dir: Path, tiny_encoder: polyemb.Encoder
+        connect: Any, tiny_model_dir: Path, tiny_encoder: polyemb.Encoder, monkeypatch: pytest.MonkeyPatch
     ) -> None:
+        # The sources embed_udf ships, as the UDF keeps them to itself.
+        shipped: list[ModelSource] = []
+
+        def recording(*args: Any, **kwargs: Any) -> ModelSource:
+            shipped.append(model_source(*args, **kwargs))
+            return shipped[-1]
+
+        monkeypatch.setattr(polyemb.spark.udfs, "model_source", recording)
         embed = polyemb.spark.embed_udf(tiny_model_dir)  # delivery="auto": an artifact here
         rows = frame(connect, TEXTS).select("id", embed("text").alias("v")).collect()
         check_vectors(rows, TEXTS, tiny_encoder)
-        assert polyemb.spark.delivery.last_shipment["delivery"] == "artifact"
+        assert len(shipped) == 1 and shipped[0].delivery == "artifact"
+        assert shipped[0].shipment is not None and shipped[0].shipment["delivery"] == "artifact"
 
     def test_similarity_udf_with_nulls_and_a_literal(
         connect: Any, tiny_model_dir: Path, tiny_encoder: polyemb.Encoder

@@ -21,6 +21,7 @@ from pyspark.sql import SparkSession
 import polyemb.spark
 from polyemb.errors import PolyembError
 from polyemb.options import DELIVERIES, JOIN_HOWS, PRECISIONS, SCORES
+from polyemb.spark.join import BLOCK_ROWS, BROADCAST_MB
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,8 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--store", help="a vector store folder: texts it holds are not embedded again")
     parser.add_argument("--delivery", choices=DELIVERIES, default="auto", help="how executors get the model")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto")
-    parser.add_argument("--block-rows", type=int, default=65_536, help="rows per block of a large right side")
-    parser.add_argument("--broadcast-mb", type=float, default=64.0, help="ship a right side this small whole")
+    parser.add_argument(
+        "--block-rows",
+        type=int,
+        default=BLOCK_ROWS,
+        help="rows per block of a large right side (%(default)s)",
+    )
+    parser.add_argument(
+        "--broadcast-mb",
+        type=float,
+        default=BROADCAST_MB,
+        help="ship a right side this small whole (%(default)s)",
+    )
     parser.add_argument("--mode", choices=["errorifexists", "overwrite", "append"], default="errorifexists")
     return parser
 

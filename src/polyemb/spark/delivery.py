@@ -28,7 +28,7 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -47,9 +47,6 @@ MODEL_CACHE_ENV = "POLYEMB_MODEL_CACHE"
 
 logger = logging.getLogger(__name__)
 
-# The size and time of this driver's latest model shipment (for benchmarks and logs).
-last_shipment: dict[str, Any] = {}
-
 
 @dataclass(frozen=True)
 class ModelSource:
@@ -63,6 +60,9 @@ class ModelSource:
     revision: str | None = None
     broadcast: Any = None  # pyspark Broadcast of {relative path: bytes}
     artifact: str | None = None  # the archive's file name; Spark unpacks it into a folder so named
+    # What shipping took on the driver ({"model", "delivery", "files", "mib", "seconds"}; None for
+    # "path"), for benchmarks and logs. Left out of equality: it says nothing of what workers load.
+    shipment: dict[str, Any] | None = field(default=None, compare=False)
 
 
 # ---------------------------------------------------------------------- driver side
@@ -132,18 +132,15 @@ def model_source(
         session.addArtifacts(str(archive), archive=True)  # type: ignore[union-attr]
         size = archive.stat().st_size
         source = replace(base, delivery="artifact", artifact=archive.name)
-    seconds = time.perf_counter() - started
     shipment = {
         "model": files.model_id,
         "delivery": chosen,
         "files": len(paths),
         "mib": round(size / 2**20, 1),
-        "seconds": round(seconds, 2),
+        "seconds": round(time.perf_counter() - started, 2),
     }
     logger.info("shipped the model: %s", shipment)
-    last_shipment.clear()
-    last_shipment.update(shipment)
-    return source
+    return replace(source, shipment=shipment)
 
 
 def _archive(folder: Path, paths: list[Path], fingerprint: str) -> Path:

@@ -1,12 +1,12 @@
-"""Benchmarks of the vector store: what a daily re-run costs, and lookups in a large store.
+"""``polyemb bench-store``: what a daily re-run through the vector store costs, and large lookups.
 
-``polyemb bench-store incremental``: a first run over N rows of real sentences into an empty
-store, then a re-run over the same rows with a share edited and a share appended, per engine
-(the CLI, DuckDB, Spark ``local[2]``); the figure is the re-run's time as a share of the first.
+``incremental``: a first run over N rows of real sentences into an empty store, then a re-run
+over the same rows with a share edited and a share appended, per engine (the CLI, DuckDB, Spark
+``local[2]``); the figure is the re-run's time as a share of the first.
 
-``polyemb bench-store lookup``: a store of M entries (random vectors under real text hashes),
-then, in a fresh process, a lookup of K keys: keys/s with the index built in the same call, and
-the process's peak memory.
+``lookup``: a store of M entries (random vectors under real text hashes), then, in a fresh
+process (:mod:`polyemb.bench._lookup_child`), a lookup of K keys: keys/s with the index built in
+the same call, and the process's peak memory.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from polyemb.bench._spark import local_spark
+from polyemb.embedder import VectorSpec
 from polyemb.errors import InvalidInputError
 
 __all__ = ["ENGINES", "daily_loads", "incremental", "lookup"]
@@ -39,6 +41,9 @@ def daily_loads(
 
     Texts repeat across rows as real columns do (``rows`` may exceed the distinct texts); the
     appended rows use texts day one never had. Returns ``(day1, day2, distinct new texts of day 2)``.
+
+    Raises:
+        InvalidInputError: Too few distinct texts in ``pool`` for the appended rows.
     """
     distinct = list(dict.fromkeys(pool))
     random.Random(seed).shuffle(distinct)
@@ -73,7 +78,7 @@ def incremental(
     workdir: Path,
     progress: Callable[[str], None],
 ) -> list[dict[str, Any]]:
-    """Time a first run and a re-run per engine; each engine gets a store of its own."""
+    """Time a first run and a re-run per engine (of :data:`ENGINES`); each gets a store of its own."""
     day1, day2, new = daily_loads(pool, rows, edited=edited, appended=appended)
     inputs = {}
     for name, table in (("day1", day1), ("day2", day2)):
@@ -133,7 +138,6 @@ def _duckdb_run(model: str, source: Path, output: Path, store: Path) -> int:
 
 def _spark_run(model: str, source: Path, output: Path, store: Path) -> int:
     """``embed_incremental`` on ``local[2]``, written to Parquet."""
-    from polyemb.bench import local_spark
     from polyemb.spark import IncrementalReport, embed_incremental
 
     spark = local_spark("polyemb-bench-store", {"spark.sql.shuffle.partitions": "4"})
@@ -145,21 +149,6 @@ def _spark_run(model: str, source: Path, output: Path, store: Path) -> int:
 
 # ---------------------------------------------------------------------- lookups
 
-# The peak is VmHWM, the child's own: ru_maxrss would carry over the parent's at fork.
-_LOOKUP_CHILD = """
-import json, sys, time
-import numpy as np
-from polyemb.embedder import VectorSpec
-from polyemb.store import open_store
-spec = VectorSpec(**json.loads(sys.argv[2]))
-keys = np.load(sys.argv[3]).tolist()
-started = time.perf_counter()
-vectors, found = open_store(sys.argv[1], read_only=True).lookup(spec, keys)
-seconds = time.perf_counter() - started
-peak = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024
-print(json.dumps({"keys": len(keys), "found": int(found.sum()), "seconds": seconds, "peak_rss_mib": peak}))
-"""
-
 
 def lookup(
     entries: int, keys: int, *, dim: int, folder: Path | None, progress: Callable[[str], None]
@@ -170,21 +159,11 @@ def lookup(
     the keys of one earlier run (a daily re-run finds its texts where the last run wrote them),
     and keys drawn at random over the whole store (the worst case: every file is read).
     """
-    from polyemb.embedder import VectorSpec
-    from polyemb.store import open_store, text_hashes
-
     spec = VectorSpec("bench-store-lookup", "sha256:synthetic", dim, 128, "fp32", True)
     root = folder or Path(tempfile.mkdtemp(prefix="polyemb-lookup-"))
-    store = open_store(root / "store")
     rng = np.random.default_rng(0)
-    runs: list[list[str]] = []
     started = time.perf_counter()
-    for run in range(0, entries, keys):
-        hashes = text_hashes(f"synthetic text {i}" for i in range(run, min(entries, run + keys)))
-        store._run = f"bench-{len(runs):04d}"  # one writer run per day, as a daily job writes them
-        store._sequence = 0
-        store.append(spec, hashes, rng.standard_normal((len(hashes), dim), dtype=np.float32))
-        runs.append(hashes)
+    runs = _fill(root / "store", spec, entries, keys, rng)
     progress(f"wrote {entries:,} entries in {time.perf_counter() - started:.0f}s to {root / 'store'}")
     wanted = {
         "one earlier run": runs[len(runs) // 2],
@@ -194,19 +173,32 @@ def lookup(
     for name, hashes in wanted.items():
         path = root / "keys.npy"
         np.save(path, np.array(hashes))
-        child = subprocess.run(
-            [sys.executable, "-c", _LOOKUP_CHILD, str(root / "store"), json.dumps(spec.__dict__), str(path)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        figures = json.loads(child.stdout)
+        command = [sys.executable, "-m", "polyemb.bench._lookup_child", str(root / "store")]
+        command += [json.dumps(spec.__dict__), str(path)]
+        figures = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
         figures.update(
             kind=name, entries=entries, dim=dim, keys_per_s=round(figures["keys"] / figures["seconds"])
         )
         results.append(figures)
         progress(f"{name}: {figures['keys_per_s']:,} keys/s, peak {figures['peak_rss_mib']:.0f} MiB")
     return results
+
+
+def _fill(
+    path: Path, spec: VectorSpec, entries: int, per_run: int, rng: np.random.Generator
+) -> list[list[str]]:
+    """A store of ``entries`` random vectors written in runs of ``per_run``; each run's hashes."""
+    from polyemb.store import open_store, text_hashes
+
+    store = open_store(path)
+    runs: list[list[str]] = []
+    for start in range(0, entries, per_run):
+        hashes = text_hashes(f"synthetic text {i}" for i in range(start, min(entries, start + per_run)))
+        store._run = f"bench-{len(runs):04d}"  # one writer run per day, as a daily job writes them
+        store._sequence = 0
+        store.append(spec, hashes, rng.standard_normal((len(hashes), spec.dim), dtype=np.float32))
+        runs.append(hashes)
+    return runs
 
 
 def _random_positions(runs: list[list[str]], count: int, rng: np.random.Generator) -> list[tuple[int, int]]:

@@ -1,0 +1,104 @@
+"""What this machine is: its CPU (model, flags, the CPUs this process may use) and memory figures.
+
+Standard library only, and no torch: the pytest header, the benchmarks' child processes and the
+int8 check all read it, and a child that measures memory must not pay for an import it does not
+need. Every reader here reads Linux's ``/proc`` and ``/sys``; elsewhere it says so by giving an
+empty or unknown answer, never by raising.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from pathlib import Path
+
+__all__ = ["available_cpus", "cpu_description", "cpu_flags", "process_mib", "reset_peak_memory"]
+
+# CPU flags that decide which precisions are fast: bf16 and int8 matrix units, wide vectors.
+_SPEED_FLAGS = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx512f", "avx2")
+
+
+@functools.cache
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of ``/proc/cpuinfo`` (``{}`` where there is none)."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+            if key.strip() == "flags":  # the first processor's block is enough: they agree
+                break
+    except OSError:
+        pass
+    return fields
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (``avx512_vnni``, ``amx_bf16``, ...); empty where unknown.
+
+    Read once per process.
+    """
+    return frozenset(_cpuinfo().get("flags", "").split())
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
+def cpu_description() -> str:
+    """The CPU every speed figure was measured on, e.g. ``"AMD EPYC (family 26, model 2), 2 CPUs: ..."``.
+
+    Names the model, family and model numbers (``lscpu`` shows the same), the CPUs this process
+    may use, and the flags among ``amx_*``, ``avx512_bf16``, ``avx512_vnni``, ``avx_vnni``,
+    ``avx512f`` and ``avx2`` that the CPU has. Never fails: unknown parts are left out.
+    """
+    import platform
+
+    fields = _cpuinfo()
+    name = fields.get("model name") or platform.processor() or platform.machine() or "unknown CPU"
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    flags = cpu_flags()
+    present = [flag for flag in _SPEED_FLAGS if flag in flags]
+    amx = "AMX" if any(flag.startswith("amx") for flag in flags) else "no AMX"
+    shown = ", ".join(present) if present else "flags unknown"
+    return f"{name}, {available_cpus()} CPUs: {shown}; {amx}"
+
+
+def process_mib(field: str = "VmHWM", pid: int | str = "self") -> float:
+    """One memory figure of a process in MiB, from ``/proc/<pid>/status``; NaN where unknown.
+
+    Args:
+        field: ``"VmHWM"`` (peak resident memory) or ``"VmRSS"`` (resident now).
+        pid: The process; ``"self"`` for this one.
+    """
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return float("nan")
+
+
+def reset_peak_memory() -> None:
+    """Start this process's peak resident memory (``VmHWM``) afresh, where Linux allows it."""
+    # Writing 5 to clear_refs resets the peak to the current resident size.
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass

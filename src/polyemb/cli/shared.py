@@ -1,0 +1,97 @@
+"""What the commands share: the model options, loading the model, and comma-separated choices."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+from polyemb.options import PRECISIONS
+
+if TYPE_CHECKING:
+    from polyemb.encoder import Encoder
+
+__all__ = [
+    "Command",
+    "Subparsers",
+    "comma_list",
+    "load_encoder",
+    "model_options",
+    "print_meta",
+    "print_progress",
+]
+
+Command = Callable[[argparse.Namespace], int]
+"""A command's handler: the parsed arguments in, the exit status out."""
+# What add_subparsers returns, which argparse does not name publicly.
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def model_options() -> argparse.ArgumentParser:
+    """A parent parser with the options of every command that loads a model."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("model")
+    group.add_argument(
+        "--model",
+        "-m",
+        default=None,
+        help="hub id or local folder (default: $POLYEMB_MODEL, else the multilingual default model)",
+    )
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    group.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="weight precision (default: fp32 on CPU, fp16 on GPU)",
+    )
+    group.add_argument(
+        "--max-seq-length", type=int, default=None, help="tokens per text (default: the model's)"
+    )
+    group.add_argument("--revision", default=None, help="hub branch, tag or commit (e.g. refs/pr/3)")
+    group.add_argument(
+        "--batch-size", type=int, default=None, help="texts per forward pass (default: by token budget)"
+    )
+    return parent
+
+
+def load_encoder(args: argparse.Namespace) -> Encoder:
+    """The Encoder that :func:`model_options`' arguments name."""
+    from polyemb.encoder import load
+
+    return load(
+        args.model,
+        device=args.device,
+        precision=args.precision,
+        max_seq_length=args.max_seq_length,
+        revision=args.revision,
+    )
+
+
+def comma_list(what: str, choices: Sequence[str], *, ordered: bool = False) -> Callable[[str], list[str]]:
+    """An argparse ``type``: ``"a,b"`` -> ``["a", "b"]``, each one of ``choices``, each once.
+
+    ``ordered`` says that the order means something (the error then asks for a list, not a
+    subset).
+    """
+    kind = "list" if ordered else "subset"
+
+    def parse(value: str) -> list[str]:
+        names = list(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+        if not names or any(name not in choices for name in names):
+            raise argparse.ArgumentTypeError(
+                f"{what} is a comma-separated {kind} of {','.join(choices)}; got {value!r}"
+            )
+        return names
+
+    return parse
+
+
+def print_progress(line: str) -> None:
+    """A long command's progress, on stderr (stdout holds the report)."""
+    print(line, file=sys.stderr)
+
+
+def print_meta(meta: dict[str, Any]) -> None:
+    """A report's facts on one line: ``key: value, ...``."""
+    print(", ".join(f"{key}: {value}" for key, value in meta.items()))

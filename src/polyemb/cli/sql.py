@@ -1,0 +1,219 @@
+"""``polyemb sql``: SQL on an embedded DuckDB with polyemb's functions registered."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import sys
+from typing import TYPE_CHECKING, Any
+
+from polyemb.cache import DEFAULT_CACHE_MB
+from polyemb.cli.shared import Subparsers, load_encoder, model_options
+from polyemb.errors import InvalidInputError, SqlError
+from polyemb.options import SCORES
+
+if TYPE_CHECKING:
+    from polyemb.encoder import Encoder
+    from polyemb.store import VectorStore
+
+__all__ = ["add_parser"]
+
+# Statement types whose rows are printed; the others are only executed.
+_ROW_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA", "CALL", "RELATION"}
+
+
+def add_parser(commands: Subparsers) -> None:
+    """Add ``sql`` to the ``commands`` subparsers."""
+    sql = commands.add_parser(
+        "sql",
+        parents=[model_options()],
+        help="run SQL on embedded DuckDB with embed() and semantic_similarity()",
+        description=(
+            "Run SQL on an embedded DuckDB (in memory, or --db FILE) with polyemb's functions "
+            "registered: embed(text) -> FLOAT[dim], semantic_similarity(a, b), embedding_model(), "
+            "embedding_cache_stats(), embedding_cache_clear(). Files named in the query are read by "
+            "DuckDB itself ('data.csv', read_parquet('*.parquet')). Each statement that returns rows "
+            "is printed."
+        ),
+    )
+    sql.add_argument("query", nargs="?", help="the SQL (or use -f)")
+    sql.add_argument("-f", "--file", help="read the SQL from this file")
+    sql.add_argument("--db", help="a DuckDB database file (default: in memory)")
+    _add_output_options(sql)
+    sql.add_argument(
+        "--extension",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="load a DuckDB extension first, e.g. --extension vss (repeatable)",
+    )
+    # None, not the size: polyemb.duckdb.register then leaves a shared cache's size as it is.
+    sql.add_argument(
+        "--cache-mb",
+        type=float,
+        default=None,
+        help=f"embedding cache size in MiB (default {DEFAULT_CACHE_MB:g})",
+    )
+    sql.add_argument(
+        "--store", metavar="DIR", help="a vector store behind embed(): embeds only texts it lacks"
+    )
+    _add_index_options(sql)
+    sql.set_defaults(run=_sql)
+
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
+    out = parser.add_mutually_exclusive_group()
+    out.add_argument("--csv", dest="format", action="store_const", const="csv", help="print CSV")
+    out.add_argument(
+        "--json", dest="format", action="store_const", const="json", help="print a JSON array of rows"
+    )
+    parser.set_defaults(format="table")
+    parser.add_argument(
+        "--max-rows", type=int, default=40, help="rows shown in table output (default %(default)s)"
+    )
+    parser.add_argument(
+        "--max-width", type=int, default=None, help="table width in characters (default: the terminal's)"
+    )
+
+
+def _add_index_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--index",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "QUERY"),
+        help=(
+            "hold QUERY's rows (columns key, and text or vector) as vectors and register "
+            "NAME_nearest(text, k) -> STRUCT(key, score)[], for semantic joins (repeatable)"
+        ),
+    )
+    parser.add_argument(
+        "--index-score",
+        choices=SCORES,
+        default="cosine",
+        help="how --index scores pairs (default %(default)s)",
+    )
+    parser.add_argument(
+        "--index-source",
+        metavar="QUERY",
+        help="margin/csls: SQL giving the texts that will be matched against --index",
+    )
+
+
+def _sql(args: argparse.Namespace) -> int:
+    if (args.query is None) == (args.file is None):
+        raise InvalidInputError("give a query or -f FILE (one of them)")
+    text = args.query if args.query is not None else _read_sql(args.file)
+    # Before duckdb itself: without duckdb installed, polyemb.duckdb raises the error that says
+    # how to get it.
+    from polyemb.duckdb import load_extension, register
+    from polyemb.store import open_store
+
+    con = _connect(args.db)
+    try:
+        for extension in args.extension:
+            load_extension(con, extension)
+        store = open_store(args.store) if args.store else None
+        encoder = load_encoder(args)
+        register(con, encoder, store=store, cache_mb=args.cache_mb, batch_size=args.batch_size)
+        _register_indexes(con, args, encoder, store)
+        _run_statements(con, text, args)
+    finally:
+        con.close()
+    return 0
+
+
+def _connect(database: str | None) -> Any:
+    import duckdb
+
+    return duckdb.connect(database or ":memory:")
+
+
+def _register_indexes(
+    con: Any, args: argparse.Namespace, encoder: Encoder, store: VectorStore | None
+) -> None:
+    """Each ``--index NAME QUERY`` as ``NAME_nearest``."""
+    from polyemb.duckdb import register_index
+
+    for name, query in args.index:
+        columns = con.sql(query).columns
+        if "key" not in columns or not {"text", "vector"} & set(columns):
+            raise InvalidInputError(
+                f"--index {name}: the query must give the columns key and text (or vector), not {columns}"
+            )
+        column = "text" if "text" in columns else "vector"
+        register_index(
+            con,
+            name,
+            query,
+            key="key",
+            **{column: column},
+            score=args.index_score,
+            queries=args.index_source,
+            encoder=encoder,
+            store=store,
+            batch_size=args.batch_size,
+        )
+
+
+def _run_statements(con: Any, text: str, args: argparse.Namespace) -> None:
+    """Run each statement of ``text``, printing the rows of those that return rows."""
+    import duckdb
+
+    try:
+        statements = con.extract_statements(text)
+    except duckdb.Error as exc:
+        raise InvalidInputError(f"cannot parse the SQL: {exc}") from exc
+    for statement in statements:
+        kind = str(statement.type).rsplit(".", 1)[-1]
+        try:
+            if kind in _ROW_STATEMENTS:
+                _print_result(con.sql(statement.query), args)
+            else:
+                con.execute(statement.query)
+        except duckdb.Error as exc:
+            raise SqlError(f"{exc}\n  in: {statement.query.strip()[:200]}") from exc
+
+
+def _read_sql(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read the SQL file {path!r}: {exc.strerror}") from exc
+
+
+def _print_result(relation: Any, args: argparse.Namespace) -> None:
+    if relation is None:
+        return
+    if args.format == "table":
+        width = args.max_width or shutil.get_terminal_size(fallback=(120, 24)).columns
+        relation.show(max_rows=args.max_rows, max_width=width)
+        return
+    columns = relation.columns
+    rows = relation.fetchall()
+    if args.format == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([_plain(v) for v in row] for row in rows)
+    else:
+        print(
+            json.dumps(
+                [dict(zip(columns, row, strict=True)) for row in rows],
+                default=_json_default,
+                ensure_ascii=False,
+            )
+        )
+
+
+def _plain(value: Any) -> Any:
+    return json.dumps(value, default=_json_default) if isinstance(value, (list, tuple, dict)) else value
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    return str(value)
