@@ -195,7 +195,7 @@ else:
     ) -> None:
         import pandas as pd
 
-        import polyemb.pandas  # noqa: F401 - the reference join
+        import polyemb.pandas
 
         left = pd.DataFrame({"a": [1, 2, 3], "text": ["a red cat", None, "cheap stocks"]})
         right = pd.DataFrame({"b": [7, 8, 9], "text": ["the cat", "the dog", "markets"]})

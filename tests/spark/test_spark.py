@@ -218,7 +218,7 @@ class _FakeConnectSession:
     def __init__(self) -> None:
         self.added: list[tuple[str, bool]] = []
 
-    def addArtifacts(self, path: str, archive: bool = False) -> None:  # noqa: N802 - Spark's name
+    def addArtifacts(self, path: str, archive: bool = False) -> None:
         self.added.append((path, archive))
 
 

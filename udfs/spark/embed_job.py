@@ -11,7 +11,7 @@ the input's columns and partitioning.
 With --store, texts already embedded for this model (by any earlier run, job, or polyemb on a
 laptop) are read from the store and only new or edited texts are embedded.
 
-GPU clusters: see README "Spark" for the executor, task and Arrow batch settings.
+GPU clusters: see docs/spark.md for the executor, task and Arrow batch settings.
 """
 
 from __future__ import annotations
@@ -104,23 +104,8 @@ def input_partition_columns(df: DataFrame) -> list[str]:
     return [k for k in (found or []) if k in df.columns]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the job; returns 0 on success."""
-    args = build_parser().parse_args(argv)
-    spark = SparkSession.builder.appName("polyemb-embed").getOrCreate()
-    if args.arrow_batch_rows:
-        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(args.arrow_batch_rows))
-    df = spark.read.parquet(args.input)
-    partition_by = args.partition_by if args.partition_by is not None else input_partition_columns(df)
-    for column in [args.text_column, *(args.pair_columns or []), *partition_by]:
-        if column not in df.columns:
-            print(
-                f"embed_job: {ColumnNotFoundError.from_missing(column, df.columns, 'the input')}",
-                file=sys.stderr,
-            )
-            return 2
-    if args.repartition:
-        df = df.repartition(args.repartition)
+def add_columns(spark: SparkSession, df: DataFrame, args: argparse.Namespace) -> DataFrame:
+    """``df`` with the vector column (through the store if given) and the similarity columns asked for."""
     if not args.no_vectors and args.store:
         # Only the texts the store lacks for this model are embedded; the rest are read.
         report = polyemb.spark.IncrementalReport()
@@ -162,6 +147,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.pair_columns:
         a, b = (F.col(name) for name in args.pair_columns)
         df = df.withColumn(args.pair_similarity_column, F.call_function("polyemb_semantic_similarity", a, b))
+    return df
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the job; returns 0 on success."""
+    args = build_parser().parse_args(argv)
+    spark = SparkSession.builder.appName("polyemb-embed").getOrCreate()
+    if args.arrow_batch_rows:
+        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(args.arrow_batch_rows))
+    df = spark.read.parquet(args.input)
+    partition_by = args.partition_by if args.partition_by is not None else input_partition_columns(df)
+    for column in [args.text_column, *(args.pair_columns or []), *partition_by]:
+        if column not in df.columns:
+            print(
+                f"embed_job: {ColumnNotFoundError.from_missing(column, df.columns, 'the input')}",
+                file=sys.stderr,
+            )
+            return 2
+    if args.repartition:
+        df = df.repartition(args.repartition)
+    df = add_columns(spark, df, args)
     started = time.perf_counter()
     writer = df.write.mode(args.mode)
     if partition_by:
