@@ -1,0 +1,64 @@
+"""The choices polyemb takes: one Literal each, and the checks of names and numbers users give."""
+
+from __future__ import annotations
+
+from typing import get_args
+
+import pytest
+
+from polyemb import options
+from polyemb.errors import InvalidInputError
+
+
+@pytest.mark.parametrize(
+    ("literal", "values"),
+    [
+        (options.Precision, options.PRECISIONS),
+        (options.WeightPrecision, options.WEIGHT_PRECISIONS),
+        (options.Delivery, options.DELIVERIES),
+        (options.Score, options.SCORES),
+        (options.JoinHow, options.JOIN_HOWS),
+    ],
+)
+def test_each_tuple_is_its_literal(literal: object, values: tuple[str, ...]) -> None:
+    assert values == get_args(literal)
+
+
+def test_precisions_are_the_weight_precisions_and_auto() -> None:
+    assert set(options.PRECISIONS) == {"auto", *options.WEIGHT_PRECISIONS}
+
+
+def test_check_choice_returns_the_value_or_lists_the_choices() -> None:
+    assert options.check_choice("score", "margin", options.SCORES) == "margin"
+    for bad in ("Margin", None, 3):
+        with pytest.raises(InvalidInputError, match=r"score must be one of 'cosine', 'margin', 'csls'"):
+            options.check_choice("score", bad, options.SCORES)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True, None])
+def test_check_positive_int_refuses_what_is_not_an_int_of_at_least_one(bad: object) -> None:
+    with pytest.raises(InvalidInputError, match="k must be a positive int"):
+        options.check_positive_int("k", bad)
+
+
+def test_check_positive_int_returns_the_int() -> None:
+    assert options.check_positive_int("k", 1) == 1
+
+
+@pytest.mark.parametrize("name", ["products", "_x", "a1_b2", "Z"])
+def test_sql_names_are_identifiers(name: str) -> None:
+    assert options.check_sql_name("name", name) == name
+    assert options.check_sql_prefix(name) == name
+
+
+@pytest.mark.parametrize("bad", ["", "1abc", "a-b", "a b", "é", "a;drop", None])
+def test_sql_names_refuse_what_needs_quoting(bad: object) -> None:
+    with pytest.raises(InvalidInputError, match="must be an SQL identifier"):
+        options.check_sql_name("name", bad)
+
+
+def test_a_prefix_may_be_empty_but_not_a_non_identifier() -> None:
+    assert options.check_sql_prefix("") == ""
+    for bad in ("1_", "pe-", None):
+        with pytest.raises(InvalidInputError, match="prefix must be empty or start an SQL identifier"):
+            options.check_sql_prefix(bad)
