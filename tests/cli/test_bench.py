@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from polyemb.bench import load_texts, scenario_texts
+from polyemb.bench.texts import load_texts, scenario_texts
 from polyemb.cli import main
 
 
