@@ -1,11 +1,15 @@
-"""Writing store files: each appears whole, by an atomic rename, or not at all.
+"""Writing store files: each appears whole, never replaces another, and is on disk when it counts.
 
-A writer killed mid-file leaves at most a hidden ``.tmp`` beside the files it finished; readers
-never list hidden files, and compaction removes stale ones.
+A file is written under a hidden temporary name, synced (``fsync``), then given its name by a
+hard link, which fails if the name is taken (a plain rename would silently replace it), and the
+folder is synced so that the name itself survives a power loss. A writer killed mid-file leaves
+at most a hidden ``.tmp`` beside the files it finished; readers never list hidden files, and
+compaction removes stale ones.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -35,8 +39,10 @@ __all__ = [
     "STALE_SECONDS",
     "WriteErrors",
     "WriteGuard",
+    "make_dirs",
     "remove_leftovers",
     "sorted_table",
+    "sync_folder",
     "write_table",
     "write_text",
 ]
@@ -47,31 +53,113 @@ PARQUET_OPTIONS: dict[str, Any] = {
     "row_group_size": ROW_GROUP_ROWS,
     "compression": {HASH_COLUMN: "zstd", VECTOR_COLUMN: "none"},  # random floats do not compress
     "use_dictionary": False,
+    # A CRC per page: readers verify it, so a flipped bit in a vector is a bad file, not a wrong vector.
+    "write_page_checksum": True,
 }
 # Hidden temporary files older than this are a killed writer's: compact and gc remove them.
 STALE_SECONDS = 3_600
 _TEMPORARY_SUFFIX = ".tmp"
+# What link() says where a file system has no hard links (FAT, some FUSE and SMB mounts).
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EXDEV}
 
 
 def _atomically(target: Path, write: Callable[[Path], object]) -> None:
-    """``write`` a hidden temporary file beside ``target``, then rename it into place: all or nothing."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    """``write`` a hidden temporary file beside ``target``, sync it, then publish it: all or nothing.
+
+    Raises:
+        FileExistsError: ``target`` exists (it is left as it is).
+    """
+    make_dirs(target.parent)
     temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}{_TEMPORARY_SUFFIX}")
     try:
         write(temporary)
-        os.replace(temporary, target)
+        _sync_file(temporary)
+        _publish(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)
+    sync_folder(target.parent)
+
+
+def _publish(temporary: Path, target: Path) -> None:
+    """Give ``temporary``'s content the name ``target``, never replacing a file of that name."""
+    try:
+        os.link(temporary, target)
+        return
+    except OSError as exc:
+        if isinstance(exc, FileExistsError) or exc.errno not in _NO_HARD_LINKS:
+            raise
+    # No hard links here: claim the name with a file only one writer can create (O_EXCL), then
+    # rename. Every polyemb writer claims first, so none renames onto a name another publishes.
+    claim = target.with_name(f".{target.name}.claim{_TEMPORARY_SUFFIX}")
+    os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    try:
+        if target.exists():
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target))
+        os.rename(temporary, target)
+    finally:
+        claim.unlink(missing_ok=True)
+
+
+def _sync_file(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def sync_folder(folder: Path) -> None:
+    """Make the names in ``folder`` (files published, removed) durable: ``fsync`` of the folder.
+
+    A no-op where folders cannot be opened (Windows), whose file systems order this themselves.
+    """
+    if os.name != "posix":
+        return
+    _sync_file(folder)
+
+
+def make_dirs(folder: Path) -> None:
+    """Create ``folder`` and its missing parents, syncing each parent that gained one."""
+    missing = []
+    at = folder
+    while not at.is_dir():
+        missing.append(at)
+        if at.parent == at:
+            break
+        at = at.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir()
+        except FileExistsError:  # another writer made it meanwhile
+            continue
+        sync_folder(path.parent)
 
 
 def write_table(table: pa.Table, target: Path) -> None:
-    """Write a store file atomically, with the store's Parquet options."""
+    """Write a store file atomically, with the store's Parquet options.
+
+    Raises:
+        FileExistsError: ``target`` exists (it is never replaced).
+    """
     _atomically(target, lambda path: pq.write_table(table, path, **PARQUET_OPTIONS))
 
 
-def write_text(target: Path, text: str) -> None:
-    """Write a small text file (a marker, a model description) atomically."""
-    _atomically(target, lambda path: path.write_text(text, encoding="utf-8"))
+def write_text(target: Path, text: str, *, exist_ok: bool = False) -> None:
+    """Write a small text file (a marker, a model description) atomically.
+
+    Args:
+        target: The file.
+        text: Its content.
+        exist_ok: If ``target`` exists, leave it and return (another writer wrote the same thing).
+
+    Raises:
+        FileExistsError: ``target`` exists and ``exist_ok`` is False.
+    """
+    try:
+        _atomically(target, lambda path: path.write_text(text, encoding="utf-8"))
+    except FileExistsError:
+        if not exist_ok:
+            raise
 
 
 def sorted_table(
