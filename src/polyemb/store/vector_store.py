@@ -258,22 +258,24 @@ class VectorStore:
         with self._lock:
             target = self._next_file(folder)
 
+        written: list[pq.FileMetaData] = []
+
         def write() -> None:
             nonlocal target
             if not (folder / MODEL_FILE).is_file():
                 writer.write_text(folder / MODEL_FILE, description_text(spec), exist_ok=True)
             try:
-                writer.write_table(table, target)
+                written.append(writer.write_table(table, target))
             except FileExistsError:  # a name taken (never replaced): write under a new run
                 with self._lock:
                     self._new_run()
                     target = self._next_file(folder)
-                writer.write_table(table, target)
+                written.append(writer.write_table(table, target))
 
         if not self._writes.run(write):
             return None
         # The row groups as written, not as assumed.
-        starts = group_starts(pq.read_metadata(target))
+        starts = group_starts(written[0])
         file = FileIndex(target, hi[order], lo[order], np.arange(len(order), dtype=np.int32), starts)
         with self._lock:
             self._index(spec).add(file)

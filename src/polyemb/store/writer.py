@@ -17,7 +17,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +39,7 @@ __all__ = [
     "STALE_SECONDS",
     "WriteErrors",
     "WriteGuard",
+    "is_stale_temporary",
     "make_dirs",
     "remove_leftovers",
     "sorted_table",
@@ -48,6 +49,7 @@ __all__ = [
 ]
 
 WriteErrors = Literal["raise", "warn"]
+_T = TypeVar("_T")
 
 PARQUET_OPTIONS: dict[str, Any] = {
     "row_group_size": ROW_GROUP_ROWS,
@@ -63,8 +65,11 @@ _TEMPORARY_SUFFIX = ".tmp"
 _NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EXDEV}
 
 
-def _atomically(target: Path, write: Callable[[Path], object]) -> None:
+def _atomically(target: Path, write: Callable[[Path], _T]) -> _T:
     """``write`` a hidden temporary file beside ``target``, sync it, then publish it: all or nothing.
+
+    Returns:
+        What ``write`` returned.
 
     Raises:
         FileExistsError: ``target`` exists (it is left as it is).
@@ -72,12 +77,13 @@ def _atomically(target: Path, write: Callable[[Path], object]) -> None:
     make_dirs(target.parent)
     temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}{_TEMPORARY_SUFFIX}")
     try:
-        write(temporary)
+        result = write(temporary)
         _sync_file(temporary)
         _publish(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)
     sync_folder(target.parent)
+    return result
 
 
 def _publish(temporary: Path, target: Path) -> None:
@@ -135,13 +141,22 @@ def make_dirs(folder: Path) -> None:
         sync_folder(path.parent)
 
 
-def write_table(table: pa.Table, target: Path) -> None:
+def write_table(table: pa.Table, target: Path) -> pq.FileMetaData:
     """Write a store file atomically, with the store's Parquet options.
+
+    Returns:
+        The file's Parquet metadata (its row groups as written), read before it was published:
+        once published, a compaction may remove it at any moment.
 
     Raises:
         FileExistsError: ``target`` exists (it is never replaced).
     """
-    _atomically(target, lambda path: pq.write_table(table, path, **PARQUET_OPTIONS))
+
+    def write(path: Path) -> pq.FileMetaData:
+        pq.write_table(table, path, **PARQUET_OPTIONS)
+        return pq.read_metadata(path)
+
+    return _atomically(target, write)
 
 
 def write_text(target: Path, text: str, *, exist_ok: bool = False) -> None:
@@ -209,13 +224,18 @@ class WriteGuard:
             return False
 
 
+def is_stale_temporary(name: str, age_seconds: float) -> bool:
+    """Whether a file so named and so old is a killed writer's leftover (a hidden ``.tmp``, an hour old)."""
+    return name.startswith(".") and name.endswith(_TEMPORARY_SUFFIX) and age_seconds > STALE_SECONDS
+
+
 def remove_leftovers(root: Path) -> int:
     """Remove stale (an hour old) hidden temporary files and empty run folders; return the files removed."""
     removed = 0
     now = time.time()
     for path in root.rglob(f".*{_TEMPORARY_SUFFIX}"):
         try:
-            if now - path.stat().st_mtime > STALE_SECONDS:
+            if is_stale_temporary(path.name, now - path.stat().st_mtime):
                 path.unlink()
                 removed += 1
         except OSError:
