@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from polyemb.embedder import VectorSpec
 from polyemb.errors import PolyembError
 
-__all__ = ["DEAD_MODEL", "LIVE_MODELS", "HashEncoder", "TortureReport", "pool_texts", "torture"]
+__all__ = ["DEAD_MODEL", "LIVE_MODELS", "HashEncoder", "SparkSide", "TortureReport", "pool_texts", "torture"]
 
 LIVE_MODELS = ("alpha", "beta")
 DEAD_MODEL = "retired"  # written before the run: the model gc drops
@@ -95,6 +95,7 @@ class TortureReport:
     texts_excused: int = 0  # of those, every copy in a file corrupted here
     warnings: int = 0  # bad files reported to workers
     documented_errors: int = 0
+    documented_samples: list[str] = field(default_factory=list)  # the first few, to read
     undocumented_errors: list[str] = field(default_factory=list)
     wrong_vectors: int = 0
     losses: int = 0
@@ -162,8 +163,10 @@ def torture(
     pool = pool_texts(texts)
     open_store(store_dir).append(dead.vector_spec(), text_hashes(pool[:50]), dead.encode(pool[:50]))
     keep = [HashEncoder(name).provenance for name in LIVE_MODELS]
-    if spark is not None:
+    if spark is not None:  # in the store from the start, so that gc may name it to keep
         keep.append(spark.encoder.provenance)
+        open_store(store_dir).encode(pool[:5], encoder=spark.encoder)
+        _warm_up(spark, workdir / "warm-up", pool)
     deadline = time.time() + seconds
     settings = {"seed": seed, "deadline": deadline, "write_rows": 16, "texts": texts, "keep": keep}
     report = TortureReport(seconds=seconds)
@@ -295,6 +298,14 @@ class _Chaos:
                 process.stderr.close()
 
 
+def _warm_up(spark: SparkSide, store: Path, pool: list[str]) -> None:
+    """One run before the clock starts: Spark's Python workers started, the model shipped and loaded."""
+    from polyemb.spark import embed_incremental
+
+    frame = spark.session.createDataFrame(list(enumerate(pool[:3])), "id long, text string")
+    embed_incremental(frame, "text", str(store), spark.model).collect()
+
+
 def _spark_loop(
     spark: SparkSide,
     store: Path,
@@ -313,8 +324,10 @@ def _spark_loop(
         frame = spark.session.createDataFrame(list(enumerate(texts)), "id long, text string")
         try:
             rows = embed_incremental(frame, "text", str(store), spark.model).collect()
-        except PolyembError:
+        except PolyembError as exc:
             report.documented_errors += 1
+            if len(report.documented_samples) < 5:
+                report.documented_samples.append(f"spark: {type(exc).__name__}: {str(exc)[:300]}")
             continue
         except Exception as exc:  # counted: the invariant is that there are none
             report.undocumented_errors.append(f"spark: {type(exc).__name__}: {str(exc)[:500]}")
@@ -336,21 +349,28 @@ def _read_journals(journals: Path, report: TortureReport, stored: dict[str, set[
                 entry = json.loads(line)
             except ValueError:  # the line a SIGKILL cut short
                 continue
-            op = entry["op"]
-            report.operations[op] = report.operations.get(op, 0) + 1
-            if op == "encode":
-                stored[entry["model"]].update(entry["ids"])
-            if op in ("encode", "read"):
-                report.wrong_vectors += int(entry["wrong"])
-            elif op == "error" and entry["documented"]:
-                report.documented_errors += 1
-            elif op == "error":
-                report.undocumented_errors.append(f"{entry['during']}: {entry['type']}: {entry['message']}")
-            elif op == "warnings":
-                report.warnings += int(entry["count"])
-            elif op == "forker":
-                report.processes_forked += int(entry["forks"])
-                report.kills += int(entry["kills"])
+            report.operations[entry["op"]] = report.operations.get(entry["op"], 0) + 1
+            _count(entry, report, stored)
+
+
+def _count(entry: dict[str, Any], report: TortureReport, stored: dict[str, set[int]]) -> None:
+    """Add one journal entry to the report."""
+    op = entry["op"]
+    if op == "encode":
+        stored[entry["model"]].update(entry["ids"])
+    if op in ("encode", "read"):
+        report.wrong_vectors += int(entry["wrong"])
+    elif op == "error" and entry["documented"]:
+        report.documented_errors += 1
+        if len(report.documented_samples) < 5:
+            report.documented_samples.append(f"{entry['during']}: {entry['type']}: {entry['message']}")
+    elif op == "error":
+        report.undocumented_errors.append(f"{entry['during']}: {entry['type']}: {entry['message']}")
+    elif op == "warnings":
+        report.warnings += int(entry["count"])
+    elif op == "forker":
+        report.processes_forked += int(entry["forks"])
+        report.kills += int(entry["kills"])
 
 
 @dataclass

@@ -108,7 +108,15 @@ class FileIndex:
         Raises:
             StoreError: The file lacks the store's columns, or holds a malformed hash.
         """
-        parquet = open_parquet(path)
+        return cls.from_parquet(path, open_parquet(path))
+
+    @classmethod
+    def from_parquet(cls, path: Path, parquet: pq.ParquetFile) -> FileIndex:
+        """Index an open store file (``path``: its name) by reading its hash column.
+
+        Raises:
+            StoreError: The file lacks the store's columns, or holds a malformed hash.
+        """
         _check_columns(parquet.schema_arrow, path)
         hi, lo = hash_words(parquet.read(columns=[HASH_COLUMN]).column(0), str(path))
         return cls.from_words(path, hi, lo, group_starts(parquet.metadata))

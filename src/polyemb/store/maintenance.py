@@ -321,7 +321,7 @@ def _compact_model(
     folder: Path, description: dict[str, Any], target_mb: float, counts: _Counts, bad_files: BadFiles
 ) -> None:
     unlisted: list[tuple[Path, OSError]] = []
-    paths = sorted(data_files(folder, unlisted))
+    paths = sorted(data_files(folder, unlisted), key=str)  # the first copy by path is kept, as Spark keeps it
     for run, exc in unlisted:
         bad_files.unreachable(run, exc)
     counts.before += len(paths)
