@@ -16,7 +16,7 @@ import pytest
 
 import polyemb
 from polyemb.embedder import VectorSpec
-from polyemb.store import maintenance, open_store, stored, text_hashes
+from polyemb.store import maintenance, open_store, stored, text_hashes, writer
 
 
 def _write_in_process(args: tuple[str, str, list[str]]) -> int:
@@ -157,3 +157,20 @@ def test_two_compactions_at_once_both_finish_and_lose_nothing(
     vectors, found = open_store(tmp_path / "store").lookup(spec, text_hashes(texts))
     assert found.all()
     np.testing.assert_array_equal(vectors[:, 0], np.repeat(np.arange(0, 30, 5), 5))
+
+
+def test_a_file_compacted_away_right_after_it_is_published_fails_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by the torture test: a writer read its own file back after publishing it, and a
+    # compaction in another process may remove it in between.
+    store = open_store(tmp_path / "store")
+    real_sync = writer.sync_folder
+
+    def sync_then_compact_away(folder: Path) -> None:
+        real_sync(folder)
+        for path in folder.glob("part-*.parquet"):
+            path.unlink()  # what another process's compaction does once it merged the file
+
+    monkeypatch.setattr(writer, "sync_folder", sync_then_compact_away)
+    assert store.append(_spec(), text_hashes(["published"]), np.ones((1, 4), np.float32)) is not None
