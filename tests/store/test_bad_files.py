@@ -140,8 +140,10 @@ def test_a_run_folder_that_cannot_be_listed_stops_nothing(
     assert stored.stats.found >= 30  # the files of the folders listed
     [model] = open_store(root).stats().models
     assert model.unlisted_folders == (1 if error is PermissionError else 0)
-    with pytest.warns(RuntimeWarning, match="cannot list"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         open_store(root).compact()  # skips the folder; nothing there is touched
+    assert any("cannot list" in str(w.message) for w in caught) == (error is PermissionError)
     assert files[0].exists()
     del unlistable[files[0].parent]
     vectors, found = open_store(root).lookup(tiny_encoder.vector_spec(), text_hashes(TEXTS))
