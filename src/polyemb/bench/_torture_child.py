@@ -8,6 +8,7 @@ daemon do), re-forks the ones that die, and SIGKILLs one of its own children on 
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import random
@@ -75,6 +76,11 @@ def _gc(store: VectorStore, keep: Sequence[str], journal: _Journal) -> None:
 def work(root: Path, journals: Path, settings: dict[str, Any], store: VectorStore | None = None) -> None:
     """Random operations until the deadline; errors and warnings journaled, never raised."""
     stored.WRITE_ROWS = int(settings["write_rows"])  # small files: a kill lands mid-write often
+    # A worker still running a minute past the deadline is stuck: it writes where, and leaves.
+    hang = (journals / f"hang-{os.getpid()}.txt").open("w", encoding="utf-8")
+    faulthandler.dump_traceback_later(
+        max(1.0, float(settings["deadline"]) - time.time() + 60), exit=True, file=hang
+    )
     store = store if store is not None else open_store(root)
     journal = _Journal(journals)
     texts = pool_texts(int(settings["texts"]))
@@ -104,6 +110,9 @@ def work(root: Path, journals: Path, settings: dict[str, Any], store: VectorStor
                 )
         if caught:
             journal.write(op="warnings", count=len(caught), first=str(caught[0].message)[:300])
+    faulthandler.cancel_dump_traceback_later()
+    hang.close()
+    os.unlink(hang.name)
 
 
 def _forker(root: Path, journals: Path, settings: dict[str, Any]) -> None:

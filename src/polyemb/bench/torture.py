@@ -91,6 +91,7 @@ class TortureReport:
     kills: int = 0
     corruptions: int = 0
     spark_runs: int = 0
+    spark_seconds: list[float] = field(default_factory=list)  # each Spark run's time
     texts_stored: int = 0  # (model, text) pairs a finished write stored
     texts_excused: int = 0  # of those, every copy in a file corrupted here
     warnings: int = 0  # bad files reported to workers
@@ -188,6 +189,9 @@ def torture(
     if thread is not None:
         thread.join()
     progress(f"ran {seconds:.0f}s: {report.kills} kills, {report.corruptions} corruptions; checking")
+    for hang in sorted(journals.glob("hang-*.txt")):
+        if hang.stat().st_size:  # written by a worker stuck past the deadline: where it was
+            report.undocumented_errors.append(f"{hang.name}: {hang.read_text(encoding='utf-8')[-1500:]}")
     _check(store_dir, journals, pool, excused, spark, spark_stored, report)
     return report
 
@@ -290,6 +294,7 @@ class _Chaos:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+                self.report.undocumented_errors.append(f"a worker (pid {process.pid}) did not stop by itself")
             if process.returncode not in (0, -signal.SIGKILL) and process.stderr is not None:
                 self.report.undocumented_errors.append(
                     f"worker exited {process.returncode}: {process.stderr.read().decode()[-500:]}"
@@ -322,6 +327,7 @@ def _spark_loop(
     while time.time() < deadline:
         texts = [pool[i] for i in rng.sample(range(len(pool)), rng.randint(10, 60))]
         frame = spark.session.createDataFrame(list(enumerate(texts)), "id long, text string")
+        started = time.perf_counter()
         try:
             rows = embed_incremental(frame, "text", str(store), spark.model).collect()
         except PolyembError as exc:
@@ -337,6 +343,7 @@ def _spark_loop(
         report.wrong_vectors += int((np.abs(got - expected) > 1e-5).any(axis=1).sum())
         stored.update(row["text"] for row in rows)
         report.spark_runs += 1
+        report.spark_seconds.append(round(time.perf_counter() - started, 1))
 
 
 # --------------------------------------------------------------------------- the check

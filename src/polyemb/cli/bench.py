@@ -283,7 +283,8 @@ def _torture(args: argparse.Namespace, workdir: Path, meta: dict[str, Any]) -> i
         from polyemb.testing import build_tiny_model
 
         model = build_tiny_model(workdir / "model")
-        spark = SparkSide(local_spark("polyemb-torture", {}), model, load(model, device="cpu"))
+        session = local_spark("polyemb-torture", {"spark.sql.shuffle.partitions": "4"})  # small runs
+        spark = SparkSide(session, model, load(model, device="cpu"))
     report = torture(
         workdir / "torture",
         seconds=args.seconds,

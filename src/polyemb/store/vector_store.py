@@ -284,19 +284,23 @@ class VectorStore:
     # ------------------------------------------------------------------ maintenance
 
     def stats(self) -> maintenance.StoreStats:
-        """Entries, distinct texts, files and size on disk per model."""
+        """Entries, distinct texts, files (bad ones too), their mean size, and whether to compact, per model.
+
+        Moves nothing, so a read-only store gives them too.
+        """
         return maintenance.stats(self.path)
 
     def compact(self, *, target_mb: float = maintenance.COMPACT_TARGET_MB) -> maintenance.CompactReport:
         """Merge each model's small files into files of about ``target_mb`` of vectors.
 
-        Among the files merged, each text is kept once (large files are left as they are, and a
-        duplicate between a large and a small file stays; lookups take either copy). Safe beside
-        polyemb's readers and writers: merged files appear (atomically) before the small ones are
-        removed, and files written meanwhile are left for the next compaction. A Spark job that
-        has already listed the store's files fails if they vanish under it: do not compact while
-        one reads the store. Also removes temporary files and empty run folders that killed
-        writers left more than an hour ago.
+        Among the files merged, each text is kept once, the copy in the first file by path (large
+        files are left as they are, and a duplicate between a large and a small file stays;
+        lookups take either copy). Every file merged is read whole and checked first; a bad one
+        is moved into its model's ``_quarantine/`` folder, never deleted. Safe beside polyemb's
+        readers and writers (Python's and Spark's), and beside another compaction: merged files
+        appear (atomically, synced) before the small ones are removed, and files written
+        meanwhile are left for the next compaction. Also removes temporary files and empty run
+        folders that killed writers left more than an hour ago.
 
         Raises:
             StoreError: The store was opened read-only.
@@ -311,7 +315,8 @@ class VectorStore:
 
         A provenance keeps every key of that model content (any precision or length); a bare
         fingerprint (``sha256:...`` or a hub commit) does too. A model folder whose description
-        cannot be read is kept. Do not run it while a job writes a model it drops.
+        cannot be read, or names no model, is kept. Do not run it while a job writes a model it
+        drops.
 
         Raises:
             StoreError: The store was opened read-only.
