@@ -138,13 +138,19 @@ def embed_incremental(
 
     Returns:
         ``df``'s rows and columns plus ``vector_column`` (``array<float>``). Row order, as with
-        any Spark join, is not kept. ``df`` is read more than once (to find what is missing,
-        and to join the vectors back), so it must give the same rows each time, as any input
-        of a Spark job read twice: cache or checkpoint a ``df`` whose source changes meanwhile.
+        any Spark join, is not kept. Its vectors are read and computed by this call and held by
+        Spark (a local checkpoint, on the executors), so it never reads the store again: a
+        ``compact`` or ``gc`` before it is used changes nothing. ``df`` is read more than once
+        (to find what is missing, and to join the vectors back), so it must give the same rows
+        each time, as any input of a Spark job read twice: cache or checkpoint a ``df`` whose
+        source changes meanwhile.
 
     Raises:
         ColumnNotFoundError: ``column`` is not in ``df``.
         InvalidInputError: ``vector_column`` is already a column of ``df``.
+        ModelMismatchError: The model changed between computing the key and shipping it (a
+            folder rewritten, a hub branch moved): nothing was stored.
+        StoreError: The store's marker is malformed or of a newer polyemb.
 
     Example:
         >>> out = polyemb.spark.embed_incremental(spark.read.parquet(lake), "title", store="s3a://lake/vectors")
