@@ -46,7 +46,7 @@ def test_stats_and_compact_skip_and_set_aside_bad_files(
     [model] = stats.models
     assert (model.files, model.bad_files, model.entries, model.distinct) == (4, 2, 20, 20)
     assert "2 bad files" in stats.format() and "compact" in stats.format()
-    assert _files(root) == files  # stats moves nothing
+    assert _files(root) == sorted(files)  # stats moves nothing
     with pytest.warns(RuntimeWarning, match="set aside in .*_quarantine"):
         report = open_store(root).compact()
     assert report.quarantined == 2
