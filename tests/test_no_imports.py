@@ -20,12 +20,14 @@ CORE = (
     "polyemb.bench.sides",
     "polyemb.bench.store",
     "polyemb.bench.texts",
+    "polyemb.bench.torture",
     "polyemb.cache",
     "polyemb.encoder",
     "polyemb.loading",
     "polyemb.options",
     "polyemb.scores",
     "polyemb.similarity",
+    "polyemb.store",
     "polyemb.sts",
     "polyemb.tables",
     "polyemb.testing",
@@ -41,6 +43,12 @@ def imported_after(statement: str) -> set[str]:
 
 def test_core_imports_no_engine() -> None:
     assert imported_after("import " + ", ".join(CORE)) == {"torch"}
+
+
+def test_the_store_and_its_torture_workers_import_no_torch() -> None:
+    # The torture starts a process per killed worker: each must start fast.
+    statement = "import polyemb.store, polyemb.bench.torture, polyemb.bench._torture_child"
+    assert imported_after(statement) == set()
 
 
 @pytest.mark.parametrize(

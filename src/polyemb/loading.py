@@ -27,6 +27,7 @@ from polyemb.options import PRECISIONS, Precision, WeightPrecision
 __all__ = [
     "DEFAULT_MODEL",
     "MODEL_ENV",
+    "ContentHash",
     "ModelFiles",
     "ModelSpec",
     "find_model",
@@ -244,17 +245,40 @@ def model_files(folder: Path) -> list[Path]:
     )
 
 
+class ContentHash:
+    """The sha256 id of a model's files, fed file by file: what :func:`fingerprint` gives a folder.
+
+    For code that reads the files anyway (Spark ships them), so that the id is of the bytes it read.
+    """
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+
+    def add(self, relative: str, data: bytes = b"") -> None:
+        """Start the next file (its path relative to the model folder), with its first bytes."""
+        self._digest.update(relative.encode())
+        self._digest.update(data)
+
+    def update(self, data: bytes) -> None:
+        """More bytes of the current file."""
+        self._digest.update(data)
+
+    def value(self) -> str:
+        """``sha256:`` and 16 hex digits."""
+        return "sha256:" + self._digest.hexdigest()[:16]
+
+
 def fingerprint(files: ModelFiles) -> str:
     """A short id of the model's exact content: the hub commit, else a sha256 of its files."""
     if files.revision:
         return files.revision
-    digest = hashlib.sha256()
+    digest = ContentHash()
     for path in model_files(files.folder):
-        digest.update(path.relative_to(files.folder).as_posix().encode())
+        digest.add(path.relative_to(files.folder).as_posix())
         with path.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
-    return "sha256:" + digest.hexdigest()[:16]
+    return digest.value()
 
 
 # --------------------------------------------------------------------------- reading

@@ -187,3 +187,11 @@ def test_bench_join_duckdb_report(
     assert (report["kind"], report["left"], report["right"], report["k"]) == ("duckdb", 100, 100, 3)
     # The index function and DuckDB's exact cross join find the same top 3 (ties aside).
     assert report["cross_join_agreement"] > 0.99
+
+
+def test_bench_store_torture_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["bench-store", "torture", "--seconds", "4", "--spawned", "1", "--forked", "1", "--seed", "3"]
+    assert main([*argv, "--workdir", str(tmp_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["kind"] == "torture" and report["ok"] is True
+    assert report["operations"]["encode"] > 0 and report["losses"] == report["wrong_vectors"] == 0

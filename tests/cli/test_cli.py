@@ -230,3 +230,20 @@ def test_embed_with_a_store_and_the_store_commands(
     assert "dropped 0" in capsys.readouterr().out
     assert main(["store", "stats", str(tmp_path)]) == 1
     assert "is not a polyemb vector store" in capsys.readouterr().err
+
+
+def test_store_commands_report_bad_files(
+    tiny_encoder: polyemb.Encoder, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "store"
+    for text in ("one text", "another text"):
+        polyemb.open_store(store).encode([text], encoder=tiny_encoder)
+    [first, _] = sorted(store.glob("model=*/run=*/*.parquet"))
+    first.write_bytes(b"")
+    assert main(["store", "stats", str(store)]) == 0
+    assert "compact advised: 1 bad files to set aside" in capsys.readouterr().out
+    with pytest.warns(RuntimeWarning, match="set aside"):
+        assert main(["store", "compact", str(store)]) == 0
+    assert "1 bad files set aside" in capsys.readouterr().out
+    assert main(["store", "stats", str(store)]) == 0
+    assert "1 files set aside in _quarantine/" in capsys.readouterr().out

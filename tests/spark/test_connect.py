@@ -190,6 +190,29 @@ else:
             assert report.embedded == expected
         assert out.schema["embedding"].metadata == {"polyemb.model": tiny_encoder.provenance}
 
+    def test_store_maintenance_on_connect(
+        connect: Any, tiny_model_dir: Path, tiny_encoder: polyemb.Encoder, tmp_path: Path
+    ) -> None:
+        store = tmp_path / "store"
+        for day in range(2):
+            texts = [f"day {day} text {i}" for i in range(12)]
+            polyemb.spark.embed_incremental(
+                frame(connect, texts), "text", str(store), tiny_model_dir
+            ).collect()
+        polyemb.open_store(store).encode(["from python", "day 0 text 1"], encoder=tiny_encoder)
+        # Stats work through Connect, as Python's (sizes: the data files only, see store_stats).
+        fields = ("key", "provenance", "dim", "entries", "distinct", "files", "data_bytes", "small_files")
+        got = [[getattr(m, f) for f in fields] for m in polyemb.spark.store_stats(connect, str(store)).models]
+        want = [
+            [getattr(m, f) for f in fields] for m in polyemb.open_store(store, read_only=True).stats().models
+        ]
+        assert got == want and got[0][3:6] == [25, 25, 3]
+        # Compaction and gc delete files: Connect has no file system API, so they say so.
+        with pytest.raises(polyemb.InvalidInputError, match="Spark Connect session cannot"):
+            polyemb.spark.compact_store(connect, str(store))
+        with pytest.raises(polyemb.InvalidInputError, match="Spark Connect session cannot"):
+            polyemb.spark.gc_store(connect, str(store), keep=[tiny_encoder.provenance])
+
     def test_semantic_join_on_connect(
         connect: Any, tiny_model_dir: Path, tiny_encoder: polyemb.Encoder
     ) -> None:

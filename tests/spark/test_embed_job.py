@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 from pyspark.sql import SparkSession
 
 import polyemb
+from polyemb.testing import build_tiny_model
 
 pytestmark = pytest.mark.spark
 
@@ -187,3 +189,27 @@ def test_spark_submit(lake: Path, tmp_path: Path, tiny_model_dir: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "loaded" in result.stderr and "(broadcast)" in result.stderr
     assert read_output(out).num_rows == 5
+
+
+def test_job_with_a_store_and_similarity_loads_the_model_once_per_worker(
+    spark: SparkSession, lake: Path, tmp_path: Path, load_log_dir: Path
+) -> None:
+    # A model of its own, so the loads counted are this test's alone.
+    model = build_tiny_model(tmp_path / "model", seed=21)
+    argv = [
+        "--input", str(lake), "--output", str(tmp_path / "out"), "--text-column", "title",
+        "--model", str(model), "--store", str(tmp_path / "store"), "--similarity-query", "a cat",
+        "--repartition", "4",
+    ]  # fmt: skip
+    assert load_job().main(argv) == 0
+    fingerprint = polyemb.load(model).fingerprint
+    loads: dict[int, int] = {}
+    for path in load_log_dir.glob("loads-*.jsonl"):
+        for line in path.read_text().splitlines():
+            event = json.loads(line)
+            if event["fingerprint"] == fingerprint:
+                loads[event["pid"]] = loads.get(event["pid"], 0) + 1
+    print(f"loads per worker pid: {loads}")
+    # embed_incremental asks for fp32 at the model's length, the SQL function for "auto" and no
+    # length: on a CPU worker that is one model, loaded once.
+    assert loads and all(count == 1 for count in loads.values()), loads

@@ -19,6 +19,7 @@ import polyemb.spark
 from polyemb import loading
 from polyemb.spark import delivery
 from polyemb.spark.delivery import ModelSource
+from polyemb.testing import build_tiny_model
 
 pytestmark = pytest.mark.spark
 
@@ -282,3 +283,34 @@ def test_a_worker_refuses_a_path_that_holds_another_model(
     source = ModelSource(str(other), polyemb.load(tiny_model_dir).fingerprint, "path", "fp32", 31)
     with pytest.raises(polyemb.InvalidInputError, match="give every executor the same model folder"):
         delivery.worker_encoder(source)
+
+
+def test_a_worker_refuses_a_shipped_copy_of_another_model(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a worker is shipped (a broadcast here) must be the content the driver named, as for
+    # "path": a copy that is not would give vectors of one model under another's name.
+    other = build_tiny_model(tmp_path / "other", seed=8)
+    payload = {path.relative_to(other).as_posix(): path.read_bytes() for path in loading.model_files(other)}
+    monkeypatch.setenv("POLYEMB_MODEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(pyspark.TaskContext, "get", staticmethod(lambda: None))
+    named = polyemb.load(tiny_model_dir).fingerprint
+    source = ModelSource("m", named, "broadcast", "fp32", 29, broadcast=_Broadcast(payload))
+    with pytest.raises(polyemb.InvalidInputError, match=f"not the {named} the driver named"):
+        delivery.worker_encoder(source)
+
+
+def test_one_model_asked_for_in_other_words_is_loaded_once(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What embed_incremental asks for (fp32, the model's own length spelled out) and what the SQL
+    # functions ask for ("auto", no length) are one model on a CPU worker.
+    model = build_tiny_model(tmp_path / "model", seed=22)
+    monkeypatch.setattr(pyspark.TaskContext, "get", staticmethod(lambda: None))
+    fingerprint = polyemb.load(model).fingerprint
+    explicit = ModelSource(str(model), fingerprint, "path", "fp32", 32)
+    implicit = ModelSource(str(model), fingerprint, "path", "auto", None)
+    before = len([e for e in delivery.worker_loads() if e["fingerprint"] == fingerprint])
+    assert delivery.worker_encoder(explicit) is delivery.worker_encoder(implicit)
+    after = [e for e in delivery.worker_loads() if e["fingerprint"] == fingerprint]
+    assert len(after) - before == 1

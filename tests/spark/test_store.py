@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import SparkSession
 
 import polyemb
 import polyemb.spark
+import polyemb.spark.store
+from polyemb.store import stored
+from polyemb.testing import build_tiny_model
 
 pytestmark = pytest.mark.spark
 
@@ -110,3 +116,96 @@ def test_wrong_column_names_are_clear(spark: SparkSession, tiny_model_dir: Path,
         polyemb.spark.embed_incremental(df, "txt", str(tmp_path / "s"), tiny_model_dir)
     with pytest.raises(polyemb.InvalidInputError, match="already has a column 'id'"):
         polyemb.spark.embed_incremental(df, "text", str(tmp_path / "s"), tiny_model_dir, vector_column="id")
+
+
+def test_a_model_that_changes_after_the_key_is_made_is_refused(
+    spark: SparkSession, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The key comes from describe(); the executors get the model later. A folder rewritten in
+    # between (a hub branch that moved is the same) must not put its vectors under the old key.
+    model = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    real_describe = polyemb.spark.store.describe
+
+    def describe_then_rewrite(*args: Any, **kwargs: Any) -> Any:
+        spec = real_describe(*args, **kwargs)
+        shutil.rmtree(model)
+        build_tiny_model(model, seed=3)
+        return spec
+
+    monkeypatch.setattr(polyemb.spark.store, "describe", describe_then_rewrite)
+    store = tmp_path / "store"
+    with pytest.raises(polyemb.ModelMismatchError, match="changed"):
+        polyemb.spark.embed_incremental(frame(spark, ["a", "b"]), "text", str(store), model).collect()
+    assert not list(store.glob("model=*/run=*/*.parquet"))  # nothing stored under the old key
+
+
+def test_the_result_does_not_read_the_store_after_the_call(
+    spark: SparkSession, tiny_model_dir: Path, tiny_encoder: polyemb.Encoder, tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    texts = [f"text {i}" for i in range(40)]
+    python = polyemb.open_store(store)
+    python.encode(texts[:20], encoder=tiny_encoder)  # found by the call
+    other = polyemb.load(tiny_model_dir, max_seq_length=16)
+    python.encode(texts[:2], encoder=other)  # another model, which gc keeps below
+    out = polyemb.spark.embed_incremental(frame(spark, texts), "text", str(store), tiny_model_dir)
+    out2 = polyemb.spark.embed_incremental(frame(spark, texts), "text", str(store), tiny_model_dir)
+    # Before the caller's action: the files listed by the call are compacted away...
+    polyemb.open_store(store).compact()
+    check(out.collect(), tiny_encoder)
+    # ... and the model's folder is dropped (with missing files ignored, Spark would read NULLs).
+    polyemb.open_store(store).gc([other.vector_spec().key])
+    spark.conf.set("spark.sql.files.ignoreMissingFiles", "true")
+    try:
+        rows = out2.collect()
+    finally:
+        spark.conf.unset("spark.sql.files.ignoreMissingFiles")
+    assert all(row["embedding"] is not None for row in rows)
+    check(rows, tiny_encoder)
+
+
+def test_a_store_of_a_newer_version_is_refused(
+    spark: SparkSession, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    polyemb.open_store(store)
+    (store / "_polyemb_store.json").write_text(json.dumps({"format": "polyemb-store", "version": 99}))
+    with pytest.raises(polyemb.StoreError, match="upgrade polyemb"):
+        polyemb.spark.embed_incremental(frame(spark, ["a"]), "text", str(store), tiny_model_dir)
+    assert not list(store.glob("model=*"))
+
+
+def test_incremental_runs_write_files_sized_by_the_data(
+    spark: SparkSession,
+    tiny_model_dir: Path,
+    tiny_encoder: polyemb.Encoder,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = tmp_path / "store"
+    model_folder = store / f"model={tiny_encoder.vector_spec().key}"
+    report = polyemb.spark.IncrementalReport()
+    for day in range(3):  # small daily runs over many partitions: one file each
+        texts = [f"day {day} text {i}" for i in range(30)]
+        polyemb.spark.embed_incremental(
+            frame(spark, texts).repartition(8), "text", str(store), tiny_model_dir, report=report
+        ).collect()
+        assert report.embedded == 30
+        assert len(list(Path(str(report.run)).glob("*.parquet"))) == 1
+    files = sorted(model_folder.glob("run=*/*.parquet"))
+    assert len(files) == 3 and all(pq.read_metadata(path).num_rows == 30 for path in files)
+    # A run of more than a file's worth: ceil(new / WRITE_ROWS) files of about WRITE_ROWS each,
+    # from the new vectors' eight partitions (as many as Spark computed them in).
+    monkeypatch.setattr(stored, "WRITE_ROWS", 25)
+    texts = [f"a larger day, text {i}" for i in range(70)]
+    spark.conf.set("spark.sql.shuffle.partitions", "8")
+    spark.conf.set("spark.sql.adaptive.coalescePartitions.enabled", "false")
+    try:
+        polyemb.spark.embed_incremental(
+            frame(spark, texts), "text", str(store), tiny_model_dir, report=report
+        ).collect()
+    finally:
+        spark.conf.set("spark.sql.shuffle.partitions", "2")
+        spark.conf.unset("spark.sql.adaptive.coalescePartitions.enabled")
+    rows = sorted(pq.read_metadata(path).num_rows for path in Path(str(report.run)).glob("*.parquet"))
+    assert len(rows) == 3 and sum(rows) == 70 and max(rows) <= 2 * 25

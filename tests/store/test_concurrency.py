@@ -12,9 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 import polyemb
-from polyemb.store import open_store, stored
+from polyemb.embedder import VectorSpec
+from polyemb.store import maintenance, open_store, stored, text_hashes, writer
 
 
 def _write_in_process(args: tuple[str, str, list[str]]) -> int:
@@ -97,3 +99,78 @@ def test_a_writer_killed_mid_write_leaves_every_finished_file(tiny_model_dir: Pa
     os.utime(leftovers[0], (0, 0))
     report = open_store(store).compact()
     assert report.temporary_removed == 1 and not list(store.rglob(".*.tmp"))
+
+
+def _spec() -> VectorSpec:
+    return VectorSpec("fork-test", "sha256:0", 4, 16, "fp32", True)
+
+
+def test_forked_writers_never_overwrite_each_other(tmp_path: Path) -> None:
+    # gunicorn --preload, multiprocessing's fork, Spark's Python daemon: a store opened (and
+    # written to) before a fork is inherited by every child.
+    store = open_store(tmp_path / "store")
+    spec = _spec()
+    store.append(spec, text_hashes(["the parent's text"]), np.zeros((1, 4), np.float32))
+    children = []
+    for i in range(2):
+        pid = os.fork()
+        if pid == 0:  # the child: one different text each, then leave without cleanup
+            code = 1
+            try:
+                store.append(spec, text_hashes([f"child {i}"]), np.full((1, 4), i + 1, np.float32))
+                code = 0
+            finally:
+                os._exit(code)
+        children.append(pid)
+    for pid in children:
+        assert os.waitpid(pid, 0)[1] == 0
+    texts = ["the parent's text", "child 0", "child 1"]
+    vectors, found = open_store(tmp_path / "store").lookup(spec, text_hashes(texts))
+    assert found.tolist() == [True, True, True]
+    np.testing.assert_array_equal(vectors[:, 0], [0, 1, 2])
+    assert len(list((tmp_path / "store").glob("model=*/run=*/part-*.parquet"))) == 3
+
+
+def test_two_compactions_at_once_both_finish_and_lose_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = _spec()
+    store = open_store(tmp_path / "store")
+    texts = [f"compacted text {i}" for i in range(30)]
+    for start in range(0, 30, 5):
+        store.append(spec, text_hashes(texts[start : start + 5]), np.full((5, 4), start, np.float32))
+    real_listing = maintenance.data_files
+    raced = []
+
+    def listing_then_another_compaction(folder: Path, *args: object) -> list[Path]:
+        files = list(real_listing(folder, *args))  # type: ignore[arg-type]
+        if not raced:  # the second compaction runs whole between the first's listing and reading
+            raced.append(True)
+            monkeypatch.setattr(maintenance, "data_files", real_listing)
+            open_store(tmp_path / "store").compact()
+            monkeypatch.setattr(maintenance, "data_files", listing_then_another_compaction)
+        return files
+
+    monkeypatch.setattr(maintenance, "data_files", listing_then_another_compaction)
+    open_store(tmp_path / "store").compact()
+    assert raced
+    vectors, found = open_store(tmp_path / "store").lookup(spec, text_hashes(texts))
+    assert found.all()
+    np.testing.assert_array_equal(vectors[:, 0], np.repeat(np.arange(0, 30, 5), 5))
+
+
+def test_a_file_compacted_away_right_after_it_is_published_fails_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by the torture test: a writer read its own file back after publishing it, and a
+    # compaction in another process may remove it in between.
+    store = open_store(tmp_path / "store")
+    real_sync = writer.sync_folder
+
+    def sync_then_compact_away(folder: Path) -> None:
+        real_sync(folder)
+        for path in folder.glob("part-*.parquet"):
+            path.unlink()  # what another process's compaction does once it merged the file
+
+    monkeypatch.setattr(writer, "sync_folder", sync_then_compact_away)
+    assert store.append(_spec(), text_hashes(["published"]), np.ones((1, 4), np.float32)) is not None

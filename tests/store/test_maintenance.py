@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -42,3 +43,33 @@ def test_stats_compact_and_gc(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert sorted(gc.kept) == sorted({first.vector_spec().key, other.vector_spec().key}) and not gc.dropped
     gc = store.gc([first.vector_spec().key])
     assert gc.dropped == [other.vector_spec().key] and gc.bytes_freed > 0
+
+
+def test_gc_keeps_a_model_whose_description_names_no_model(
+    tiny_encoder: polyemb.Encoder, tmp_path: Path
+) -> None:
+    store = open_store(tmp_path / "store")
+    store.encode(TEXTS[:5], encoder=tiny_encoder)
+    hand_made = tmp_path / "store" / "model=khandmade0000000"
+    (hand_made / "run=r").mkdir(parents=True)
+    (hand_made / "_model.json").write_text(json.dumps({"note": "copied from another store"}))
+    report = store.gc([tiny_encoder.provenance])
+    assert report.dropped == [] and "khandmade0000000" in report.kept and hand_made.is_dir()
+
+
+@pytest.mark.parametrize("content", ['{"format": "polyemb-store", "version": "2"}', '["version", 1]'])
+def test_a_malformed_marker_is_a_store_error(tmp_path: Path, content: str) -> None:
+    open_store(tmp_path / "store")
+    (tmp_path / "store" / "_polyemb_store.json").write_text(content)
+    with pytest.raises(polyemb.StoreError, match="_polyemb_store.json"):
+        open_store(tmp_path / "store")
+
+
+def test_a_model_description_that_is_not_an_object_is_read_from_the_files(
+    tiny_encoder: polyemb.Encoder, tmp_path: Path
+) -> None:
+    store = open_store(tmp_path / "store")
+    store.encode(TEXTS[:5], encoder=tiny_encoder)
+    (store.model_folder(tiny_encoder.vector_spec().key) / "_model.json").write_text("[1, 2]")
+    [model] = store.stats().models
+    assert model.provenance == tiny_encoder.provenance and model.entries == 5

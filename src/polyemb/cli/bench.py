@@ -209,7 +209,7 @@ def _add_bench_store(commands: Subparsers) -> None:
             "process (keys of one earlier run, and random keys), with keys/s and peak memory."
         ),
     )
-    bench_store.add_argument("kind", choices=["incremental", "lookup"])
+    bench_store.add_argument("kind", choices=["incremental", "lookup", "torture"])
     _add_texts_options(bench_store, "incremental: real sentences (as bench --texts)")
     bench_store.add_argument(
         "--rows", type=int, default=200_000, help="incremental: rows a day (%(default)s)"
@@ -231,6 +231,22 @@ def _add_bench_store(commands: Subparsers) -> None:
     )
     bench_store.add_argument("--keys", type=int, default=200_000, help="lookup: keys looked up (%(default)s)")
     bench_store.add_argument("--dim", type=int, default=384, help="lookup: vector length (%(default)s)")
+    bench_store.add_argument(
+        "--seconds", type=float, default=60.0, help="torture: how long the workers run (%(default)s)"
+    )
+    bench_store.add_argument("--seed", type=int, default=0, help="torture: seeds every choice (%(default)s)")
+    bench_store.add_argument(
+        "--spawned", type=int, default=2, help="torture: workers started as processes (%(default)s)"
+    )
+    bench_store.add_argument(
+        "--forked",
+        type=int,
+        default=2,
+        help="torture: workers forked from a process holding the store (%(default)s)",
+    )
+    bench_store.add_argument(
+        "--spark", action="store_true", help="torture: a Spark job (local[2], a tiny model) appends meanwhile"
+    )
     bench_store.add_argument("--workdir", help="where the stores and files go (default: the temp folder)")
     bench_store.add_argument("--json", action="store_true", help="print a JSON report")
     bench_store.set_defaults(run=_bench_store)
@@ -242,6 +258,8 @@ def _bench_store(args: argparse.Namespace) -> int:
 
     meta: dict[str, Any] = {"cpu": cpu_description(), "kind": args.kind}
     with tempfile.TemporaryDirectory(prefix="polyemb-bench-store-", dir=args.workdir) as workdir:
+        if args.kind == "torture":
+            return _torture(args, Path(workdir), meta)
         if args.kind == "incremental":
             results = _incremental(args, Path(workdir), meta)
         else:
@@ -250,6 +268,38 @@ def _bench_store(args: argparse.Namespace) -> int:
             )
     _print_results(args, meta, results)
     return 0
+
+
+def _torture(args: argparse.Namespace, workdir: Path, meta: dict[str, Any]) -> int:
+    """The torture run; exit status 1 if an invariant failed."""
+    from dataclasses import asdict
+
+    from polyemb.bench.torture import SparkSide, torture
+
+    spark = None
+    if args.spark:
+        from polyemb.bench._spark import local_spark
+        from polyemb.encoder import load
+        from polyemb.testing import build_tiny_model
+
+        model = build_tiny_model(workdir / "model")
+        session = local_spark("polyemb-torture", {"spark.sql.shuffle.partitions": "4"})  # small runs
+        spark = SparkSide(session, model, load(model, device="cpu"))
+    report = torture(
+        workdir / "torture",
+        seconds=args.seconds,
+        seed=args.seed,
+        spawned=args.spawned,
+        forked=args.forked,
+        spark=spark,
+        progress=print_progress,
+    )
+    if args.json:
+        print(json.dumps({**meta, **asdict(report), "ok": report.ok}, indent=2))
+    else:
+        print_meta(meta)
+        print(report.format())
+    return 0 if report.ok else 1
 
 
 def _incremental(args: argparse.Namespace, workdir: Path, meta: dict[str, Any]) -> list[dict[str, Any]]:

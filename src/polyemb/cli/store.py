@@ -21,9 +21,9 @@ def add_parser(commands: Subparsers) -> None:
         ),
     )
     actions = store.add_subparsers(dest="action", metavar="ACTION", required=True)
-    stats = actions.add_parser("stats", help="entries per model and size on disk")
+    stats = actions.add_parser("stats", help="entries, files and sizes per model, and whether to compact")
     stats.add_argument("path", metavar="DIR")
-    compact = actions.add_parser("compact", help="merge small files, one entry per text")
+    compact = actions.add_parser("compact", help="merge small files, one entry per text, set bad files aside")
     compact.add_argument("path", metavar="DIR")
     gc = actions.add_parser("gc", help="drop the vectors of every model but the ones kept")
     gc.add_argument("path", metavar="DIR")
@@ -48,8 +48,8 @@ def _store(args: argparse.Namespace) -> int:
         report = store.compact()
         print(
             f"compacted {args.path}: {report.files_before} files -> {report.files_after}, "
-            f"{report.duplicates_dropped} duplicate entries dropped, "
-            f"{report.temporary_removed} stale temporary files removed"
+            f"{report.duplicates_dropped} duplicate entries dropped, {report.quarantined} bad files "
+            f"set aside, {report.temporary_removed} stale temporary files removed"
         )
     else:
         gc = store.gc(args.keep_model)

@@ -1,7 +1,9 @@
 """Spark: pandas UDFs that get the model to every Python worker once, for classic Spark and Connect.
 
 ``embed_udf()`` and ``similarity_udf()`` are pandas UDFs for the DataFrame API; ``register()``
-makes them ``embed`` and ``semantic_similarity`` in Spark SQL. How the model reaches the
+makes them ``embed`` and ``semantic_similarity`` in Spark SQL. ``embed_incremental()`` embeds
+through a vector store on any path Spark reaches; ``store_stats()``, ``compact_store()`` and
+``gc_store()`` maintain such a store. How the model reaches the
 executors (``delivery=``) is described in :mod:`polyemb.spark.delivery`: by default its files
 are shipped, as a broadcast on classic Spark and as a session artifact on Spark Connect.
 
@@ -26,15 +28,19 @@ except ImportError as exc:  # pragma: no cover - exercised only without pyspark
 
 from polyemb.spark.delivery import worker_loads
 from polyemb.spark.join import semantic_join
+from polyemb.spark.maintenance import compact_store, gc_store, store_stats
 from polyemb.spark.store import IncrementalReport, embed_incremental
 from polyemb.spark.udfs import embed_udf, register, similarity_udf
 
 __all__ = [
     "IncrementalReport",
+    "compact_store",
     "embed_incremental",
     "embed_udf",
+    "gc_store",
     "register",
     "semantic_join",
     "similarity_udf",
+    "store_stats",
     "worker_loads",
 ]

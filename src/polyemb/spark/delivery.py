@@ -11,9 +11,16 @@ Driver side, :func:`model_source` decides from the session it is given how to sh
 - ``"path"``: each worker loads the hub id, or a path every executor can read.
 - ``"auto"``: broadcast on a classic session, artifact on a Spark Connect session.
 
-Worker side, :func:`worker_encoder` loads the model at most once per Python process (keyed by
-its fingerprint, device, precision and length) and reuses it for every Arrow batch, task and
-query. A task Spark gave a GPU runs on it; a CPU task caps torch to the task's CPUs.
+Every shipment is named by the sha256 of the very bytes shipped (``ModelSource.content``), and
+a worker checks what it is about to load against it (or, for ``"path"``, against the
+fingerprint the driver found): a worker never computes vectors of another model than the one
+the driver named, whatever happened to a folder or a hub branch in between.
+
+Worker side, :func:`worker_encoder` loads the model at most once per Python process, keyed by
+what decides its vectors (the model's content, the precision and length as resolved for this
+worker's device and model, and the device), so two UDFs asking for the same model in other
+words (``precision="auto"`` and ``"fp32"`` on a CPU; no length and the model's own) share one
+copy. A task Spark gave a GPU runs on it; a CPU task caps torch to the task's CPUs.
 """
 
 from __future__ import annotations
@@ -33,9 +40,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from polyemb import loading
-from polyemb.encoder import Encoder, cap_cpu_threads, load
-from polyemb.errors import InvalidInputError
-from polyemb.options import DELIVERIES, Delivery, Precision, check_choice
+from polyemb.embedder import VectorSpec
+from polyemb.encoder import Encoder, cap_cpu_threads, describe, load
+from polyemb.errors import InvalidInputError, ModelMismatchError
+from polyemb.options import DELIVERIES, Delivery, Precision, WeightPrecision, check_choice
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -53,13 +61,14 @@ class ModelSource:
     """What a worker needs to get the model: picklable and small (a broadcast is a handle)."""
 
     model: str  # the hub id or folder the driver was given (the folder itself for "path")
-    fingerprint: str
+    fingerprint: str  # what the model is: the hub commit, or the sha256 of a folder's files
     delivery: Literal["broadcast", "artifact", "path"]
     precision: Precision
     max_seq_length: int | None
-    revision: str | None = None
+    revision: str | None = None  # the hub commit; None for a local folder
     broadcast: Any = None  # pyspark Broadcast of {relative path: bytes}
     artifact: str | None = None  # the archive's file name; Spark unpacks it into a folder so named
+    content: str = ""  # sha256 of the files shipped (broadcast, artifact): what a worker must find
     # What shipping took on the driver ({"model", "delivery", "files", "mib", "seconds"}; None for
     # "path"), for benchmarks and logs. Left out of equality: it says nothing of what workers load.
     shipment: dict[str, Any] | None = field(default=None, compare=False)
@@ -96,12 +105,24 @@ def model_source(
     precision: Precision,
     max_seq_length: int | None,
     revision: str | None,
+    fingerprint: str | None = None,
 ) -> ModelSource:
     """Ship the model to ``spark``'s executors as ``delivery`` says; the handle workers load from.
+
+    Args:
+        spark: The session; None: the active one (not needed for ``"path"``).
+        model: Hub id or folder; None: ``$POLYEMB_MODEL``, else the default model.
+        delivery: ``"auto"``, ``"broadcast"``, ``"artifact"`` or ``"path"``.
+        precision: As for :func:`polyemb.load`.
+        max_seq_length: As for :func:`polyemb.load`.
+        revision: Hub revision.
+        fingerprint: The model content the caller's vectors must be of (a store key's): refuse
+            any other.
 
     Raises:
         InvalidInputError: A bad delivery or precision, or a delivery the session cannot do.
         ModelNotFoundError: The model is neither a folder nor on the hub.
+        ModelMismatchError: The model found is not ``fingerprint`` (it changed meanwhile).
     """
     check_choice("delivery", delivery, DELIVERIES)
     loading.resolve_dtype(precision, loading.resolve_device("cpu"))  # a bad precision fails here
@@ -115,23 +136,32 @@ def model_source(
             "hub id or a path every executor can read"
         )
     files = loading.find_model(model, revision=revision)
-    fingerprint = loading.fingerprint(files)
-    base = ModelSource(files.model_id, fingerprint, "path", precision, max_seq_length)
+    base = ModelSource(files.model_id, "", "path", precision, max_seq_length, revision=files.revision)
     if chosen == "path":
         where = files.model_id if files.revision else str(files.folder)
-        return replace(base, model=where, revision=files.revision)
+        source = replace(base, model=where, fingerprint=loading.fingerprint(files))
+        _check_fingerprint(source, fingerprint)
+        return source
     started = time.perf_counter()
     paths = loading.model_files(files.folder)
     if chosen == "broadcast":
         payload = {path.relative_to(files.folder).as_posix(): path.read_bytes() for path in paths}
-        handle = session.sparkContext.broadcast(payload)  # type: ignore[union-attr]
+        content = loading.ContentHash()
+        for relative, data in payload.items():
+            content.add(relative, data)
         size = sum(len(data) for data in payload.values())
-        source = replace(base, delivery="broadcast", broadcast=handle)
+        source = replace(base, delivery="broadcast", content=content.value())
     else:
-        archive = _archive(files.folder, paths, fingerprint)
-        session.addArtifacts(str(archive), archive=True)  # type: ignore[union-attr]
+        archive, digest = _archive(files.folder, paths)
         size = archive.stat().st_size
-        source = replace(base, delivery="artifact", artifact=archive.name)
+        source = replace(base, delivery="artifact", artifact=archive.name, content=digest)
+    # A folder's fingerprint is the hash of its files: of the bytes shipped, read once.
+    source = replace(source, fingerprint=files.revision or source.content)
+    _check_fingerprint(source, fingerprint)
+    if chosen == "broadcast":
+        source = replace(source, broadcast=session.sparkContext.broadcast(payload))  # type: ignore[union-attr]
+    else:
+        session.addArtifacts(str(archive), archive=True)  # type: ignore[union-attr]
     shipment = {
         "model": files.model_id,
         "delivery": chosen,
@@ -143,26 +173,63 @@ def model_source(
     return replace(source, shipment=shipment)
 
 
-def _archive(folder: Path, paths: list[Path], fingerprint: str) -> Path:
-    """A tar of the model's files, made once per fingerprint on this machine (atomically).
+def _check_fingerprint(source: ModelSource, expected: str | None) -> None:
+    if expected is not None and source.fingerprint != expected:
+        raise ModelMismatchError(
+            f"the model {source.model} is {source.fingerprint} now, not the {expected} the vectors' key "
+            "was made from: it changed (a hub branch moved, a folder was rewritten) while the job was "
+            "being planned. Nothing was computed; run it again (or pin revision= to a commit)"
+        )
 
-    Named by the fingerprint, so a session that already has it is sent the same name again;
-    Spark unpacks it into a folder of that name next to each Python worker.
+
+class _Hashing:
+    """A file object that hashes what is read from it: the archive's content id is of the bytes tarred."""
+
+    def __init__(self, handle: Any, digest: loading.ContentHash) -> None:
+        self._handle = handle
+        self._digest = digest
+
+    def read(self, size: int = -1) -> bytes:
+        data: bytes = self._handle.read(size)
+        self._digest.update(data)
+        return data
+
+
+# Archives made by this process: {(folder, every file's name, size and mtime): (archive, content)}.
+_archives: dict[tuple[Any, ...], tuple[Path, str]] = {}
+
+
+def _archive(folder: Path, paths: list[Path]) -> tuple[Path, str]:
+    """A tar of the model's files and the sha256 of what it holds, made once per content (atomically).
+
+    Named by that content, so a session that already has it is sent the same name again; Spark
+    unpacks it into a folder of that name next to each Python worker.
     """
+    stats = [(path.relative_to(folder).as_posix(), path.stat()) for path in paths]
+    signature = (str(folder), *((name, st.st_size, st.st_mtime_ns) for name, st in stats))
+    made = _archives.get(signature)
+    if made is not None and made[0].is_file():
+        return made
     root = Path(tempfile.gettempdir()) / "polyemb-archives"
     root.mkdir(parents=True, exist_ok=True)
-    target = root / f"polyemb-model-{_safe(fingerprint)}.tar"
-    if target.is_file():
-        return target
-    staging = root / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}"
+    staging = root / f".polyemb-model.{os.getpid()}.{uuid.uuid4().hex}.tar"
+    digest = loading.ContentHash()
     try:
         with tarfile.open(staging, "w") as tar:
             for path in paths:
-                tar.add(path, arcname=path.relative_to(folder).as_posix(), recursive=False)
-        os.replace(staging, target)
+                relative = path.relative_to(folder).as_posix()
+                with path.open("rb") as handle:
+                    info = tar.gettarinfo(arcname=relative, fileobj=handle)
+                    digest.add(relative)
+                    tar.addfile(info, _Hashing(handle, digest))
+        content = digest.value()
+        target = root / f"polyemb-model-{_safe(content)}.tar"
+        if not target.is_file():
+            os.replace(staging, target)  # same name, same content: replacing one is harmless
     finally:
         staging.unlink(missing_ok=True)
-    return target
+    _archives[signature] = (target, content)
+    return target, content
 
 
 def _safe(fingerprint: str) -> str:
@@ -171,7 +238,8 @@ def _safe(fingerprint: str) -> str:
 
 # ---------------------------------------------------------------------- worker side
 
-_encoders: dict[tuple[Any, ...], Encoder] = {}
+_encoders: dict[tuple[str, str], Encoder] = {}  # (VectorSpec.key, device)
+_resolved: dict[tuple[Any, ...], tuple[str, VectorSpec]] = {}  # what a ModelSource resolved to here
 _loads: list[dict[str, Any]] = []
 _worker_lock = threading.Lock()
 
@@ -213,7 +281,7 @@ def materialize(source: ModelSource) -> str:
             )
         return str(folder)
     root = Path(os.environ.get(MODEL_CACHE_ENV) or Path(tempfile.gettempdir()) / "polyemb-models")
-    target = root / _safe(source.fingerprint)
+    target = root / _safe(source.content or source.fingerprint)
     if target.is_dir():
         return str(target)
     root.mkdir(parents=True, exist_ok=True)
@@ -235,36 +303,90 @@ def materialize(source: ModelSource) -> str:
     return str(target)
 
 
+def _concrete_precision(precision: Precision, device: str) -> WeightPrecision:
+    """The precision ``load`` gives on ``device``: ``"auto"`` is fp32 on a CPU, fp16 on a GPU."""
+    if precision != "auto":
+        return precision
+    import torch
+
+    return (
+        "fp32" if loading.resolve_dtype("auto", loading.resolve_device(device)) == torch.float32 else "fp16"
+    )
+
+
+def _resolve(source: ModelSource, device: str) -> tuple[str, VectorSpec]:
+    """Where to load ``source`` from on this worker, and what its vectors will be, checked.
+
+    Reads the model's settings (not its weights) and hashes its files: what the worker is about
+    to load must be the content the driver named.
+
+    Raises:
+        ModelMismatchError: It is another model (a folder that differs on this executor, a stale copy).
+    """
+    where = materialize(source)
+    spec = describe(
+        where,
+        precision=_concrete_precision(source.precision, device),
+        max_seq_length=source.max_seq_length,
+        revision=source.revision if source.delivery == "path" else None,
+    )
+    # A shipped copy is a folder here, named by the hash of its files; "path" loads what the
+    # driver named, a hub commit or a folder's hash.
+    expected = (source.content or source.fingerprint) if source.delivery != "path" else source.fingerprint
+    if spec.fingerprint != expected:
+        hint = (
+            "give every executor the same model folder, or use delivery='auto' to ship it"
+            if source.delivery == "path"
+            else "the copy on this machine is not what the driver shipped; remove it and run again"
+        )
+        raise ModelMismatchError(
+            f"the model at {where} on this executor is {spec.fingerprint}, not the {expected} the "
+            f"driver named: {hint}. Nothing was computed with it"
+        )
+    return where, spec
+
+
 def worker_encoder(source: ModelSource) -> Encoder:
-    """The Encoder of this Python worker for ``source``, loaded on first use."""
+    """The Encoder of this Python worker for ``source``, loaded on first use.
+
+    One Encoder per model content, resolved precision, resolved length and device, whichever
+    UDF asks for it.
+    """
     device, cpus = task_resources()
-    key = (source.fingerprint, device, source.precision, source.max_seq_length)
+    request = (
+        source.model,
+        source.fingerprint,
+        source.content,
+        source.delivery,
+        source.artifact,
+        source.revision,
+        source.precision,
+        source.max_seq_length,
+        device,
+    )
     with _worker_lock:
-        encoder = _encoders.get(key)
+        resolved = _resolved.get(request)
+        if resolved is None:
+            resolved = _resolved[request] = _resolve(source, device)
+        where, spec = resolved
+        encoder = _encoders.get((spec.key, device))
         if encoder is None:
             started = time.perf_counter()
             encoder = load(
-                materialize(source),
+                where,
                 device=device,
-                precision=source.precision,
-                max_seq_length=source.max_seq_length,
-                revision=source.revision,
+                precision=spec.precision,
+                max_seq_length=spec.max_seq_length,
+                revision=source.revision if source.delivery == "path" else None,
             )
-            if source.delivery == "path" and encoder.fingerprint != source.fingerprint:
-                # A folder that differs on this executor would write another model's vectors
-                # under the driver's key (a store's key) or mix models in one column.
-                raise InvalidInputError(
-                    f"the model at {source.model} on this executor is {encoder.fingerprint}, not the "
-                    f"{source.fingerprint} the driver found: give every executor the same model folder, "
-                    "or use delivery='auto' to ship it"
-                )
-            _encoders[key] = encoder
+            _encoders[(spec.key, device)] = encoder
             event = {
                 "pid": os.getpid(),
                 "fingerprint": source.fingerprint,
                 "device": device,
                 "delivery": source.delivery,
-                "max_seq_length": source.max_seq_length,
+                "precision": spec.precision,
+                "max_seq_length": spec.max_seq_length,
                 "seconds": round(time.perf_counter() - started, 3),
             }
             _loads.append(event)

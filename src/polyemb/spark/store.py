@@ -1,18 +1,20 @@
 """Incremental embedding on Spark: each text embedded once per model, through the vector store.
 
 :func:`embed_incremental` works the Spark way, with no per-row lookups from workers: it hashes
-the texts in the JVM (``substr(sha2(text, 256), 1, 32)``, the store's text hash), finds the
-hashes the store lacks with a left anti-join against the store's Parquet table, embeds only the
-distinct missing texts, appends them as a run folder of its own (so jobs appending at once never
-touch each other's files), and joins the vectors back. The store may be on any path Spark reads
-and writes; its layout is :mod:`polyemb.store.layout`.
+the texts in the JVM (``substr(sha2(text, 256), 1, 32)``, the store's text hash), reads the
+stored vectors of those hashes, embeds only the distinct texts it did not find, appends them as
+a run folder of its own (so jobs appending at once never touch each other's files), and joins
+the vectors back. The vectors it found and made are held by Spark (a local checkpoint) before
+it returns, so the result never reads the store again: a ``compact`` or ``gc`` after the call
+changes nothing in it. The store may be on any path Spark reads and writes; its layout is
+:mod:`polyemb.store.layout`.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -27,21 +29,51 @@ from polyemb.embedder import VectorSpec
 from polyemb.encoder import describe
 from polyemb.errors import ColumnNotFoundError, InvalidInputError
 from polyemb.options import Delivery, Precision
-from polyemb.spark.delivery import active_session
-from polyemb.spark.udfs import col_named, embed_udf
-from polyemb.store.layout import HASH_COLUMN, VECTOR_COLUMN, description, model_dir, run_dir, run_id
+from polyemb.spark.delivery import active_session, model_source
+from polyemb.spark.lakefs import LakeFs
+from polyemb.spark.udfs import col_named, embed_with
+from polyemb.store import stored
+from polyemb.store.layout import (
+    HASH_COLUMN,
+    MARKER,
+    VECTOR_COLUMN,
+    check_marker_text,
+    description,
+    model_dir,
+    run_dir,
+    run_id,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["IncrementalReport", "embed_incremental"]
+__all__ = ["IncrementalReport", "embed_incremental", "read_options"]
 
 logger = logging.getLogger(__name__)
 
 _HASH = "__polyemb_hash"
 _TEXT = "__polyemb_text"
+_VECTOR = "__polyemb_vector"
 # Row groups of 32 MiB: a lookup from Python reads whole row groups.
 _BLOCK_BYTES = 32 * 2**20
+
+
+def read_options() -> dict[str, str]:
+    """How Spark reads a store: a file removed meanwhile (a compaction) or bad is skipped, not an error.
+
+    A skipped file's texts read as missing, and are embedded again: never a failed job, and never
+    a NULL vector for a text that has one. Page checksums are verified where files have them.
+    """
+    return {
+        "ignoreMissingFiles": "true",
+        "ignoreCorruptFiles": "true",
+        "parquet.page.verify-checksum.enabled": "true",
+    }
+
+
+def write_options() -> dict[str, str]:
+    """How Spark writes store files: row groups of 32 MiB, with a checksum per page."""
+    return {"parquet.block.size": str(_BLOCK_BYTES), "parquet.page.write-checksum.enabled": "true"}
 
 
 @dataclass
@@ -106,13 +138,19 @@ def embed_incremental(
 
     Returns:
         ``df``'s rows and columns plus ``vector_column`` (``array<float>``). Row order, as with
-        any Spark join, is not kept. ``df`` is read more than once (to find what is missing,
-        and to join the vectors back), so it must give the same rows each time, as any input
-        of a Spark job read twice: cache or checkpoint a ``df`` whose source changes meanwhile.
+        any Spark join, is not kept. Its vectors are read and computed by this call and held by
+        Spark (a local checkpoint, on the executors), so it never reads the store again: a
+        ``compact`` or ``gc`` before it is used changes nothing. ``df`` is read more than once
+        (to find what is missing, and to join the vectors back), so it must give the same rows
+        each time, as any input of a Spark job read twice: cache or checkpoint a ``df`` whose
+        source changes meanwhile.
 
     Raises:
         ColumnNotFoundError: ``column`` is not in ``df``.
         InvalidInputError: ``vector_column`` is already a column of ``df``.
+        ModelMismatchError: The model changed between computing the key and shipping it (a
+            folder rewritten, a hub branch moved): nothing was stored.
+        StoreError: The store's marker is malformed or of a newer polyemb.
 
     Example:
         >>> out = polyemb.spark.embed_incremental(spark.read.parquet(lake), "title", store="s3a://lake/vectors")
@@ -124,24 +162,33 @@ def embed_incremental(
     if vector_column in df.columns:
         raise InvalidInputError(f"the DataFrame already has a column {vector_column!r}; choose another")
     session = active_session(spark)
+    root = os.fspath(store)
+    check_lake_marker(session, root)
     fixed = "fp32" if precision == "auto" else precision
     spec = describe(model, precision=fixed, max_seq_length=max_seq_length, revision=revision)
-    folder = model_dir(os.fspath(store), spec.key)
+    folder = model_dir(root, spec.key)
     keyed = df.withColumn(_HASH, F.substring(F.sha2(col_named(column), 256), 1, 32))
     texts = keyed.where(F.col(_HASH).isNotNull()).select(_HASH, col_named(column).alias(_TEXT))
     texts = texts.dropDuplicates([_HASH])
-    make_udf = functools.partial(
-        embed_udf,
-        model,
-        spark=session,
-        delivery=delivery,
-        batch_size=batch_size,
-        precision=spec.precision,
-        max_seq_length=spec.max_seq_length,
-        revision=revision,
-    )
-    embedded, run = _store_missing(session, texts, folder, spec, make_udf)
-    result = _join_vectors(session, keyed, texts, folder, vector_column, spec)
+
+    def make_udf() -> Any:
+        # The executors must compute exactly the model the key names: pin a hub commit, and
+        # refuse a model whose content is not the key's (a folder rewritten, a branch moved).
+        pinned = revision if spec.fingerprint.startswith("sha256:") else spec.fingerprint
+        source = model_source(
+            session,
+            model,
+            delivery=delivery,
+            precision=spec.precision,
+            max_seq_length=spec.max_seq_length,
+            revision=pinned,
+            fingerprint=spec.fingerprint,
+        )
+        return embed_with(source, batch_size)
+
+    vectors, embedded, run = _vectors(session, texts, folder, spec, make_udf)
+    result = keyed.join(vectors.withColumnRenamed(_VECTOR, vector_column), _HASH, "left").drop(_HASH)
+    result = result.withMetadata(vector_column, {MODEL_METADATA.decode(): spec.provenance})
     report = report if report is not None else IncrementalReport()
     report.model_key, report.provenance = spec.key, spec.provenance
     report.embedded, report.run = embedded, run
@@ -150,58 +197,86 @@ def embed_incremental(
     return result
 
 
-def _store_missing(
-    spark: Any, texts: DataFrame, folder: str, spec: VectorSpec, make_udf: Callable[[], Any]
-) -> tuple[int, str | None]:
-    """Embed the distinct texts the store lacks into a run folder of their own: ``(count, run)``.
+def check_lake_marker(spark: Any, root: str) -> None:
+    """Check the marker of a store Spark reaches, where it has one (a lake store may have none).
 
-    ``run`` is None where nothing was missing (no UDF is made then, so no model is shipped).
+    Spark's readers skip ``_`` files, so the marker is read through Hadoop's FileSystem: on a
+    Spark Connect session, which has none, it is not checked.
+
+    Raises:
+        StoreError: The marker is malformed, or of a newer store version than this polyemb writes.
     """
-    stored = _read_store(spark, folder)
-    missing = (
-        texts
-        if stored is None
-        else texts.join(stored.select(F.col(HASH_COLUMN).alias(_HASH)), _HASH, "left_anti")
-    )
-    missing = missing.persist()
+    fs = LakeFs.of(spark, root)
+    text = fs.read_text(f"{root.rstrip('/')}/{MARKER}") if fs is not None else None
+    if text is not None:
+        check_marker_text(text, root)
+
+
+def _is_missing(exc: AnalysisException) -> bool:
+    text = str(exc)
+    return "PATH_NOT_FOUND" in text or "UNABLE_TO_INFER_SCHEMA" in text or "does not exist" in text
+
+
+def _vectors(
+    spark: Any, texts: DataFrame, folder: str, spec: VectorSpec, make_udf: Callable[[], Any]
+) -> tuple[DataFrame, int, str | None]:
+    """``(hash, vector)`` of every distinct text, held by Spark; the count embedded; the run written.
+
+    The stored vectors of the texts are read and checkpointed first; the texts not found among
+    them (never stored, or in a file removed or bad meanwhile) are embedded, in parallel as the
+    input is partitioned, kept, then written in ``ceil(new / WRITE_ROWS)`` files. No UDF is made
+    (no model shipped) where nothing is missing.
+    """
+    found = _stored_vectors(spark, folder, texts, spec)
+    missing = texts.join(found.select(_HASH), _HASH, "left_anti").persist()
     try:
-        embedded = missing.count()
-        if not embedded:
-            return 0, None
-        run = run_dir(folder, run_id())
-        about = json.dumps(description(spec))
-        new = missing.select(
-            F.col(_HASH).alias(HASH_COLUMN),
-            make_udf()(F.col(_TEXT)).alias(VECTOR_COLUMN, metadata={"polyemb": about}),
-        )
-        new.write.option("parquet.block.size", _BLOCK_BYTES).parquet(run)
-        return embedded, run
+        count = missing.count()
+        if not count:
+            return found, 0, None
+        new = missing.select(F.col(_HASH), make_udf()(F.col(_TEXT)).alias(_VECTOR)).persist()
+        try:
+            new.count()  # computed here, in parallel: the write below reads them from Spark's storage
+            run = run_dir(folder, run_id())
+            _write(new, run, spec, math.ceil(count / stored.WRITE_ROWS))
+            # The result's vectors, held by Spark: it never reads the store again.
+            return found.unionByName(new).localCheckpoint(eager=True), count, run
+        finally:
+            new.unpersist()
     finally:
         missing.unpersist()
 
 
-def _join_vectors(
-    spark: Any, keyed: DataFrame, texts: DataFrame, folder: str, vector_column: str, spec: VectorSpec
-) -> DataFrame:
-    """``keyed``'s rows with their stored vectors (NULL for NULL texts), the hash column dropped."""
-    vectors = _read_store(spark, folder)
-    if vectors is None:  # nothing stored and nothing to embed: every text was NULL
-        result = keyed.withColumn(vector_column, F.lit(None).cast("array<float>"))
-    else:
-        found = vectors.select(F.col(HASH_COLUMN).alias(_HASH), F.col(VECTOR_COLUMN).alias(vector_column))
-        found = found.join(texts.select(_HASH), _HASH, "left_semi").dropDuplicates([_HASH])
-        result = keyed.join(found, _HASH, "left")
-    return result.drop(_HASH).withMetadata(vector_column, {MODEL_METADATA.decode(): spec.provenance})
+def _stored_vectors(spark: Any, folder: str, texts: DataFrame, spec: VectorSpec) -> DataFrame:
+    """The stored ``(hash, vector)`` of ``texts``' hashes, one each, checkpointed (read now)."""
+    stored_table = _read_store(spark, folder)
+    if stored_table is None:  # nothing stored yet
+        return texts.select(_HASH, F.lit(None).cast("array<float>").alias(_VECTOR)).limit(0)
+    found = stored_table.select(F.col(HASH_COLUMN).alias(_HASH), F.col(VECTOR_COLUMN).alias(_VECTOR))
+    # A NULL vector or one of another length (a bad row group) is not a stored vector.
+    found = found.where(F.col(_VECTOR).isNotNull() & (F.size(F.col(_VECTOR)) == spec.dim))
+    found = found.join(texts.select(_HASH), _HASH, "left_semi").dropDuplicates([_HASH])
+    return found.localCheckpoint(eager=True)
+
+
+def _write(new: DataFrame, run: str, spec: VectorSpec, files: int) -> None:
+    """Write the new vectors as ``files`` files of one run (``coalesce``: no shuffle)."""
+    about = json.dumps(description(spec))
+    columns = new.select(
+        F.col(_HASH).alias(HASH_COLUMN),
+        F.col(_VECTOR).alias(VECTOR_COLUMN, metadata={"polyemb": about}),
+    )
+    columns.coalesce(max(files, 1)).write.options(**write_options()).parquet(run)
 
 
 def _read_store(spark: Any, folder: str) -> DataFrame | None:
     """The store's table of one model, or None where nothing is stored yet."""
     try:
-        frame = spark.read.parquet(folder)
+        frame = spark.read.options(**read_options()).parquet(folder)
         _ = frame.schema  # Spark Connect analyses lazily: a missing path fails here
     except AnalysisException as exc:
-        text = str(exc)
-        if "PATH_NOT_FOUND" in text or "UNABLE_TO_INFER_SCHEMA" in text or "does not exist" in text:
+        if _is_missing(exc):
             return None
         raise
+    if HASH_COLUMN not in frame.columns or VECTOR_COLUMN not in frame.columns:
+        return None  # no file there is a store file (every one bad, or foreign)
     return frame.select(HASH_COLUMN, VECTOR_COLUMN)

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from polyemb.errors import StoreError
 from polyemb.store.keys import text_hashes
-from polyemb.store.layout import MARKER, is_store
+from polyemb.store.layout import MARKER, QUARANTINE, is_store
 from polyemb.store.maintenance import CompactReport, GcReport, ModelStats, StoreStats
 from polyemb.store.stored import RunStats, StoredEncoder, embedder_for
 from polyemb.store.vector_store import VectorStore, open_store
@@ -48,6 +48,7 @@ __all__ = [
     "CompactReport",
     "GcReport",
     "ModelStats",
+    "QUARANTINE",
     "RunStats",
     "StoreError",
     "StoreStats",

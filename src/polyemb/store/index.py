@@ -1,15 +1,17 @@
 """The in-memory index: where each stored hash sits, per file and per model, and a row-group cache.
 
 A lookup binary-searches the hashes of a model's files (two uint64 words each, see
-:mod:`polyemb.store.keys`), then reads the vectors of the hits by Parquet row group.
+:mod:`polyemb.store.keys`), then reads the vectors of the hits by Parquet row group, with the
+row group's hashes: a vector is returned only if the hash stored beside it is the one asked for,
+so a file changed under an index (or corrupted) never gives another text's vector.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -20,10 +22,27 @@ from polyemb.embedder import VectorSpec
 from polyemb.errors import InvalidInputError, StoreError
 from polyemb.store.keys import hash_words
 from polyemb.store.layout import HASH_COLUMN, VECTOR_COLUMN, data_files
+from polyemb.store.quarantine import is_bad_content
 
-__all__ = ["FileIndex", "ModelIndex", "RowGroupCache", "group_starts", "stored_vectors"]
+if TYPE_CHECKING:
+    from polyemb.store.quarantine import BadFiles
+
+__all__ = [
+    "FileIndex",
+    "ModelIndex",
+    "RowGroupCache",
+    "check_store_table",
+    "group_starts",
+    "open_parquet",
+    "stored_vectors",
+]
 
 _LOOKUP_ATTEMPTS = 3
+
+
+def open_parquet(source: Path | pa.NativeFile) -> pq.ParquetFile:
+    """Open a store file for reading, with its pages' checksums verified where it has them."""
+    return pq.ParquetFile(source, page_checksum_verification=True)
 
 
 def group_starts(metadata: pq.FileMetaData) -> np.ndarray:
@@ -31,11 +50,13 @@ def group_starts(metadata: pq.FileMetaData) -> np.ndarray:
     return np.cumsum([0, *(metadata.row_group(g).num_rows for g in range(metadata.num_row_groups))])
 
 
-def stored_vectors(column: pa.Array | pa.ChunkedArray, source: Path) -> np.ndarray:
+def stored_vectors(
+    column: pa.Array | pa.ChunkedArray, source: Path | str, dim: int | None = None
+) -> np.ndarray:
     """A store file's vector column as a float32 matrix.
 
     Raises:
-        StoreError: A vector is NULL or malformed.
+        StoreError: A vector is NULL or malformed, or not of dimension ``dim`` (where given).
     """
     try:
         matrix, valid = vectors_from_arrow(column, name=str(source))
@@ -43,7 +64,31 @@ def stored_vectors(column: pa.Array | pa.ChunkedArray, source: Path) -> np.ndarr
         raise StoreError(f"{source} holds a malformed vector: {exc}") from exc
     if not valid.all():
         raise StoreError(f"{source} holds a NULL vector")
+    if dim is not None and len(matrix) and matrix.shape[1] != dim:
+        raise StoreError(f"{source} holds vectors of dimension {matrix.shape[1]}, not {dim}")
     return matrix
+
+
+def _check_columns(schema: pa.Schema, source: Path | str) -> None:
+    if HASH_COLUMN not in schema.names or VECTOR_COLUMN not in schema.names:
+        raise StoreError(
+            f"{source} is not a store file: it needs the columns {HASH_COLUMN} and {VECTOR_COLUMN}"
+        )
+
+
+def check_store_table(
+    table: pa.Table, source: Path | str, dim: int | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every row of a store file, checked: ``(high words, low words, vectors)``.
+
+    What compaction (Python's and Spark's) reads before it merges a file.
+
+    Raises:
+        StoreError: A column is missing, a hash is malformed, a vector NULL, malformed or not of ``dim``.
+    """
+    _check_columns(table.schema, source)
+    hi, lo = hash_words(table.column(HASH_COLUMN), str(source))
+    return hi, lo, stored_vectors(table.column(VECTOR_COLUMN), source, dim)
 
 
 @dataclass
@@ -63,12 +108,16 @@ class FileIndex:
         Raises:
             StoreError: The file lacks the store's columns, or holds a malformed hash.
         """
-        parquet = pq.ParquetFile(path)
-        names = parquet.schema_arrow.names
-        if HASH_COLUMN not in names or VECTOR_COLUMN not in names:
-            raise StoreError(
-                f"{path} is not a store file: it needs the columns {HASH_COLUMN} and {VECTOR_COLUMN}"
-            )
+        return cls.from_parquet(path, open_parquet(path))
+
+    @classmethod
+    def from_parquet(cls, path: Path, parquet: pq.ParquetFile) -> FileIndex:
+        """Index an open store file (``path``: its name) by reading its hash column.
+
+        Raises:
+            StoreError: The file lacks the store's columns, or holds a malformed hash.
+        """
+        _check_columns(parquet.schema_arrow, path)
         hi, lo = hash_words(parquet.read(columns=[HASH_COLUMN]).column(0), str(path))
         return cls.from_words(path, hi, lo, group_starts(parquet.metadata))
 
@@ -96,39 +145,52 @@ class FileIndex:
         return found, self.rows[at]
 
 
+@dataclass(frozen=True)
+class RowGroup:
+    """One row group of a store file, decoded: its hashes (two words each) and its vectors."""
+
+    hi: np.ndarray
+    lo: np.ndarray
+    vectors: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held."""
+        return int(self.hi.nbytes + self.lo.nbytes + self.vectors.nbytes)
+
+
 class RowGroupCache:
-    """Decoded vector row groups, least recently used dropped first, bounded in bytes."""
+    """Decoded row groups, least recently used dropped first, bounded in bytes."""
 
     def __init__(self, max_mb: float) -> None:
         self.max_bytes = int(max_mb * 2**20)
-        self._items: OrderedDict[tuple[Path, int], np.ndarray] = OrderedDict()
+        self._items: OrderedDict[tuple[Path, int], RowGroup] = OrderedDict()
         self._bytes = 0
 
-    def get(self, path: Path, group: int, dim: int) -> np.ndarray:
-        """The vectors of one row group of a file.
+    def get(self, path: Path, group: int, dim: int) -> RowGroup:
+        """The hashes and vectors of one row group of a file.
 
         Raises:
-            StoreError: A vector is NULL, malformed, or not of dimension ``dim``.
+            StoreError: A hash is malformed, a vector NULL, malformed, or not of dimension ``dim``.
         """
         key = (path, group)
-        matrix = self._items.get(key)
-        if matrix is not None:
+        item = self._items.get(key)
+        if item is not None:
             self._items.move_to_end(key)
-            return matrix
+            return item
         # One thread: pyarrow's thread pool costs more than it saves on a 10 MB row group.
-        column = (
-            pq.ParquetFile(path).read_row_group(group, columns=[VECTOR_COLUMN], use_threads=False).column(0)
+        table = open_parquet(path).read_row_group(
+            group, columns=[HASH_COLUMN, VECTOR_COLUMN], use_threads=False
         )
-        matrix = stored_vectors(column, path)
-        if matrix.shape[1] != dim:
-            raise StoreError(f"{path} holds vectors of dimension {matrix.shape[1]}, not {dim}")
-        if matrix.nbytes <= self.max_bytes:
-            self._items[key] = matrix
-            self._bytes += matrix.nbytes
+        hi, lo, vectors = check_store_table(table, path, dim)
+        item = RowGroup(hi, lo, vectors)
+        if item.nbytes <= self.max_bytes:
+            self._items[key] = item
+            self._bytes += item.nbytes
             while self._bytes > self.max_bytes:
                 _, dropped = self._items.popitem(last=False)
                 self._bytes -= dropped.nbytes
-        return matrix
+        return item
 
     def forget(self, paths: set[Path] | None = None) -> None:
         """Drop the row groups of ``paths`` (None: all)."""
@@ -136,20 +198,26 @@ class RowGroupCache:
             self._bytes -= self._items.pop(key).nbytes
 
 
+class _Mismatch(Exception):
+    """A row group's hashes are not the ones its index placed there: the file changed under the index."""
+
+
 class ModelIndex:
     """All files of one model key, indexed in memory by hash.
 
     Most files sit in one merged index (a single binary search finds a hash in any of them);
     files added since the last merge (a writer's own, or other writers') are searched one by
-    one until there are ``PENDING_FILES`` of them, then merged in. Not thread-safe: the store
-    holds a lock around it.
+    one until there are ``PENDING_FILES`` of them, then merged in. Files that vanish (compacted
+    away), are bad or cannot be read never make a lookup fail: their hashes read as missing.
+    Not thread-safe: the store holds a lock around it.
     """
 
     PENDING_FILES = 16
 
-    def __init__(self, folder: Path, spec: VectorSpec) -> None:
+    def __init__(self, folder: Path, spec: VectorSpec, bad_files: BadFiles) -> None:
         self.folder = folder
         self.spec = spec
+        self.bad_files = bad_files
         self.files: dict[Path, FileIndex] = {}
         self.unreadable: set[Path] = set()
         self.reset()
@@ -188,7 +256,10 @@ class ModelIndex:
 
     def refresh(self) -> bool:
         """Index files that appeared since the last look, forget vanished ones; True if any changed."""
-        present = set(data_files(self.folder))
+        unlisted: list[tuple[Path, OSError]] = []
+        present = set(data_files(self.folder, unlisted))
+        for folder, exc in unlisted:
+            self.bad_files.unreachable(folder, exc)
         vanished = set(self.files) - present
         if vanished:  # compacted away: index what is there again
             self.reset()
@@ -200,45 +271,53 @@ class ModelIndex:
                 continue
             except (StoreError, pa.ArrowException, OSError) as exc:
                 # One bad file (truncated, foreign) must not stop every lookup: skip it, say so once.
-                self.unreadable.add(path)
-                warnings.warn(
-                    f"skipping {path}: not a readable store file ({exc}); its texts are embedded "
-                    "again. Remove it, or run polyemb store compact",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+                self._trouble(path, exc)
                 continue
             added = True
         if len(self._pending) > 1:
             self._merge_pending()
         return added or bool(vanished)
 
+    def _trouble(self, path: Path, exc: BaseException) -> None:
+        """A file that cannot be used: set aside if bad (else skipped from now on), reported once."""
+        if is_bad_content(exc):
+            if not self.bad_files.bad(path, exc):
+                self.unreadable.add(path)
+        else:
+            self.bad_files.unreachable(path, exc)
+            self.unreadable.add(path)
+
     def lookup(self, hi: np.ndarray, lo: np.ndarray, out: np.ndarray, cache: RowGroupCache) -> np.ndarray:
         """Fill ``out`` rows of the hashes found, in files written since too; return the found mask.
 
-        Files that other writers added since the last look are indexed when a hash is missing,
-        and files that a compaction removed meanwhile are indexed again.
+        Files that other writers added since the last look are indexed when a hash is missing;
+        files that vanished (a compaction), changed or turned out bad are dropped and the files
+        there now indexed again, a few times at most. What is still not found then reads as
+        missing: it is embedded again, never an error and never another text's vector.
         """
-        for attempt in range(_LOOKUP_ATTEMPTS):
-            try:
-                found = self._read(hi, lo, out, cache)
-                if found.all() or not self.refresh():
-                    return found
-                # Files from other writers appeared: look the misses up in them too.
-                missing = np.flatnonzero(~found)
-                part = np.zeros((len(missing), self.spec.dim), dtype=np.float32)
-                more = self._read(hi[missing], lo[missing], part, cache)
-                out[missing[more]] = part[more]
-                found[missing[more]] = True
-                return found
-            except FileNotFoundError:
-                # Compacted away by another process: index what is there now, and retry.
-                if attempt == _LOOKUP_ATTEMPTS - 1:
-                    raise
-                cache.forget(set(self.files))
+        found = np.zeros(len(hi), dtype=bool)
+        suspects: set[Path] = set()
+        for _ in range(_LOOKUP_ATTEMPTS):
+            todo = np.flatnonzero(~found)
+            part = np.zeros((len(todo), self.spec.dim), dtype=np.float32)
+            hits, troubled = self._read(hi[todo], lo[todo], part, cache)
+            out[todo[hits]] = part[hits]
+            found[todo[hits]] = True
+            for path, exc in troubled.items():
+                if isinstance(exc, _Mismatch):
+                    if path in suspects:  # indexed again and still not what it says: bad
+                        self._trouble(path, StoreError(str(exc)))
+                    suspects.add(path)  # changed under the index: index it again before judging it
+                elif not isinstance(exc, FileNotFoundError):
+                    self._trouble(path, exc)
+            if troubled:
+                cache.forget(set(troubled))
                 self.reset()
-                self.refresh()
-        raise AssertionError("unreachable")  # pragma: no cover
+            if found.all():
+                break
+            if not self.refresh() and not troubled:
+                break
+        return found
 
     def _locate(self, hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(found, file number, file row)`` of each hash, numbers into merged + pending files."""
@@ -257,16 +336,40 @@ class ModelIndex:
             found[todo[hit]], files[todo[hit]], rows[todo[hit]] = True, number, where[hit]
         return found, files, rows
 
-    def _read(self, hi: np.ndarray, lo: np.ndarray, out: np.ndarray, cache: RowGroupCache) -> np.ndarray:
-        """Fill ``out`` rows of the hashes indexed now; return the found mask."""
+    def _read(
+        self, hi: np.ndarray, lo: np.ndarray, out: np.ndarray, cache: RowGroupCache
+    ) -> tuple[np.ndarray, dict[Path, BaseException]]:
+        """Fill ``out`` rows of the hashes indexed now: ``(found mask, files that failed and why)``."""
         found, files, rows = self._locate(hi, lo)
         everything = self._merged + self._pending
+        troubled: dict[Path, BaseException] = {}
         for number in np.unique(files[found]).tolist():
             file = everything[number]
             targets = np.flatnonzero(found & (files == number))
-            groups = np.searchsorted(file.group_starts, rows[targets], side="right") - 1
-            for group in np.unique(groups).tolist():
-                in_group = targets[groups == group]
-                matrix = cache.get(file.path, group, self.spec.dim)
-                out[in_group] = matrix[rows[in_group] - file.group_starts[group]]
-        return found
+            try:
+                self._read_file(file, targets, hi, lo, rows, out, cache)
+            except (_Mismatch, StoreError, pa.ArrowException, OSError) as exc:
+                found[targets] = False
+                troubled[file.path] = exc
+        return found, troubled
+
+    def _read_file(
+        self,
+        file: FileIndex,
+        targets: np.ndarray,
+        hi: np.ndarray,
+        lo: np.ndarray,
+        rows: np.ndarray,
+        out: np.ndarray,
+        cache: RowGroupCache,
+    ) -> None:
+        groups = np.searchsorted(file.group_starts, rows[targets], side="right") - 1
+        for group in np.unique(groups).tolist():
+            in_group = targets[groups == group]
+            item = cache.get(file.path, group, self.spec.dim)
+            local = rows[in_group] - file.group_starts[group]
+            if (local >= len(item.hi)).any() or not (
+                (item.hi[local] == hi[in_group]) & (item.lo[local] == lo[in_group])
+            ).all():
+                raise _Mismatch(f"{file.path}: row group {group} does not hold the hashes indexed there")
+            out[in_group] = item.vectors[local]

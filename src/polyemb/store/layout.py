@@ -36,20 +36,26 @@ __all__ = [
     "HASH_COLUMN",
     "MARKER",
     "MODEL_FILE",
+    "QUARANTINE",
     "ROW_GROUP_ROWS",
     "STORE_VERSION",
     "VECTOR_COLUMN",
     "can_hold_new_store",
     "check_marker",
+    "check_marker_text",
     "data_files",
     "description",
+    "description_from_schema",
     "description_text",
+    "is_data_name",
     "is_store",
     "local_folder",
     "marker_text",
     "model_descriptions",
     "model_dir",
+    "parse_description",
     "part_name",
+    "quarantine_dir",
     "read_description",
     "run_dir",
     "run_id",
@@ -63,6 +69,7 @@ HASH_COLUMN = "text_hash"
 VECTOR_COLUMN = "vector"
 MODEL_PREFIX = "model="
 RUN_PREFIX = "run="
+QUARANTINE = "_quarantine"
 # Rows per Parquet row group: a lookup reads whole row groups, so small ones waste less on
 # scattered hits; 8,192 rows of 768 floats is 24 MiB.
 ROW_GROUP_ROWS = 8_192
@@ -117,16 +124,45 @@ def run_folders(root: Path) -> Iterator[Path]:
     return root.glob(f"{MODEL_PREFIX}*/{RUN_PREFIX}*")
 
 
-def data_files(folder: Path) -> Iterator[Path]:
-    """The finished Parquet files under a model folder (no hidden, temporary or ``_`` files)."""
-    if not folder.is_dir():
-        return
-    for run in folder.iterdir():
-        if not run.is_dir() or run.name.startswith((".", "_")):
+def is_data_name(name: str) -> bool:
+    """Whether a file or folder name is one of the store's (not hidden, temporary or ``_`` named).
+
+    The rule Spark and DuckDB's Hive reader apply: names starting ``.`` or ``_`` are not data.
+    """
+    return not name.startswith((".", "_"))
+
+
+def data_files(folder: Path, unlisted: list[tuple[Path, OSError]] | None = None) -> list[Path]:
+    """The finished Parquet files under a model folder (no hidden, temporary or ``_`` files).
+
+    A run folder removed while it is listed (compacted away) is skipped; one that cannot be
+    listed (another user's permissions on shared storage) is skipped and added to ``unlisted``
+    with its error. Nothing here raises for one folder.
+    """
+    files: list[Path] = []
+    for run in _entries(folder, unlisted):
+        if not is_data_name(run.name) or not run.is_dir():
             continue
-        for path in run.iterdir():
-            if path.suffix == ".parquet" and not path.name.startswith((".", "_")) and path.is_file():
-                yield path
+        for path in _entries(run, unlisted):
+            if path.suffix == ".parquet" and is_data_name(path.name) and path.is_file():
+                files.append(path)
+    return files
+
+
+def _entries(folder: Path, unlisted: list[tuple[Path, OSError]] | None) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        if unlisted is not None:
+            unlisted.append((folder, exc))
+        return []
+
+
+def quarantine_dir(model_folder: Path) -> Path:
+    """Where a model's bad files are set aside: ``_`` named, so no reader (polyemb, Spark, DuckDB) looks."""
+    return model_folder / QUARANTINE
 
 
 def local_folder(path: str | os.PathLike[str]) -> Path:
@@ -173,14 +209,31 @@ def check_marker(folder: Path) -> None:
     if not marker.is_file():
         return
     try:
-        info = json.loads(marker.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        text = marker.read_text(encoding="utf-8")
+    except OSError as exc:
         raise StoreError(f"cannot read {marker}: {exc}") from exc
+    check_marker_text(text, str(folder))
+
+
+def check_marker_text(text: str, store: str) -> None:
+    """Check the content of the marker of the store at ``store`` (read by Python, or by Spark on a lake).
+
+    Raises:
+        StoreError: It is not a polyemb marker, or is of a newer store version than this polyemb reads.
+    """
+    where = f"{store.rstrip('/')}/{MARKER}"
+    try:
+        info = json.loads(text)
+    except ValueError as exc:
+        raise StoreError(f"cannot read {where}: {exc}") from exc
     if not isinstance(info, dict):
-        raise StoreError(f"{marker} is not a polyemb store marker (not a JSON object)")
-    if info.get("version", 0) > STORE_VERSION:
+        raise StoreError(f"{where} is not a polyemb store marker (not a JSON object)")
+    version = info.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise StoreError(f"{where} is not a polyemb store marker: its version is {version!r}, not an integer")
+    if version > STORE_VERSION:
         raise StoreError(
-            f"{folder} is a version {info.get('version')} store; this polyemb reads up to "
+            f"{store} is a version {version} store; this polyemb reads up to "
             f"version {STORE_VERSION}: upgrade polyemb"
         )
 
@@ -222,21 +275,45 @@ def _json_text(content: dict[str, Any]) -> str:
     return json.dumps(content, indent=2) + "\n"
 
 
+def parse_description(text: str | bytes) -> dict[str, Any]:
+    """A model description from its JSON text (``_model.json``, a file's metadata); ``{}`` if it is none."""
+    try:
+        content = json.loads(text)
+    except ValueError:
+        return {}
+    return content if isinstance(content, dict) else {}
+
+
+def description_from_schema(schema: pa.Schema) -> dict[str, Any]:
+    """The description a store file carries in its metadata: polyemb's, or Spark's field metadata."""
+    metadata = schema.metadata or {}
+    if b"polyemb" in metadata:
+        return parse_description(metadata[b"polyemb"])
+    spark_schema = metadata.get(b"org.apache.spark.sql.parquet.row.metadata")
+    if spark_schema:
+        fields = parse_description(spark_schema).get("fields", [])
+        for column in fields if isinstance(fields, list) else []:
+            about = column.get("metadata", {}) if isinstance(column, dict) else {}
+            if column.get("name") == VECTOR_COLUMN and isinstance(about, dict) and "polyemb" in about:
+                return parse_description(about["polyemb"])
+    return {}
+
+
 def read_description(folder: Path) -> dict[str, Any]:
     """A model folder's ``_model.json``, else the description in one of its files (Spark's too)."""
     try:
-        return dict(json.loads((folder / MODEL_FILE).read_text(encoding="utf-8")))
-    except (OSError, ValueError):
-        pass
+        found = parse_description((folder / MODEL_FILE).read_bytes())
+    except OSError:
+        found = {}
+    if found:
+        return found
     for path in data_files(folder):
-        metadata = pq.ParquetFile(path).schema_arrow.metadata or {}
-        if b"polyemb" in metadata:
-            return dict(json.loads(metadata[b"polyemb"]))
-        spark_schema = metadata.get(b"org.apache.spark.sql.parquet.row.metadata")
-        if spark_schema:
-            for column in json.loads(spark_schema).get("fields", []):
-                if column.get("name") == VECTOR_COLUMN and "polyemb" in column.get("metadata", {}):
-                    return dict(json.loads(column["metadata"]["polyemb"]))
+        try:
+            found = description_from_schema(pq.read_schema(path))
+        except (OSError, pa.ArrowException):  # a bad or vanished file: try the next one
+            continue
+        if found:
+            return found
     return {}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,7 @@ from polyemb.store.layout import (
     run_dir,
     run_id,
 )
+from polyemb.store.quarantine import BadFiles
 from polyemb.store.stored import StoredEncoder, default_encoder_or
 
 if TYPE_CHECKING:
@@ -40,6 +42,18 @@ __all__ = ["CACHE_MB", "VectorStore", "open_store"]
 
 # Decoded row groups kept in memory for repeated lookups (DuckDB asks 2,048 rows at a time).
 CACHE_MB = 128.0
+
+# Every open store, so that a forked child can give each its own run and fresh locks.
+_open_stores: weakref.WeakSet[VectorStore] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_open_stores):
+        store._forked()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class VectorStore:
@@ -70,9 +84,10 @@ class VectorStore:
         self._lock = threading.RLock()
         self._indexes: dict[str, ModelIndex] = {}
         self._cache = RowGroupCache(cache_mb)
-        self._run = run_id()
-        self._sequence = 0
+        self._bad_files = BadFiles(move=not read_only)
+        self._new_run()
         self._open(create)
+        _open_stores.add(self)
 
     def __repr__(self) -> str:
         mode = "read-only" if self.read_only else "read-write"
@@ -97,7 +112,29 @@ class VectorStore:
                 f"{self.path} exists and is not a polyemb store (no {MARKER}); give an empty or new folder"
             )
         if not self.read_only:  # read-only, it stays an empty store: every lookup misses
-            self._writes.run(lambda: writer.write_text(self.path / MARKER, marker_text()))
+            self._writes.run(lambda: writer.write_text(self.path / MARKER, marker_text(), exist_ok=True))
+
+    def _new_run(self) -> None:
+        """A run folder of this process's own (the files of one store object in one process)."""
+        self._run = run_id()
+        self._sequence = 0
+        self._pid = os.getpid()
+
+    def _forked(self) -> None:
+        """In a forked child: fresh locks (a parent's thread may have held them) and a run of its own."""
+        self._lock = threading.RLock()
+        self._writes = writer.WriteGuard(self.path, self._writes.on_write_error)
+        self._bad_files = BadFiles(move=not self.read_only)
+        for index in self._indexes.values():
+            index.bad_files = self._bad_files
+        self._new_run()
+
+    def _next_file(self, folder: Path) -> Path:
+        """The name of the next file this process writes; call with the lock held."""
+        if os.getpid() != self._pid:  # forked without the fork hook (a fork from C code)
+            self._new_run()
+        self._sequence += 1
+        return run_dir(folder, self._run) / part_name(self._sequence)
 
     # ------------------------------------------------------------------ encoding
 
@@ -188,7 +225,7 @@ class VectorStore:
     def _index(self, spec: VectorSpec) -> ModelIndex:
         index = self._indexes.get(spec.key)
         if index is None:
-            index = ModelIndex(self.model_folder(spec.key), spec)
+            index = ModelIndex(self.model_folder(spec.key), spec, self._bad_files)
             index.refresh()
             self._indexes[spec.key] = index
         return index
@@ -219,18 +256,26 @@ class VectorStore:
         table, order = writer.sorted_table(spec, hashes, matrix, hi, lo)
         folder = self.model_folder(spec.key)
         with self._lock:
-            self._sequence += 1
-            target = run_dir(folder, self._run) / part_name(self._sequence)
+            target = self._next_file(folder)
+
+        written: list[pq.FileMetaData] = []
 
         def write() -> None:
+            nonlocal target
             if not (folder / MODEL_FILE).is_file():
-                writer.write_text(folder / MODEL_FILE, description_text(spec))
-            writer.write_table(table, target)
+                writer.write_text(folder / MODEL_FILE, description_text(spec), exist_ok=True)
+            try:
+                written.append(writer.write_table(table, target))
+            except FileExistsError:  # a name taken (never replaced): write under a new run
+                with self._lock:
+                    self._new_run()
+                    target = self._next_file(folder)
+                written.append(writer.write_table(table, target))
 
         if not self._writes.run(write):
             return None
         # The row groups as written, not as assumed.
-        starts = group_starts(pq.read_metadata(target))
+        starts = group_starts(written[0])
         file = FileIndex(target, hi[order], lo[order], np.arange(len(order), dtype=np.int32), starts)
         with self._lock:
             self._index(spec).add(file)
@@ -239,25 +284,29 @@ class VectorStore:
     # ------------------------------------------------------------------ maintenance
 
     def stats(self) -> maintenance.StoreStats:
-        """Entries, distinct texts, files and size on disk per model."""
+        """Entries, distinct texts, files (bad ones too), their mean size, and whether to compact, per model.
+
+        Moves nothing, so a read-only store gives them too.
+        """
         return maintenance.stats(self.path)
 
     def compact(self, *, target_mb: float = maintenance.COMPACT_TARGET_MB) -> maintenance.CompactReport:
         """Merge each model's small files into files of about ``target_mb`` of vectors.
 
-        Among the files merged, each text is kept once (large files are left as they are, and a
-        duplicate between a large and a small file stays; lookups take either copy). Safe beside
-        polyemb's readers and writers: merged files appear (atomically) before the small ones are
-        removed, and files written meanwhile are left for the next compaction. A Spark job that
-        has already listed the store's files fails if they vanish under it: do not compact while
-        one reads the store. Also removes temporary files and empty run folders that killed
-        writers left more than an hour ago.
+        Among the files merged, each text is kept once, the copy in the first file by path (large
+        files are left as they are, and a duplicate between a large and a small file stays;
+        lookups take either copy). Every file merged is read whole and checked first; a bad one
+        is moved into its model's ``_quarantine/`` folder, never deleted. Safe beside polyemb's
+        readers and writers (Python's and Spark's), and beside another compaction: merged files
+        appear (atomically, synced) before the small ones are removed, and files written
+        meanwhile are left for the next compaction. Also removes temporary files and empty run
+        folders that killed writers left more than an hour ago.
 
         Raises:
             StoreError: The store was opened read-only.
         """
         self._check_writable("compact")
-        report = maintenance.compact(self.path, target_mb=target_mb)
+        report = maintenance.compact(self.path, target_mb=target_mb, bad_files=self._bad_files)
         self._forget_index()
         return report
 
@@ -266,7 +315,8 @@ class VectorStore:
 
         A provenance keeps every key of that model content (any precision or length); a bare
         fingerprint (``sha256:...`` or a hub commit) does too. A model folder whose description
-        cannot be read is kept. Do not run it while a job writes a model it drops.
+        cannot be read, or names no model, is kept. Do not run it while a job writes a model it
+        drops.
 
         Raises:
             StoreError: The store was opened read-only.

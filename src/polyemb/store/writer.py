@@ -1,11 +1,15 @@
-"""Writing store files: each appears whole, by an atomic rename, or not at all.
+"""Writing store files: each appears whole, never replaces another, and is on disk when it counts.
 
-A writer killed mid-file leaves at most a hidden ``.tmp`` beside the files it finished; readers
-never list hidden files, and compaction removes stale ones.
+A file is written under a hidden temporary name, synced (``fsync``), then given its name by a
+hard link, which fails if the name is taken (a plain rename would silently replace it), and the
+folder is synced so that the name itself survives a power loss. A writer killed mid-file leaves
+at most a hidden ``.tmp`` beside the files it finished; readers never list hidden files, and
+compaction removes stale ones.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -13,7 +17,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -35,43 +39,142 @@ __all__ = [
     "STALE_SECONDS",
     "WriteErrors",
     "WriteGuard",
+    "is_stale_temporary",
+    "make_dirs",
     "remove_leftovers",
     "sorted_table",
+    "sync_folder",
     "write_table",
     "write_text",
 ]
 
 WriteErrors = Literal["raise", "warn"]
+_T = TypeVar("_T")
 
 PARQUET_OPTIONS: dict[str, Any] = {
     "row_group_size": ROW_GROUP_ROWS,
     "compression": {HASH_COLUMN: "zstd", VECTOR_COLUMN: "none"},  # random floats do not compress
     "use_dictionary": False,
+    # A CRC per page: readers verify it, so a flipped bit in a vector is a bad file, not a wrong vector.
+    "write_page_checksum": True,
 }
 # Hidden temporary files older than this are a killed writer's: compact and gc remove them.
 STALE_SECONDS = 3_600
 _TEMPORARY_SUFFIX = ".tmp"
+# What link() says where a file system has no hard links (FAT, some FUSE and SMB mounts).
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EXDEV}
 
 
-def _atomically(target: Path, write: Callable[[Path], object]) -> None:
-    """``write`` a hidden temporary file beside ``target``, then rename it into place: all or nothing."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+def _atomically(target: Path, write: Callable[[Path], _T]) -> _T:
+    """``write`` a hidden temporary file beside ``target``, sync it, then publish it: all or nothing.
+
+    Returns:
+        What ``write`` returned.
+
+    Raises:
+        FileExistsError: ``target`` exists (it is left as it is).
+    """
+    make_dirs(target.parent)
     temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}{_TEMPORARY_SUFFIX}")
     try:
-        write(temporary)
-        os.replace(temporary, target)
+        result = write(temporary)
+        _sync_file(temporary)
+        _publish(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)
+    sync_folder(target.parent)
+    return result
 
 
-def write_table(table: pa.Table, target: Path) -> None:
-    """Write a store file atomically, with the store's Parquet options."""
-    _atomically(target, lambda path: pq.write_table(table, path, **PARQUET_OPTIONS))
+def _publish(temporary: Path, target: Path) -> None:
+    """Give ``temporary``'s content the name ``target``, never replacing a file of that name."""
+    try:
+        os.link(temporary, target)
+        return
+    except OSError as exc:
+        if isinstance(exc, FileExistsError) or exc.errno not in _NO_HARD_LINKS:
+            raise
+    # No hard links here: claim the name with a file only one writer can create (O_EXCL), then
+    # rename. Every polyemb writer claims first, so none renames onto a name another publishes.
+    claim = target.with_name(f".{target.name}.claim{_TEMPORARY_SUFFIX}")
+    os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    try:
+        if target.exists():
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target))
+        os.rename(temporary, target)
+    finally:
+        claim.unlink(missing_ok=True)
 
 
-def write_text(target: Path, text: str) -> None:
-    """Write a small text file (a marker, a model description) atomically."""
-    _atomically(target, lambda path: path.write_text(text, encoding="utf-8"))
+def _sync_file(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def sync_folder(folder: Path) -> None:
+    """Make the names in ``folder`` (files published, removed) durable: ``fsync`` of the folder.
+
+    A no-op where folders cannot be opened (Windows), whose file systems order this themselves.
+    """
+    if os.name != "posix":
+        return
+    _sync_file(folder)
+
+
+def make_dirs(folder: Path) -> None:
+    """Create ``folder`` and its missing parents, syncing each parent that gained one."""
+    missing = []
+    at = folder
+    while not at.is_dir():
+        missing.append(at)
+        if at.parent == at:
+            break
+        at = at.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir()
+        except FileExistsError:  # another writer made it meanwhile
+            continue
+        sync_folder(path.parent)
+
+
+def write_table(table: pa.Table, target: Path) -> pq.FileMetaData:
+    """Write a store file atomically, with the store's Parquet options.
+
+    Returns:
+        The file's Parquet metadata (its row groups as written), read before it was published:
+        once published, a compaction may remove it at any moment.
+
+    Raises:
+        FileExistsError: ``target`` exists (it is never replaced).
+    """
+
+    def write(path: Path) -> pq.FileMetaData:
+        pq.write_table(table, path, **PARQUET_OPTIONS)
+        return pq.read_metadata(path)
+
+    return _atomically(target, write)
+
+
+def write_text(target: Path, text: str, *, exist_ok: bool = False) -> None:
+    """Write a small text file (a marker, a model description) atomically.
+
+    Args:
+        target: The file.
+        text: Its content.
+        exist_ok: If ``target`` exists, leave it and return (another writer wrote the same thing).
+
+    Raises:
+        FileExistsError: ``target`` exists and ``exist_ok`` is False.
+    """
+    try:
+        _atomically(target, lambda path: path.write_text(text, encoding="utf-8"))
+    except FileExistsError:
+        if not exist_ok:
+            raise
 
 
 def sorted_table(
@@ -121,13 +224,18 @@ class WriteGuard:
             return False
 
 
+def is_stale_temporary(name: str, age_seconds: float) -> bool:
+    """Whether a file so named and so old is a killed writer's leftover (a hidden ``.tmp``, an hour old)."""
+    return name.startswith(".") and name.endswith(_TEMPORARY_SUFFIX) and age_seconds > STALE_SECONDS
+
+
 def remove_leftovers(root: Path) -> int:
     """Remove stale (an hour old) hidden temporary files and empty run folders; return the files removed."""
     removed = 0
     now = time.time()
     for path in root.rglob(f".*{_TEMPORARY_SUFFIX}"):
         try:
-            if now - path.stat().st_mtime > STALE_SECONDS:
+            if is_stale_temporary(path.name, now - path.stat().st_mtime):
                 path.unlink()
                 removed += 1
         except OSError:
