@@ -29,7 +29,17 @@ from polyemb.similarity import (
     check_join,
 )
 
-__all__ = ["ChunkJoinRows", "ChunkPairs", "chunk_neighbourhood", "join_chunk_rows", "top_chunk_pairs"]
+__all__ = [
+    "CHUNK_COLUMNS",
+    "ChunkJoinRows",
+    "ChunkPairs",
+    "chunk_neighbourhood",
+    "join_chunk_rows",
+    "top_chunk_pairs",
+]
+
+CHUNK_COLUMNS = ("start", "end")
+"""The columns a search or join over chunks adds: the best window's character offsets in its text."""
 
 
 @dataclass(frozen=True)

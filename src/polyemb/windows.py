@@ -139,10 +139,10 @@ class Tokens:
     """One text's tokens, without special tokens.
 
     Attributes:
-        ids: int64 token ids.
-        starts: int64 character offset where each token starts in the text, or None when the
+        ids: int32 token ids.
+        starts: int32 character offset where each token starts in the text, or None when the
             offsets were not asked for.
-        ends: int64 character offset where each token ends, or None.
+        ends: int32 character offset where each token ends, or None.
     """
 
     ids: np.ndarray
@@ -190,10 +190,11 @@ def _encode(tokenizer: Any, texts: list[str], *, offsets: bool) -> list[Any]:
 
 
 def _tokens(encoding: Any, shift: int, *, offsets: bool) -> Tokens:
-    ids = np.array(encoding.ids, dtype=np.int64)
+    # int32: a 10 MB text is millions of tokens, and ids and character offsets fit.
+    ids = np.array(encoding.ids, dtype=np.int32)
     if not offsets:
         return Tokens(ids, None, None)
-    spans = np.array(encoding.offsets, dtype=np.int64).reshape(-1, 2) + shift
+    spans = np.array(encoding.offsets, dtype=np.int32).reshape(-1, 2) + np.int32(shift)
     return Tokens(ids, spans[:, 0].copy(), spans[:, 1].copy())
 
 
@@ -378,7 +379,7 @@ def _char_offsets(tokens: list[Tokens], windows: Windows) -> tuple[np.ndarray, n
     """Each window's ``[start, end)`` in its text's characters (0, 0 for a window of no tokens)."""
     lengths = np.fromiter((len(t.ids) for t in tokens), dtype=np.int64, count=len(tokens))
     base = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    empty = np.zeros(0, dtype=np.int64)
+    empty = np.zeros(0, dtype=np.int32)
     all_starts = np.concatenate([empty, *(t.starts for t in tokens if t.starts is not None)])
     all_ends = np.concatenate([empty, *(t.ends for t in tokens if t.ends is not None)])
     some = windows.last > windows.first

@@ -27,10 +27,11 @@ except ImportError as exc:  # pragma: no cover - exercised only without pyspark
 from polyemb.spark.delivery import worker_loads
 from polyemb.spark.join import semantic_join
 from polyemb.spark.store import IncrementalReport, embed_incremental
-from polyemb.spark.udfs import embed_udf, register, similarity_udf
+from polyemb.spark.udfs import embed_chunks_udf, embed_udf, register, similarity_udf
 
 __all__ = [
     "IncrementalReport",
+    "embed_chunks_udf",
     "embed_incremental",
     "embed_udf",
     "register",

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from polyemb import loading
 from polyemb.encoder import Encoder, cap_cpu_threads, load
 from polyemb.errors import InvalidInputError
-from polyemb.options import DELIVERIES, Delivery, Precision, check_choice
+from polyemb.options import DELIVERIES, LONG_TEXTS, Delivery, LongTexts, Precision, check_choice
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -63,6 +63,8 @@ class ModelSource:
     # What shipping took on the driver ({"model", "delivery", "files", "mib", "seconds"}; None for
     # "path"), for benchmarks and logs. Left out of equality: it says nothing of what workers load.
     shipment: dict[str, Any] | None = field(default=None, compare=False)
+    long_texts: LongTexts = "truncate"
+    stride: int | None = None
 
 
 # ---------------------------------------------------------------------- driver side
@@ -96,14 +98,22 @@ def model_source(
     precision: Precision,
     max_seq_length: int | None,
     revision: str | None,
+    long_texts: LongTexts = "truncate",
+    stride: int | None = None,
 ) -> ModelSource:
     """Ship the model to ``spark``'s executors as ``delivery`` says; the handle workers load from.
+
+    ``long_texts`` and ``stride`` are the workers' ``load`` arguments (checked when they load).
 
     Raises:
         InvalidInputError: A bad delivery or precision, or a delivery the session cannot do.
         ModelNotFoundError: The model is neither a folder nor on the hub.
     """
     check_choice("delivery", delivery, DELIVERIES)
+    check_choice("long_texts", long_texts, LONG_TEXTS)
+    if stride is not None and (not isinstance(stride, int) or isinstance(stride, bool) or stride < 0):
+        # The bound (below the window's text tokens) is checked where the model is loaded.
+        raise InvalidInputError(f"stride must be None or an int >= 0, got {stride!r}")
     loading.resolve_dtype(precision, loading.resolve_device("cpu"))  # a bad precision fails here
     session = active_session(spark) if delivery != "path" else spark
     connect = session is not None and is_connect(session)
@@ -116,7 +126,9 @@ def model_source(
         )
     files = loading.find_model(model, revision=revision)
     fingerprint = loading.fingerprint(files)
-    base = ModelSource(files.model_id, fingerprint, "path", precision, max_seq_length)
+    base = ModelSource(
+        files.model_id, fingerprint, "path", precision, max_seq_length, long_texts=long_texts, stride=stride
+    )
     if chosen == "path":
         where = files.model_id if files.revision else str(files.folder)
         return replace(base, model=where, revision=files.revision)
@@ -238,7 +250,14 @@ def materialize(source: ModelSource) -> str:
 def worker_encoder(source: ModelSource) -> Encoder:
     """The Encoder of this Python worker for ``source``, loaded on first use."""
     device, cpus = task_resources()
-    key = (source.fingerprint, device, source.precision, source.max_seq_length)
+    key = (
+        source.fingerprint,
+        device,
+        source.precision,
+        source.max_seq_length,
+        source.long_texts,
+        source.stride,
+    )
     with _worker_lock:
         encoder = _encoders.get(key)
         if encoder is None:
@@ -249,6 +268,8 @@ def worker_encoder(source: ModelSource) -> Encoder:
                 precision=source.precision,
                 max_seq_length=source.max_seq_length,
                 revision=source.revision,
+                long_texts=source.long_texts,
+                stride=source.stride,
             )
             if source.delivery == "path" and encoder.fingerprint != source.fingerprint:
                 # A folder that differs on this executor would write another model's vectors
