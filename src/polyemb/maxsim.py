@@ -169,9 +169,9 @@ def chunk_neighbourhood(
 def _sides(
     queries: np.ndarray, query_rows: np.ndarray | None, corpus: np.ndarray, corpus_rows: np.ndarray | None
 ) -> tuple[_Side, _Side]:
-    q_unit, c_unit = _unit_pair(queries, corpus)
-    if not (np.isfinite(q_unit).all() and np.isfinite(c_unit).all()):
+    if not (np.isfinite(queries).all() and np.isfinite(corpus).all()):
         raise InvalidInputError("the vectors hold NaN or infinite values; they cannot be compared")
+    q_unit, c_unit = _unit_pair(queries, corpus)
     return _Side.of(q_unit, query_rows, "query"), _Side.of(c_unit, corpus_rows, "corpus")
 
 
