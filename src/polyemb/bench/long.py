@@ -2,8 +2,9 @@
 
 **Retrieval.** From an STS file of one language (``stsb-<lang>-<split>.csv``), each pair scored at
 least 4 gives a query (its second sentence) and a target (its first), placed at a random position
-among 5 to 13 other sentences of the file: a document of 6 to 14 sentences. Every query is ranked
-against all the language's documents by
+among 5 to 13 other sentences of the file (longer than its median sentence): a document of 6 to
+14 sentences, 150 to 450 tokens in most languages (fewer in English, whose words are whole
+tokens). Every query is ranked against all the language's documents by
 
 - ``truncate``: the document's vector from its first ``max_seq_length`` tokens;
 - ``mean``: the token-weighted mean of all its windows' vectors (``long_texts="mean"``);
@@ -86,8 +87,15 @@ def make_documents(path: Path, lang: str, count: int, seed: int = 0) -> Document
     if not chosen:
         raise InvalidInputError(f"{path} has no pair scored {MIN_SCORE} or more")
     targets = set(chosen)
-    # Fillers: first sentences of the other pairs, never a target's pair.
-    fillers = [data.sentence1[i] for i in range(len(data.score)) if i not in targets]
+    # Fillers: first sentences of the other pairs (never a target's pair), of more than the
+    # median length: article and ticket sentences rather than captions, so that documents of
+    # 6 to 14 sentences run to a few hundred tokens.
+    median = statistics.median(len(text) for text in data.sentence1)
+    fillers = [
+        data.sentence1[i]
+        for i in range(len(data.score))
+        if i not in targets and len(data.sentence1[i]) > median
+    ]
     docs, queries, spans = [], [], []
     for i in chosen:
         sentences = rng.sample(fillers, rng.randint(*SENTENCES) - 1)
@@ -119,6 +127,7 @@ def retrieval(
         "max-sim": _by_rows(top_chunk_pairs(queries, chunks.vectors, k, corpus_rows=chunks.row).corpus, k),
     }
     truth = np.arange(len(documents.docs))[:, None]
+    windows = round(len(chunks.row) / len(documents.docs), 2)
     rows = []
     for method, found in ranked.items():
         hits = found == truth
@@ -130,6 +139,7 @@ def retrieval(
                     "method": method,
                     "group": group,
                     "n": int(mine.sum()),
+                    "windows_per_document": windows,
                     "recall@1": float(hits[mine, 0].mean()) if mine.any() else None,
                     "recall@10": float(hits[mine].any(axis=1).mean()) if mine.any() else None,
                 }
