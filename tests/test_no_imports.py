@@ -24,6 +24,7 @@ CORE = (
     "polyemb.bench.texts",
     "polyemb.cache",
     "polyemb.chunks",
+    "polyemb.defaults",
     "polyemb.encoder",
     "polyemb.loading",
     "polyemb.maxsim",

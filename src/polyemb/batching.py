@@ -8,15 +8,26 @@ forward pass is handed in.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["MAX_ROWS", "TOKEN_BUDGET", "plan_batches", "run_batches"]
+from polyemb.errors import InvalidInputError
+
+__all__ = ["MAX_ROWS", "TOKEN_BUDGET", "check_batch_size", "plan_batches", "run_batches"]
 
 # Default work per forward pass when the caller sets no batch_size: a token budget (rows x
 # padded length) and a row cap, per device type.
 TOKEN_BUDGET = {"cpu": 2_048, "cuda": 65_536, "mps": 16_384}
 MAX_ROWS = {"cpu": 128, "cuda": 1_024, "mps": 256}
+
+
+def check_batch_size(batch_size: Any) -> None:
+    """Refuse a ``batch_size`` that is neither None nor a positive int."""
+    if batch_size is not None and (
+        not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1
+    ):
+        raise InvalidInputError(f"batch_size must be a positive int or None, got {batch_size!r}")
 
 
 def plan_batches(lengths: np.ndarray, *, max_tokens: int, max_rows: int) -> list[tuple[int, int]]:

@@ -29,6 +29,7 @@ __all__ = [
     "chunk_table",
     "chunks_from_lists",
     "chunks_of_table",
+    "distinct_present",
 ]
 
 CHUNK_FIELDS = ("start", "end", "tokens", "vector")
@@ -45,6 +46,20 @@ def chunk_struct(dim: int, model: str | None = None) -> pa.DataType:
             pa.field("vector", vector_type(dim, model)),
         ]
     )
+
+
+def distinct_present(items: list[str | None]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The texts of ``items`` that are not None, de-duplicated, and where each one goes.
+
+    Returns:
+        ``(present, inverse, distinct)``: the int64 positions of the texts that are not None,
+        each one's index among the distinct texts, and the distinct texts in order of first
+        appearance.
+    """
+    index: dict[str, int] = {}
+    present = [position for position, text in enumerate(items) if text is not None]
+    inverse = [index.setdefault(text, len(index)) for text in items if text is not None]
+    return np.asarray(present, dtype=np.int64), np.asarray(inverse, dtype=np.int64), list(index)
 
 
 def chunk_table(

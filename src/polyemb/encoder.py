@@ -22,9 +22,9 @@ from tqdm.auto import tqdm
 
 from polyemb import chunks, kernels, loading, quantize, windows
 from polyemb._platform import available_cpus
-from polyemb.batching import MAX_ROWS, TOKEN_BUDGET, plan_batches, run_batches
+from polyemb.batching import MAX_ROWS, TOKEN_BUDGET, check_batch_size, plan_batches, run_batches
+from polyemb.defaults import default_encoder, set_default_encoder
 from polyemb.embedder import VectorSpec, check_texts, place_nulls
-from polyemb.errors import InvalidInputError
 from polyemb.options import LongTexts, Precision, WeightPrecision
 from polyemb.prepare import describe, long_text_setting, precision_of, prepare
 
@@ -259,13 +259,11 @@ class Encoder:
         normalize: bool = True,
         show_progress: bool | None = None,
     ) -> pa.Table:
-        """Every window of every text as a row: for passage search, whatever ``long_texts`` is.
+        """Every window of every text as a row, whatever ``long_texts`` is: for passage search.
 
-        A text is cut into windows of ``max_seq_length`` tokens (special tokens included, each
-        window gets them as a short text does), consecutive windows sharing ``stride`` tokens.
-        A text that fits in one window (``""`` and whitespace too) is one chunk whose vector is
-        the text's ``long_texts="truncate"`` vector. None (a NULL text) gives no rows. Windows of
-        all texts share batches by the same token budget as short texts.
+        Windows of ``max_seq_length`` tokens, each with the special tokens, share ``stride``
+        tokens (:mod:`polyemb.windows`); all texts' windows share batches. A text that fits in one
+        window (``""`` too) is one chunk, its ``"truncate"`` vector; None gives no rows.
 
         Args:
             texts: Texts, None for missing ones.
@@ -275,10 +273,9 @@ class Encoder:
             show_progress: A progress bar on stderr (texts); None: for large inputs on a terminal.
 
         Returns:
-            An Arrow table of :data:`polyemb.chunks.CHUNK_SCHEMA` columns, one row per window in
-            text then window order: ``row`` (the text's position), ``chunk`` (0, 1, ... within the
-            text), ``start`` and ``end`` (character offsets: ``text[start:end]`` is the window's
-            text), ``tokens`` (special tokens included) and ``vector``.
+            A table (:mod:`polyemb.chunks`) of one row per window, by text then window: ``row``
+            (the text's position), ``chunk`` (0, 1, ...), ``start``, ``end`` (``text[start:end]``
+            is the window's text), ``tokens`` (special ones included) and ``vector``.
 
         Raises:
             InvalidInputError: An item neither a str nor None, or a stride windows cannot share.
@@ -288,15 +285,11 @@ class Encoder:
             >>> [article[s:e] for s, e in zip(table["start"].to_pylist(), table["end"].to_pylist())]
         """
         items = check_texts(texts, allow_none=True)
+        check_batch_size(batch_size)
         chosen = windows.check_stride(
             self.stride if stride is None else stride, self.max_seq_length, self._specials
         )
-        present = [position for position, text in enumerate(items) if text is not None]
-        index: dict[str, int] = {}
-        inverse = np.fromiter(
-            (index.setdefault(items[p], len(index)) for p in present), dtype=np.int64, count=len(present)
-        )
-        unique = list(index)
+        present, inverse, unique = chunks.distinct_present(items)
         parts: list[windows.EncodedWindows] = []
         with self._progress(len(unique), show_progress) as bar:
             for start in range(0, len(unique), TOKENIZE_CHUNK):
@@ -305,8 +298,9 @@ class Encoder:
                     part = self._windows_of(batch, chosen, batch_size, normalize, offsets=True)
                 parts.append(part)
                 bar.update(len(batch))
-        encoded = windows.EncodedWindows.concat(parts, self.dim)
-        return chunks.chunk_table(encoded, np.asarray(present, dtype=np.int64), inverse, self.provenance)
+        return chunks.chunk_table(
+            windows.EncodedWindows.concat(parts, self.dim), present, inverse, self.provenance
+        )
 
     # ------------------------------------------------------------------ pipeline
 
@@ -325,8 +319,7 @@ class Encoder:
         normalize: bool,
         show_progress: bool | None,
     ) -> np.ndarray:
-        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-            raise InvalidInputError(f"batch_size must be a positive int or None, got {batch_size!r}")
+        check_batch_size(batch_size)
         index: dict[str, int] = {}
         inverse = np.fromiter(
             (index.setdefault(text, len(index)) for text in items), dtype=np.intp, count=len(items)
@@ -376,17 +369,7 @@ class Encoder:
         encodings = windows.encode_batch(self._tokenizer, texts, offsets=False, specials=True)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
         truncated[: len(texts)] = [bool(e.overflowing) for e in encodings]
-        forward = functools.partial(self._forward, normalize=normalize)
-        tokens_of = lambda row: encodings[row].ids  # noqa: E731
-        yield from run_batches(
-            lengths,
-            tokens_of,
-            forward,
-            out,
-            pad_id=self._pad_id,
-            device_type=self.device.type,
-            batch_size=batch_size,
-        )
+        yield from self._batches(lengths, lambda row: encodings[row].ids, out, batch_size, normalize)
 
     def _windows_of(
         self, texts: list[str], stride: int, batch_size: int | None, normalize: bool, *, offsets: bool
@@ -396,20 +379,31 @@ class Encoder:
             self._windower = windows.Windower(self._tokenizer)
 
         def run(lengths: np.ndarray, tokens_of: Callable[[int], np.ndarray], out: np.ndarray) -> None:
-            forward = functools.partial(self._forward, normalize=normalize)
-            for _ in run_batches(
-                lengths,
-                tokens_of,
-                forward,
-                out,
-                pad_id=self._pad_id,
-                device_type=self.device.type,
-                batch_size=batch_size,
-            ):
+            for _ in self._batches(lengths, tokens_of, out, batch_size, normalize):
                 pass
 
         return self._windower.encode(
             texts, window=self.max_seq_length, stride=stride, offsets=offsets, dim=self.dim, run=run
+        )
+
+    def _batches(
+        self,
+        lengths: np.ndarray,
+        tokens_of: Callable[[int], Any],
+        out: np.ndarray,
+        batch_size: int | None,
+        normalize: bool,
+    ) -> Iterator[int]:
+        """Rows of tokens through the model into ``out`` (:func:`polyemb.batching.run_batches`)."""
+        forward = functools.partial(self._forward, normalize=normalize)
+        return run_batches(
+            lengths,
+            tokens_of,
+            forward,
+            out,
+            pad_id=self._pad_id,
+            device_type=self.device.type,
+            batch_size=batch_size,
         )
 
     def _forward(self, ids: np.ndarray, mask: np.ndarray, normalize: bool) -> np.ndarray:
@@ -500,29 +494,3 @@ def load(
         long_texts=long_texts,
         stride=stride,
     )
-
-
-_default_lock = threading.Lock()
-_default: Encoder | None = None
-
-
-def default_encoder() -> Encoder:
-    """The process-wide Encoder the adapters use when given none.
-
-    Made on first use by :func:`load` with no arguments (so ``$POLYEMB_MODEL`` applies), or
-    whatever :func:`set_default_encoder` set.
-    """
-    global _default
-    with _default_lock:
-        if _default is None:
-            _default = load()
-        return _default
-
-
-def set_default_encoder(encoder: Encoder | None) -> None:
-    """Make ``encoder`` the process-wide default; None forgets it (the next use loads again)."""
-    global _default
-    if encoder is not None and not isinstance(encoder, Encoder):
-        raise InvalidInputError(f"set_default_encoder takes an Encoder or None, got {type(encoder).__name__}")
-    with _default_lock:
-        _default = encoder

@@ -247,9 +247,8 @@ class _Embedding:
         kind = frame.schema[column].dataType.simpleString()
         if kind != "string":
             raise InvalidInputError(f"column {column!r} is {kind}: chunks=True needs a text (string) column")
-        return frame.withColumn(_CHUNKS, chunks_with(self._shipped(), self.batch_size)(col_named(column))), (
-            self._provenance
-        )
+        chunks = chunks_with(self._shipped(), self.batch_size)
+        return frame.withColumn(_CHUNKS, chunks(col_named(column))), self._provenance
 
     def _shipped(self) -> Any:
         """The model shipped to the executors (once), its provenance noted."""
