@@ -21,6 +21,7 @@ import polyemb.duckdb
 import polyemb.pandas
 import polyemb.spark
 from polyemb.arrow import vectors_from_arrow
+from polyemb.chunks import chunks_of_table
 
 ONE_MB = 1_000_000
 SPECIALS = [
@@ -141,3 +142,41 @@ def test_spark_lone_surrogates(spark, tiny_encoder: polyemb.Encoder) -> None:  #
     vectors, valid = spark_vectors(spark, tiny_encoder, texts)
     assert valid.tolist() == [True, True, False]
     np.testing.assert_allclose(vectors[:2], tiny_encoder.encode(["\ufffd", "x\ufffdy"]), atol=1e-5)
+
+
+# Chunks of hostile text: offsets on the text's characters, finite unit vectors, NULLs without rows.
+SHORT_SPECIALS = [text if len(text) < 1_000 else text[:3_000] for text in SPECIALS]
+
+
+def check_chunks(table: pa.Table, texts: list[str | None]) -> None:
+    rows = table.column("row").to_pylist()
+    assert sorted(set(rows)) == [i for i, text in enumerate(texts) if text is not None]
+    assert rows == sorted(rows)
+    for row, start, end in zip(
+        rows, table.column("start").to_pylist(), table.column("end").to_pylist(), strict=True
+    ):
+        assert 0 <= start <= end <= len(texts[row])  # type: ignore[arg-type]
+    found = chunks_of_table(table).vectors
+    assert np.isfinite(found).all()
+    np.testing.assert_allclose(np.linalg.norm(found, axis=1), 1.0, atol=1e-4)
+
+
+@SLOW
+@given(
+    texts=st.lists(
+        st.one_of(st.none(), unicode_text, st.sampled_from(SHORT_SPECIALS)), min_size=1, max_size=8
+    )
+)
+def test_core_chunks(tiny_encoder: polyemb.Encoder, texts: list[str | None]) -> None:
+    check_chunks(tiny_encoder.encode_chunks(texts, stride=3), texts)
+
+
+def test_chunks_and_means_of_long_hostile_texts(tiny_model_dir) -> None:  # type: ignore[no-untyped-def]
+    mean = polyemb.load(tiny_model_dir, device="cpu", max_seq_length=128, long_texts="mean")
+    # One word of 20,000 characters, 5,000 emoji, and words longer than a segment
+    # (polyemb.windows.SEGMENT_CHARS): tokenized in spliced pieces.
+    texts: list[str | None] = ["a" * 20_000, "😀" * 5_000, "word " * 14_000]
+    check_chunks(mean.encode_chunks(texts), texts)
+    vectors = mean.encode(texts[1:])  # type: ignore[arg-type]
+    assert np.isfinite(vectors).all()
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)

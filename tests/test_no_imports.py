@@ -13,24 +13,31 @@ CORE = (
     "polyemb",
     "polyemb._platform",
     "polyemb.arrow",
+    "polyemb.batching",
     "polyemb.bench",
     "polyemb.bench.encode",
     "polyemb.bench.join",
+    "polyemb.bench.long",
     "polyemb.bench.memory",
     "polyemb.bench.sides",
     "polyemb.bench.store",
     "polyemb.bench.texts",
     "polyemb.bench.torture",
     "polyemb.cache",
+    "polyemb.chunks",
+    "polyemb.defaults",
     "polyemb.encoder",
     "polyemb.loading",
+    "polyemb.maxsim",
     "polyemb.options",
+    "polyemb.prepare",
     "polyemb.scores",
     "polyemb.similarity",
     "polyemb.store",
     "polyemb.sts",
     "polyemb.tables",
     "polyemb.testing",
+    "polyemb.windows",
 )
 
 
@@ -66,7 +73,8 @@ def test_an_adapter_imports_no_other_engine(adapter: str, engines: set[str]) -> 
 def test_the_command_line_needs_no_torch_for_help() -> None:
     statement = (
         "import contextlib, io, polyemb.cli\n"
-        "for argv in [['--help'], ['embed', '--help'], ['bench', '--help'], ['check-precision', '--help']]:\n"
+        "for argv in [['--help'], ['embed', '--help'], ['bench', '--help'], ['bench-long', '--help'],\n"
+        "             ['check-precision', '--help']]:\n"
         "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
         "        polyemb.cli.main(argv)\n"
     )
@@ -83,6 +91,11 @@ def test_the_footprint_child_reads_python_alone_before_any_library() -> None:
 
 def test_errors_and_options_need_no_torch() -> None:
     assert imported_after("import polyemb.errors, polyemb.options; from polyemb import PolyembError") == set()
+
+
+def test_windows_batches_and_chunk_tables_need_no_torch() -> None:
+    # The windowing is tokenizer and numpy work; the model runs behind a function handed in.
+    assert imported_after("import polyemb.windows, polyemb.batching, polyemb.chunks") == set()
 
 
 def test_the_table_of_scores_needs_no_torch() -> None:

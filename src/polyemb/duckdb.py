@@ -32,12 +32,13 @@ from polyemb.errors import ColumnNotFoundError, InvalidInputError, MissingDepend
 try:
     import duckdb
     from duckdb.func import FunctionNullHandling, PythonUDFType
-    from duckdb.sqltypes import BIGINT, FLOAT, VARCHAR
+    from duckdb.sqltypes import BIGINT, FLOAT, INTEGER, VARCHAR
 except ImportError as exc:  # pragma: no cover - exercised only without duckdb
     raise MissingDependencyError("polyemb.duckdb needs duckdb: pip install 'polyemb[duckdb]'") from exc
 
 from polyemb.arrow import texts_from_arrow, vectors_from_arrow, vectors_to_arrow
 from polyemb.cache import EmbeddingCache
+from polyemb.chunks import chunk_lists
 from polyemb.embedder import Embedder
 from polyemb.encoder import Encoder, default_encoder
 from polyemb.options import Score, check_sql_name, check_sql_prefix
@@ -50,6 +51,7 @@ __all__ = ["FUNCTIONS", "SemanticIndex", "load_extension", "register", "register
 # The names register() creates (each behind the optional prefix).
 FUNCTIONS = (
     "embed",
+    "embed_chunks",
     "semantic_similarity",
     "embedding_model",
     "embedding_cache_stats",
@@ -91,6 +93,10 @@ def register(
     Functions (each name behind ``prefix``):
 
     - ``embed(VARCHAR) -> FLOAT[dim]``: the text's unit vector; NULL in, NULL out.
+    - ``embed_chunks(VARCHAR) -> STRUCT(start INTEGER, "end" INTEGER, tokens INTEGER,
+      vector FLOAT[dim])[]``: every window of the text (:meth:`polyemb.Encoder.encode_chunks`,
+      the encoder's stride), to ``unnest``; ``text[start + 1 : "end"]`` is a window's text in
+      SQL's 1-based slices. NULL in, NULL out.
     - ``semantic_similarity(VARCHAR, VARCHAR) -> FLOAT``: cosine of the two texts' vectors;
       NULL if either is NULL.
     - ``embedding_model() -> VARCHAR``: the model's provenance (``id@revision`` or
@@ -130,6 +136,13 @@ def register(
             )
             return vectors_to_arrow(vectors, valid)
 
+    def embed_chunks(texts: pa.Array) -> pa.Array:
+        with _reported(f"{prefix}embed_chunks"):
+            items = texts_from_arrow(texts, name="the argument")
+            return chunk_lists(
+                model.encode_chunks(items, batch_size=batch_size, show_progress=False), len(items)
+            )
+
     def semantic_similarity(left: pa.Array, right: pa.Array) -> pa.Array:
         with _reported(f"{prefix}semantic_similarity"):
             a = texts_from_arrow(left, name="the first argument")
@@ -149,9 +162,13 @@ def register(
     store_type = duckdb.struct_type(
         {"looked_up": BIGINT, "found": BIGINT, "embedded": BIGINT, "written": BIGINT}
     )
+    chunk_type = duckdb.list_type(
+        duckdb.struct_type({"start": INTEGER, "end": INTEGER, "tokens": INTEGER, "vector": vector_type})
+    )
     arrow, special = PythonUDFType.ARROW, FunctionNullHandling.SPECIAL
     definitions: list[tuple[str, Callable[..., Any], list[Any], Any, dict[str, Any]]] = [
         ("embed", embed, [VARCHAR], vector_type, {"type": arrow, "null_handling": special}),
+        ("embed_chunks", embed_chunks, [VARCHAR], chunk_type, {"type": arrow, "null_handling": special}),
         (
             "semantic_similarity",
             semantic_similarity,

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from polyemb.errors import InvalidInputError, ModelMismatchError
-from polyemb.options import WeightPrecision
+from polyemb.options import LongTexts, WeightPrecision
 
 __all__ = [
     "VECTOR_FORMAT",
@@ -148,10 +148,12 @@ class VectorSpec:
             content under another name gives the same vectors).
         fingerprint: The model's exact content (hub commit, or sha256 of its files).
         dim: Length of each vector.
-        max_seq_length: Tokens per text; longer texts are truncated.
+        max_seq_length: Tokens per text, or per window of a longer text.
         precision: The weights' precision.
         normalized: Whether vectors are scaled to unit length.
         pooling: How token vectors become one (polyemb implements ``"mean"``).
+        long_texts: What a longer text's vector is (:data:`polyemb.options.LongTexts`).
+        stride: Tokens consecutive windows share, for ``long_texts="mean"``; None for ``"truncate"``.
     """
 
     model_id: str
@@ -161,6 +163,8 @@ class VectorSpec:
     precision: WeightPrecision
     normalized: bool
     pooling: str = "mean"
+    long_texts: LongTexts = "truncate"
+    stride: int | None = None
 
     @property
     def provenance(self) -> str:
@@ -168,9 +172,15 @@ class VectorSpec:
         return f"{self.model_id}@{self.fingerprint}"
 
     def content(self) -> dict[str, Any]:
-        """The fields the key is made of (all but the model's name), with the vector format."""
+        """The fields the key is made of (all but the model's name), with the vector format.
+
+        The long-text setting and its stride count only when not the default ``"truncate"``, so
+        the keys of vectors made before the setting existed stay what they were.
+        """
         fields = asdict(self)
         del fields["model_id"]
+        if self.long_texts == "truncate":
+            del fields["long_texts"], fields["stride"]
         return {**fields, "format": VECTOR_FORMAT}
 
     @property

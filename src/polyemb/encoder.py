@@ -1,27 +1,39 @@
-"""The Encoder: texts -> tokenize -> length-sorted batches -> forward -> mean-pool -> normalize."""
+"""The Encoder: texts -> tokenize -> length-sorted batches -> forward -> mean-pool -> normalize.
+
+Texts longer than ``max_seq_length`` tokens are truncated, or (``long_texts="mean"``, and always
+in :meth:`Encoder.encode_chunks`) cut into windows (:mod:`polyemb.windows`) that share batches
+with every other text's (:mod:`polyemb.batching`).
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from polyemb import kernels, loading, quantize
+from polyemb import chunks, kernels, loading, quantize, windows
 from polyemb._platform import available_cpus
-from polyemb.embedder import VectorSpec, check_texts, place_nulls, replace_surrogates
-from polyemb.errors import InvalidInputError, ModelLoadError
-from polyemb.options import WEIGHT_PRECISIONS, Precision, WeightPrecision, check_choice
+from polyemb.batching import MAX_ROWS, TOKEN_BUDGET, check_batch_size, plan_batches, run_batches
+from polyemb.defaults import default_encoder, set_default_encoder
+from polyemb.embedder import VectorSpec, check_texts, place_nulls
+from polyemb.options import LongTexts, Precision, WeightPrecision
+from polyemb.prepare import describe, long_text_setting, precision_of, prepare
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 __all__ = [
+    "MAX_ROWS",
+    "TOKEN_BUDGET",
     "Encoder",
     "available_cpus",
     "cap_cpu_threads",
@@ -38,10 +50,6 @@ logger = logging.getLogger(__name__)
 # Texts tokenized at a time: bounds the memory held by token lists for huge inputs while
 # leaving enough texts per chunk that length-sorting makes padding negligible.
 TOKENIZE_CHUNK = 16_384
-# Default work per forward pass when the caller sets no batch_size: a token budget (rows x
-# padded length) and a row cap, per device type.
-TOKEN_BUDGET = {"cpu": 2_048, "cuda": 65_536, "mps": 16_384}
-MAX_ROWS = {"cpu": 128, "cuda": 1_024, "mps": 256}
 # Show a progress bar by default only when there is this much to do (and stderr is a terminal).
 PROGRESS_MIN_TEXTS = 5_000
 
@@ -60,22 +68,6 @@ def mean_pool(token_embeddings: torch.Tensor, attention_mask: torch.Tensor) -> t
     summed = torch.bmm(mask, token_embeddings.to(torch.float32)).squeeze(1)
     counts = mask.sum(dim=2).clamp(min=1e-9)
     return summed / counts
-
-
-def plan_batches(lengths: np.ndarray, *, max_tokens: int, max_rows: int) -> list[tuple[int, int]]:
-    """Split rows sorted by decreasing length into ``[start, end)`` batches.
-
-    Each batch holds at most ``max_rows`` rows and at most ``max_tokens`` tokens once padded to
-    its first (longest) row, and always at least one row.
-    """
-    batches: list[tuple[int, int]] = []
-    start, n = 0, len(lengths)
-    while start < n:
-        rows = max(1, min(max_rows, max_tokens // max(1, int(lengths[start]))))
-        end = min(n, start + rows)
-        batches.append((start, end))
-        start = end
-    return batches
 
 
 def cap_cpu_threads(cpus: int | None = None) -> None:
@@ -99,7 +91,10 @@ class Encoder:
         model_id: The hub id or folder the model was loaded from.
         revision: The hub commit loaded, or None for a local folder.
         dim: Length of each vector.
-        max_seq_length: Tokens per text, special tokens included; longer texts are truncated.
+        max_seq_length: Tokens per text (or window of a longer text), special tokens included.
+        long_texts: What ``encode`` makes of a longer text: ``"truncate"`` (its first window) or
+            ``"mean"`` (all its windows, averaged).
+        stride: Tokens consecutive windows share (``encode_chunks``' default, and ``"mean"``'s).
         device: The torch device the model runs on.
         dtype: The torch dtype of the weights (float32 for int8, whose activations are float32;
             pooling is always float32).
@@ -118,6 +113,8 @@ class Encoder:
         device: torch.device,
         dtype: torch.dtype,
         precision: WeightPrecision,
+        long_texts: LongTexts = "truncate",
+        stride: int | None = None,
     ) -> None:
         self._files = files
         self._model = model
@@ -135,12 +132,18 @@ class Encoder:
         self.device = device
         self.dtype = dtype
         self._precision: WeightPrecision = precision
+        self._specials = int(tokenizer.num_special_tokens_to_add(False))
+        self.long_texts, self.stride = long_text_setting(long_texts, stride, max_seq_length, self._specials)
+        self._windower: windows.Windower | None = None  # made on first use
         loading.enable_truncation(tokenizer, max_seq_length)
 
     def __repr__(self) -> str:
+        mode = (
+            "" if self.long_texts == "truncate" else f", long_texts={self.long_texts!r}, stride={self.stride}"
+        )
         return (
             f"Encoder(model_id={self.model_id!r}, dim={self.dim}, max_seq_length="
-            f"{self.max_seq_length}, device='{self.device}', precision={self.precision})"
+            f"{self.max_seq_length}, device='{self.device}', precision={self.precision}{mode})"
         )
 
     @cached_property
@@ -172,6 +175,8 @@ class Encoder:
             max_seq_length=self.max_seq_length,
             precision=self.precision,
             normalized=normalize or self._normalizes,
+            long_texts=self.long_texts,
+            stride=self.stride if self.long_texts != "truncate" else None,
         )
 
     @property
@@ -193,13 +198,14 @@ class Encoder:
 
         Identical texts are encoded once. ``""`` and whitespace-only texts get the model's
         vector for its special tokens alone. Texts longer than ``max_seq_length`` tokens are
-        truncated, and one warning per call says how many were. Lone surrogates (which
-        cannot be UTF-8 encoded) are replaced by U+FFFD.
+        truncated, and one warning per call says how many were; with ``long_texts="mean"``
+        they are read whole instead, as the token-weighted mean of their windows' vectors. Lone
+        surrogates (which cannot be UTF-8 encoded) are replaced by U+FFFD.
 
         Args:
             texts: Any sequence or iterable of str.
-            batch_size: Texts per forward pass. None: batches sized by a token budget for the
-                device, which keeps short texts in large batches and long ones in small.
+            batch_size: Rows (texts or windows) per forward pass. None: batches sized by a token
+                budget for the device, which keeps short texts in large batches and long ones in small.
             normalize: Scale every vector to unit length (then a dot product is the cosine).
                 A model whose pipeline ends in Normalize returns unit vectors either way.
             show_progress: A progress bar on stderr; None shows one for large inputs when
@@ -244,7 +250,66 @@ class Encoder:
             ),
         )
 
+    def encode_chunks(
+        self,
+        texts: Iterable[str | None],
+        *,
+        stride: int | None = None,
+        batch_size: int | None = None,
+        normalize: bool = True,
+        show_progress: bool | None = None,
+    ) -> pa.Table:
+        """Every window of every text as a row, whatever ``long_texts`` is: for passage search.
+
+        Windows of ``max_seq_length`` tokens, each with the special tokens, share ``stride``
+        tokens (:mod:`polyemb.windows`); all texts' windows share batches. A text that fits in one
+        window (``""`` too) is one chunk, its ``"truncate"`` vector; None gives no rows.
+
+        Args:
+            texts: Texts, None for missing ones.
+            stride: Tokens consecutive windows share; None: the encoder's :attr:`stride`.
+            batch_size: Windows per forward pass; None: by token budget.
+            normalize: Scale every window vector to unit length.
+            show_progress: A progress bar on stderr (texts); None: for large inputs on a terminal.
+
+        Returns:
+            A table (:mod:`polyemb.chunks`) of one row per window, by text then window: ``row``
+            (the text's position), ``chunk`` (0, 1, ...), ``start``, ``end`` (``text[start:end]``
+            is the window's text), ``tokens`` (special ones included) and ``vector``.
+
+        Raises:
+            InvalidInputError: An item neither a str nor None, or a stride windows cannot share.
+
+        Example:
+            >>> table = encoder.encode_chunks([article], stride=32)
+            >>> [article[s:e] for s, e in zip(table["start"].to_pylist(), table["end"].to_pylist())]
+        """
+        items = check_texts(texts, allow_none=True)
+        check_batch_size(batch_size)
+        chosen = windows.check_stride(
+            self.stride if stride is None else stride, self.max_seq_length, self._specials
+        )
+        present, inverse, unique = chunks.distinct_present(items)
+        parts: list[windows.EncodedWindows] = []
+        with self._progress(len(unique), show_progress) as bar:
+            for start in range(0, len(unique), TOKENIZE_CHUNK):
+                batch = unique[start : start + TOKENIZE_CHUNK]
+                with self._lock:
+                    part = self._windows_of(batch, chosen, batch_size, normalize, offsets=True)
+                parts.append(part)
+                bar.update(len(batch))
+        return chunks.chunk_table(
+            windows.EncodedWindows.concat(parts, self.dim), present, inverse, self.provenance
+        )
+
     # ------------------------------------------------------------------ pipeline
+
+    def _progress(self, total: int, show_progress: bool | None) -> tqdm[Any]:
+        if show_progress is None:
+            disable: bool | None = None if total >= PROGRESS_MIN_TEXTS else True
+        else:
+            disable = not show_progress
+        return tqdm(total=total, unit="text", desc="encoding", disable=disable)
 
     def _encode(
         self,
@@ -254,8 +319,7 @@ class Encoder:
         normalize: bool,
         show_progress: bool | None,
     ) -> np.ndarray:
-        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-            raise InvalidInputError(f"batch_size must be a positive int or None, got {batch_size!r}")
+        check_batch_size(batch_size)
         index: dict[str, int] = {}
         inverse = np.fromiter(
             (index.setdefault(text, len(index)) for text in items), dtype=np.intp, count=len(items)
@@ -263,11 +327,7 @@ class Encoder:
         unique = list(index)
         vectors = np.empty((len(unique), self.dim), dtype=np.float32)
         truncated = np.zeros(len(unique), dtype=bool)
-        if show_progress is None:
-            disable: bool | None = None if len(unique) >= PROGRESS_MIN_TEXTS else True
-        else:
-            disable = not show_progress
-        with tqdm(total=len(unique), unit="text", desc="encoding", disable=disable) as bar:
+        with self._progress(len(unique), show_progress) as bar:
             for start in range(0, len(unique), TOKENIZE_CHUNK):
                 chunk = unique[start : start + TOKENIZE_CHUNK]
                 with self._lock:
@@ -284,20 +344,13 @@ class Encoder:
         n_truncated = int(truncated.sum())
         if n_truncated:
             logger.warning(
-                "%d of %d texts were longer than max_seq_length=%d tokens and were truncated",
+                "%d of %d texts were longer than max_seq_length=%d tokens and were truncated "
+                "(load(..., long_texts='mean') reads them whole)",
                 n_truncated,
                 len(items),
                 self.max_seq_length,
             )
         return out
-
-    def _tokenize(self, texts: list[str]) -> list[Any]:
-        try:
-            return self._tokenizer.encode_batch_fast(texts)  # type: ignore[no-any-return]
-        except TypeError:
-            # Lone surrogates cannot cross into Rust as UTF-8.
-            cleaned = [replace_surrogates(text) for text in texts]
-            return self._tokenizer.encode_batch_fast(cleaned)  # type: ignore[no-any-return]
 
     def _encode_chunk(
         self,
@@ -307,30 +360,51 @@ class Encoder:
         batch_size: int | None,
         normalize: bool,
     ) -> Iterator[int]:
-        """Encode one chunk into ``out[:len(texts)]``, yielding the rows done after each batch."""
-        encodings = self._tokenize(texts)
+        """Encode one chunk into ``out[:len(texts)]``, yielding the texts done as they are."""
+        if self.long_texts == "mean":
+            part = self._windows_of(texts, self.stride, batch_size, normalize, offsets=False)
+            out[: len(texts)] = part.means(len(texts), normalize=normalize or self._normalizes)
+            yield len(texts)
+            return
+        encodings = windows.encode_batch(self._tokenizer, texts, offsets=False, specials=True)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
         truncated[: len(texts)] = [bool(e.overflowing) for e in encodings]
-        order = np.argsort(-lengths, kind="stable")
-        sorted_lengths = lengths[order]
-        kind = self.device.type if self.device.type in TOKEN_BUDGET else "cuda"
-        if batch_size is None:
-            plan = plan_batches(sorted_lengths, max_tokens=TOKEN_BUDGET[kind], max_rows=MAX_ROWS[kind])
-        else:
-            plan = plan_batches(
-                sorted_lengths, max_tokens=batch_size * int(sorted_lengths[0]), max_rows=batch_size
-            )
-        for start, end in plan:
-            rows = order[start:end]
-            width = int(sorted_lengths[start])
-            ids = np.full((len(rows), width), self._pad_id, dtype=np.int64)
-            mask = np.zeros((len(rows), width), dtype=np.int64)
-            for i, row in enumerate(rows):
-                tokens = encodings[row].ids
-                ids[i, : len(tokens)] = tokens
-                mask[i, : len(tokens)] = 1
-            out[rows] = self._forward(ids, mask, normalize)
-            yield len(rows)
+        yield from self._batches(lengths, lambda row: encodings[row].ids, out, batch_size, normalize)
+
+    def _windows_of(
+        self, texts: list[str], stride: int, batch_size: int | None, normalize: bool, *, offsets: bool
+    ) -> windows.EncodedWindows:
+        """Cut texts into windows and encode every window, all texts' windows batched together."""
+        if self._windower is None:  # the caller holds the lock
+            self._windower = windows.Windower(self._tokenizer)
+
+        def run(lengths: np.ndarray, tokens_of: Callable[[int], np.ndarray], out: np.ndarray) -> None:
+            for _ in self._batches(lengths, tokens_of, out, batch_size, normalize):
+                pass
+
+        return self._windower.encode(
+            texts, window=self.max_seq_length, stride=stride, offsets=offsets, dim=self.dim, run=run
+        )
+
+    def _batches(
+        self,
+        lengths: np.ndarray,
+        tokens_of: Callable[[int], Any],
+        out: np.ndarray,
+        batch_size: int | None,
+        normalize: bool,
+    ) -> Iterator[int]:
+        """Rows of tokens through the model into ``out`` (:func:`polyemb.batching.run_batches`)."""
+        forward = functools.partial(self._forward, normalize=normalize)
+        return run_batches(
+            lengths,
+            tokens_of,
+            forward,
+            out,
+            pad_id=self._pad_id,
+            device_type=self.device.type,
+            batch_size=batch_size,
+        )
 
     def _forward(self, ids: np.ndarray, mask: np.ndarray, normalize: bool) -> np.ndarray:
         input_ids = torch.from_numpy(ids).to(self.device, non_blocking=True)
@@ -351,6 +425,8 @@ def load(
     max_seq_length: int | None = None,
     revision: str | None = None,
     local_files_only: bool | None = None,
+    long_texts: LongTexts = "truncate",
+    stride: int | None = None,
 ) -> Encoder:
     """Load a sentence-embedding model for encoding.
 
@@ -366,6 +442,13 @@ def load(
             setting (``sentence_bert_config.json``, else the tokenizer's).
         revision: Hub branch, tag or commit, e.g. ``"refs/pr/3"``.
         local_files_only: Never touch the network; None follows ``HF_HUB_OFFLINE``.
+        long_texts: A text longer than ``max_seq_length`` tokens: ``"truncate"`` reads its first
+            ``max_seq_length`` tokens (sentence-transformers' vectors); ``"mean"`` reads all of it,
+            in windows of ``max_seq_length`` tokens, and averages their vectors weighted by their
+            tokens. A text that fits in one window gets the same vector either way. Part of the
+            vector store's key.
+        stride: Tokens consecutive windows share (for ``"mean"`` and ``encode_chunks``); None: a
+            quarter of ``max_seq_length``.
 
     Returns:
         The Encoder.
@@ -374,7 +457,7 @@ def load(
         ModelNotFoundError: The model is neither a folder nor reachable on the hub.
         ModelLoadError: A file of the model is missing or corrupt.
         UnsupportedModelError: The model needs something polyemb does not implement.
-        InvalidInputError: A bad device, precision or max_seq_length.
+        InvalidInputError: A bad device, precision, max_seq_length, long_texts or stride.
 
     Example:
         >>> import polyemb
@@ -386,7 +469,10 @@ def load(
     dtype = loading.resolve_dtype(precision, torch_device)
     if precision == "int8":
         quantize.check_int8_supported(torch_device)
-    prepared = _prepare(model, max_seq_length, revision, local_files_only)
+    prepared = prepare(model, max_seq_length, revision, local_files_only)
+    long_text_setting(
+        long_texts, stride, prepared.max_seq_length, prepared.specials
+    )  # fail before the weights
     if torch_device.type == "cpu":
         cap_cpu_threads()
     transformer = loading.load_transformer(prepared.spec, prepared.config, torch_device, dtype)
@@ -404,114 +490,7 @@ def load(
         dim=prepared.dim,
         device=torch_device,
         dtype=dtype,
-        precision=_precision_of(precision, dtype),
+        precision=precision_of(precision, dtype),
+        long_texts=long_texts,
+        stride=stride,
     )
-
-
-def describe(
-    model: str | os.PathLike[str] | None = None,
-    *,
-    precision: WeightPrecision = "fp32",
-    max_seq_length: int | None = None,
-    revision: str | None = None,
-    normalize: bool = True,
-    local_files_only: bool | None = None,
-) -> VectorSpec:
-    """The :class:`VectorSpec` that ``load(...)`` would give, without loading the weights.
-
-    For a driver (Spark) that needs the store key of the vectors its workers will compute.
-    Arguments as for :func:`load`; ``precision`` must be concrete, since ``"auto"`` depends on the
-    device the vectors are computed on.
-    """
-    check_choice("precision", precision, WEIGHT_PRECISIONS)
-    prepared = _prepare(model, max_seq_length, revision, local_files_only)
-    return VectorSpec(
-        model_id=prepared.files.model_id,
-        fingerprint=loading.fingerprint(prepared.files),
-        dim=prepared.dim,
-        max_seq_length=prepared.max_seq_length,
-        precision=precision,
-        normalized=normalize or prepared.spec.normalize,
-    )
-
-
-@dataclass(frozen=True)
-class _Prepared:
-    """A model's files, settings, tokenizer and config: all of loading but the weights."""
-
-    files: loading.ModelFiles
-    spec: loading.ModelSpec
-    tokenizer: Any
-    pad_id: int
-    config: Any
-    dim: int
-    max_seq_length: int
-
-
-def _prepare(
-    model: str | os.PathLike[str] | None,
-    max_seq_length: int | None,
-    revision: str | None,
-    local_files_only: bool | None,
-) -> _Prepared:
-    files = loading.find_model(model, revision=revision, local_files_only=local_files_only)
-    spec = loading.read_spec(files.folder)
-    tokenizer, pad_id, tokenizer_limit = loading.load_tokenizer(spec)
-    config = loading.load_config(spec)
-    dim = int(config.hidden_size)
-    if spec.dimension is not None and spec.dimension != dim:
-        raise ModelLoadError(
-            f"the pooling config in {files.folder} says dimension {spec.dimension}, "
-            f"but the transformer's hidden size is {dim}"
-        )
-    vocab = tokenizer.get_vocab_size(with_added_tokens=True)
-    if vocab > int(config.vocab_size):
-        raise ModelLoadError(
-            f"the tokenizer in {spec.transformer_folder} has {vocab} tokens but the model's "
-            f"embedding table only {config.vocab_size}: tokenizer and weights do not belong together"
-        )
-    limit = min(tokenizer_limit, int(getattr(config, "max_position_embeddings", tokenizer_limit)))
-    length = _choose_length(max_seq_length, spec.max_seq_length, limit)
-    return _Prepared(files, spec, tokenizer, pad_id, config, dim, length)
-
-
-def _precision_of(asked: Precision, dtype: torch.dtype) -> WeightPrecision:
-    if asked != "auto":
-        return asked
-    return "fp32" if dtype == torch.float32 else "fp16"
-
-
-def _choose_length(asked: int | None, configured: int | None, limit: int) -> int:
-    if asked is None:
-        return min(configured, limit) if configured is not None else limit
-    if not isinstance(asked, int) or isinstance(asked, bool) or asked < 2:
-        raise InvalidInputError(f"max_seq_length must be an int >= 2, got {asked!r}")
-    if asked > limit:
-        raise InvalidInputError(f"max_seq_length={asked} exceeds what this model takes ({limit} tokens)")
-    return asked
-
-
-_default_lock = threading.Lock()
-_default: Encoder | None = None
-
-
-def default_encoder() -> Encoder:
-    """The process-wide Encoder the adapters use when given none.
-
-    Made on first use by :func:`load` with no arguments (so ``$POLYEMB_MODEL`` applies), or
-    whatever :func:`set_default_encoder` set.
-    """
-    global _default
-    with _default_lock:
-        if _default is None:
-            _default = load()
-        return _default
-
-
-def set_default_encoder(encoder: Encoder | None) -> None:
-    """Make ``encoder`` the process-wide default; None forgets it (the next use loads again)."""
-    global _default
-    if encoder is not None and not isinstance(encoder, Encoder):
-        raise InvalidInputError(f"set_default_encoder takes an Encoder or None, got {type(encoder).__name__}")
-    with _default_lock:
-        _default = encoder

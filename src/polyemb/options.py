@@ -15,11 +15,13 @@ from polyemb.errors import InvalidInputError
 __all__ = [
     "DELIVERIES",
     "JOIN_HOWS",
+    "LONG_TEXTS",
     "PRECISIONS",
     "SCORES",
     "WEIGHT_PRECISIONS",
     "Delivery",
     "JoinHow",
+    "LongTexts",
     "Precision",
     "Score",
     "WeightPrecision",
@@ -39,12 +41,16 @@ Score = Literal["cosine", "margin", "csls"]
 """How a join scores a pair: plain cosine, or relative to both sides' neighbourhoods."""
 JoinHow = Literal["inner", "left"]
 """Which left rows a join keeps: only matched ones, or every one (unmatched with NULLs)."""
+LongTexts = Literal["truncate", "mean"]
+"""What a text longer than ``max_seq_length`` tokens becomes: its first window's vector, or the
+token-weighted mean of all its windows' vectors (see :mod:`polyemb.windows`)."""
 
 WEIGHT_PRECISIONS: tuple[WeightPrecision, ...] = get_args(WeightPrecision)
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 DELIVERIES: tuple[Delivery, ...] = get_args(Delivery)
 SCORES: tuple[Score, ...] = get_args(Score)
 JOIN_HOWS: tuple[JoinHow, ...] = get_args(JoinHow)
+LONG_TEXTS: tuple[LongTexts, ...] = get_args(LongTexts)
 
 _SQL_PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 

@@ -9,6 +9,7 @@ Example:
     >>> df["vector"] = df["title"].emb.encode()
     >>> df["title"].emb.search("climate policy", k=5)
     >>> orders.emb.join(products, left_on="description", right_on="name", k=1)
+    >>> df["body"].emb.search("refund policy", k=5, chunks=True)   # the best passage's offsets
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from polyemb.errors import ColumnNotFoundError, InvalidInputError, MissingDependencyError
+from polyemb.errors import InvalidInputError, MissingDependencyError
 
 try:
     import pandas as pd
@@ -28,7 +29,16 @@ except ImportError as exc:  # pragma: no cover - exercised only without pandas
     raise MissingDependencyError("polyemb.pandas needs pandas: pip install 'polyemb[pandas]'") from exc
 
 from polyemb import _pandas_dtypes
-from polyemb.arrow import vector_model, vector_type, vectors_from_arrow, vectors_to_arrow
+from polyemb._pandas_chunks import chunk_frame, join_by_chunks, search_by_chunks
+from polyemb._pandas_columns import align as _align
+from polyemb._pandas_columns import column as _column
+from polyemb._pandas_columns import holds_vectors as _holds_vectors
+from polyemb._pandas_columns import is_vector_dtype as _is_vector_dtype
+from polyemb._pandas_columns import labelled as _labelled
+from polyemb._pandas_columns import series_name as _name
+from polyemb._pandas_columns import vector_series as _vector_series
+from polyemb._pandas_columns import vectors_of as _vectors_of
+from polyemb.arrow import vector_model, vector_type
 from polyemb.embedder import Embedder, check_same_model
 from polyemb.encoder import Encoder
 from polyemb.options import JoinHow, Score
@@ -42,6 +52,7 @@ from polyemb.similarity import (
     top_k,
 )
 from polyemb.store import VectorStore, embedder_for
+from polyemb.store.stored import default_encoder_or
 
 __all__ = ["EmbDataFrameAccessor", "EmbSeriesAccessor", "vector_dtype"]
 
@@ -52,29 +63,6 @@ def vector_dtype(dim: int, model: str | None = None) -> pd.ArrowDtype:
     ``model`` (a provenance) rides in the type's metadata; the dtype equals the plain one.
     """
     return pd.ArrowDtype(vector_type(dim, model))
-
-
-def _name(series: pd.Series) -> str:
-    return f"Series {series.name!r}" if series.name is not None else "the Series"
-
-
-def _is_vector_dtype(dtype: Any) -> bool:
-    if isinstance(dtype, pd.ArrowDtype):
-        kind = dtype.pyarrow_dtype
-        return bool(
-            pa.types.is_fixed_size_list(kind) or pa.types.is_list(kind) or pa.types.is_large_list(kind)
-        )
-    return False
-
-
-def _holds_vectors(series: pd.Series) -> bool:
-    """Vectors (a list dtype, or objects that are arrays or lists) rather than texts."""
-    if _is_vector_dtype(series.dtype):
-        return True
-    if series.dtype != object:
-        return False
-    present = series[series.notna()]
-    return len(present) > 0 and isinstance(present.iloc[0], (np.ndarray, list, tuple))
 
 
 class EmbSeriesAccessor:
@@ -198,6 +186,7 @@ class EmbSeriesAccessor:
         query: str | np.ndarray | list[float],
         k: int = 10,
         *,
+        chunks: bool = False,
         encoder: Encoder | None = None,
         store: VectorStore | None = None,
         batch_size: int | None = None,
@@ -208,30 +197,73 @@ class EmbSeriesAccessor:
         Args:
             query: A text (encoded with the encoder) or a vector.
             k: How many rows.
+            chunks: Score each text by its best window (:meth:`chunks`) instead of its one
+                vector, and return that window's ``start`` and ``end``: passage search over long texts.
             encoder: The Encoder; default :func:`polyemb.default_encoder`.
-            store: A vector store to look texts up in (and add new ones to).
+            store: A vector store to look texts up in (and add new ones to); windows are not stored.
             batch_size: Passed to ``encode``.
             show_progress: Passed to ``encode``.
 
         Returns:
             A DataFrame indexed by the matching rows' labels, with the row's value (text or
-            vector, in a column named as the Series) and a ``score`` column. NA rows never match.
+            vector, in a column named as the Series) and a ``score`` column, then with ``chunks``
+            the best window's ``start`` and ``end``. NA rows never match.
         """
         embedder = _lazy_embedder(encoder, store)
-        matrix, valid, model = self._vectors(embedder, batch_size=batch_size, show_progress=show_progress)
-        if isinstance(query, str):
-            check_same_model(model, embedder().provenance, "search")
-            query_vector = embedder().encode([query])
+        options = {"batch_size": batch_size, "show_progress": show_progress}
+        added: dict[str, Any] = {}
+        if chunks:
+            query_vector = _query_vector(query, embedder, embedder().provenance)
+            rows, scores, added = search_by_chunks(self._chunk_table(encoder, **options), query_vector, k)
         else:
-            query_vector = np.asarray(query, dtype=np.float32).reshape(1, -1)
-        positions = np.flatnonzero(valid)
-        indices, scores = top_k(query_vector, matrix[positions], k)
-        rows = positions[indices[0]]
+            matrix, valid, model = self._vectors(embedder, **options)
+            query_vector = _query_vector(query, embedder, model)
+            positions = np.flatnonzero(valid)
+            indices, best = top_k(query_vector, matrix[positions], k)
+            rows, scores = positions[indices[0]], best[0]
         column = self._s.name if self._s.name is not None else "value"
-        found = self._s.iloc[rows]
+        found_rows = self._s.iloc[rows]
         return pd.DataFrame(
-            {column: found.to_numpy(), "score": scores[0].astype(np.float64)}, index=found.index
+            {column: found_rows.to_numpy(), "score": scores.astype(np.float64), **added},
+            index=found_rows.index,
         )
+
+    def chunks(
+        self,
+        *,
+        stride: int | None = None,
+        encoder: Encoder | None = None,
+        batch_size: int | None = None,
+        show_progress: bool | None = None,
+    ) -> pd.DataFrame:
+        """Every window of every text, one row each (:meth:`polyemb.Encoder.encode_chunks`).
+
+        Args:
+            stride: Tokens consecutive windows share; None: the encoder's.
+            encoder: The Encoder; default :func:`polyemb.default_encoder`.
+            batch_size: Windows per forward pass.
+            show_progress: A progress bar.
+
+        Returns:
+            A DataFrame indexed by each window's text's label (repeated), with ``chunk`` (0, 1,
+            ... within the text), ``start`` and ``end`` (character offsets: ``text[start:end]`` is
+            the window's text), ``tokens`` (special tokens included) and ``vector``. NA texts have
+            no rows; a text that fits in one window is one row, its ``long_texts="truncate"`` vector.
+
+        Example:
+            >>> parts = df["body"].emb.chunks()
+            >>> parts.join(df["body"]).apply(lambda r: r.body[r.start : r.end], axis=1)
+        """
+        table = self._chunk_table(encoder, stride=stride, batch_size=batch_size, show_progress=show_progress)
+        return chunk_frame(table, self._s.index)
+
+    def _chunk_table(self, encoder: Encoder | None, **options: Any) -> pa.Table:
+        """The chunk table of a Series of texts, errors naming the row."""
+        if _holds_vectors(self._s):
+            raise InvalidInputError(f"{_name(self._s)} holds vectors; chunks are cut from texts")
+        texts = self._texts()
+        model = default_encoder_or(encoder)
+        return _labelled(self._s, texts, lambda: model.encode_chunks(texts, **options))
 
     def near_duplicates(
         self,
@@ -297,6 +329,7 @@ class EmbDataFrameAccessor:
         threshold: float | None = None,
         how: JoinHow = "inner",
         score: Score = "cosine",
+        chunks: bool = False,
         suffixes: tuple[str, str] = ("_x", "_y"),
         score_column: str = "score",
         encoder: Encoder | None = None,
@@ -321,6 +354,9 @@ class EmbDataFrameAccessor:
                 rows' 4 nearest neighbours on the other side, so that a sentence close to
                 everything (a hub) does not match everyone; best for matching across languages.
                 These add a ``cosine`` column.
+            chunks: Score each right text by its best window (max-sim over :meth:`EmbSeriesAccessor.chunks`)
+                and add that window's ``start`` and ``end`` in the right text (NA where unmatched).
+                The left rows are encoded as without it; the right column must hold texts.
             suffixes: Added to column names found in both tables, as ``merge`` does.
             score_column: Name of the score column.
             encoder: The Encoder; default :func:`polyemb.default_encoder`.
@@ -341,13 +377,17 @@ class EmbDataFrameAccessor:
         names = added_columns(score, score_column)
         right_on = left_on if right_on is None else right_on
         options = {"batch_size": batch_size, "show_progress": show_progress}
-        lvec, lvalid, rvec, rvalid = _both_sides(
-            _column(self._df, left_on, "left"),
-            _column(right, right_on, "right"),
-            _lazy_embedder(encoder, store),
-            "join",
-            options,
-        )
+        left_column, right_column = _column(self._df, left_on, "left"), _column(right, right_on, "right")
+        embedder = _lazy_embedder(encoder, store)
+        if chunks:
+            lvec, lvalid, model = left_column.emb._vectors(embedder, **options)
+            table = right_column.emb._chunk_table(encoder, **options)
+            check_same_model(model, default_encoder_or(encoder).provenance, "join")
+            left_rows, right_rows, added = join_by_chunks(
+                lvec, lvalid, table, k, names, threshold=threshold, how=how, score=score
+            )
+            return _assemble(self._df, right, left_rows, right_rows, added, suffixes)
+        lvec, lvalid, rvec, rvalid = _both_sides(left_column, right_column, embedder, "join", options)
         rows = join_rows(lvec, lvalid, rvec, rvalid, k, threshold=threshold, how=how, score=score)
         added = dict(zip(names, [rows.score, *rows.columns.values()], strict=True))
         return _assemble(self._df, right, rows.left, rows.right, added, suffixes)
@@ -384,65 +424,17 @@ def _both_sides(
 def _encode_labelled(
     embedder: Embedder, series: pd.Series, texts: list[str | None], **options: Any
 ) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        return embedder.encode_nullable(texts, **options)
-    except InvalidInputError as exc:
-        if exc.position is None:
-            raise
-        label = series.index[exc.position]
-        value = texts[exc.position]
-        raise InvalidInputError(
-            f"row {label!r} of {_name(series)} is {type(value).__name__} ({value!r:.40}), not a text; "
-            "convert the column with .astype(str) if that is meant, or set the value to None",
-            position=exc.position,
-        ) from exc
+    return _labelled(series, texts, lambda: embedder.encode_nullable(texts, **options))
 
 
-def _vectors_of(series: pd.Series) -> tuple[np.ndarray, np.ndarray, str | None]:
-    try:
-        array = (
-            pa.array(series.array) if _is_vector_dtype(series.dtype) else pa.array(series, from_pandas=True)
-        )
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise InvalidInputError(f"{_name(series)} does not hold float vectors: {exc}") from exc
-    matrix, valid = vectors_from_arrow(array, name=_name(series))
-    return matrix, valid, vector_model(array.type)
-
-
-def _vector_series(
-    matrix: np.ndarray, valid: np.ndarray, index: pd.Index, name: Any, model: str | None
-) -> pd.Series:
-    array = vectors_to_arrow(matrix, valid, model)
-    return pd.Series(pd.arrays.ArrowExtensionArray(array), index=index, name=name, copy=False)
-
-
-def _align(series: pd.Series, other: pd.Series) -> pd.Series:
-    """``other`` in ``series``' row order, as pandas arithmetic would align it; never guessing."""
-    if other.index.equals(series.index):
-        return other
-    if series.index.has_duplicates or other.index.has_duplicates:
-        raise InvalidInputError(
-            "the two Series have different indexes with duplicate labels, so rows cannot be "
-            "matched; use .reset_index(drop=True) on both if their positions correspond"
-        )
-    missing = series.index.difference(other.index)
-    extra = other.index.difference(series.index)
-    if len(missing) or len(extra):
-        raise InvalidInputError(
-            f"the indexes do not match: {len(missing)} labels only on this side (e.g. "
-            f"{list(missing[:3])}), {len(extra)} only on the other (e.g. {list(extra[:3])}); "
-            "align them first, or use .reset_index(drop=True) on both if their positions correspond"
-        )
-    return other.reindex(series.index)
-
-
-def _column(frame: pd.DataFrame, name: str, side: str) -> pd.Series:
-    if name not in frame.columns:
-        raise ColumnNotFoundError.from_missing(name, frame.columns, f"the {side} DataFrame")
-    column = frame[name]
-    if isinstance(column, pd.DataFrame):
-        raise InvalidInputError(f"the {side} DataFrame has several columns named {name!r}")
-    return column
+def _query_vector(
+    query: str | np.ndarray | list[float], embedder: Callable[[], Embedder], model: str | None
+) -> np.ndarray:
+    """A search's query as one row: a text encoded (by the model of the rows searched), or a vector."""
+    if isinstance(query, str):
+        check_same_model(model, embedder().provenance, "search")
+        return embedder().encode([query])
+    return np.asarray(query, dtype=np.float32).reshape(1, -1)
 
 
 def _assemble(
@@ -450,7 +442,7 @@ def _assemble(
     right: pd.DataFrame,
     left_rows: np.ndarray,
     right_rows: np.ndarray,
-    added: dict[str, np.ndarray],
+    added: dict[str, Any],
     suffixes: tuple[str, str],
 ) -> pd.DataFrame:
     """Left rows, right rows (-1: all NA) and the ``added`` columns side by side, as ``merge`` names them."""
@@ -463,7 +455,7 @@ def _assemble(
     for name, values in added.items():
         if name in result.columns:
             raise InvalidInputError(
-                f"the joined tables already have a column {name!r}; choose another score_column"
+                f"the joined tables already have a column {name!r}; rename it, or choose another score_column"
             )
         result[name] = values
     return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -195,3 +196,42 @@ def test_bench_store_torture_report(tmp_path: Path, capsys: pytest.CaptureFixtur
     report = json.loads(capsys.readouterr().out)
     assert report["kind"] == "torture" and report["ok"] is True
     assert report["operations"]["encode"] > 0 and report["losses"] == report["wrong_vectors"] == 0
+
+
+def test_bench_long_report(
+    tiny_model_dir: Path, sts_rows: list[dict[str, str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from polyemb.bench.long import make_documents
+
+    for lang in ("en", "de"):  # header-less stsb-multi-mt files of the sample's pairs
+        with (tmp_path / f"stsb-{lang}-dev.csv").open("w", encoding="utf-8", newline="") as handle:
+            csv.writer(handle).writerows(
+                (r["sentence1"], r["sentence2"], r["score"]) for r in sts_rows if r["lang"] == lang
+            )
+    documents = make_documents(tmp_path / "stsb-en-dev.csv", "en", 10)
+    pairs = {(r["sentence1"], r["sentence2"]): float(r["score"]) for r in sts_rows if r["lang"] == "en"}
+    assert len(documents.docs) == 10
+    for doc, query, (start, end) in zip(documents.docs, documents.queries, documents.targets, strict=True):
+        assert pairs[(doc[start:end], query)] >= 4  # the query paraphrases the sentence placed there
+    argv = ["bench-long", "-m", str(tiny_model_dir), "--data", str(tmp_path), "--split", "dev"]
+    argv += ["--langs", "en,de", "--docs", "12", "--cost-docs", "4", "--rounds", "1", "--json"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["max_seq_length"], report["stride"]) == (32, 8)
+    rows = report["retrieval"]
+    assert {(r["lang"], r["method"], r["group"]) for r in rows} == {
+        (lang, method, group)
+        for lang in ("en", "de")
+        for method in ("truncate", "mean", "max-sim")
+        for group in ("inside", "across", "beyond")
+    }
+    for row in rows:
+        assert (row["recall@1"] is None) == (row["n"] == 0)
+        if row["n"]:
+            assert 0 <= row["recall@1"] <= row["recall@10"] <= 1
+    assert sum(r["n"] for r in rows if r["lang"] == "en" and r["method"] == "mean") == 12
+    cost = report["cost"]
+    assert cost["documents"] == 4 and cost["windows"] >= 4
+    assert set(cost["ratio_to_plain"]) == {"plain", "mean", "chunks"} and cost["ratio_to_plain"]["plain"] == 1
+    assert main(argv[:-1]) == 0
+    assert "time per token" in capsys.readouterr().out

@@ -30,6 +30,7 @@ COMMANDS = [
     "bench-memory",
     "bench-store",
     "bench-join",
+    "bench-long",
     "store",
 ]
 

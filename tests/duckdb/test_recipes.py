@@ -75,3 +75,18 @@ def test_hnsw_index(workdir: Path, minilm_dir: Path, capsys: pytest.CaptureFixtu
     [rows] = run_recipe("hnsw_index.sql", minilm_dir, capsys, "--extension", "vss")
     assert len(rows) == 3
     assert rows[0]["title"] == "Scientists discover a new species of frog in the rainforest"
+
+
+@pytest.mark.slow
+def test_passage_search(workdir: Path, minilm_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # 64 tokens a window: the refund sentence lies past the first window of its article.
+    [rows] = run_recipe("passage_search.sql", minilm_dir, capsys, "--max-seq-length", "64")
+    assert len(rows) == 3
+    assert rows[0]["title"] == "Returns and refunds"
+    assert "Refunds are paid" in str(rows[0]["passage"]) and int(rows[0]["start"]) > 0  # type: ignore[call-overload]
+    body = next(
+        line
+        for line in (UDFS / "data" / "help_articles.csv").read_text(encoding="utf-8").splitlines()
+        if line.startswith("1,")
+    )
+    assert str(rows[0]["passage"]) in body

@@ -177,3 +177,52 @@ def test_semantic_join_job(
     )
     assert job.main([*argv[:-1], str(tmp_path / "other"), "--left-on", "descr"]) == 2
     assert "Did you mean 'description'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("score", ["cosine", "margin"])
+def test_chunks_give_the_pandas_joins_pairs_and_windows(
+    spark: SparkSession, tiny_model_dir: Path, score: str
+) -> None:
+    from polyemb.testing import SAMPLE_SENTENCES
+
+    left = pd.DataFrame({"id": [1, 2, 3, 4], "q": ["a man plays guitar", None, "snow and dogs", "the mat"]})
+    docs = [" ".join(SAMPLE_SENTENCES[i : i + 9]) for i in range(0, 27, 3)] + [None, "short"]
+    right = pd.DataFrame({"id": range(10, 10 + len(docs)), "body": docs})
+    expected = left.emb.join(right, "q", "body", k=2, chunks=True, score=score, how="left")  # type: ignore[arg-type]
+    sl = spark.createDataFrame(left, "id long, q string").repartition(2)
+    sr = spark.createDataFrame(right, "id long, body string").repartition(3)
+    columns = [
+        "id_x",
+        "q",
+        "id_y",
+        "body",
+        "score",
+        *(["cosine"] if score != "cosine" else []),
+        "start",
+        "end",
+    ]
+    # Shipped whole, and in blocks of 3 right rows (of many windows each, never split).
+    for options in ({}, {"block_rows": 3, "broadcast_mb": 0.0}):
+        got = polyemb.spark.semantic_join(
+            sl,
+            sr,
+            "q",
+            "body",
+            k=2,
+            chunks=True,
+            score=score,
+            how="left",
+            model=tiny_model_dir,
+            **options,  # type: ignore[arg-type]
+        ).toPandas()
+        assert list(got.columns) == columns
+        matched = got.dropna(subset=["id_y"]).astype({"id_y": "int64", "start": "int64", "end": "int64"})
+        wanted = expected.dropna(subset=["id_y"]).astype({"id_y": "int64", "start": "int64", "end": "int64"})
+        same_pairs(matched, wanted, columns)
+        key = ["id_x", "id_y"]
+        offsets = matched.sort_values(key)[["start", "end"]].values.tolist()
+        assert offsets == wanted.sort_values(key)[["start", "end"]].values.tolist()
+        assert got[got["id_x"] == 2]["start"].isna().all()  # the NULL query matched nothing
+    with pytest.raises(polyemb.InvalidInputError, match="chunks=True needs a text"):
+        vectors = sr.withColumn("v", polyemb.spark.embed_udf(tiny_model_dir)("body"))
+        polyemb.spark.semantic_join(sl, vectors, "q", "v", chunks=True, model=tiny_model_dir)  # type: ignore[arg-type]

@@ -314,3 +314,26 @@ def test_one_model_asked_for_in_other_words_is_loaded_once(
     assert delivery.worker_encoder(explicit) is delivery.worker_encoder(implicit)
     after = [e for e in delivery.worker_loads() if e["fingerprint"] == fingerprint]
     assert len(after) - before == 1
+
+
+def test_embed_chunks_and_the_mean_setting_in_spark_sql(spark: SparkSession, tiny_model_dir: Path) -> None:
+    mean = polyemb.load(tiny_model_dir, long_texts="mean", stride=4)
+    texts = ["猫がマットの上に座っている。" * 5, None, "", "a short one"]
+    polyemb.spark.register(spark, tiny_model_dir, prefix="long_", long_texts="mean", stride=4)
+    frame(spark, texts).createOrReplaceTempView("long_texts")
+    rows = spark.sql(
+        "SELECT id, long_embed(text) AS v, long_embed_chunks(text) AS c FROM long_texts"
+    ).collect()
+    check_vectors(rows, texts, mean)
+    table = mean.encode_chunks(texts)
+    by_id = {row["id"]: row["c"] for row in rows}
+    assert by_id[1] is None
+    got = [(i, c["start"], c["end"], c["tokens"]) for i in sorted(by_id) if by_id[i] for c in by_id[i]]
+    assert got == list(
+        zip(*(table.column(n).to_pylist() for n in ("row", "start", "end", "tokens")), strict=True)
+    )
+    np.testing.assert_allclose(
+        [c["vector"] for i in sorted(by_id) if by_id[i] for c in by_id[i]],
+        np.array(table.column("vector").to_pylist()),
+        atol=1e-5,
+    )

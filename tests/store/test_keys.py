@@ -60,3 +60,31 @@ def test_the_model_key_changes_with_everything_that_changes_a_vector(
     copy = shutil.copytree(tiny_model_dir, tmp_path / "copy")
     assert polyemb.load(copy).vector_spec().key == base.key
     assert polyemb.encoder.describe(tiny_model_dir).key == base.key
+
+
+def test_a_key_of_today_stays_what_it_was() -> None:
+    # Computed before the long-text setting existed: the default ("truncate") adds nothing to a
+    # key, so every store written before reads the same folders.
+    spec = VectorSpec(
+        "sentence-transformers/all-MiniLM-L6-v2",
+        "c9745ed1d9f207416be6d2e6f8de32d1f16199bf",
+        384,
+        256,
+        "fp32",
+        True,
+    )
+    assert spec.key == "kf93129372e413063"
+    assert "long_texts" not in spec.content() and "stride" not in spec.content()
+
+
+def test_the_long_text_setting_and_its_stride_are_in_the_key(tiny_model_dir: Path) -> None:
+    truncate = polyemb.load(tiny_model_dir).vector_spec()
+    mean = polyemb.load(tiny_model_dir, long_texts="mean").vector_spec()
+    wider = polyemb.load(tiny_model_dir, long_texts="mean", stride=4).vector_spec()
+    assert len({truncate.key, mean.key, wider.key}) == 3
+    assert (mean.long_texts, mean.stride) == ("mean", 8)
+    assert {"long_texts": "mean", "stride": 8}.items() <= mean.content().items()
+    # A stride changes nothing that truncate encodes: same key.
+    assert polyemb.load(tiny_model_dir, stride=4).vector_spec().key == truncate.key
+    assert polyemb.encoder.describe(tiny_model_dir, long_texts="mean").key == mean.key
+    assert polyemb.encoder.describe(tiny_model_dir, long_texts="mean", stride=4).key == wider.key

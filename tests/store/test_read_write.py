@@ -115,3 +115,21 @@ def test_a_foreign_file_in_a_model_folder_is_skipped_once(
     assert len(caught) == 1
     assert (stored.stats.found, stored.stats.embedded) == (10, 3)
     np.testing.assert_allclose(vectors, tiny_encoder.encode(TEXTS[:12]), rtol=0, atol=1e-6)
+
+
+def test_the_store_keeps_each_long_text_settings_vectors_apart(tiny_model_dir: Path, tmp_path: Path) -> None:
+    truncate = polyemb.load(tiny_model_dir)
+    mean = polyemb.load(tiny_model_dir, long_texts="mean")
+    texts = [" ".join(TEXTS[:8]), "short", " ".join(TEXTS[8:20])]  # two far over 32 tokens
+    store = open_store(tmp_path / "store")
+    first = store.encode(texts, encoder=truncate)
+    second = store.encode(texts, encoder=mean)
+    np.testing.assert_allclose(second, mean.encode(texts), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(first, truncate.encode(texts), rtol=0, atol=1e-6)
+    assert not np.allclose(first[[0, 2]], second[[0, 2]], atol=1e-3)
+    np.testing.assert_allclose(first[1], second[1], atol=1e-6)  # a text that fits: one vector either way
+    keys = {m.key for m in store.stats().models}
+    assert keys == {truncate.vector_spec().key, mean.vector_spec().key}
+    again = open_store(tmp_path / "store").bind(mean)
+    np.testing.assert_array_equal(again.encode(texts), second)
+    assert again.stats.embedded == 0

@@ -92,6 +92,8 @@ def _check_precision(args: argparse.Namespace) -> int:
         device=candidate.device,
         precision=args.reference,
         max_seq_length=candidate.max_seq_length,
+        long_texts=candidate.long_texts,
+        stride=candidate.stride,
     )
     report = sts.check_precision(
         candidate,

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from polyemb.options import PRECISIONS
+from polyemb.options import LONG_TEXTS, PRECISIONS
 
 if TYPE_CHECKING:
     from polyemb.encoder import Encoder
@@ -48,6 +48,18 @@ def model_options() -> argparse.ArgumentParser:
     group.add_argument(
         "--max-seq-length", type=int, default=None, help="tokens per text (default: the model's)"
     )
+    group.add_argument(
+        "--long-texts",
+        default="truncate",
+        choices=LONG_TEXTS,
+        help="a text over --max-seq-length tokens: truncate it, or the mean of its windows (%(default)s)",
+    )
+    group.add_argument(
+        "--stride",
+        type=int,
+        default=None,
+        help="tokens consecutive windows share (default: a quarter of the window)",
+    )
     group.add_argument("--revision", default=None, help="hub branch, tag or commit (e.g. refs/pr/3)")
     group.add_argument(
         "--batch-size", type=int, default=None, help="texts per forward pass (default: by token budget)"
@@ -65,6 +77,8 @@ def load_encoder(args: argparse.Namespace) -> Encoder:
         precision=args.precision,
         max_seq_length=args.max_seq_length,
         revision=args.revision,
+        long_texts=args.long_texts,
+        stride=args.stride,
     )
 
 

@@ -30,11 +30,12 @@ from polyemb.spark.delivery import worker_loads
 from polyemb.spark.join import semantic_join
 from polyemb.spark.maintenance import compact_store, gc_store, store_stats
 from polyemb.spark.store import IncrementalReport, embed_incremental
-from polyemb.spark.udfs import embed_udf, register, similarity_udf
+from polyemb.spark.udfs import embed_chunks_udf, embed_udf, register, similarity_udf
 
 __all__ = [
     "IncrementalReport",
     "compact_store",
+    "embed_chunks_udf",
     "embed_incremental",
     "embed_udf",
     "gc_store",

@@ -43,7 +43,15 @@ from polyemb import loading
 from polyemb.embedder import VectorSpec
 from polyemb.encoder import Encoder, cap_cpu_threads, describe, load
 from polyemb.errors import InvalidInputError, ModelMismatchError
-from polyemb.options import DELIVERIES, Delivery, Precision, WeightPrecision, check_choice
+from polyemb.options import (
+    DELIVERIES,
+    LONG_TEXTS,
+    Delivery,
+    LongTexts,
+    Precision,
+    WeightPrecision,
+    check_choice,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -69,6 +77,8 @@ class ModelSource:
     broadcast: Any = None  # pyspark Broadcast of {relative path: bytes}
     artifact: str | None = None  # the archive's file name; Spark unpacks it into a folder so named
     content: str = ""  # sha256 of the files shipped (broadcast, artifact): what a worker must find
+    long_texts: LongTexts = "truncate"  # the workers' load arguments (checked when they load)
+    stride: int | None = None
     # What shipping took on the driver ({"model", "delivery", "files", "mib", "seconds"}; None for
     # "path"), for benchmarks and logs. Left out of equality: it says nothing of what workers load.
     shipment: dict[str, Any] | None = field(default=None, compare=False)
@@ -106,6 +116,8 @@ def model_source(
     max_seq_length: int | None,
     revision: str | None,
     fingerprint: str | None = None,
+    long_texts: LongTexts = "truncate",
+    stride: int | None = None,
 ) -> ModelSource:
     """Ship the model to ``spark``'s executors as ``delivery`` says; the handle workers load from.
 
@@ -118,6 +130,8 @@ def model_source(
         revision: Hub revision.
         fingerprint: The model content the caller's vectors must be of (a store key's): refuse
             any other.
+        long_texts: As for :func:`polyemb.load` (checked when the workers load).
+        stride: As for :func:`polyemb.load`.
 
     Raises:
         InvalidInputError: A bad delivery or precision, or a delivery the session cannot do.
@@ -125,6 +139,10 @@ def model_source(
         ModelMismatchError: The model found is not ``fingerprint`` (it changed meanwhile).
     """
     check_choice("delivery", delivery, DELIVERIES)
+    check_choice("long_texts", long_texts, LONG_TEXTS)
+    if stride is not None and (not isinstance(stride, int) or isinstance(stride, bool) or stride < 0):
+        # The bound (below the window's text tokens) is checked where the model is loaded.
+        raise InvalidInputError(f"stride must be None or an int >= 0, got {stride!r}")
     loading.resolve_dtype(precision, loading.resolve_device("cpu"))  # a bad precision fails here
     session = active_session(spark) if delivery != "path" else spark
     connect = session is not None and is_connect(session)
@@ -136,7 +154,16 @@ def model_source(
             "hub id or a path every executor can read"
         )
     files = loading.find_model(model, revision=revision)
-    base = ModelSource(files.model_id, "", "path", precision, max_seq_length, revision=files.revision)
+    base = ModelSource(
+        files.model_id,
+        "",
+        "path",
+        precision,
+        max_seq_length,
+        revision=files.revision,
+        long_texts=long_texts,
+        stride=stride,
+    )
     if chosen == "path":
         where = files.model_id if files.revision else str(files.folder)
         source = replace(base, model=where, fingerprint=loading.fingerprint(files))
@@ -329,6 +356,8 @@ def _resolve(source: ModelSource, device: str) -> tuple[str, VectorSpec]:
         precision=_concrete_precision(source.precision, device),
         max_seq_length=source.max_seq_length,
         revision=source.revision if source.delivery == "path" else None,
+        long_texts=source.long_texts,
+        stride=source.stride,
     )
     # A shipped copy is a folder here, named by the hash of its files; "path" loads what the
     # driver named, a hub commit or a folder's hash.
@@ -362,6 +391,8 @@ def worker_encoder(source: ModelSource) -> Encoder:
         source.revision,
         source.precision,
         source.max_seq_length,
+        source.long_texts,
+        source.stride,
         device,
     )
     with _worker_lock:
@@ -378,6 +409,8 @@ def worker_encoder(source: ModelSource) -> Encoder:
                 precision=spec.precision,
                 max_seq_length=spec.max_seq_length,
                 revision=source.revision if source.delivery == "path" else None,
+                long_texts=spec.long_texts,
+                stride=spec.stride,
             )
             _encoders[(spec.key, device)] = encoder
             event = {

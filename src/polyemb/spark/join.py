@@ -12,16 +12,18 @@ Left x right rows never exist in Spark. The right side's vectors are cut into bl
   shuffled once per right block and each right row once per left chunk, so the shuffle grows as
   ``rows x other side's rows / block_rows``: make ``block_rows`` as large as a worker's memory allows.
 
-Both use the core's :func:`polyemb.similarity.top_pairs`, so Spark, pandas and DuckDB give the
-same pairs and scores on the same vectors; which columns a score adds comes from the core's table
-(:data:`polyemb.scores.SCORE_TABLE`). Ties go to the earlier right row (its position in the
-right DataFrame as Spark reads it).
+Both use the core's :func:`polyemb.similarity.top_pairs` (:func:`polyemb.maxsim.top_chunk_pairs`
+with ``chunks=True``, whose right rows are their windows, a block never splitting a row), so
+Spark, pandas and DuckDB give the same pairs and scores on the same vectors; which columns a
+score adds comes from the core's table (:data:`polyemb.scores.SCORE_TABLE`). Ties go to the
+earlier right row (its position in the right DataFrame as Spark reads it).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -34,11 +36,12 @@ from polyemb.arrow import MODEL_METADATA
 from polyemb.embedder import check_same_model
 from polyemb.encoder import describe
 from polyemb.errors import ColumnNotFoundError, InvalidInputError
-from polyemb.options import Delivery, JoinHow, Precision, Score, check_positive_int
+from polyemb.maxsim import CHUNK_COLUMNS, top_chunk_pairs
+from polyemb.options import Delivery, JoinHow, LongTexts, Precision, Score, check_positive_int
 from polyemb.scores import added_columns, score_spec
 from polyemb.similarity import NEIGHBOURS, check_join, top_pairs
 from polyemb.spark.delivery import active_session, model_source
-from polyemb.spark.udfs import col_named, embed_with
+from polyemb.spark.udfs import chunks_with, col_named, embed_with
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -51,6 +54,8 @@ _LID, _RID, _VEC = "__polyemb_lid", "__polyemb_rid", "__polyemb_vec"
 _L, _R, _SCORE = "__polyemb_l", "__polyemb_r", "__polyemb_score"
 # The column of each row's neighbourhood (r) beside its id and vector, for margin and CSLS.
 _NEIGHBOURHOOD = "r"
+# With chunks=True: the right rows' chunks, and the pair rows' offsets of the best right window.
+_CHUNKS, _START, _END = "__polyemb_chunks", "__polyemb_start", "__polyemb_end"
 BLOCK_ROWS = 65_536
 BROADCAST_MB = 64.0
 
@@ -77,6 +82,9 @@ def semantic_join(
     precision: Precision = "auto",
     max_seq_length: int | None = None,
     revision: str | None = None,
+    chunks: bool = False,
+    long_texts: LongTexts = "truncate",
+    stride: int | None = None,
 ) -> DataFrame:
     """Join each left row with its ``k`` best-scoring right rows, exactly, block by block.
 
@@ -107,10 +115,15 @@ def semantic_join(
         precision: For text columns.
         max_seq_length: For text columns.
         revision: For text columns.
+        chunks: Score each right text by its best window (max-sim over ``embed_chunks``) and add
+            that window's ``start`` and ``end`` in the right text; ``right_on`` must hold texts.
+            As :meth:`DataFrame.emb.join <polyemb.pandas.EmbDataFrameAccessor.join>`.
+        long_texts: For text columns, as for :func:`polyemb.load`.
+        stride: For text columns and ``chunks``, as for :func:`polyemb.load`.
 
     Returns:
-        Left columns, right columns, then the score (and ``cosine`` for margin and CSLS). Row
-        order, as with any Spark join, is not kept.
+        Left columns, right columns, then the score (and ``cosine`` for margin and CSLS; and
+        ``start``, ``end`` with ``chunks``). Row order, as with any Spark join, is not kept.
 
     Raises:
         ColumnNotFoundError: A key column is missing.
@@ -121,15 +134,27 @@ def semantic_join(
     """
     check_join(k, threshold, how, score)
     check_positive_int("block_rows", block_rows)
-    added = added_columns(score, score_column)
+    added = added_columns(score, score_column) + (CHUNK_COLUMNS if chunks else ())
     right_on = left_on if right_on is None else right_on
     for frame, column, side in ((left, left_on, "left"), (right, right_on, "right")):
         if column not in frame.columns:
             raise ColumnNotFoundError.from_missing(column, frame.columns, f"the {side} DataFrame")
     session = active_session(spark)
-    embed = _Embedding(session, model, store, delivery, batch_size, precision, max_seq_length, revision)
+    embed = _Embedding(
+        session,
+        model,
+        store,
+        delivery,
+        batch_size,
+        precision,
+        max_seq_length,
+        revision,
+        long_texts=long_texts,
+        stride=stride,
+    )
     left_rows, left_model = embed(left.withColumn(_LID, F.monotonically_increasing_id()), left_on)
-    right_rows, right_model = embed(right.withColumn(_RID, F.monotonically_increasing_id()), right_on)
+    right_ids = right.withColumn(_RID, F.monotonically_increasing_id())
+    right_rows, right_model = embed.chunked(right_ids, right_on) if chunks else embed(right_ids, right_on)
     check_same_model(left_model, right_model, "semantic_join")
     # Keep the vectors (texts are embedded once), whatever the plan reads them for. A lost
     # partition is recomputed from its lineage.
@@ -137,8 +162,12 @@ def semantic_join(
     lvec = left_rows.where(F.col(_VEC).isNotNull()).select(
         F.col(_LID).alias("id"), F.col(_VEC).alias("vector")
     )
-    rvec = right_rows.where(F.col(_VEC).isNotNull()).select(
-        F.col(_RID).alias("id"), F.col(_VEC).alias("vector")
+    rvec = (
+        _windows(right_rows)
+        if chunks
+        else right_rows.where(F.col(_VEC).isNotNull()).select(
+            F.col(_RID).alias("id"), F.col(_VEC).alias("vector")
+        )
     )
     if score_spec(score).neighbourhoods:
         # r(x) and r(y): each row's mean cosine with its 4 nearest rows on the other side.
@@ -168,12 +197,17 @@ class _Embedding:
         precision: Precision,
         max_seq_length: int | None,
         revision: str | None,
+        *,
+        long_texts: LongTexts = "truncate",
+        stride: int | None = None,
     ) -> None:
         self.spark, self.model, self.store, self.delivery = spark, model, store, delivery
         self.batch_size, self.precision = batch_size, precision
         self.max_seq_length, self.revision = max_seq_length, revision
+        self.long_texts, self.stride = long_texts, stride
         self._udf: Any = None
         self._provenance: str | None = None
+        self._source: Any = None
 
     def __call__(self, frame: DataFrame, column: str) -> tuple[DataFrame, str | None]:
         """``frame`` plus ``_VEC``, and the vectors' provenance (None if unknown)."""
@@ -200,21 +234,46 @@ class _Embedding:
                 precision="fp32" if self.precision == "auto" else self.precision,
                 max_seq_length=self.max_seq_length,
                 revision=self.revision,
+                long_texts=self.long_texts,
+                stride=self.stride,
             )
             return embedded, embedded.schema[_VEC].metadata.get(MODEL_METADATA.decode())
         if self._udf is None:
-            source = model_source(
+            self._udf = embed_with(self._shipped(), self.batch_size)
+        return frame.withColumn(_VEC, self._udf(col_named(column))), self._provenance
+
+    def chunked(self, frame: DataFrame, column: str) -> tuple[DataFrame, str | None]:
+        """``frame`` plus ``_CHUNKS``, each text's windows (``embed_chunks``), and their provenance."""
+        kind = frame.schema[column].dataType.simpleString()
+        if kind != "string":
+            raise InvalidInputError(f"column {column!r} is {kind}: chunks=True needs a text (string) column")
+        chunks = chunks_with(self._shipped(), self.batch_size)
+        return frame.withColumn(_CHUNKS, chunks(col_named(column))), self._provenance
+
+    def _shipped(self) -> Any:
+        """The model shipped to the executors (once), its provenance noted."""
+        if self._source is None:
+            self._source = model_source(
                 self.spark,
                 self.model,
                 delivery=self.delivery,
                 precision=self.precision,
                 max_seq_length=self.max_seq_length,
                 revision=self.revision,
+                long_texts=self.long_texts,
+                stride=self.stride,
             )
-            self._udf = embed_with(source, self.batch_size)
             spec = describe(self.model, max_seq_length=self.max_seq_length, revision=self.revision)
             self._provenance = spec.provenance
-        return frame.withColumn(_VEC, self._udf(col_named(column))), self._provenance
+        return self._source
+
+
+def _windows(rows: DataFrame) -> DataFrame:
+    """``(id, window, start, end, vector)``: the right rows' windows, one row each."""
+    exploded = rows.where(F.col(_CHUNKS).isNotNull()).select(
+        F.col(_RID).alias("id"), F.posexplode(_CHUNKS).alias("window", "c")
+    )
+    return exploded.select("id", "window", "c.start", "c.end", F.col("c.vector").alias("vector"))
 
 
 def _kept(frame: DataFrame) -> DataFrame:
@@ -238,10 +297,11 @@ def _pair_column(name: str) -> str:
     return f"__polyemb_added_{name}"
 
 
-def _pair_schema(score: Score) -> str:
-    """The pair rows' schema: left id, right id, score, and each column the score adds."""
+def _pair_schema(score: Score, offsets: bool = False) -> str:
+    """The pair rows' schema: left id, right id, score, each column the score adds (and offsets)."""
     added = "".join(f", {_pair_column(name)} float" for name in score_spec(score).columns)
-    return f"{_L} long, {_R} long, {_SCORE} float{added}"
+    windows = f", {_START} int, {_END} int" if offsets else ""
+    return f"{_L} long, {_R} long, {_SCORE} float{added}{windows}"
 
 
 def _top_pairs(
@@ -249,11 +309,12 @@ def _top_pairs(
 ) -> DataFrame:
     """``(lid, rid, score, cosine)``: the exact top-k corpus rows of every query row.
 
-    ``queries`` and ``corpus`` have columns ``id``, ``vector`` (and ``r`` for margin and CSLS).
+    ``queries`` and ``corpus`` have columns ``id``, ``vector`` (and ``r`` for margin and CSLS); a
+    side of windows (:func:`_windows`) has a row per window, scored by max-sim per id.
     """
     count, dim, smallest = corpus.agg(F.count("*"), F.max(F.size("vector")), F.min(F.size("vector"))).first()
     if not count:
-        return queries.sparkSession.createDataFrame([], _pair_schema(score))
+        return queries.sparkSession.createDataFrame([], _pair_schema(score, "start" in corpus.columns))
     low, high = queries.agg(F.min(F.size("vector")), F.max(F.size("vector"))).first()
     lengths = {dim, smallest, low, high} - {None}
     if len(lengths) > 1:
@@ -266,49 +327,70 @@ def _top_pairs(
     return _blocked_pairs(queries, corpus, k, score, block_rows, count)
 
 
-def _block(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """A pandas batch of ``id, vector[, r]`` as (ids, float32 matrix, r or None), in id order.
+@dataclass(frozen=True)
+class _Block:
+    """A pandas batch of ``id, vector[, r]`` (or of windows) in id (then window) order, as numpy.
 
     In id order, so that the core's "lower index first" among equal scores is "earlier row".
     """
-    rows = rows.sort_values("id", kind="stable")
-    ids = rows["id"].to_numpy(dtype=np.int64)
-    matrix = (
-        np.stack(rows["vector"].to_numpy()).astype(np.float32, copy=False)
-        if len(rows)
-        else np.zeros((0, 0), np.float32)
-    )
-    column = rows.get(_NEIGHBOURHOOD)
-    return ids, matrix, column.to_numpy(dtype=np.float32) if column is not None else None
+
+    ids: np.ndarray  # int64 id of each vector
+    matrix: np.ndarray  # float32 vectors
+    r: np.ndarray | None  # one per id, in id order; None without neighbourhoods
+    start: np.ndarray | None  # a side of windows: each window's offsets; None for plain rows
+    end: np.ndarray | None
+
+    @classmethod
+    def of(cls, rows: pd.DataFrame) -> _Block:
+        windowed = "window" in rows.columns
+        rows = rows.sort_values(["id", "window"] if windowed else "id", kind="stable")
+        ids = rows["id"].to_numpy(dtype=np.int64)
+        matrix = (
+            np.stack(rows["vector"].to_numpy()).astype(np.float32, copy=False)
+            if len(rows)
+            else np.zeros((0, 0), np.float32)
+        )
+        column = rows.get(_NEIGHBOURHOOD)
+        first = np.unique(ids, return_index=True)[1]
+        r = column.to_numpy(dtype=np.float32)[first] if column is not None else None
+        if not windowed:
+            return cls(ids, matrix, r, None, None)
+        return cls(ids, matrix, r, rows["start"].to_numpy(np.int32), rows["end"].to_numpy(np.int32))
 
 
-def _score(
-    lids: np.ndarray,
-    left: np.ndarray,
-    left_r: np.ndarray | None,
-    rids: np.ndarray,
-    right: np.ndarray,
-    right_r: np.ndarray | None,
-    k: int,
-    score: Score,
-) -> pd.DataFrame:
+def _score(left: _Block, right: _Block, k: int, score: Score) -> pd.DataFrame:
     """One (left batch, right block) pair: its top-k by the core's ``top_pairs``, as pair rows."""
-    pairs = top_pairs(left, right, k, score=score, neighbourhoods=(left_r, right_r))
-    columns = {_L: lids[pairs.query], _R: rids[pairs.corpus], _SCORE: pairs.score}
-    columns.update({_pair_column(name): values for name, values in pairs.columns.items()})
+    if left.start is None and right.start is None:
+        pairs = top_pairs(left.matrix, right.matrix, k, score=score, neighbourhoods=(left.r, right.r))
+        columns = {_L: left.ids[pairs.query], _R: right.ids[pairs.corpus], _SCORE: pairs.score}
+        columns.update({_pair_column(name): values for name, values in pairs.columns.items()})
+        return pd.DataFrame(columns)
+    # Rows of windows (either side) by max-sim; the ids are the row labels.
+    by_chunk = top_chunk_pairs(
+        left.matrix,
+        right.matrix,
+        k,
+        query_rows=left.ids,
+        corpus_rows=right.ids,
+        score=score,
+        neighbourhoods=(left.r, right.r),
+    )
+    columns = {_L: by_chunk.query, _R: by_chunk.corpus, _SCORE: by_chunk.score}
+    columns.update({_pair_column(name): values for name, values in by_chunk.columns.items()})
+    if right.start is not None and right.end is not None:
+        columns.update({_START: right.start[by_chunk.corpus_chunk], _END: right.end[by_chunk.corpus_chunk]})
     return pd.DataFrame(columns)
 
 
 def _broadcast_pairs(queries: DataFrame, corpus: DataFrame, k: int, score: Score) -> DataFrame:
     """A small corpus, shipped with the task: each batch of queries scored against all of it."""
-    rids, matrix, corpus_r = _block(corpus.toArrow().to_pandas())
+    right = _Block.of(corpus.toArrow().to_pandas())
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
-            lids, left, left_r = _block(batch)
-            yield _score(lids, left, left_r, rids, matrix, corpus_r, k, score)
+            yield _score(_Block.of(batch), right, k, score)
 
-    return queries.mapInPandas(run, _pair_schema(score))
+    return queries.mapInPandas(run, _pair_schema(score, right.start is not None))
 
 
 def _blocked_pairs(
@@ -328,14 +410,12 @@ def _blocked_pairs(
     ).withColumn("__block", F.explode(F.sequence(F.lit(0), F.lit(blocks - 1))))
 
     def run(query_rows: pd.DataFrame, corpus_rows: pd.DataFrame) -> pd.DataFrame:
-        lids, left, left_r = _block(query_rows)
-        rids, right, right_r = _block(corpus_rows)
-        return _score(lids, left, left_r, rids, right, right_r, k, score)
+        return _score(_Block.of(query_rows), _Block.of(corpus_rows), k, score)
 
     partial = (
         query_keys.groupBy("__chunk", "__block")
         .cogroup(corpus_keys.groupBy("__chunk", "__block"))
-        .applyInPandas(run, _pair_schema(score))
+        .applyInPandas(run, _pair_schema(score, "start" in corpus.columns))
     )
     # Merge the blocks' partial lists: the k best per left row, ties to the earlier right row.
     order = Window.partitionBy(_L).orderBy(F.col(_SCORE).desc(), F.col(_R).asc())
@@ -355,7 +435,7 @@ def _assemble(
 ) -> DataFrame:
     """Left columns, right columns, then ``added`` (the score, the score's own), named as ``merge`` does."""
     left_cols = [c for c in left_rows.columns if c not in (_LID, _VEC)]
-    right_cols = [c for c in right_rows.columns if c not in (_RID, _VEC)]
+    right_cols = [c for c in right_rows.columns if c not in (_RID, _VEC, _CHUNKS)]
     clash = set(left_cols) & set(right_cols)
     left_names = {c: f"{c}{suffixes[0]}" if c in clash else c for c in left_cols}
     right_names = {c: f"{c}{suffixes[1]}" if c in clash else c for c in right_cols}
@@ -372,5 +452,8 @@ def _assemble(
     )
     joined = left_part.join(pairs.join(right_part, _R, "inner"), _L, how)
     score_column, *own = added
+    offsets = {"start": _START, "end": _END} if _CHUNKS in right_rows.columns else {}
+    own = [name for name in own if name not in offsets]
     scores = [F.col(_SCORE).alias(score_column), *[F.col(_pair_column(name)).alias(name) for name in own]]
+    scores += [F.col(column).alias(name) for name, column in offsets.items()]
     return joined.select(*[col_named(n) for n in [*left_names.values(), *right_names.values()]], *scores)

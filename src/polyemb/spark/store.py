@@ -28,7 +28,7 @@ from polyemb.arrow import MODEL_METADATA
 from polyemb.embedder import VectorSpec
 from polyemb.encoder import describe
 from polyemb.errors import ColumnNotFoundError, InvalidInputError
-from polyemb.options import Delivery, Precision
+from polyemb.options import Delivery, LongTexts, Precision
 from polyemb.spark.delivery import active_session, model_source
 from polyemb.spark.lakefs import LakeFs
 from polyemb.spark.udfs import col_named, embed_with
@@ -117,6 +117,8 @@ def embed_incremental(
     max_seq_length: int | None = None,
     revision: str | None = None,
     report: IncrementalReport | None = None,
+    long_texts: LongTexts = "truncate",
+    stride: int | None = None,
 ) -> DataFrame:
     """``df`` with a vector column, embedding only the texts the store lacks for this model.
 
@@ -135,6 +137,8 @@ def embed_incremental(
         max_seq_length: Tokens per text; None: the model's.
         revision: Hub revision.
         report: An :class:`IncrementalReport` this call fills in: texts embedded, model key, run.
+        long_texts: ``"truncate"`` or ``"mean"``, as for :func:`polyemb.load`; part of the store key.
+        stride: As for :func:`polyemb.load`; part of the key with ``"mean"``.
 
     Returns:
         ``df``'s rows and columns plus ``vector_column`` (``array<float>``). Row order, as with
@@ -165,7 +169,14 @@ def embed_incremental(
     root = os.fspath(store)
     check_lake_marker(session, root)
     fixed = "fp32" if precision == "auto" else precision
-    spec = describe(model, precision=fixed, max_seq_length=max_seq_length, revision=revision)
+    spec = describe(
+        model,
+        precision=fixed,
+        max_seq_length=max_seq_length,
+        revision=revision,
+        long_texts=long_texts,
+        stride=stride,
+    )
     folder = model_dir(root, spec.key)
     keyed = df.withColumn(_HASH, F.substring(F.sha2(col_named(column), 256), 1, 32))
     texts = keyed.where(F.col(_HASH).isNotNull()).select(_HASH, col_named(column).alias(_TEXT))
@@ -183,6 +194,8 @@ def embed_incremental(
             max_seq_length=spec.max_seq_length,
             revision=pinned,
             fingerprint=spec.fingerprint,
+            long_texts=spec.long_texts,
+            stride=spec.stride,
         )
         return embed_with(source, batch_size)
 

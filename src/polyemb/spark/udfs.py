@@ -1,4 +1,8 @@
-"""The pandas UDFs: ``embed(text) -> array<float>`` and ``semantic_similarity(a, b) -> float``."""
+"""The pandas UDFs: ``embed``, ``semantic_similarity`` and ``embed_chunks``.
+
+``embed(text) -> array<float>``, ``semantic_similarity(a, b) -> float`` and
+``embed_chunks(text) -> array<struct<start, end, tokens, vector>>``.
+"""
 
 from __future__ import annotations
 
@@ -10,18 +14,31 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 from pyspark.sql.functions import pandas_udf
-from pyspark.sql.types import ArrayType, FloatType
+from pyspark.sql.types import ArrayType, FloatType, IntegerType, StructField, StructType
 
 from polyemb.arrow import texts_from_arrow
+from polyemb.chunks import Chunks, chunks_of_table
 from polyemb.errors import InvalidInputError
-from polyemb.options import Delivery, Precision, check_sql_prefix
+from polyemb.options import Delivery, LongTexts, Precision, check_sql_prefix
 from polyemb.similarity import paired_cosines
 from polyemb.spark.delivery import ModelSource, model_source, worker_encoder
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-__all__ = ["col_named", "embed_udf", "register", "similarity_udf"]
+__all__ = ["CHUNKS_TYPE", "col_named", "embed_chunks_udf", "embed_udf", "register", "similarity_udf"]
+
+CHUNKS_TYPE = ArrayType(
+    StructType(
+        [
+            StructField("start", IntegerType()),
+            StructField("end", IntegerType()),
+            StructField("tokens", IntegerType()),
+            StructField("vector", ArrayType(FloatType())),
+        ]
+    )
+)
+"""What ``embed_chunks`` returns: each window of the text, to ``explode``."""
 
 
 def col_named(name: str) -> Any:
@@ -40,6 +57,8 @@ def embed_udf(
     precision: Precision = "auto",
     max_seq_length: int | None = None,
     revision: str | None = None,
+    long_texts: LongTexts = "truncate",
+    stride: int | None = None,
 ) -> Callable[..., Any]:
     """A pandas UDF ``embed(text) -> array<float>``: unit vectors, NULL in -> NULL out.
 
@@ -54,6 +73,8 @@ def embed_udf(
             ``"int8"`` (CPU executors with AVX-512 VNNI only).
         max_seq_length: Tokens per text; None: the model's.
         revision: Hub revision.
+        long_texts: ``"truncate"`` or ``"mean"``, as for :func:`polyemb.load`.
+        stride: Tokens consecutive windows share, as for :func:`polyemb.load`.
 
     Example:
         >>> from pyspark.sql import functions as F
@@ -61,9 +82,51 @@ def embed_udf(
         >>> df.withColumn("vector", embed(F.col("title")))
     """
     source = model_source(
-        spark, model, delivery=delivery, precision=precision, max_seq_length=max_seq_length, revision=revision
+        spark,
+        model,
+        delivery=delivery,
+        precision=precision,
+        max_seq_length=max_seq_length,
+        revision=revision,
+        long_texts=long_texts,
+        stride=stride,
     )
     return embed_with(source, batch_size)
+
+
+def embed_chunks_udf(
+    model: str | os.PathLike[str] | None = None,
+    *,
+    spark: SparkSession | None = None,
+    delivery: Delivery = "auto",
+    batch_size: int | None = None,
+    precision: Precision = "auto",
+    max_seq_length: int | None = None,
+    revision: str | None = None,
+    stride: int | None = None,
+) -> Callable[..., Any]:
+    """A pandas UDF ``embed_chunks(text)``: every window of the text (:data:`CHUNKS_TYPE`).
+
+    As :meth:`polyemb.Encoder.encode_chunks`: ``start`` and ``end`` are character offsets
+    (``substring(text, start + 1, end - start)`` is a window's text), ``tokens`` what the model
+    read, ``vector`` the window's unit vector. NULL in, NULL out; ``F.explode`` gives a row per
+    window. Arguments as for :func:`embed_udf`; ``stride``: tokens consecutive windows share
+    (None: a quarter of the window).
+
+    Example:
+        >>> chunks = polyemb.spark.embed_chunks_udf("/models/mstsb")
+        >>> df.select("id", F.posexplode(chunks("body")).alias("chunk", "c"))
+    """
+    source = model_source(
+        spark,
+        model,
+        delivery=delivery,
+        precision=precision,
+        max_seq_length=max_seq_length,
+        revision=revision,
+        stride=stride,
+    )
+    return chunks_with(source, batch_size)
 
 
 def similarity_udf(
@@ -75,6 +138,8 @@ def similarity_udf(
     precision: Precision = "auto",
     max_seq_length: int | None = None,
     revision: str | None = None,
+    long_texts: LongTexts = "truncate",
+    stride: int | None = None,
 ) -> Callable[..., Any]:
     """A pandas UDF ``semantic_similarity(a, b) -> float``: the cosine of two texts' vectors.
 
@@ -82,7 +147,14 @@ def similarity_udf(
     either side is NULL. Arguments as for :func:`embed_udf`.
     """
     source = model_source(
-        spark, model, delivery=delivery, precision=precision, max_seq_length=max_seq_length, revision=revision
+        spark,
+        model,
+        delivery=delivery,
+        precision=precision,
+        max_seq_length=max_seq_length,
+        revision=revision,
+        long_texts=long_texts,
+        stride=stride,
     )
     return _similarity_with(source, batch_size)
 
@@ -97,10 +169,12 @@ def register(
     max_seq_length: int | None = None,
     revision: str | None = None,
     prefix: str = "",
+    long_texts: LongTexts = "truncate",
+    stride: int | None = None,
 ) -> None:
-    """Register ``embed`` and ``semantic_similarity`` for Spark SQL (names behind ``prefix``).
+    """Register ``embed``, ``semantic_similarity`` and ``embed_chunks`` for Spark SQL (behind ``prefix``).
 
-    The model is shipped once for both functions. Arguments as for :func:`embed_udf`; works on
+    The model is shipped once for all functions. Arguments as for :func:`embed_udf`; works on
     classic and Spark Connect sessions alike.
 
     Example:
@@ -109,10 +183,18 @@ def register(
     """
     check_sql_prefix(prefix)
     source = model_source(
-        spark, model, delivery=delivery, precision=precision, max_seq_length=max_seq_length, revision=revision
+        spark,
+        model,
+        delivery=delivery,
+        precision=precision,
+        max_seq_length=max_seq_length,
+        revision=revision,
+        long_texts=long_texts,
+        stride=stride,
     )
     spark.udf.register(f"{prefix}embed", embed_with(source, batch_size))
     spark.udf.register(f"{prefix}semantic_similarity", _similarity_with(source, batch_size))
+    spark.udf.register(f"{prefix}embed_chunks", chunks_with(source, batch_size))
 
 
 # ---------------------------------------------------------------------- worker side
@@ -134,6 +216,29 @@ def _list_series(vectors: np.ndarray, valid: np.ndarray) -> pd.Series:
     return pd.Series(rows, dtype=object)
 
 
+def _chunk_series(found: Chunks, tokens: np.ndarray, rows: int) -> pd.Series:
+    """Chunks as the object Series Spark turns into :data:`CHUNKS_TYPE`: None for a NULL text.
+
+    Spark converts an array of structs from Python values (it maps an Arrow-backed Series value
+    by value, and its NA is not None), so each window is a dict; its vector a view into the matrix.
+    """
+    out: list[list[dict[str, Any]] | None] = [None] * rows
+    starts, ends, counts = found.start.tolist(), found.end.tolist(), tokens.tolist()
+    for window, row in enumerate(found.row.tolist()):
+        chunk = {
+            "start": starts[window],
+            "end": ends[window],
+            "tokens": counts[window],
+            "vector": found.vectors[window],
+        }
+        windows = out[row]
+        if windows is None:
+            out[row] = [chunk]
+        else:
+            windows.append(chunk)
+    return pd.Series(out, dtype=object)
+
+
 def embed_with(source: ModelSource, batch_size: int | None) -> Callable[..., Any]:
     """The ``embed`` pandas UDF for a model already shipped (errors name the column)."""
 
@@ -146,6 +251,22 @@ def embed_with(source: ModelSource, batch_size: int | None) -> Callable[..., Any
             return _list_series(vectors, valid)
 
         return embed  # type: ignore[no-any-return]
+
+    return _naming_columns(make, 1)
+
+
+def chunks_with(source: ModelSource, batch_size: int | None) -> Callable[..., Any]:
+    """The ``embed_chunks`` pandas UDF for a model already shipped (the source's stride)."""
+
+    def make(labels: tuple[str, ...]) -> Callable[..., Any]:
+        @pandas_udf(CHUNKS_TYPE)  # type: ignore[untyped-decorator]
+        def embed_chunks(texts: pd.Series) -> pd.Series:
+            encoder = worker_encoder(source)
+            items = _texts(texts, f"embed_chunks(): {labels[0]}")
+            table = encoder.encode_chunks(items, batch_size=batch_size, show_progress=False)
+            return _chunk_series(chunks_of_table(table), table.column("tokens").to_numpy(), len(items))
+
+        return embed_chunks  # type: ignore[no-any-return]
 
     return _naming_columns(make, 1)
 

@@ -1,0 +1,121 @@
+"""pandas columns as texts or vectors: what the ``.emb`` accessor reads and returns, and its errors.
+
+Conversions only (the core does the rest): a Series holds texts or vectors; a vector Series is
+``pd.ArrowDtype(fixed_size_list<float32>[dim])``; an error on a bad value names its row label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from polyemb.arrow import vector_model, vectors_from_arrow, vectors_to_arrow
+from polyemb.errors import ColumnNotFoundError, InvalidInputError
+
+__all__ = [
+    "align",
+    "column",
+    "holds_vectors",
+    "is_vector_dtype",
+    "labelled",
+    "series_name",
+    "vector_series",
+    "vectors_of",
+]
+
+_T = TypeVar("_T")
+
+
+def series_name(series: pd.Series) -> str:
+    """How errors call a Series: by its name, else 'the Series'."""
+    return f"Series {series.name!r}" if series.name is not None else "the Series"
+
+
+def is_vector_dtype(dtype: Any) -> bool:
+    """Whether a dtype is an Arrow list type (a vector column)."""
+    if isinstance(dtype, pd.ArrowDtype):
+        kind = dtype.pyarrow_dtype
+        return bool(
+            pa.types.is_fixed_size_list(kind) or pa.types.is_list(kind) or pa.types.is_large_list(kind)
+        )
+    return False
+
+
+def holds_vectors(series: pd.Series) -> bool:
+    """Vectors (a list dtype, or objects that are arrays or lists) rather than texts."""
+    if is_vector_dtype(series.dtype):
+        return True
+    if series.dtype != object:
+        return False
+    present = series[series.notna()]
+    return len(present) > 0 and isinstance(present.iloc[0], (np.ndarray, list, tuple))
+
+
+def labelled(series: pd.Series, texts: list[str | None], encode: Callable[[], _T]) -> _T:
+    """``encode()``, its error on a bad value naming the value's row label."""
+    try:
+        return encode()
+    except InvalidInputError as exc:
+        if exc.position is None:
+            raise
+        label = series.index[exc.position]
+        value = texts[exc.position]
+        raise InvalidInputError(
+            f"row {label!r} of {series_name(series)} is {type(value).__name__} ({value!r:.40}), not a text; "
+            "convert the column with .astype(str) if that is meant, or set the value to None",
+            position=exc.position,
+        ) from exc
+
+
+def vectors_of(series: pd.Series) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """A vector Series as ``(matrix, valid, provenance or None)``."""
+    try:
+        array = (
+            pa.array(series.array) if is_vector_dtype(series.dtype) else pa.array(series, from_pandas=True)
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise InvalidInputError(f"{series_name(series)} does not hold float vectors: {exc}") from exc
+    matrix, valid = vectors_from_arrow(array, name=series_name(series))
+    return matrix, valid, vector_model(array.type)
+
+
+def vector_series(
+    matrix: np.ndarray, valid: np.ndarray, index: pd.Index, name: Any, model: str | None
+) -> pd.Series:
+    """A matrix as a vector Series (NA where not ``valid``) recording the model's provenance."""
+    array = vectors_to_arrow(matrix, valid, model)
+    return pd.Series(pd.arrays.ArrowExtensionArray(array), index=index, name=name, copy=False)
+
+
+def align(series: pd.Series, other: pd.Series) -> pd.Series:
+    """``other`` in ``series``' row order, as pandas arithmetic would align it; never guessing."""
+    if other.index.equals(series.index):
+        return other
+    if series.index.has_duplicates or other.index.has_duplicates:
+        raise InvalidInputError(
+            "the two Series have different indexes with duplicate labels, so rows cannot be "
+            "matched; use .reset_index(drop=True) on both if their positions correspond"
+        )
+    missing = series.index.difference(other.index)
+    extra = other.index.difference(series.index)
+    if len(missing) or len(extra):
+        raise InvalidInputError(
+            f"the indexes do not match: {len(missing)} labels only on this side (e.g. "
+            f"{list(missing[:3])}), {len(extra)} only on the other (e.g. {list(extra[:3])}); "
+            "align them first, or use .reset_index(drop=True) on both if their positions correspond"
+        )
+    return other.reindex(series.index)
+
+
+def column(frame: pd.DataFrame, name: str, side: str) -> pd.Series:
+    """The column ``name`` of the ``side`` (left or right) DataFrame of a join."""
+    if name not in frame.columns:
+        raise ColumnNotFoundError.from_missing(name, frame.columns, f"the {side} DataFrame")
+    found = frame[name]
+    if isinstance(found, pd.DataFrame):
+        raise InvalidInputError(f"the {side} DataFrame has several columns named {name!r}")
+    return found

@@ -1,0 +1,94 @@
+"""Rows of tokens -> length-sorted, padded batches under a token budget -> the model, rows back in place.
+
+The one way token rows reach the model: short texts, truncated texts and the windows of long
+texts alike, so windows of many texts share batches exactly as short texts do. Torch-free: the
+forward pass is handed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from polyemb.errors import InvalidInputError
+
+__all__ = ["MAX_ROWS", "TOKEN_BUDGET", "check_batch_size", "plan_batches", "run_batches"]
+
+# Default work per forward pass when the caller sets no batch_size: a token budget (rows x
+# padded length) and a row cap, per device type.
+TOKEN_BUDGET = {"cpu": 2_048, "cuda": 65_536, "mps": 16_384}
+MAX_ROWS = {"cpu": 128, "cuda": 1_024, "mps": 256}
+
+
+def check_batch_size(batch_size: Any) -> None:
+    """Refuse a ``batch_size`` that is neither None nor a positive int."""
+    if batch_size is not None and (
+        not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1
+    ):
+        raise InvalidInputError(f"batch_size must be a positive int or None, got {batch_size!r}")
+
+
+def plan_batches(lengths: np.ndarray, *, max_tokens: int, max_rows: int) -> list[tuple[int, int]]:
+    """Split rows sorted by decreasing length into ``[start, end)`` batches.
+
+    Each batch holds at most ``max_rows`` rows and at most ``max_tokens`` tokens once padded to
+    its first (longest) row, and always at least one row.
+    """
+    batches: list[tuple[int, int]] = []
+    start, n = 0, len(lengths)
+    while start < n:
+        rows = max(1, min(max_rows, max_tokens // max(1, int(lengths[start]))))
+        end = min(n, start + rows)
+        batches.append((start, end))
+        start = end
+    return batches
+
+
+def run_batches(
+    lengths: np.ndarray,
+    tokens_of: Callable[[int], Sequence[int] | np.ndarray],
+    forward: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    out: np.ndarray,
+    *,
+    pad_id: int,
+    device_type: str,
+    batch_size: int | None,
+) -> Iterator[int]:
+    """Run every row through ``forward`` in length-sorted batches, writing row ``i`` to ``out[i]``.
+
+    Args:
+        lengths: Tokens of each row.
+        tokens_of: Row index -> its token ids (special tokens included).
+        forward: ``(ids, mask)`` int64 matrices -> one float32 vector per row.
+        out: Where the vectors go, one row per row of ``lengths``.
+        pad_id: The padding token.
+        device_type: ``"cpu"``, ``"cuda"``, ``"mps"``: picks the default token budget.
+        batch_size: Rows per batch; None: by the device's token budget.
+
+    Yields:
+        The rows done after each batch.
+    """
+    if not len(lengths):
+        return
+    order = np.argsort(-lengths, kind="stable")
+    sorted_lengths = lengths[order]
+    kind = device_type if device_type in TOKEN_BUDGET else "cuda"
+    if batch_size is None:
+        plan = plan_batches(sorted_lengths, max_tokens=TOKEN_BUDGET[kind], max_rows=MAX_ROWS[kind])
+    else:
+        plan = plan_batches(
+            sorted_lengths, max_tokens=batch_size * int(sorted_lengths[0]), max_rows=batch_size
+        )
+    for start, end in plan:
+        rows = order[start:end]
+        width = int(sorted_lengths[start])
+        ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for i, row in enumerate(rows):
+            tokens = tokens_of(int(row))
+            ids[i, : len(tokens)] = tokens
+            mask[i, : len(tokens)] = 1
+        out[rows] = forward(ids, mask)
+        yield len(rows)
