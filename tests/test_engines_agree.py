@@ -1,4 +1,4 @@
-"""One answer everywhere: the core, pandas, DuckDB and Spark give the same vectors and NULLs."""
+"""One answer everywhere: the core, pandas, Polars, DuckDB and Spark give the same vectors and NULLs."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ from typing import Any
 import duckdb
 import numpy as np
 import pandas as pd
+import polars as pl
 import pyarrow as pa
 import pytest
 
 import polyemb
 import polyemb.duckdb
 import polyemb.pandas
+import polyemb.polars
 import polyemb.spark
 from polyemb.arrow import vectors_from_arrow
 
@@ -48,6 +50,22 @@ def via_pandas(
     return vectors_from_arrow(pa.array(vectors.array))
 
 
+def via_polars(
+    encoder: polyemb.Encoder, texts: list[str | None], request: pytest.FixtureRequest
+) -> tuple[np.ndarray, np.ndarray]:
+    series = pl.Series("t", texts, dtype=pl.String)
+    vectors = series.emb.encode(encoder=encoder)
+    # The expression, in a lazy query on the streaming engine, gives the Series' answer.
+    streamed = (
+        pl.LazyFrame({"t": series})
+        .with_columns(pl.col("t").emb.encode(encoder=encoder).alias("v"))
+        .collect(engine="streaming")
+    )
+    assert streamed["t"].equals(series)
+    np.testing.assert_allclose(streamed["v"].emb.to_numpy(), vectors.emb.to_numpy(), rtol=0, atol=1e-6)
+    return vectors_from_arrow(vectors.to_arrow())
+
+
 def via_duckdb(
     encoder: polyemb.Encoder, texts: list[str | None], request: pytest.FixtureRequest
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -78,6 +96,7 @@ def via_spark(
 ENGINES: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = {
     "core": via_core,
     "pandas": via_pandas,
+    "polars": via_polars,
     "duckdb": via_duckdb,
     "spark": pytest.param(via_spark, marks=pytest.mark.spark),  # type: ignore[dict-item]
 }

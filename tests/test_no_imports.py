@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-ENGINES = ("pandas", "duckdb", "pyspark")
+ENGINES = ("pandas", "polars", "duckdb", "pyspark")
 CORE = (
     "polyemb",
     "polyemb._platform",
@@ -47,6 +47,7 @@ def test_core_imports_no_engine() -> None:
     ("adapter", "engines"),
     [
         ("polyemb.pandas", {"pandas"}),
+        ("polyemb.polars", {"polars"}),
         ("polyemb.duckdb", {"duckdb"}),
         ("polyemb.spark", {"pyspark", "pandas"}),
     ],

@@ -101,8 +101,9 @@ def kind_of(series: pl.Series) -> Kind:
 
 
 def _texts(series: pl.Series) -> list[str | None]:
-    # The newest Arrow layout hands Polars' strings over as string views, without a copy.
-    return texts_from_arrow(series.to_arrow(compat_level=pl.CompatLevel.newest()), name=describe(series))
+    # The default Arrow layout (large_string): 3x faster to read as Python strings than Polars'
+    # own string views, and pyarrow casts its dictionaries (Categorical, Enum) back to strings.
+    return texts_from_arrow(series.to_arrow(), name=describe(series))
 
 
 def _encode(
