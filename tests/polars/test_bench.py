@@ -30,9 +30,11 @@ def test_bench_memory_polars_sink(
     parquet = tmp_path / "texts.parquet"
     pq.write_table(pa.table({"text": sts_sentences[:300]}), parquet, row_group_size=100)
     argv = ["bench-memory", "-m", str(tiny_model_dir), "--precisions", "fp32", "--rounds", "1"]
-    assert main([*argv, "--polars-sink", str(parquet), "--column", "text", "--rows", "250", "--json"]) == 0
+    sink = [*argv, "--polars-sink", str(parquet), "--column", "text", "--rows", "250"]
+    assert main([*sink, "--chunk-rows", "64", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["polars_sink"] == str(parquet) and report["column"] == "text" and report["polars"]
+    assert report["chunk_rows"] == 64
     figures = report["precisions"]["fp32"]
     assert figures["rows"] == 250 and figures["per_s"] > 0
     # One process for the run: Python alone < after loading <= the peak.

@@ -53,13 +53,16 @@ def sink_footprints(
     column: str,
     rows: int,
     *,
+    chunk: int = 0,
     rounds: int = DEFAULT_ROUNDS,
 ) -> dict[str, dict[str, Any]]:
     """Speed and memory of a streamed Polars query per precision, each in a process of its own.
 
     The query is ``pl.scan_parquet(parquet).head(rows).with_columns(pl.col(column).emb.encode())
-    .sink_parquet(...)`` (``rows`` 0: every row). Per precision, as :func:`footprints`, with
-    ``rows`` written; the peak is the whole process's, model included.
+    .sink_parquet(...)`` (``rows`` 0: every row). ``chunk`` rows, if not 0, are both the streaming
+    engine's batch (``pl.Config.set_streaming_chunk_size``) and the output's row group; 0 keeps
+    Polars' defaults. Per precision, as :func:`footprints`, with ``rows`` written; the peak is the
+    whole process's, model included.
 
     Raises:
         InvalidInputError: A child process failed (its stderr is in the message).
@@ -69,7 +72,7 @@ def sink_footprints(
         return _in_turns(
             precisions,
             rounds,
-            lambda precision: ["_sink_child", model, precision, parquet, column, str(rows), out],
+            lambda precision: ["_sink_child", model, precision, parquet, column, str(rows), str(chunk), out],
         )
 
 

@@ -181,6 +181,15 @@ def _add_bench_memory(commands: Subparsers) -> None:
         "--rows", type=int, default=0, help="--polars-sink: the first ROWS rows (default: every row)"
     )
     bench_memory.add_argument(
+        "--chunk-rows",
+        type=int,
+        default=0,
+        help=(
+            "--polars-sink: rows per streaming batch (pl.Config.set_streaming_chunk_size) and per "
+            "output row group (default: Polars' own)"
+        ),
+    )
+    bench_memory.add_argument(
         "--rounds", type=int, default=memory.DEFAULT_ROUNDS, help="rounds (%(default)s)"
     )
     bench_memory.add_argument("--json", action="store_true", help="print a JSON report")
@@ -198,9 +207,20 @@ def _bench_memory(args: argparse.Namespace) -> int:
         if not args.column:
             raise InvalidInputError("--polars-sink needs --column: the text column of the Parquet file")
         report = memory.sink_footprints(
-            model, args.precisions, args.polars_sink, args.column, args.rows, rounds=args.rounds
+            model,
+            args.precisions,
+            args.polars_sink,
+            args.column,
+            args.rows,
+            chunk=args.chunk_rows,
+            rounds=args.rounds,
         )
-        meta |= {"polars_sink": args.polars_sink, "column": args.column, "polars": _version("polars")}
+        meta |= {
+            "polars_sink": args.polars_sink,
+            "column": args.column,
+            "chunk_rows": args.chunk_rows or "polars' default",
+            "polars": _version("polars"),
+        }
     else:
         texts = make_scenario("a", args.texts, args.column, args.size)
         report = memory.footprints(model, args.precisions, texts, rounds=args.rounds)
