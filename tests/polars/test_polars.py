@@ -140,6 +140,12 @@ def test_similarity_errors() -> None:
         series.emb.similarity(3)  # type: ignore[arg-type]
     with pytest.raises(polyemb.InvalidInputError, match="other must be a str or an expression"):
         pl.col("title").emb.similarity(["a"])  # type: ignore[arg-type]
+    # A one-row side meets every row of the other, whichever side it is.
+    np.testing.assert_allclose(pl.Series(["a"]).emb.similarity(series).to_numpy(), series.emb.similarity("a"))
+    with pytest.raises(
+        TypeError, match=r"unexpected keyword arguments \['batchsize'\]; the encoding options"
+    ):
+        pl.col("title").emb.encode(batchsize=8)  # type: ignore[call-arg]
 
 
 def test_search_texts_and_vectors(tiny_encoder: polyemb.Encoder) -> None:

@@ -59,6 +59,15 @@ class Encoding:
     options: EncodeOptions
     _queries: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
+    def __post_init__(self) -> None:
+        # The options reach the encoder only when a query runs: a misspelt one fails here, at once.
+        unknown = sorted(set(self.options) - EncodeOptions.__optional_keys__)
+        if unknown:
+            raise TypeError(
+                f"unexpected keyword arguments {unknown}; the encoding options are "
+                f"{sorted(EncodeOptions.__optional_keys__)}"
+            )
+
     @functools.cached_property
     def embedder(self) -> Embedder:
         """The encoder (default: :func:`polyemb.default_encoder`), behind the store if one was given."""

@@ -47,13 +47,13 @@ def similarity_to_text(series: pl.Series, text: str, encoding: Encoding, name: s
 
 
 def paired_similarity(left: pl.Series, right: pl.Series, encoding: Encoding, name: str) -> pl.Series:
-    """Cosine of the rows at the same position of two columns; a one-row ``right`` meets every row.
+    """Cosine of the rows at the same position of two columns; a one-row side meets every row.
 
     Raises:
-        InvalidInputError: The columns have different lengths (and ``right`` is not one row).
+        InvalidInputError: The columns have different lengths (and neither is one row).
         ModelMismatchError: The two sides' vectors come from different models.
     """
-    if len(left) != len(right) and len(right) != 1:
+    if len(left) != len(right) and 1 not in (len(left), len(right)):
         raise InvalidInputError(
             f"similarity compares rows at the same position, but {describe(left)} has {len(left)} "
             f"rows and {describe(right)} has {len(right)}"
