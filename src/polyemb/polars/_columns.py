@@ -101,8 +101,11 @@ def kind_of(series: pl.Series) -> Kind:
         return "texts"
     if isinstance(dtype, (pl.Array, pl.List)) and (dtype.inner.is_float() or dtype.inner.is_integer()):
         return "vectors"
-    nested = isinstance(dtype, (pl.Array, pl.List))
-    hint = "join its items into one text with .list.join(' ')" if nested else "cast it with .cast(pl.String)"
+    if isinstance(dtype, (pl.Array, pl.List)):
+        namespace = "arr" if isinstance(dtype, pl.Array) else "list"
+        hint = f"join its items into one text with .{namespace}.join(' ')"
+    else:
+        hint = "cast it with .cast(pl.String)"
     raise InvalidInputError(
         f"{describe(series)} is of type {dtype}: neither texts (String) nor vectors (an Array or List "
         f"of floats); {hint} if it holds texts"
