@@ -1,5 +1,5 @@
-"""One answer everywhere: the core, pandas, DuckDB and Spark give the same vectors and NULLs,
-the same chunks of long texts, and the same best window of each text for a query."""
+"""One answer everywhere: the core, pandas, Polars, DuckDB and Spark give the same vectors and
+NULLs, the same chunks of long texts, and the same best window of each text for a query."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ from typing import Any
 import duckdb
 import numpy as np
 import pandas as pd
+import polars as pl
 import pyarrow as pa
 import pytest
 
 import polyemb
 import polyemb.duckdb
 import polyemb.pandas
+import polyemb.polars
 import polyemb.spark
 from polyemb.arrow import vectors_from_arrow
 from polyemb.chunks import chunks_of_table
@@ -52,6 +54,22 @@ def via_pandas(
     return vectors_from_arrow(pa.array(vectors.array))
 
 
+def via_polars(
+    encoder: polyemb.Encoder, texts: list[str | None], request: pytest.FixtureRequest
+) -> tuple[np.ndarray, np.ndarray]:
+    series = pl.Series("t", texts, dtype=pl.String)
+    vectors = series.emb.encode(encoder=encoder)
+    # The expression, in a lazy query on the streaming engine, gives the Series' answer.
+    streamed = (
+        pl.LazyFrame({"t": series})
+        .with_columns(pl.col("t").emb.encode(encoder=encoder).alias("v"))
+        .collect(engine="streaming")
+    )
+    assert streamed["t"].equals(series)
+    np.testing.assert_allclose(streamed["v"].emb.to_numpy(), vectors.emb.to_numpy(), rtol=0, atol=1e-6)
+    return vectors_from_arrow(vectors.to_arrow())
+
+
 def via_duckdb(
     encoder: polyemb.Encoder, texts: list[str | None], request: pytest.FixtureRequest
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -82,6 +100,7 @@ def via_spark(
 ENGINES: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = {
     "core": via_core,
     "pandas": via_pandas,
+    "polars": via_polars,
     "duckdb": via_duckdb,
     "spark": pytest.param(via_spark, marks=pytest.mark.spark),  # type: ignore[dict-item]
 }

@@ -2,8 +2,9 @@
 
 Documented behaviour: lone surrogates (not valid Unicode) are read as U+FFFD by the core and
 the pandas adapter; Spark replaces them with U+FFFD itself when the text crosses into the JVM;
-DuckDB and Arrow cannot hold them at all, so DuckDB refuses such a value when it is handed over,
-with its own clear error, before embed() runs.
+DuckDB, Polars and Arrow cannot hold them at all, so DuckDB refuses such a value when it is
+handed over, and Polars when a Series is built, each with its own clear error, before polyemb
+sees it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import duckdb
 import numpy as np
 import pandas as pd
+import polars as pl
 import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -19,6 +21,7 @@ from hypothesis import strategies as st
 import polyemb
 import polyemb.duckdb
 import polyemb.pandas
+import polyemb.polars
 import polyemb.spark
 from polyemb.arrow import vectors_from_arrow
 from polyemb.chunks import chunks_of_table
@@ -86,6 +89,21 @@ def test_pandas(tiny_encoder: polyemb.Encoder, texts: list[str | None]) -> None:
     assert out.index.equals(series.index)
     vectors, valid = vectors_from_arrow(pa.array(out.array))
     check(vectors, valid, texts, tiny_encoder)
+
+
+@FAST
+@given(texts=texts_with(valid_text))
+def test_polars(tiny_encoder: polyemb.Encoder, texts: list[str | None]) -> None:
+    series = pl.Series("t", texts, dtype=pl.String)
+    out = series.emb.encode(encoder=tiny_encoder)
+    assert out.to_list() == pl.select(pl.lit(series).emb.encode(encoder=tiny_encoder))["t"].to_list()
+    check(*vectors_from_arrow(out.to_arrow()), texts, tiny_encoder)
+
+
+def test_polars_refuses_lone_surrogates_clearly() -> None:
+    for text in SURROGATES:
+        with pytest.raises(UnicodeEncodeError, match="surrogates not allowed"):
+            pl.Series("t", [text])
 
 
 @FAST

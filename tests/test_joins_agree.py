@@ -1,4 +1,4 @@
-"""One answer everywhere: pandas, DuckDB and Spark give the same top-k on the same vectors."""
+"""One answer everywhere: pandas, Polars, DuckDB and Spark give the same top-k on the same vectors."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ from typing import Any
 import duckdb
 import numpy as np
 import pandas as pd
+import polars as pl
 import pyarrow as pa
 import pytest
 
 import polyemb
 import polyemb.duckdb
 import polyemb.pandas
+import polyemb.polars
 import polyemb.spark
 
 K = 4
@@ -30,6 +32,14 @@ def via_pandas(score: str, request: pytest.FixtureRequest) -> set[tuple[int, int
     right = pd.DataFrame({"j": range(len(RIGHT)), "v": list(RIGHT)})
     joined = left.emb.join(right, "v", k=K, score=score)  # type: ignore[arg-type]
     return set(zip(joined["i"], joined["j"], strict=True))
+
+
+def via_polars(score: str, request: pytest.FixtureRequest) -> set[tuple[int, int]]:
+    vector = pl.Array(pl.Float32, 24)
+    left = pl.DataFrame({"i": range(len(LEFT)), "v": pl.Series(LEFT, dtype=vector)})
+    right = pl.DataFrame({"j": range(len(RIGHT)), "v": pl.Series(RIGHT, dtype=vector)})
+    joined = left.emb.join(right, "v", k=K, score=score)  # type: ignore[arg-type]
+    return set(joined.select("i", "j").iter_rows())
 
 
 def via_duckdb(score: str, request: pytest.FixtureRequest) -> set[tuple[int, int]]:
@@ -55,6 +65,7 @@ def via_spark(score: str, request: pytest.FixtureRequest) -> set[tuple[int, int]
 
 ENGINES: dict[str, Any] = {
     "pandas": via_pandas,
+    "polars": via_polars,
     "duckdb": via_duckdb,
     "spark": pytest.param(via_spark, marks=pytest.mark.spark),
 }

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-ENGINES = ("pandas", "duckdb", "pyspark")
+ENGINES = ("pandas", "polars", "duckdb", "pyspark")
 CORE = (
     "polyemb",
     "polyemb._platform",
@@ -62,6 +62,7 @@ def test_the_store_and_its_torture_workers_import_no_torch() -> None:
     ("adapter", "engines"),
     [
         ("polyemb.pandas", {"pandas"}),
+        ("polyemb.polars", {"polars"}),
         ("polyemb.duckdb", {"duckdb"}),
         ("polyemb.spark", {"pyspark", "pandas"}),
     ],

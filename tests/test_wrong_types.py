@@ -6,14 +6,19 @@ and "nan" are texts like any other.
 
 from __future__ import annotations
 
+import re
+from datetime import date
+
 import duckdb
 import numpy as np
 import pandas as pd
+import polars as pl
 import pytest
 
 import polyemb
 import polyemb.duckdb
 import polyemb.pandas
+import polyemb.polars
 import polyemb.spark
 
 
@@ -40,6 +45,44 @@ def test_pandas_missing_values_are_missing_and_strings_are_texts(tiny_encoder: p
     assert vectors.isna().tolist() == [False, True, False, True, True, False]
     matrix = vectors.emb.to_numpy()
     np.testing.assert_allclose(matrix[[0, 2, 5]], tiny_encoder.encode(["None", "nan", "NULL"]), atol=1e-6)
+
+
+POLARS_COLUMNS = {
+    "n": pl.Series([3], dtype=pl.Int64),
+    "x": pl.Series([2.5]),
+    "raw": pl.Series([b"bytes"]),
+    "tags": pl.Series([["a", "list"]]),
+    "fixed": pl.Series([["a", "b"]], dtype=pl.Array(pl.String, 2)),
+    "record": pl.Series([{"a": 1}]),
+    "flag": pl.Series([True]),
+    "day": pl.Series([date(2024, 1, 1)]),
+    "thing": pl.Series([object()], dtype=pl.Object),
+}
+
+
+@pytest.mark.parametrize("column", list(POLARS_COLUMNS))
+def test_polars_names_the_column(tiny_encoder: polyemb.Encoder, column: str) -> None:
+    series = POLARS_COLUMNS[column].alias(column)
+    shown = rf"column '{column}' is of type {re.escape(str(series.dtype))}: neither texts"
+    with pytest.raises(polyemb.InvalidInputError, match=shown):
+        series.emb.encode(encoder=tiny_encoder)
+    with pytest.raises(polyemb.InvalidInputError, match=shown):
+        series.emb.similarity("a text", encoder=tiny_encoder)
+    # In a query, Polars re-raises the error with the expression added; the type and text stay.
+    query = pl.LazyFrame({column: series}).select(pl.col(column).emb.encode(encoder=tiny_encoder))
+    for engine in ("in-memory", "streaming"):
+        with pytest.raises(polyemb.InvalidInputError, match=shown):
+            query.collect(engine=engine)  # type: ignore[call-overload]
+    with pytest.raises(polyemb.InvalidInputError, match=shown):
+        pl.DataFrame({column: series}).emb.join(pl.DataFrame({column: ["a"]}), column, encoder=tiny_encoder)
+
+
+def test_polars_null_and_strings(tiny_encoder: polyemb.Encoder) -> None:
+    vectors = pl.Series("t", ["None", None, "nan", "NULL"]).emb.encode(encoder=tiny_encoder)
+    assert vectors.is_null().to_list() == [False, True, False, False]
+    np.testing.assert_allclose(
+        vectors.emb.to_numpy()[[0, 2, 3]], tiny_encoder.encode(["None", "nan", "NULL"]), atol=1e-6
+    )
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,8 @@
 
 polyemb at any precision; sentence-transformers with torch; sentence-transformers' ONNX and
 OpenVINO backends, in fp32 and int8, run by :func:`peer_side` in a child process of another
-Python if their extras do not install beside polyemb's; DuckDB's ``embed()``; the Spark UDF.
+Python if their extras do not install beside polyemb's; Polars' ``Series.emb.encode()``;
+DuckDB's ``embed()``; the Spark UDF.
 
 Importing this module costs no torch (the command line reads :data:`BENCH_SIDES` for its
 help); what a side needs is imported when the side is made.
@@ -37,6 +38,7 @@ __all__ = [
     "duckdb_side",
     "make_sides",
     "peer_side",
+    "polars_side",
     "polyemb_side",
     "sentence_transformers_side",
     "spark_side",
@@ -54,6 +56,7 @@ BENCH_SIDES = (
     "sentence-transformers",
     *PEERS,
     *(f"polyemb-{precision}" for precision in WEIGHT_PRECISIONS),
+    "polars",
     "duckdb",
     "spark",
 )
@@ -99,6 +102,8 @@ def make_sides(
     for name in against:
         if name == "sentence-transformers":
             sides[name] = sentence_transformers_side(encoder)
+        elif name == "polars":
+            sides[name] = polars_side(encoder, batch_size)
         elif name == "duckdb":
             sides[name] = duckdb_side(encoder, batch_size)
         elif name == "spark":
@@ -218,6 +223,22 @@ def _indexed_table(texts: list[str]) -> Any:
     import pyarrow as pa
 
     return pa.table({"i": pa.array(range(len(texts)), pa.int64()), "t": pa.array(texts, pa.string())})
+
+
+def polars_side(encoder: Encoder, batch_size: int | None) -> Callable[[list[str]], np.ndarray]:
+    """``Series.emb.encode()`` on a Polars Series of the texts, built inside the timing."""
+    import polars as pl
+
+    from polyemb.polars import EmbSeriesNamespace  # what Series.emb is, as the type checker sees it
+
+    def run(texts: list[str]) -> np.ndarray:
+        series = pl.Series("t", texts, dtype=pl.String)
+        vectors = EmbSeriesNamespace(series).encode(
+            encoder=encoder, batch_size=batch_size, show_progress=False
+        )
+        return EmbSeriesNamespace(vectors).to_numpy()
+
+    return run
 
 
 def duckdb_side(encoder: Encoder, batch_size: int | None) -> Callable[[list[str]], np.ndarray]:

@@ -68,7 +68,8 @@ def _add_bench(commands: Subparsers) -> None:
             f"comma-separated references of {', '.join(BENCH_SIDES)}; the first one is the baseline "
             f"of every ratio (default: {','.join(_AGAINST)}). sentence-transformers: torch, fp32 on the CPU; "
             "st-*: sentence-transformers' backends, run in --peer-python; polyemb-*: polyemb at "
-            "another precision; duckdb: SELECT embed(t); spark: the UDF on local[2]"
+            "another precision; polars: Series.emb.encode(); duckdb: SELECT embed(t); spark: the UDF "
+            "on local[2]"
         ),
     )
     bench.add_argument(
@@ -157,7 +158,9 @@ def _add_bench_memory(commands: Subparsers) -> None:
         description=(
             "For each of --precisions, a fresh Python process (as a Spark Python worker) loads the "
             "model and encodes --size texts of scenario a; prints texts/s, load time, and resident "
-            "memory after loading and at its peak, the medians over rounds in rotating order."
+            "memory after loading and at its peak, the medians over rounds in rotating order. With "
+            "--polars-sink, each process streams that Parquet file's --column through Polars instead: "
+            "scan_parquet(...).with_columns(pl.col(COLUMN).emb.encode()).sink_parquet(...)."
         ),
     )
     bench_memory.add_argument("--model", "-m", help="model folder or hub id (default: the default model)")
@@ -169,6 +172,23 @@ def _add_bench_memory(commands: Subparsers) -> None:
     )
     _add_texts_options(bench_memory, "texts file (as bench --texts); default: generated sentences")
     bench_memory.add_argument("--size", type=int, default=1000, help="texts encoded (%(default)s)")
+    bench_memory.add_argument(
+        "--polars-sink",
+        metavar="PARQUET",
+        help="stream this Parquet file's --column through a Polars query (needs polyemb[polars])",
+    )
+    bench_memory.add_argument(
+        "--rows", type=int, default=0, help="--polars-sink: the first ROWS rows (default: every row)"
+    )
+    bench_memory.add_argument(
+        "--chunk-rows",
+        type=int,
+        default=0,
+        help=(
+            "--polars-sink: rows per streaming batch (pl.Config.set_streaming_chunk_size) and per "
+            "output row group (default: Polars' own)"
+        ),
+    )
     bench_memory.add_argument(
         "--rounds", type=int, default=memory.DEFAULT_ROUNDS, help="rounds (%(default)s)"
     )
@@ -182,15 +202,44 @@ def _bench_memory(args: argparse.Namespace) -> int:
     from polyemb.loading import DEFAULT_MODEL, MODEL_ENV
 
     model = args.model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
-    texts = make_scenario("a", args.texts, args.column, args.size)
-    report = memory.footprints(model, args.precisions, texts, rounds=args.rounds)
-    meta = {"cpu": cpu_description(), "model": model, "texts": len(texts), "rounds": args.rounds}
+    meta: dict[str, Any] = {"cpu": cpu_description(), "model": model, "rounds": args.rounds}
+    if args.polars_sink:
+        if not args.column:
+            raise InvalidInputError("--polars-sink needs --column: the text column of the Parquet file")
+        report = memory.sink_footprints(
+            model,
+            args.precisions,
+            args.polars_sink,
+            args.column,
+            args.rows,
+            chunk=args.chunk_rows,
+            rounds=args.rounds,
+        )
+        meta |= {
+            "polars_sink": args.polars_sink,
+            "column": args.column,
+            "chunk_rows": args.chunk_rows or "polars' default",
+            "polars": _version("polars"),
+        }
+    else:
+        texts = make_scenario("a", args.texts, args.column, args.size)
+        report = memory.footprints(model, args.precisions, texts, rounds=args.rounds)
+        meta["texts"] = len(texts)
     if args.json:
         print(json.dumps({**meta, "precisions": report}, indent=2))
     else:
         print_meta(meta)
         print(memory.format_footprints(report))
     return 0
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
 
 
 # ---------------------------------------------------------------------- bench-store

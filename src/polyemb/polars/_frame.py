@@ -1,0 +1,128 @@
+"""``DataFrame.emb``: the semantic join, as ``DataFrame.emb.join`` in pandas."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import polars as pl
+
+from polyemb.errors import ColumnNotFoundError, InvalidInputError
+from polyemb.options import JoinHow, Score
+from polyemb.polars._columns import EncodeOptions, Encoding, both_sides, float_series, rows_with_nulls
+from polyemb.scores import added_columns
+from polyemb.similarity import check_join, join_rows
+
+if TYPE_CHECKING:
+    from typing import Unpack
+
+    from polyemb.encoder import Encoder
+    from polyemb.store import VectorStore
+
+__all__ = ["EmbFrameNamespace"]
+
+
+class EmbFrameNamespace:
+    """``DataFrame.emb``: the semantic join."""
+
+    def __init__(self, frame: pl.DataFrame) -> None:
+        self._df = frame
+
+    def join(
+        self,
+        right: pl.DataFrame,
+        left_on: str,
+        right_on: str | None = None,
+        *,
+        k: int = 1,
+        threshold: float | None = None,
+        how: JoinHow = "inner",
+        score: Score = "cosine",
+        suffixes: tuple[str, str] = ("_x", "_y"),
+        score_column: str = "score",
+        encoder: Encoder | None = None,
+        store: VectorStore | None = None,
+        **options: Unpack[EncodeOptions],
+    ) -> pl.DataFrame:
+        """Join each left row with its ``k`` best-scoring right rows (also across languages).
+
+        The same join, options and rows as pandas' ``DataFrame.emb.join``: it works block by
+        block (:func:`polyemb.similarity.join_rows`), never holding the whole left x right score
+        matrix, and ties go to the earlier right row.
+
+        Args:
+            right: The other DataFrame (a LazyFrame: ``.collect()`` it first).
+            left_on: A text or vector column of this DataFrame.
+            right_on: A text or vector column of ``right``; default ``left_on``.
+            k: Matches per left row.
+            threshold: Keep only matches whose score is at least this.
+            how: ``"inner"`` drops left rows without a match (NULL key or none above the
+                threshold); ``"left"`` keeps them once, with NULL right columns and score.
+            score: ``"cosine"``; or ``"margin"`` / ``"csls"``, which score a pair relative to both
+                rows' 4 nearest neighbours on the other side (best across languages). These add
+                a ``cosine`` column.
+            suffixes: Added to column names found in both tables, as pandas' ``merge`` does.
+            score_column: Name of the score column.
+            encoder: The Encoder; default :func:`polyemb.default_encoder`.
+            store: A vector store to look texts up in (and add new ones to).
+            **options: Passed to ``encode`` (``batch_size``, ``show_progress``).
+
+        Returns:
+            Left columns, right columns, then the Float64 score (and the score's own columns),
+            ordered by left row, then by decreasing score.
+
+        Raises:
+            ColumnNotFoundError: ``left_on`` or ``right_on`` is not a column.
+            ModelMismatchError: The two columns hold vectors of different models.
+
+        Example:
+            >>> orders.emb.join(products, left_on="description", right_on="name", k=3, score="margin")
+        """
+        if not isinstance(right, pl.DataFrame):
+            hint = ": call .collect() on it first" if isinstance(right, pl.LazyFrame) else ""
+            raise InvalidInputError(f"right must be a DataFrame, got {type(right).__name__}{hint}")
+        check_join(k, threshold, how, score)
+        names = added_columns(score, score_column)
+        right_on = left_on if right_on is None else right_on
+        lvec, lvalid, rvec, rvalid = both_sides(
+            _column(self._df, left_on, "left"),
+            _column(right, right_on, "right"),
+            Encoding(encoder, store, options),
+            "join",
+        )
+        rows = join_rows(lvec, lvalid, rvec, rvalid, k, threshold=threshold, how=how, score=score)
+        matched = rows.right >= 0
+        added = [
+            float_series(name, values, matched)
+            for name, values in zip(names, [rows.score, *rows.columns.values()], strict=True)
+        ]
+        return _assemble(self._df, right, rows.left, rows.right, added, suffixes)
+
+
+def _column(frame: pl.DataFrame, name: str, side: str) -> pl.Series:
+    if name not in frame.columns:
+        raise ColumnNotFoundError.from_missing(name, frame.columns, f"the {side} DataFrame")
+    return frame.get_column(name)
+
+
+def _assemble(
+    left: pl.DataFrame,
+    right: pl.DataFrame,
+    left_rows: np.ndarray,
+    right_rows: np.ndarray,
+    added: list[pl.Series],
+    suffixes: tuple[str, str],
+) -> pl.DataFrame:
+    """Left rows, right rows (-1: all NULL) and the ``added`` columns side by side, named as pandas does."""
+    clash = set(left.columns) & set(right.columns)
+    left_part = left.select(pl.all().gather(rows_with_nulls(left_rows)))
+    right_part = right.select(pl.all().gather(rows_with_nulls(right_rows)))
+    left_part = left_part.rename({c: f"{c}{suffixes[0]}" for c in clash})
+    right_part = right_part.rename({c: f"{c}{suffixes[1]}" for c in clash})
+    taken = {*left_part.columns, *right_part.columns}
+    for column in added:
+        if column.name in taken:
+            raise InvalidInputError(
+                f"the joined tables already have a column {column.name!r}; choose another score_column"
+            )
+    return pl.concat([left_part, right_part, pl.DataFrame(added)], how="horizontal")
