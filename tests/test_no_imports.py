@@ -22,6 +22,7 @@ CORE = (
     "polyemb.bench.texts",
     "polyemb.cache",
     "polyemb.encoder",
+    "polyemb.ivf",
     "polyemb.loading",
     "polyemb.options",
     "polyemb.scores",

@@ -15,15 +15,20 @@ from polyemb.errors import InvalidInputError
 __all__ = [
     "DELIVERIES",
     "JOIN_HOWS",
+    "METHODS",
     "PRECISIONS",
     "SCORES",
     "WEIGHT_PRECISIONS",
     "Delivery",
     "JoinHow",
+    "KEEPS",
+    "Keep",
+    "Method",
     "Precision",
     "Score",
     "WeightPrecision",
     "check_choice",
+    "check_keep",
     "check_positive_int",
     "check_sql_name",
     "check_sql_prefix",
@@ -39,12 +44,19 @@ Score = Literal["cosine", "margin", "csls"]
 """How a join scores a pair: plain cosine, or relative to both sides' neighbourhoods."""
 JoinHow = Literal["inner", "left"]
 """Which left rows a join keeps: only matched ones, or every one (unmatched with NULLs)."""
+Method = Literal["exact", "ivf"]
+"""How a join or near-duplicate search finds neighbours: every pair scored, or inverted lists
+(approximate; its settings are :class:`polyemb.ivf.Ivf`)."""
+Keep = Literal["first"]
+"""Which row of a group of near-duplicates is kept when the others are dropped."""
 
 WEIGHT_PRECISIONS: tuple[WeightPrecision, ...] = get_args(WeightPrecision)
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 DELIVERIES: tuple[Delivery, ...] = get_args(Delivery)
 SCORES: tuple[Score, ...] = get_args(Score)
 JOIN_HOWS: tuple[JoinHow, ...] = get_args(JoinHow)
+METHODS: tuple[Method, ...] = get_args(Method)
+KEEPS: tuple[Keep, ...] = get_args(Keep)
 
 _SQL_PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -54,6 +66,12 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> Any:
     if not isinstance(value, str) or value not in choices:
         raise InvalidInputError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
     return value
+
+
+def check_keep(keep: Any) -> Keep:
+    """Return ``keep`` if it is one of :data:`KEEPS`, else raise an error that lists them."""
+    chosen: Keep = check_choice("keep", keep, KEEPS)
+    return chosen
 
 
 def check_positive_int(name: str, value: Any) -> int:
