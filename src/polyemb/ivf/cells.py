@@ -18,7 +18,16 @@ import torch
 from polyemb.ivf.settings import ITERATIONS, TRAIN_ROWS_PER_LIST, IvfReport
 from polyemb.similarity import BLOCK_ROWS
 
-__all__ = ["list_sizes", "nearest_lists", "probe", "row_keys", "train", "training_rows"]
+__all__ = [
+    "group_lists",
+    "list_sizes",
+    "nearest_lists",
+    "probe",
+    "row_keys",
+    "sortable_keys",
+    "train",
+    "training_rows",
+]
 
 # Two centroid scores closer than this are ranked again in float64: ten times the float32
 # rounding of a 384-term dot product of unit vectors (about 1e-7), and rare enough (about 1% of
@@ -41,6 +50,12 @@ def row_keys(vectors: np.ndarray, seed: int) -> np.ndarray:
             keys *= _MULTIPLIER
             keys ^= keys >> np.uint64(31)
     return keys
+
+
+def sortable_keys(keys: np.ndarray) -> np.ndarray:
+    """:func:`row_keys` as int64 in the same order (for engines without unsigned 64-bit integers)."""
+    flipped: np.ndarray = (keys ^ np.uint64(1 << 63)).view(np.int64)
+    return flipped
 
 
 def training_rows(keys: np.ndarray, nlist: int) -> np.ndarray:
@@ -134,6 +149,19 @@ def _ranked_exactly(vectors: np.ndarray, centroids: np.ndarray, count: int) -> n
         order = np.lexsort((top, np.take_along_axis(scores, top, axis=1)), axis=1)
         ranked[a : a + BLOCK_ROWS] = np.take_along_axis(top, order, axis=1)
     return ranked
+
+
+def group_lists(centroids: np.ndarray, groups: int, seed: int) -> np.ndarray:
+    """A group for each list, near lists together (k-means of the centroids): how Spark spreads them.
+
+    A row's nearest lists then mostly share a group, so it is sent to few groups.
+    """
+    if groups <= 1:
+        return np.zeros(len(centroids), dtype=np.int64)
+    if len(centroids) <= groups:
+        return np.arange(len(centroids), dtype=np.int64)
+    tops = train(centroids, groups, seed, IvfReport())
+    return nearest_lists(centroids, tops, 1)[:, 0]
 
 
 def list_sizes(lists: np.ndarray, nlist: int) -> np.ndarray:

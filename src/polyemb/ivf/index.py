@@ -24,7 +24,7 @@ from polyemb.ivf.settings import Ivf, IvfReport, default_nlist, default_nprobe
 from polyemb.scores import PAIR_COLUMNS, score_spec
 from polyemb.similarity import NEIGHBOURS, Neighbourhoods, Pairs, _per_query_k, normalize_rows, top_k
 
-__all__ = ["IvfIndex", "choose_nlist", "train_centroids", "unique_pairs"]
+__all__ = ["IvfIndex", "choose_nlist", "fixed_nprobe", "train_centroids", "unique_pairs"]
 
 # Corpus rows scored at once against the calibration rows of near-duplicate search.
 _BLOCK_ROWS = 65_536
@@ -47,7 +47,7 @@ def train_centroids(corpus: np.ndarray, settings: Ivf, report: IvfReport) -> np.
     return centroids
 
 
-def _fixed_nprobe(settings: Ivf, nlist: int, report: IvfReport) -> int:
+def fixed_nprobe(settings: Ivf, nlist: int, report: IvfReport) -> int:
     """``settings.nprobe`` (lowered to nlist, noted) or the default."""
     if settings.nprobe is None:
         return default_nprobe(nlist)
@@ -105,7 +105,7 @@ class IvfIndex:
         else:
             if settings.recall is not None:
                 report.note("recall= needs the left rows to calibrate on; the default nprobe is used")
-            nprobe = _fixed_nprobe(settings, len(centroids), report)
+            nprobe = fixed_nprobe(settings, len(centroids), report)
         report.nprobe = nprobe
         report.seconds = round(time.perf_counter() - started, 3)
         report.log()

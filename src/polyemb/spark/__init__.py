@@ -24,6 +24,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without pyspark
         "polyemb.spark needs pyspark and pandas: pip install 'polyemb[spark]'"
     ) from exc
 
+from polyemb.spark.dedup import near_duplicates
 from polyemb.spark.delivery import worker_loads
 from polyemb.spark.join import semantic_join
 from polyemb.spark.store import IncrementalReport, embed_incremental
@@ -33,6 +34,7 @@ __all__ = [
     "IncrementalReport",
     "embed_incremental",
     "embed_udf",
+    "near_duplicates",
     "register",
     "semantic_join",
     "similarity_udf",
