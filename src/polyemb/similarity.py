@@ -20,6 +20,7 @@ from polyemb.scores import PAIR_COLUMNS, ScoreSpec, score_spec
 if TYPE_CHECKING:
     # polyemb.ivf builds on this module, so it is imported where the ivf method is asked for.
     from polyemb.ivf import Ivf, IvfReport
+    from polyemb.ivf.search import Progress
 
 __all__ = [
     "JoinRows",
@@ -449,6 +450,7 @@ def pairs_above(
     block_rows: int = BLOCK_ROWS,
     method: Method | Ivf = "exact",
     report: IvfReport | None = None,
+    progress: Progress | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All pairs of rows ``i < j`` whose cosine is at least ``threshold``, best first.
 
@@ -463,6 +465,7 @@ def pairs_above(
         block_rows: Rows of a block on each side (exact).
         method: ``"exact"``, ``"ivf"`` or :class:`polyemb.ivf.Ivf` settings.
         report: For the ivf method, filled with what it chose.
+        progress: Told ``(done, total)`` as the search goes (blocks, or row-list pairs for ivf).
 
     Returns:
         ``(i, j, scores)``: int64, int64 and float32 arrays of equal length, by score
@@ -478,8 +481,9 @@ def pairs_above(
     unit = normalize_rows(vectors)
     if settings is not None:
         index = IvfIndex.build(unit, settings, report or IvfReport(), threshold=threshold)
-        return index.pairs_above(threshold)
+        return index.pairs_above(threshold, progress=progress)
     found_i, found_j, found_s = [], [], []
+    blocks = -(-len(unit) // block_rows)
     for a in range(0, len(unit), block_rows):
         for b in range(a, len(unit), block_rows):
             scores = unit[a : a + block_rows] @ unit[b : b + block_rows].T
@@ -488,6 +492,8 @@ def pairs_above(
             found_i.append(rows[keep] + a)
             found_j.append(cols[keep] + b)
             found_s.append(scores[rows[keep], cols[keep]])
+            if progress is not None:
+                progress(len(found_i), blocks * (blocks + 1) // 2)
     if not found_i:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     i, j, s = (np.concatenate(parts) for parts in (found_i, found_j, found_s))

@@ -19,7 +19,7 @@ from polyemb.ivf.calibrate import (
     recall_curve,
 )
 from polyemb.ivf.cells import list_sizes, nearest_lists, probe, row_keys, train, training_rows
-from polyemb.ivf.search import search_above, search_top_k
+from polyemb.ivf.search import Progress, search_above, search_top_k
 from polyemb.ivf.settings import Ivf, IvfReport, default_nlist, default_nprobe
 from polyemb.scores import PAIR_COLUMNS, score_spec
 from polyemb.similarity import NEIGHBOURS, Neighbourhoods, Pairs, _per_query_k, normalize_rows, top_k
@@ -222,14 +222,16 @@ class IvfIndex:
         r: np.ndarray = scores.mean(axis=1).astype(np.float32)
         return r
 
-    def pairs_above(self, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def pairs_above(
+        self, threshold: float, *, progress: Progress | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Pairs of corpus rows ``i < j`` with cosine at least ``threshold``, found in probed lists.
 
         A pair is found when either row probes the other's list; its score is the higher of the
         (equal up to rounding) two directions'. Best first, then by ``i``, then ``j``.
         """
         probes = probe(self.corpus, self.centroids, self.nprobe, self.sizes)
-        q, c, s = search_above(self.corpus, probes, self.corpus, self.lists, threshold)
+        q, c, s = search_above(self.corpus, probes, self.corpus, self.lists, threshold, progress=progress)
         return unique_pairs(q, c, s)
 
 

@@ -13,6 +13,7 @@ loaded machine (measured: 5x the CPU time with 2 BLAS threads on 2 busy cores).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -23,7 +24,10 @@ from threadpoolctl import threadpool_limits
 
 from polyemb.scores import ScoreSpec, score_spec
 
-__all__ = ["search_above", "search_top_k"]
+__all__ = ["Progress", "search_above", "search_top_k"]
+
+Progress = Callable[[int, int], None]
+"""Told ``(done, total)`` as work is done: (query row, list) pairs here, blocks for exact search."""
 
 _T = TypeVar("_T")
 # Query rows below which a part is not worth a thread of its own.
@@ -159,8 +163,29 @@ def _rescored(
     return rescored
 
 
+class _Tally:
+    """Work done by all worker threads, told to a :data:`Progress` callback."""
+
+    def __init__(self, progress: Progress | None, total: int) -> None:
+        self.progress, self.total, self.done = progress, total, 0
+        self.lock = threading.Lock()
+
+    def add(self, count: int) -> None:
+        if self.progress is None:
+            return
+        with self.lock:
+            self.done += count
+            self.progress(self.done, self.total)
+
+
 def search_above(
-    queries: np.ndarray, probes: np.ndarray, corpus: np.ndarray, lists: np.ndarray, threshold: float
+    queries: np.ndarray,
+    probes: np.ndarray,
+    corpus: np.ndarray,
+    lists: np.ndarray,
+    threshold: float,
+    *,
+    progress: Progress | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every (query row, corpus row) of a probed list whose cosine is at least ``threshold``.
 
@@ -171,6 +196,7 @@ def search_above(
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     nlist = int(max(lists.max(initial=-1), probes.max(initial=-1))) + 1
     grouped = _Grouped(corpus, lists, nlist)
+    tally = _Tally(progress, int((probes >= 0).sum()))
 
     def part(rows: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         mine = queries[rows]
@@ -186,6 +212,7 @@ def search_above(
             found_q.append(owners[hit_q] + rows.start)
             found_c.append(grouped.order[hit_c + members.start])
             found_s.append(block[hit_q, hit_c])
+            tally.add(len(owners))
         return np.concatenate(found_q), np.concatenate(found_c), np.concatenate(found_s)
 
     found = _in_parts(len(queries), part)
