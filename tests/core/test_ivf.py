@@ -66,12 +66,12 @@ def test_methods_by_name() -> None:
         method_settings("hnsw")
 
 
-def test_defaults_grow_with_the_rows() -> None:
+def test_nlist_grows_with_the_rows_and_nprobe_does_not() -> None:
     assert default_nlist(1_000_000) == 4000
     assert default_nlist(3) == 3
-    assert default_nprobe(4000) == 125
-    assert default_nprobe(10) == 4
-    assert default_nprobe(2) == 2
+    assert default_nprobe(4000) == 64
+    assert default_nprobe(4000, pairs=True) == 16
+    assert default_nprobe(10) == 10
 
 
 # ---------------------------------------------------------------------- cells

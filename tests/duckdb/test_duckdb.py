@@ -286,7 +286,13 @@ def test_register_index_is_a_semantic_join_in_sql(tiny_encoder: polyemb.Encoder)
     for score in ("cosine", "margin", "csls"):
         matched = "SELECT description FROM orders" if score != "cosine" else None
         index = polyemb.duckdb.register_index(
-            con, "products", "SELECT * FROM products", key="id", text="name", score=score, queries=matched,
+            con,
+            "products",
+            "SELECT * FROM products",
+            key="id",
+            text="name",
+            score=score,
+            queries=matched,
             encoder=tiny_encoder,
         )
         assert index.keys.to_pylist() == indexed_ids  # the NULL name is not indexed

@@ -28,7 +28,11 @@ def ivf_options(parser: argparse.ArgumentParser) -> None:
         "(default: exact)",
     )
     group.add_argument("--nlist", type=int, help="ivf: lists (default: 4 x sqrt(rows))")
-    group.add_argument("--nprobe", type=int, help="ivf: lists each row probes (default: nlist / 32)")
+    group.add_argument(
+        "--nprobe",
+        type=int,
+        help="ivf: lists each row probes (default: 64 for joins, 16 for near-duplicates)",
+    )
     group.add_argument(
         "--recall", type=float, help="ivf: choose nprobe to reach this recall, measured on a sample"
     )

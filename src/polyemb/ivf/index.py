@@ -47,10 +47,10 @@ def train_centroids(corpus: np.ndarray, settings: Ivf, report: IvfReport) -> np.
     return centroids
 
 
-def fixed_nprobe(settings: Ivf, nlist: int, report: IvfReport) -> int:
-    """``settings.nprobe`` (lowered to nlist, noted) or the default."""
+def fixed_nprobe(settings: Ivf, nlist: int, report: IvfReport, *, pairs: bool = False) -> int:
+    """``settings.nprobe`` (lowered to nlist, noted) or the default (for near-duplicate ``pairs``)."""
     if settings.nprobe is None:
-        return default_nprobe(nlist)
+        return default_nprobe(nlist, pairs=pairs)
     if settings.nprobe > nlist:
         report.note(f"nprobe lowered from {settings.nprobe} to nlist ({nlist})")
     return min(settings.nprobe, nlist)
@@ -105,7 +105,7 @@ class IvfIndex:
         else:
             if settings.recall is not None:
                 report.note("recall= needs the left rows to calibrate on; the default nprobe is used")
-            nprobe = fixed_nprobe(settings, len(centroids), report)
+            nprobe = fixed_nprobe(settings, len(centroids), report, pairs=threshold is not None)
         report.nprobe = nprobe
         report.seconds = round(time.perf_counter() - started, 3)
         report.log()
@@ -145,7 +145,7 @@ class IvfIndex:
             report.note(
                 f"no pair of the {len(rows)} calibration rows reaches {threshold}: the default nprobe is used"
             )
-            return default_nprobe(len(self.centroids))
+            return default_nprobe(len(self.centroids), pairs=True)
         needed = pair_lists_needed(
             self.corpus[rows[left]],
             self.corpus[right],

@@ -146,7 +146,7 @@ def _pairs(
         if settings.recall is not None:
             nprobe = calibrated_pairs_nprobe(listed, threshold, cells, settings, report)
         else:
-            nprobe = fixed_nprobe(settings, len(cells.centroids), report)
+            nprobe = fixed_nprobe(settings, len(cells.centroids), report, pairs=True)
         report.nprobe = nprobe
         report.log()
         cells = Cells(cells.centroids, cells.groups, nprobe)

@@ -476,7 +476,7 @@ def calibrated_pairs_nprobe(
         report.note(
             f"no pair of the {len(sample)} calibration rows reaches {threshold}: the default nprobe is used"
         )
-        return fixed_nprobe(Ivf(), len(centroids), report)
+        return fixed_nprobe(Ivf(), len(centroids), report, pairs=True)
     nprobe, estimate = choose_nprobe(
         *recall_curve(counts[:, None], len(centroids)), float(settings.recall or 1)
     )
