@@ -15,6 +15,7 @@ CORE = (
     "polyemb.arrow",
     "polyemb.bench",
     "polyemb.bench.encode",
+    "polyemb.bench.ivf",
     "polyemb.bench.join",
     "polyemb.bench.memory",
     "polyemb.bench.sides",
