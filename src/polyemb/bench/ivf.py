@@ -280,7 +280,7 @@ def _exact_join(
     piece = min(len(left), exact_queries)
     _, _, seconds, peak = _join(engine, left[:piece], right, k, "exact", IvfReport(), spark)
     scaled = seconds * len(left) / piece
-    result = {"timed_queries": piece, "timed_s": round(seconds, 2), "seconds": round(scaled, 1)}
+    result = {"timed_queries": piece, "timed_s": round(seconds, 2), "seconds": round(scaled, 2)}
     result["scores_per_s"] = round(piece * len(right) / seconds)
     if peak is not None:
         result["peak_mib"] = round(peak)
@@ -306,10 +306,18 @@ def _growth(
             raise InvalidInputError(f"growth size {size} is above the {len(vectors)} vectors given")
         ivf = IvfReport()
         _, _, seconds, _ = _join(engine, vectors[:size], vectors[:size], k, setting, ivf, spark)
-        lines.append({"rows": size, "nlist": ivf.nlist, "nprobe": ivf.nprobe, "seconds": round(seconds, 1)})
+        lines.append({"rows": size, "nlist": ivf.nlist, "nprobe": ivf.nprobe, "seconds": round(seconds, 2)})
         progress(f"growth {lines[-1]}")
-    exponent = np.polyfit(np.log([n["rows"] for n in lines]), np.log([n["seconds"] for n in lines]), 1)[0]
-    return {"sizes": lines, "exponent": round(float(exponent), 2) if len(lines) > 1 else None}
+    return {"sizes": lines, "exponent": _exponent(lines)}
+
+
+def _exponent(lines: list[dict[str, Any]]) -> float | None:
+    """The exponent b of ``seconds = a * rows**b``, fitted (least squares on logs) to the growth runs."""
+    if len(lines) < 2:
+        return None
+    rows = np.log([n["rows"] for n in lines])
+    seconds = np.log([max(n["seconds"], 0.01) for n in lines])
+    return round(float(np.polyfit(rows, seconds, 1)[0]), 2)
 
 
 # ---------------------------------------------------------------------- near-duplicates
@@ -359,7 +367,7 @@ def dedup_bench(
         block = min(len(data), exact_rows)
         _, _, seconds = _dedup(engine, data[:block], threshold, "exact", IvfReport(), spark)
         scaled = seconds * (len(data) / block) ** 2
-        report["exact"] = {"timed_rows": block, "timed_s": round(seconds, 2), "seconds": round(scaled, 1)}
+        report["exact"] = {"timed_rows": block, "timed_s": round(seconds, 2), "seconds": round(scaled, 2)}
         progress(f"exact: {report['exact']}")
         report["settings"] = []
         for setting in settings:
@@ -382,7 +390,7 @@ def dedup_bench(
             lines = []
             for size in growth:
                 _, _, seconds = _dedup(engine, vectors[:size], threshold, settings[0], IvfReport(), spark)
-                lines.append({"rows": size, "seconds": round(seconds, 1)})
+                lines.append({"rows": size, "seconds": round(seconds, 2)})
                 progress(f"growth {lines[-1]}")
             exponent = np.polyfit(np.log(growth), np.log([n["seconds"] for n in lines]), 1)[0]
             report["growth"] = {

@@ -154,7 +154,7 @@ def paired_texts(pattern: str, count: int, seed: int = 0) -> list[str]:
     pools = [list(dict.fromkeys(load_texts(file))) for file in files]
     pools = [pool for pool in pools if len(pool) >= 2]
     possible = sum(len(pool) * (len(pool) - 1) for pool in pools)
-    if count > possible // 2:
+    if count > possible:  # "a b" and "b a" are two texts
         raise InvalidInputError(f"{pattern!r} gives too few sentence pairs for {count} distinct texts")
     rng = random.Random(seed)
     texts: dict[str, None] = {}

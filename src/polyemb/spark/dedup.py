@@ -12,6 +12,7 @@ and group numbers follow it, as pandas follows the index.
 from __future__ import annotations
 
 import os
+import time
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -133,6 +134,7 @@ def _pairs(
     vectors: DataFrame, threshold: float, settings: Ivf | None, report: IvfReport, block_rows: int
 ) -> DataFrame:
     """Pair rows ``(l, r, score)``, ``l < r``, of the rows whose cosine reaches ``threshold``."""
+    started = time.perf_counter()
     count, dim = corpus_shape(vectors, vectors)
     if count < 2:
         schema = f"{PAIR_L} long, {PAIR_R} long, {PAIR_SCORE} float"
@@ -148,6 +150,7 @@ def _pairs(
         else:
             nprobe = fixed_nprobe(settings, len(cells.centroids), report, pairs=True)
         report.nprobe = nprobe
+        report.seconds = round(time.perf_counter() - started, 3)
         report.log()
         cells = Cells(cells.centroids, cells.groups, nprobe)
     return cell_pairs_above(listed, threshold, cells, block_rows)

@@ -21,6 +21,7 @@ method is the same cells with one list, cut into blocks by a hash of the row id.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -352,6 +353,7 @@ def ivf_top_pairs(
     ``queries`` and ``corpus`` have columns ``id`` and ``vector``. Trains the centroids, adds the
     lists, chooses nprobe (calibrated for ``settings.recall``), and fills ``report``.
     """
+    started = time.perf_counter()
     count, dim = corpus_shape(queries, corpus)
     if not count:
         report.note("the right side has no vectors: no pairs")
@@ -364,6 +366,7 @@ def ivf_top_pairs(
     else:
         nprobe = fixed_nprobe(settings, len(cells.centroids), report)
     report.nprobe = nprobe
+    report.seconds = round(time.perf_counter() - started, 3)
     report.log()
     cells = Cells(cells.centroids, cells.groups, nprobe)
     if score_spec(score).neighbourhoods:
