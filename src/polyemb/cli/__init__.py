@@ -1,8 +1,9 @@
 """The ``polyemb`` command: embed files, compare texts, run SQL, evaluate, benchmark, keep stores.
 
 :func:`main` builds the top parser and dispatches. Each command group is a module that owns its
-options next to its handler (``embed``, ``dedup``, ``sql``, ``evaluate``, ``bench``, ``store``); the options
-every model-loading command shares are in :mod:`polyemb.cli.shared`. Importing the command line
+options next to its handler (``embed``, ``dedup``, ``sql``, ``evaluate``, ``bench``,
+``bench_join``, ``store``); the options every model-loading command shares are in
+:mod:`polyemb.cli.shared`. Importing the command line
 costs no torch: a command imports what it needs when it runs, so ``polyemb --help`` stays fast.
 """
 
@@ -14,14 +15,14 @@ import sys
 from collections.abc import Sequence
 
 from polyemb import __version__
-from polyemb.cli import bench, dedup, embed, evaluate, sql, store
+from polyemb.cli import bench, bench_join, dedup, embed, evaluate, sql, store
 from polyemb.cli.shared import Command
 from polyemb.errors import PolyembError
 
 __all__ = ["build_parser", "main"]
 
 # In the order the help lists them.
-_GROUPS = (embed, dedup, sql, evaluate, bench, store)
+_GROUPS = (embed, dedup, sql, evaluate, bench, bench_join, store)
 
 
 def build_parser() -> argparse.ArgumentParser:

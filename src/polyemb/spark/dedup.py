@@ -1,6 +1,6 @@
 """Near-duplicates in Spark: pairs of rows at or above a cosine, group ids, or the rows to keep.
 
-The pairs come from the cells of :mod:`polyemb.spark.ivf`: with ``method="ivf"`` each row is
+The pairs come from the cells of :mod:`polyemb.spark.cells`: with ``method="ivf"`` each row is
 scored against the rows of its nearest lists; with ``"exact"`` against every row (one list, in
 blocks). Groups (rows linked by a chain of pairs) are the core's
 :func:`~polyemb.similarity.connected_groups` of the pairs, collected to the driver: the pairs of
@@ -25,8 +25,7 @@ from polyemb.ivf.index import fixed_nprobe
 from polyemb.options import Delivery, Keep, Method, Precision, check_keep, check_positive_int
 from polyemb.similarity import check_threshold, connected_groups, first_of_groups
 from polyemb.spark._pairs import PAIR_L, PAIR_R, PAIR_SCORE, corpus_shape, kept
-from polyemb.spark.delivery import active_session
-from polyemb.spark.ivf import (
+from polyemb.spark.cells import (
     Cells,
     calibrated_pairs_nprobe,
     cell_pairs_above,
@@ -34,6 +33,7 @@ from polyemb.spark.ivf import (
     ivf_cells,
     with_lists,
 )
+from polyemb.spark.delivery import active_session
 from polyemb.spark.join import BLOCK_ROWS, LEFT_ID, RIGHT_ID, VECTOR, Embedding, assemble
 from polyemb.spark.udfs import col_named
 
