@@ -41,12 +41,16 @@ from polyemb.cache import EmbeddingCache
 from polyemb.chunks import chunk_lists
 from polyemb.embedder import Embedder
 from polyemb.encoder import Encoder, default_encoder
-from polyemb.options import Score, check_sql_name, check_sql_prefix
+from polyemb.ivf import Ivf, IvfIndex, IvfReport, method_settings
+from polyemb.options import Method, Score, check_sql_name, check_sql_prefix
 from polyemb.scores import ScoreSpec, score_spec
-from polyemb.similarity import neighbourhood, normalize_rows, paired_cosines, top_pairs
+from polyemb.similarity import NEIGHBOURS, Pairs, neighbourhood, normalize_rows, paired_cosines, top_pairs
 from polyemb.store import RunStats, StoredEncoder, VectorStore, embedder_for
 
 __all__ = ["FUNCTIONS", "SemanticIndex", "load_extension", "register", "register_index"]
+
+# The k that Ivf(recall=...) measures recall at for an index (its calls may ask for any k).
+_CALIBRATION_K = 10
 
 # The names register() creates (each behind the optional prefix).
 FUNCTIONS = (
@@ -219,6 +223,7 @@ class SemanticIndex:
         neighbourhood: For margin and CSLS, each row's mean cosine with its 4 nearest rows of
             ``queries=`` (the texts or vectors that will be matched).
         model: The provenance of the vectors, None if they came as a vector column.
+        ivf: With ``method="ivf"``, the rows in their lists (what each call searches).
     """
 
     name: str
@@ -227,6 +232,7 @@ class SemanticIndex:
     score: Score
     neighbourhood: np.ndarray | None
     model: str | None
+    ivf: IvfIndex | None = None
 
 
 def register_index(
@@ -239,12 +245,14 @@ def register_index(
     vector: str | None = None,
     score: Score = "cosine",
     queries: str | None = None,
+    method: Method | Ivf = "exact",
+    report: IvfReport | None = None,
     encoder: Encoder | None = None,
     store: VectorStore | None = None,
     batch_size: int | None = None,
     source: str | None = None,
 ) -> SemanticIndex:
-    """Hold a query's rows in memory as vectors and register an exact top-k function over them.
+    """Hold a query's rows in memory as vectors and register a top-k function over them.
 
     Registers, for an index named ``products``:
 
@@ -254,7 +262,9 @@ def register_index(
     - ``products_nearest_vector(FLOAT[dim], k)``: the same for a vector (both kinds of index).
 
     Each call scores DuckDB's chunk of up to 2,048 texts against the whole matrix with matrix
-    products (the core's :func:`polyemb.similarity.top_pairs`), so a semantic join is plain SQL::
+    products (the core's :func:`polyemb.similarity.top_pairs`), or with ``method="ivf"`` against
+    the rows of each text's nearest lists (:class:`polyemb.ivf.IvfIndex`, for catalogs too big to
+    scan per query), so a semantic join is plain SQL::
 
         SELECT o.id, n.key, n.score
         FROM orders o, unnest(products_nearest(o.description, 3)) AS t(n)
@@ -269,7 +279,10 @@ def register_index(
         score: ``"cosine"``, or ``"margin"`` / ``"csls"`` (then the struct also has ``cosine``).
         queries: For margin and CSLS: SQL giving one column, the texts (or vectors) that will be
             matched against the index; the scores are relative to the indexed rows'
-            neighbourhoods among them (run once, now).
+            neighbourhoods among them (run once, now). For ``Ivf(recall=...)``: the rows nprobe
+            is calibrated on (recall@10 against their exact top 10).
+        method: ``"exact"``, ``"ivf"`` or :class:`polyemb.ivf.Ivf` settings (trained now).
+        report: For the ivf method, an :class:`polyemb.ivf.IvfReport` filled with what it chose.
         encoder: The Encoder for texts; default :func:`polyemb.default_encoder`.
         store: A vector store for texts.
         batch_size: Passed to ``encode``.
@@ -280,7 +293,8 @@ def register_index(
 
     Raises:
         ColumnNotFoundError: ``key``, ``text`` or ``vector`` is not a column of ``query``.
-        InvalidInputError: Not exactly one of ``text`` and ``vector``, or margin without ``queries``.
+        InvalidInputError: Not exactly one of ``text`` and ``vector``, or margin (or ``recall=``)
+            without ``queries``.
 
     Example:
         >>> register_index(con, "products", "SELECT * FROM products", key="id", text="name",
@@ -289,6 +303,7 @@ def register_index(
     queries = _queries_argument(queries, source)
     check_sql_name("name", name)
     spec = score_spec(score)
+    settings = method_settings(method)
     if (text is None) == (vector is None):
         raise InvalidInputError("give exactly one of text= (a text column) or vector= (a vector column)")
     if spec.neighbourhoods and queries is None:
@@ -296,15 +311,36 @@ def register_index(
             f"score={score!r} scores a pair relative to both sides' neighbourhoods: give queries=, "
             "an SQL query of the texts (or vectors) that will be matched against the index"
         )
+    if settings is not None and settings.recall is not None and queries is None:
+        raise InvalidInputError(
+            "recall= calibrates nprobe on the rows that will be matched: give queries=, an SQL "
+            "query of those texts (or vectors)"
+        )
     column = text if text is not None else str(vector)
     rows, key_type = _index_rows(con, query, key, column)
     reader = _Reader.make(text is not None, encoder, store, batch_size)
     index = _build_index(name, rows, column, spec, reader)
-    if spec.neighbourhoods:
-        matched, ok = reader(con.sql(str(queries)).to_arrow_table().column(0), "the column of queries=")
-        index = replace(index, neighbourhood=neighbourhood(index.matrix, matched[ok]))
+    matched = None
+    if queries is not None:
+        vectors, ok = reader(con.sql(queries).to_arrow_table().column(0), "the column of queries=")
+        matched = normalize_rows(vectors[ok])
+    if settings is not None:
+        ivf = IvfIndex.build(index.matrix, settings, report or IvfReport(), queries=matched, k=_CALIBRATION_K)
+        index = replace(index, ivf=ivf)
+    if spec.neighbourhoods and matched is not None:
+        r = (
+            neighbourhood(index.matrix, matched)
+            if index.ivf is None
+            else _ivf_neighbourhood(index.ivf, matched)
+        )
+        index = replace(index, neighbourhood=r)
     _register_nearest(con, index, key_type, reader)
     return index
+
+
+def _ivf_neighbourhood(index: IvfIndex, matched: np.ndarray) -> np.ndarray:
+    """Each indexed row's r among the matched rows, found in their lists (the same centroids)."""
+    return index.over(matched).neighbourhood(index.corpus, NEIGHBOURS)
 
 
 def _queries_argument(queries: str | None, source: str | None) -> str | None:
@@ -410,10 +446,7 @@ def _register_nearest(
 def _nearest_lists(index: SemanticIndex, queries: np.ndarray, ok: np.ndarray, ks: np.ndarray) -> pa.Array:
     """Each valid query row's top ``k`` of the index, as a list of structs; NULL where not valid."""
     rows = np.flatnonzero(ok)
-    # The index's r is over the queries= rows; each query's own r, over the index, comes from the core.
-    pairs = top_pairs(
-        queries[rows], index.matrix, ks[rows], score=index.score, neighbourhoods=(None, index.neighbourhood)
-    )
+    pairs = _pairs(index, queries[rows], ks[rows])
     counts = np.zeros(len(ok), dtype=np.int64)
     counts[rows] = np.bincount(pairs.query, minlength=len(rows))
     fields = {
@@ -424,6 +457,16 @@ def _nearest_lists(index: SemanticIndex, queries: np.ndarray, ok: np.ndarray, ks
     structs = pa.StructArray.from_arrays(list(fields.values()), names=list(fields))
     offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
     return pa.ListArray.from_arrays(offsets, structs, mask=pa.array(~ok))
+
+
+def _pairs(index: SemanticIndex, queries: np.ndarray, ks: np.ndarray) -> Pairs:
+    """The core's pairs for one chunk of queries.
+
+    The index's r is over the queries= rows; each query's own r, over the index, comes from the core.
+    """
+    if index.ivf is not None:
+        return index.ivf.pairs(queries, ks, score=index.score, neighbourhoods=(None, index.neighbourhood))
+    return top_pairs(queries, index.matrix, ks, score=index.score, neighbourhoods=(None, index.neighbourhood))
 
 
 def load_extension(con: duckdb.DuckDBPyConnection, name: str) -> None:

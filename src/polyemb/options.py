@@ -15,17 +15,22 @@ from polyemb.errors import InvalidInputError
 __all__ = [
     "DELIVERIES",
     "JOIN_HOWS",
+    "KEEPS",
     "LONG_TEXTS",
+    "METHODS",
     "PRECISIONS",
     "SCORES",
     "WEIGHT_PRECISIONS",
     "Delivery",
     "JoinHow",
+    "Keep",
     "LongTexts",
+    "Method",
     "Precision",
     "Score",
     "WeightPrecision",
     "check_choice",
+    "check_keep",
     "check_positive_int",
     "check_sql_name",
     "check_sql_prefix",
@@ -44,6 +49,11 @@ JoinHow = Literal["inner", "left"]
 LongTexts = Literal["truncate", "mean"]
 """What a text longer than ``max_seq_length`` tokens becomes: its first window's vector, or the
 token-weighted mean of all its windows' vectors (see :mod:`polyemb.windows`)."""
+Method = Literal["exact", "ivf"]
+"""How a join or near-duplicate search finds neighbours: every pair scored, or inverted lists
+(approximate; its settings are :class:`polyemb.ivf.Ivf`)."""
+Keep = Literal["first"]
+"""Which row of a group of near-duplicates is kept when the others are dropped."""
 
 WEIGHT_PRECISIONS: tuple[WeightPrecision, ...] = get_args(WeightPrecision)
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
@@ -51,6 +61,8 @@ DELIVERIES: tuple[Delivery, ...] = get_args(Delivery)
 SCORES: tuple[Score, ...] = get_args(Score)
 JOIN_HOWS: tuple[JoinHow, ...] = get_args(JoinHow)
 LONG_TEXTS: tuple[LongTexts, ...] = get_args(LongTexts)
+METHODS: tuple[Method, ...] = get_args(Method)
+KEEPS: tuple[Keep, ...] = get_args(Keep)
 
 _SQL_PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -60,6 +72,12 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> Any:
     if not isinstance(value, str) or value not in choices:
         raise InvalidInputError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
     return value
+
+
+def check_keep(keep: Any) -> Keep:
+    """Return ``keep`` if it is one of :data:`KEEPS`, else raise an error that lists them."""
+    chosen: Keep = check_choice("keep", keep, KEEPS)
+    return chosen
 
 
 def check_positive_int(name: str, value: Any) -> int:

@@ -41,12 +41,15 @@ from polyemb._pandas_columns import vectors_of as _vectors_of
 from polyemb.arrow import vector_model, vector_type
 from polyemb.embedder import Embedder, check_same_model
 from polyemb.encoder import Encoder
-from polyemb.options import JoinHow, Score
+from polyemb.ivf import Ivf, IvfReport, method_settings
+from polyemb.options import JoinHow, Keep, Method, Score, check_keep
 from polyemb.scores import added_columns
 from polyemb.similarity import (
     check_join,
+    check_threshold,
     connected_groups,
     cosine,
+    first_of_groups,
     join_rows,
     pairs_above,
     top_k,
@@ -270,6 +273,9 @@ class EmbSeriesAccessor:
         threshold: float = 0.9,
         *,
         groups: bool = False,
+        keep: Keep | None = None,
+        method: Method | Ivf = "exact",
+        report: IvfReport | None = None,
         encoder: Encoder | None = None,
         store: VectorStore | None = None,
         batch_size: int | None = None,
@@ -282,6 +288,12 @@ class EmbSeriesAccessor:
         Args:
             threshold: Cosine similarity, -1 to 1.
             groups: Return a group id per row instead of the pairs.
+            keep: ``"first"``: return this Series without its near-duplicates: each group (rows
+                linked by a chain of pairs) keeps only its first row.
+            method: ``"exact"`` (every pair compared); ``"ivf"`` or :class:`polyemb.ivf.Ivf`
+                settings: each row is compared with the rows of its nearest lists (approximate;
+                ``Ivf(recall=0.99)`` calibrates how many on a sample).
+            report: For the ivf method, an :class:`polyemb.ivf.IvfReport` filled with what it chose.
             encoder: The Encoder; default :func:`polyemb.default_encoder`.
             store: A vector store to look texts up in (and add new ones to).
             batch_size: Passed to ``encode``.
@@ -291,16 +303,28 @@ class EmbSeriesAccessor:
             Pairs (default): a DataFrame with one row per pair, best first: ``left`` and
             ``right`` (index labels, ``left`` the earlier row), ``score``, and for texts
             ``left_text`` and ``right_text``. Groups: an Int64 Series on this index, the same id
-            for rows linked by a chain of near-duplicate pairs, NA for rows in no pair.
+            for rows linked by a chain of near-duplicate pairs, NA for rows in no pair. Keep:
+            this Series, less the rows dropped (NA rows are kept).
+
+        Example:
+            >>> df["title"].emb.near_duplicates(0.9, keep="first", method="ivf")
         """
+        check_threshold(threshold)
+        method_settings(method)
+        if keep is not None:
+            check_keep(keep)
+            if groups:
+                raise InvalidInputError("give groups=True or keep=, not both")
         embedder = _lazy_embedder(encoder, store)
         matrix, valid, _ = self._vectors(embedder, batch_size=batch_size, show_progress=show_progress)
         positions = np.flatnonzero(valid)
-        i, j, scores = pairs_above(matrix[positions], threshold)
+        i, j, scores = pairs_above(matrix[positions], threshold, method=method, report=report)
         left, right = positions[i], positions[j]
-        if groups:
+        if groups or keep is not None:
             ids = np.full(len(self._s), -1, dtype=np.int64)
             ids[positions] = connected_groups(len(positions), i, j)
+            if keep is not None:
+                return self._s[first_of_groups(ids)]
             result = pd.Series(ids, index=self._s.index, name="group", dtype="Int64")
             return result.mask(result < 0)
         index = self._s.index
@@ -330,6 +354,8 @@ class EmbDataFrameAccessor:
         how: JoinHow = "inner",
         score: Score = "cosine",
         chunks: bool = False,
+        method: Method | Ivf = "exact",
+        report: IvfReport | None = None,
         suffixes: tuple[str, str] = ("_x", "_y"),
         score_column: str = "score",
         encoder: Encoder | None = None,
@@ -340,7 +366,8 @@ class EmbDataFrameAccessor:
         """Join each left row with its ``k`` best-scoring right rows (also across languages).
 
         Works block by block (:func:`polyemb.similarity.join_rows`), never holding the whole
-        left x right score matrix. Ties go to the earlier right row.
+        left x right score matrix. Ties go to the earlier right row. ``method="ivf"`` scores
+        each left row against part of the right side only (see ``docs/joins.md``).
 
         Args:
             right: The other DataFrame.
@@ -357,6 +384,10 @@ class EmbDataFrameAccessor:
             chunks: Score each right text by its best window (max-sim over :meth:`EmbSeriesAccessor.chunks`)
                 and add that window's ``start`` and ``end`` in the right text (NA where unmatched).
                 The left rows are encoded as without it; the right column must hold texts.
+            method: ``"exact"`` (every pair scored); ``"ivf"`` or :class:`polyemb.ivf.Ivf`
+                settings: each left row is scored against the right rows of its nearest lists
+                (approximate; ``Ivf(recall=0.95)`` calibrates how many on a sample).
+            report: For the ivf method, an :class:`polyemb.ivf.IvfReport` filled with what it chose.
             suffixes: Added to column names found in both tables, as ``merge`` does.
             score_column: Name of the score column.
             encoder: The Encoder; default :func:`polyemb.default_encoder`.
@@ -373,13 +404,15 @@ class EmbDataFrameAccessor:
         """
         if not isinstance(right, pd.DataFrame):
             raise InvalidInputError(f"right must be a DataFrame, got {type(right).__name__}")
-        check_join(k, threshold, how, score)
+        check_join(k, threshold, how, score, method)
         names = added_columns(score, score_column)
         right_on = left_on if right_on is None else right_on
         options = {"batch_size": batch_size, "show_progress": show_progress}
         left_column, right_column = _column(self._df, left_on, "left"), _column(right, right_on, "right")
         embedder = _lazy_embedder(encoder, store)
         if chunks:
+            if method_settings(method) is not None:
+                raise InvalidInputError("chunks=True scores every window exactly: use method='exact' with it")
             lvec, lvalid, model = left_column.emb._vectors(embedder, **options)
             table = right_column.emb._chunk_table(encoder, **options)
             check_same_model(model, default_encoder_or(encoder).provenance, "join")
@@ -388,7 +421,18 @@ class EmbDataFrameAccessor:
             )
             return _assemble(self._df, right, left_rows, right_rows, added, suffixes)
         lvec, lvalid, rvec, rvalid = _both_sides(left_column, right_column, embedder, "join", options)
-        rows = join_rows(lvec, lvalid, rvec, rvalid, k, threshold=threshold, how=how, score=score)
+        rows = join_rows(
+            lvec,
+            lvalid,
+            rvec,
+            rvalid,
+            k,
+            threshold=threshold,
+            how=how,
+            score=score,
+            method=method,
+            report=report,
+        )
         added = dict(zip(names, [rows.score, *rows.columns.values()], strict=True))
         return _assemble(self._df, right, rows.left, rows.right, added, suffixes)
 

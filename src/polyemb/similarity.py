@@ -6,22 +6,30 @@ function every engine's join calls.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
 import torch
 
 from polyemb.errors import InvalidInputError
-from polyemb.options import JOIN_HOWS, JoinHow, Score, check_choice, check_positive_int
+from polyemb.options import JOIN_HOWS, JoinHow, Method, Score, check_choice, check_positive_int
 from polyemb.scores import PAIR_COLUMNS, ScoreSpec, score_spec
+
+if TYPE_CHECKING:
+    # polyemb.ivf builds on this module, so it is imported where the ivf method is asked for.
+    from polyemb.ivf import Ivf, IvfReport
+    from polyemb.ivf.search import Progress
 
 __all__ = [
     "JoinRows",
     "Pairs",
     "check_join",
+    "check_threshold",
     "connected_groups",
     "cosine",
+    "first_of_groups",
     "join_rows",
     "neighbourhood",
     "normalize_rows",
@@ -165,11 +173,15 @@ def top_pairs(
     neighbourhoods: Neighbourhoods | None = None,
     neighbours: int = NEIGHBOURS,
     block_rows: int = BLOCK_ROWS,
+    method: Method | Ivf = "exact",
+    report: IvfReport | None = None,
 ) -> Pairs:
     """Each query row's ``k`` best corpus rows as flat pairs, with the columns the score adds.
 
     What every engine's join is made of: :func:`top_k`, flattened, plus the score's own columns
-    (the cosine of each pair for margin and CSLS), so no engine branches on the score.
+    (the cosine of each pair for margin and CSLS), so no engine branches on the score. With
+    ``method="ivf"``, the best rows among each query row's probed lists
+    (:class:`polyemb.ivf.IvfIndex`), with approximate neighbourhoods for margin and CSLS.
 
     Args:
         queries: (n, dim) vectors (normalized here).
@@ -179,21 +191,30 @@ def top_pairs(
         neighbourhoods: As for :func:`top_k`.
         neighbours: As for :func:`top_k`.
         block_rows: As for :func:`top_k`.
+        method: ``"exact"``, ``"ivf"`` or :class:`polyemb.ivf.Ivf` settings.
+        report: For the ivf method, an :class:`polyemb.ivf.IvfReport` filled with what it chose.
 
     Returns:
         The pairs; a query row has ``min(its k, len(corpus))`` of them.
 
     Raises:
-        InvalidInputError: A k below 1, an unknown score, or vectors of different dimensions.
+        InvalidInputError: A k below 1, an unknown score or method, or vectors of different
+            dimensions.
 
     Example:
         >>> pairs = top_pairs(np.eye(2), np.eye(2), 1, score="csls")
         >>> pairs.corpus.tolist(), sorted(pairs.columns)
         ([0, 1], ['cosine'])
     """
+    from polyemb.ivf import IvfIndex, IvfReport, method_settings
+
     spec = score_spec(score)
+    settings = method_settings(method)
     q, c = _unit_pair(queries, corpus)
     ks = _per_query_k(k, len(q))
+    if settings is not None:
+        index = IvfIndex.build(c, settings, report or IvfReport(), queries=q, k=int(ks.max(initial=1)))
+        return index.pairs(q, ks, score=spec.name, neighbourhoods=neighbourhoods, neighbours=neighbours)
     indices, scores = _ranked(q, c, int(ks.max(initial=1)), spec, neighbourhoods, neighbours, block_rows)
     taken = np.arange(indices.shape[1]) < ks[:, None]
     rows, chosen = np.nonzero(taken)[0].astype(np.int64), indices[taken]
@@ -201,11 +222,14 @@ def top_pairs(
     return Pairs(rows, chosen, scores[taken], columns)
 
 
-def check_join(k: int, threshold: float | None, how: str, score: str) -> None:
+def check_join(k: int, threshold: float | None, how: str, score: str, method: object = "exact") -> None:
     """Check a join's options (before the engines spend time encoding)."""
+    from polyemb.ivf import method_settings
+
     check_positive_int("k", k)
     check_choice("how", how, JOIN_HOWS)
     score_spec(score)
+    method_settings(method)
     if threshold is not None and not isinstance(threshold, (int, float)):
         raise InvalidInputError(f"threshold must be a number or None, got {threshold!r}")
 
@@ -363,15 +387,27 @@ def join_rows(
     score: Score = "cosine",
     neighbours: int = NEIGHBOURS,
     block_rows: int = BLOCK_ROWS,
+    method: Method | Ivf = "exact",
+    report: IvfReport | None = None,
 ) -> JoinRows:
     """The ``k`` best right rows of each valid left row, by ``score``, at or above ``threshold``.
 
     Rows whose ``valid`` is False (NULL) never match; margin and CSLS neighbourhoods are taken
     over the valid rows only. ``how="left"`` keeps every left row once it has no match.
+    ``method`` and ``report`` are :func:`top_pairs`'.
     """
-    check_join(k, threshold, how, score)
+    check_join(k, threshold, how, score, method)
     lpos, rpos = np.flatnonzero(left_valid), np.flatnonzero(right_valid)
-    pairs = top_pairs(left[lpos], right[rpos], k, score=score, neighbours=neighbours, block_rows=block_rows)
+    pairs = top_pairs(
+        left[lpos],
+        right[rpos],
+        k,
+        score=score,
+        neighbours=neighbours,
+        block_rows=block_rows,
+        method=method,
+        report=report,
+    )
     left_rows, right_rows = lpos[pairs.query], rpos[pairs.corpus]
     # One row per value (the score, then the added columns), one column per pair.
     values = np.vstack([pairs.score, *pairs.columns.values()]).astype(np.float64)
@@ -396,21 +432,58 @@ def _with_unmatched(
     return left_rows[order], right_rows[order], values[:, order]
 
 
+def check_threshold(threshold: object) -> float:
+    """A near-duplicate threshold: a cosine between -1 and 1."""
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, numbers.Real)
+        or not -1 <= float(threshold) <= 1
+    ):
+        raise InvalidInputError(f"threshold must be a cosine between -1 and 1, got {threshold!r}")
+    return float(threshold)
+
+
 def pairs_above(
-    vectors: np.ndarray, threshold: float, *, block_rows: int = BLOCK_ROWS
+    vectors: np.ndarray,
+    threshold: float,
+    *,
+    block_rows: int = BLOCK_ROWS,
+    method: Method | Ivf = "exact",
+    report: IvfReport | None = None,
+    progress: Progress | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All pairs of rows ``i < j`` whose cosine is at least ``threshold``, best first.
 
-    Compares the upper triangle block by block, so memory is ``block_rows**2`` scores plus the
-    pairs found.
+    Exact: compares the upper triangle block by block, so memory is ``block_rows**2`` scores
+    plus the pairs found. ``method="ivf"``: each row is compared with the rows of its ``nprobe``
+    nearest lists, so a pair is found when either row probes the other's list; ``recall=`` is
+    then the share of pairs found, calibrated on a sample of rows.
+
+    Args:
+        vectors: (n, dim) vectors (normalized here).
+        threshold: A cosine between -1 and 1.
+        block_rows: Rows of a block on each side (exact).
+        method: ``"exact"``, ``"ivf"`` or :class:`polyemb.ivf.Ivf` settings.
+        report: For the ivf method, filled with what it chose.
+        progress: Told ``(done, total)`` as the search goes (blocks, or row-list pairs for ivf).
 
     Returns:
-        ``(i, j, scores)``: int64, int64 and float32 arrays of equal length.
+        ``(i, j, scores)``: int64, int64 and float32 arrays of equal length, by score
+        descending, then ``i``, then ``j``.
+
+    Raises:
+        InvalidInputError: A threshold outside [-1, 1] or an unknown method.
     """
-    if not -1.0 <= float(threshold) <= 1.0:
-        raise InvalidInputError(f"threshold must be a cosine between -1 and 1, got {threshold!r}")
+    from polyemb.ivf import IvfIndex, IvfReport, method_settings
+
+    threshold = check_threshold(threshold)
+    settings = method_settings(method)
     unit = normalize_rows(vectors)
+    if settings is not None:
+        index = IvfIndex.build(unit, settings, report or IvfReport(), threshold=threshold)
+        return index.pairs_above(threshold, progress=progress)
     found_i, found_j, found_s = [], [], []
+    blocks = -(-len(unit) // block_rows)
     for a in range(0, len(unit), block_rows):
         for b in range(a, len(unit), block_rows):
             scores = unit[a : a + block_rows] @ unit[b : b + block_rows].T
@@ -419,11 +492,25 @@ def pairs_above(
             found_i.append(rows[keep] + a)
             found_j.append(cols[keep] + b)
             found_s.append(scores[rows[keep], cols[keep]])
+            if progress is not None:
+                progress(len(found_i), blocks * (blocks + 1) // 2)
     if not found_i:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     i, j, s = (np.concatenate(parts) for parts in (found_i, found_j, found_s))
     order = np.lexsort((j, i, -s))
     return i[order].astype(np.int64), j[order].astype(np.int64), s[order].astype(np.float32)
+
+
+def first_of_groups(groups: np.ndarray) -> np.ndarray:
+    """Which rows ``keep="first"`` keeps: rows in no group (-1), and the first row of each group.
+
+    Example:
+        >>> first_of_groups(np.array([0, -1, 0, 1, 1])).tolist()
+        [True, True, False, True, False]
+    """
+    first = np.zeros(len(groups), dtype=bool)
+    first[np.unique(groups, return_index=True)[1]] = True
+    return first | (groups < 0)
 
 
 def connected_groups(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:

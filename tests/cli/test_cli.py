@@ -23,6 +23,7 @@ from polyemb.tables import CHUNK_ROWS
 COMMANDS = [
     "embed",
     "similarity",
+    "dedup",
     "sql",
     "eval-sts",
     "check-precision",

@@ -16,6 +16,7 @@ import pytest
 import polyemb
 import polyemb.duckdb
 from polyemb.cache import EmbeddingCache
+from polyemb.ivf import Ivf, IvfReport
 
 
 @pytest.fixture
@@ -286,7 +287,13 @@ def test_register_index_is_a_semantic_join_in_sql(tiny_encoder: polyemb.Encoder)
     for score in ("cosine", "margin", "csls"):
         matched = "SELECT description FROM orders" if score != "cosine" else None
         index = polyemb.duckdb.register_index(
-            con, "products", "SELECT * FROM products", key="id", text="name", score=score, queries=matched,
+            con,
+            "products",
+            "SELECT * FROM products",
+            key="id",
+            text="name",
+            score=score,
+            queries=matched,
             encoder=tiny_encoder,
         )
         assert index.keys.to_pylist() == indexed_ids  # the NULL name is not indexed
@@ -327,6 +334,36 @@ def test_register_index_errors(tiny_encoder: polyemb.Encoder) -> None:
         polyemb.duckdb.register_index(con, "p", query, key="id", text="name", score="margin")
     with pytest.raises(polyemb.InvalidInputError, match="name must be an SQL identifier"):
         polyemb.duckdb.register_index(con, "p-q", query, key="id", text="name")
+    with pytest.raises(polyemb.InvalidInputError, match="recall= calibrates nprobe .* give queries="):
+        polyemb.duckdb.register_index(con, "p", query, key="id", text="name", method=Ivf(recall=0.9))
+    with pytest.raises(polyemb.InvalidInputError, match="method must be one of 'exact', 'ivf'"):
+        polyemb.duckdb.register_index(con, "p", query, key="id", text="name", method="hnsw")  # type: ignore[arg-type]
+
+
+def test_an_ivf_index_reports_what_it_chose_and_answers_in_sql() -> None:
+    con = duckdb.connect()
+    rng = np.random.default_rng(4)
+    vector = pa.list_(pa.float32(), 8)
+    indexed = rng.standard_normal((300, 8)).astype(np.float32)
+    con.register("r", pa.table({"j": range(300), "v": pa.array(list(indexed), vector)}))
+    con.register("l", pa.table({"i": range(40), "v": pa.array(list(indexed[:40]), vector)}))
+    report = IvfReport()
+    index = polyemb.duckdb.register_index(
+        con,
+        "r",
+        "SELECT * FROM r",
+        key="j",
+        vector="v",
+        queries="SELECT v FROM l",
+        method=Ivf(recall=0.95),
+        report=report,
+    )
+    assert index.ivf is not None and index.ivf.nprobe == report.nprobe
+    assert report.recall_estimate is not None and report.recall_estimate >= 0.95
+    rows = con.execute("SELECT i, r_nearest_vector(v, 2) FROM l ORDER BY i").fetchall()
+    # Each indexed row finds itself first (it is in the list it probes first), then one more.
+    assert [[hit["key"] for hit in found][0] for _, found in rows] == list(range(40))
+    assert all(len(found) == 2 for _, found in rows)
 
 
 def test_register_index_source_is_the_deprecated_name_of_queries() -> None:

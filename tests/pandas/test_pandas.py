@@ -12,6 +12,7 @@ import pytest
 
 import polyemb
 import polyemb.pandas
+from polyemb.ivf import Ivf, IvfReport
 from polyemb.similarity import normalize_rows
 
 
@@ -144,6 +145,34 @@ def test_near_duplicates_matches_brute_force(tiny_encoder: polyemb.Encoder, sts_
     full = unit @ unit.T
     expected = {(i, j) for i in range(200) for j in range(i + 1, 200) if full[i, j] >= 0.9}
     assert set(zip(pairs["left"], pairs["right"], strict=True)) == expected
+
+
+def test_near_duplicates_keep_first_and_ivf(tiny_encoder: polyemb.Encoder) -> None:
+    series = pd.Series(["a cat", None, "a cat", "stocks", "a cat", "stocks"], index=list("abcdef"))
+    kept = series.emb.near_duplicates(0.999, keep="first")
+    assert kept.index.tolist() == ["a", "b", "d"]  # the NA row is never a duplicate: kept
+    assert series.emb.near_duplicates(0.999, keep="first", method="ivf").index.tolist() == ["a", "b", "d"]
+    report = IvfReport()
+    groups = series.emb.near_duplicates(0.999, groups=True, method=Ivf(nprobe=1), report=report)
+    assert groups.tolist() == [0, pd.NA, 0, 1, 0, 1] and report.nlist == 2  # two distinct texts
+    with pytest.raises(polyemb.InvalidInputError, match="groups=True or keep="):
+        series.emb.near_duplicates(0.9, groups=True, keep="first")
+    with pytest.raises(polyemb.InvalidInputError, match="keep must be one of 'first'"):
+        series.emb.near_duplicates(0.9, keep="last")  # type: ignore[arg-type]
+    with pytest.raises(polyemb.InvalidInputError, match="threshold must be a cosine"):
+        series.emb.near_duplicates(1.5, method="ivf")
+
+
+def test_join_by_ivf_reports_what_it_chose(tiny_encoder: polyemb.Encoder, sts_sentences: list[str]) -> None:
+    left = pd.DataFrame({"text": sts_sentences[:30]})
+    right = pd.DataFrame({"text": sts_sentences[30:330]})
+    report = IvfReport()
+    joined = left.emb.join(right, "text", k=3, method=Ivf(nprobe=300), report=report)
+    exact = left.emb.join(right, "text", k=3)
+    # Every list probed: the exact answer.
+    assert joined["text_y"].tolist() == exact["text_y"].tolist() and report.nprobe == report.nlist == 69
+    with pytest.raises(polyemb.InvalidInputError, match="method must be one of"):
+        left.emb.join(right, "text", method="annoy")  # type: ignore[arg-type]
 
 
 def test_join_against_core_top_k(tiny_encoder: polyemb.Encoder) -> None:

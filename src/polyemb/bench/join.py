@@ -29,6 +29,7 @@ from polyemb.options import SCORES
 
 if TYPE_CHECKING:
     from polyemb.encoder import Encoder
+    from polyemb.ivf import Ivf
     from polyemb.store import VectorStore
 
 __all__ = ["duckdb_join", "format_retrieval", "parse_pairs", "retrieval", "spark_join"]
@@ -62,17 +63,23 @@ def parse_pairs(value: str) -> list[tuple[str, str]]:
 
 
 def retrieval(
-    encoder: Encoder, folder: Path, pairs: Sequence[tuple[str, str]], store: VectorStore | None
+    encoder: Encoder,
+    folder: Path,
+    pairs: Sequence[tuple[str, str]],
+    store: VectorStore | None,
+    method: Ivf | None = None,
 ) -> list[dict[str, Any]]:
     """P@1 of translation retrieval per direction and score, on ``stsb-<lang>-dev.csv`` files.
 
     Row i of each file is the translation of row i of the others; only rows whose first
     sentence is unique in both languages are used, so each query has exactly one right answer.
+    With ``method`` (ivf settings), each score's P@1 by that method too (``<score>_ivf``): its
+    neighbourhoods and best rows are both found in the probed lists.
 
     Raises:
         InvalidInputError: Two files of a pair that are not aligned (not as long).
     """
-    from polyemb.similarity import top_k
+    from polyemb.similarity import top_k, top_pairs
     from polyemb.store import embedder_for
     from polyemb.sts import read_sts
 
@@ -90,15 +97,20 @@ def retrieval(
             for score in SCORES:
                 best, _ = top_k(queries, corpus, 1, score=score)
                 row[score] = round(float((best[:, 0] == np.arange(len(keep))).mean()), 4)
+                if method is not None:
+                    found = top_pairs(queries, corpus, 1, score=score, method=method)
+                    row[f"{score}_ivf"] = round(float((found.corpus == found.query).mean()), 4)
             results.append(row)
     return results
 
 
 def format_retrieval(rows: list[dict[str, Any]]) -> str:
-    """A plain-text table of :func:`retrieval`'s rows: P@1 per direction and score."""
-    lines = [f"{'direction':<12}{'sentences':>10}" + "".join(f"{s:>9}" for s in SCORES) + "  (P@1)"]
+    """A plain-text table of :func:`retrieval`'s rows: P@1 per direction and score (and method)."""
+    columns = [name for name in (*SCORES, *(f"{s}_ivf" for s in SCORES)) if rows and name in rows[0]]
+    width = 11 if len(columns) > len(SCORES) else 9
+    lines = [f"{'direction':<12}{'sentences':>10}" + "".join(f"{s:>{width}}" for s in columns) + "  (P@1)"]
     for row in rows:
-        figures = "".join(f"{row[score]:>9.4f}" for score in SCORES)
+        figures = "".join(f"{row[score]:>{width}.4f}" for score in columns)
         lines.append(f"{row['direction']:<12}{row['sentences']:>10}{figures}")
     return "\n".join(lines)
 

@@ -13,7 +13,15 @@ from polyemb.errors import InvalidInputError
 from polyemb.tables import read_table, table_format
 from polyemb.testing import SAMPLE_SENTENCES
 
-__all__ = ["SCENARIOS", "held_out", "load_texts", "make_scenario", "sample_texts", "scenario_texts"]
+__all__ = [
+    "SCENARIOS",
+    "held_out",
+    "load_texts",
+    "make_scenario",
+    "paired_texts",
+    "sample_texts",
+    "scenario_texts",
+]
 
 SCENARIOS = {
     "a": "distinct real sentences of STS length",
@@ -127,3 +135,31 @@ def sample_texts(pool: Sequence[str], count: int, seed: int, *, distinct: bool) 
             raise InvalidInputError(f"the texts give {len(texts)} distinct sentences, fewer than {count}")
         return rng.sample(texts, count)
     return [rng.choice(texts) for _ in range(count)]
+
+
+def paired_texts(pattern: str, count: int, seed: int = 0) -> list[str]:
+    """``count`` distinct texts, each two distinct sentences of one file joined by a space.
+
+    Each text draws a file at random, then two of its distinct sentences (seeded), so the texts
+    cluster by topic and language as real text does, unlike random vectors. With the STS files
+    (``stsb-*-*.csv``) and seed 0 these are the million texts of the ivf figures in
+    ``docs/joins.md``.
+
+    Raises:
+        InvalidInputError: No file matches, or the files cannot give ``count`` distinct texts.
+    """
+    files = sorted(glob.glob(pattern))
+    if not files:
+        raise InvalidInputError(f"no file matches {pattern!r}")
+    pools = [list(dict.fromkeys(load_texts(file))) for file in files]
+    pools = [pool for pool in pools if len(pool) >= 2]
+    possible = sum(len(pool) * (len(pool) - 1) for pool in pools)
+    if count > possible:  # "a b" and "b a" are two texts
+        raise InvalidInputError(f"{pattern!r} gives too few sentence pairs for {count} distinct texts")
+    rng = random.Random(seed)
+    texts: dict[str, None] = {}
+    while len(texts) < count:
+        pool = pools[rng.randrange(len(pools))]
+        first, second = rng.sample(range(len(pool)), 2)
+        texts[f"{pool[first]} {pool[second]}"] = None
+    return list(texts)

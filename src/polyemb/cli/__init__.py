@@ -1,10 +1,10 @@
 """The ``polyemb`` command: embed files, compare texts, run SQL, evaluate, benchmark, keep stores.
 
 :func:`main` builds the top parser and dispatches. Each command group is a module that owns its
-options next to its handler (``embed``, ``sql``, ``evaluate``, ``bench``, ``bench_long``,
-``store``); the options every model-loading command shares are in :mod:`polyemb.cli.shared`.
-Importing the command line costs no torch: a command imports what it needs when it runs, so
-``polyemb --help`` stays fast.
+options next to its handler (``embed``, ``dedup``, ``sql``, ``evaluate``, ``bench``,
+``bench_join``, ``bench_long``, ``store``); the options every model-loading command shares are in
+:mod:`polyemb.cli.shared`. Importing the command line costs no torch: a command imports what it
+needs when it runs, so ``polyemb --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ import sys
 from collections.abc import Sequence
 
 from polyemb import __version__
-from polyemb.cli import bench, bench_long, embed, evaluate, sql, store
+from polyemb.cli import bench, bench_join, bench_long, dedup, embed, evaluate, sql, store
 from polyemb.cli.shared import Command
 from polyemb.errors import PolyembError
 
 __all__ = ["build_parser", "main"]
 
 # In the order the help lists them.
-_GROUPS = (embed, sql, evaluate, bench, bench_long, store)
+_GROUPS = (embed, dedup, sql, evaluate, bench, bench_join, bench_long, store)
 
 
 def build_parser() -> argparse.ArgumentParser:

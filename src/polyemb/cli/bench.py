@@ -1,4 +1,4 @@
-"""``polyemb bench``, ``bench-memory``, ``bench-store`` and ``bench-join``: the benchmark commands.
+"""``polyemb bench``, ``bench-memory`` and ``bench-store`` (``bench-join``: :mod:`polyemb.cli.bench_join`).
 
 The work is done in :mod:`polyemb.bench`; here are the options and the printing.
 """
@@ -28,19 +28,18 @@ from polyemb.cli.shared import (
 from polyemb.errors import InvalidInputError
 from polyemb.options import WEIGHT_PRECISIONS
 
-__all__ = ["add_parser"]
+__all__ = ["REAL_TEXTS", "add_parser", "add_texts_options"]
 
-_REAL_TEXTS = "real sentences (a glob of STS CSVs, a .txt, ...)"
+REAL_TEXTS = "real sentences (a glob of STS CSVs, a .txt, ...)"
 _AGAINST = ("sentence-transformers",)
 _PRECISIONS = ("fp32", "bf16", "int8")
 
 
 def add_parser(commands: Subparsers) -> None:
-    """Add the four benchmark commands to the ``commands`` subparsers."""
+    """Add ``bench``, ``bench-memory`` and ``bench-store`` to the ``commands`` subparsers."""
     _add_bench(commands)
     _add_bench_memory(commands)
     _add_bench_store(commands)
-    _add_bench_join(commands)
 
 
 # ---------------------------------------------------------------------- bench
@@ -80,7 +79,7 @@ def _add_bench(commands: Subparsers) -> None:
             f"sentence-transformers 5.x; make one with: {PEER_SETUP}"
         ),
     )
-    _add_texts_options(bench, "texts file: header-less STS CSV, CSV/Parquet with --column, or one per line")
+    add_texts_options(bench, "texts file: header-less STS CSV, CSV/Parquet with --column, or one per line")
     bench.add_argument(
         "--scenarios",
         type=comma_list("--scenarios", tuple(SCENARIOS)),
@@ -100,7 +99,8 @@ def _add_bench(commands: Subparsers) -> None:
     bench.set_defaults(run=_bench)
 
 
-def _add_texts_options(parser: argparse.ArgumentParser, help_text: str) -> None:
+def add_texts_options(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """Add ``--texts`` (with ``help_text``) and ``--column`` to ``parser``."""
     parser.add_argument("--texts", help=help_text)
     parser.add_argument("--column", help="the text column of --texts")
 
@@ -170,7 +170,7 @@ def _add_bench_memory(commands: Subparsers) -> None:
         default=list(_PRECISIONS),
         help=f"default {','.join(_PRECISIONS)}",
     )
-    _add_texts_options(bench_memory, "texts file (as bench --texts); default: generated sentences")
+    add_texts_options(bench_memory, "texts file (as bench --texts); default: generated sentences")
     bench_memory.add_argument("--size", type=int, default=1000, help="texts encoded (%(default)s)")
     bench_memory.add_argument(
         "--polars-sink",
@@ -259,7 +259,7 @@ def _add_bench_store(commands: Subparsers) -> None:
         ),
     )
     bench_store.add_argument("kind", choices=["incremental", "lookup", "torture"])
-    _add_texts_options(bench_store, "incremental: real sentences (as bench --texts)")
+    add_texts_options(bench_store, "incremental: real sentences (as bench --texts)")
     bench_store.add_argument(
         "--rows", type=int, default=200_000, help="incremental: rows a day (%(default)s)"
     )
@@ -357,7 +357,7 @@ def _incremental(args: argparse.Namespace, workdir: Path, meta: dict[str, Any]) 
     from polyemb.encoder import load
 
     if not args.texts:
-        raise InvalidInputError(f"give --texts: {_REAL_TEXTS}")
+        raise InvalidInputError(f"give --texts: {REAL_TEXTS}")
     encoder = load(args.model, precision="fp32", device="cpu")  # resolves the default model once
     meta["model"] = encoder.provenance
     return store.incremental(
@@ -379,86 +379,3 @@ def _print_results(args: argparse.Namespace, meta: dict[str, Any], results: list
     print_meta(meta)
     for result in results:
         print(json.dumps(result))
-
-
-# ---------------------------------------------------------------------- bench-join
-
-
-def _add_bench_join(commands: Subparsers) -> None:
-    bench_join = commands.add_parser(
-        "bench-join",
-        parents=[model_options()],
-        help="translation retrieval P@1 (cosine, margin, CSLS), and join speed in DuckDB and Spark",
-        description=(
-            "retrieval: P@1 of translation retrieval on aligned stsb-<lang>-dev.csv files (--data), per "
-            "direction, for cosine, margin and CSLS. duckdb: --size x --size rows, top -k, the index "
-            "function against array_cosine_similarity's cross join (and the vss HNSW index with --vss). "
-            "spark: --left x --right rows on local[2], semantic_join against Spark ML's LSH "
-            "approxSimilarityJoin, with LSH's recall of the exact top-k. Vectors go through --store."
-        ),
-    )
-    bench_join.add_argument("kind", choices=["retrieval", "duckdb", "spark"])
-    bench_join.add_argument("--data", help="retrieval: folder of stsb-<lang>-dev.csv files")
-    bench_join.add_argument(
-        "--pairs",
-        default="en-de,en-es,en-fr,en-ru,en-zh,de-fr",
-        help="retrieval: language pairs (%(default)s)",
-    )
-    _add_texts_options(bench_join, "duckdb, spark: real sentences (as bench --texts)")
-    bench_join.add_argument("--size", type=int, default=20_000, help="duckdb: rows a side (%(default)s)")
-    bench_join.add_argument("--left", type=int, default=200_000, help="spark: left rows (%(default)s)")
-    bench_join.add_argument("--right", type=int, default=50_000, help="spark: right rows (%(default)s)")
-    bench_join.add_argument("-k", type=int, default=5, help="matches per left row (%(default)s)")
-    bench_join.add_argument("--store", metavar="DIR", help="a vector store for the texts' vectors")
-    bench_join.add_argument("--vss", action="store_true", help="duckdb: also the vss HNSW index")
-    bench_join.add_argument("--lsh-tables", type=int, default=3, help="spark: LSH hash tables (%(default)s)")
-    bench_join.add_argument(
-        "--lsh-timeout",
-        type=float,
-        default=1800,
-        help="spark: seconds before LSH's join is cancelled (%(default)s)",
-    )
-    bench_join.add_argument("--json", action="store_true", help="print a JSON report")
-    bench_join.set_defaults(run=_bench_join)
-
-
-def _bench_join(args: argparse.Namespace) -> int:
-    from polyemb._platform import cpu_description
-    from polyemb.bench import join
-    from polyemb.bench.texts import load_texts
-    from polyemb.store import open_store
-
-    encoder = load_encoder(args)
-    store = open_store(args.store) if args.store else None
-    meta: dict[str, Any] = {"cpu": cpu_description(), "kind": args.kind, "model": encoder.provenance}
-    if args.kind == "retrieval":
-        if not args.data:
-            raise InvalidInputError("give --data: a folder of aligned stsb-<lang>-dev.csv files")
-        rows = join.retrieval(encoder, Path(args.data), join.parse_pairs(args.pairs), store)
-        if args.json:
-            print(json.dumps({**meta, "results": rows}, indent=2))
-        else:
-            print_meta(meta)
-            print(join.format_retrieval(rows))
-        return 0
-    if not args.texts:
-        raise InvalidInputError(f"give --texts: {_REAL_TEXTS}")
-    pool = load_texts(args.texts, args.column)
-    if args.kind == "duckdb":
-        report = join.duckdb_join(
-            encoder, pool, args.size, args.k, store, vss=args.vss, progress=print_progress
-        )
-    else:
-        report = join.spark_join(
-            encoder,
-            pool,
-            args.left,
-            args.right,
-            args.k,
-            store,
-            lsh_tables=args.lsh_tables,
-            lsh_timeout=args.lsh_timeout,
-            progress=print_progress,
-        )
-    print(json.dumps({**meta, **report}, indent=2 if args.json else None))
-    return 0

@@ -144,13 +144,14 @@ def _register_indexes(
             raise InvalidInputError(
                 f"--index {name}: the query must give the columns key and text (or vector), not {columns}"
             )
-        column = "text" if "text" in columns else "vector"
+        texts = "text" in columns
         register_index(
             con,
             name,
             query,
             key="key",
-            **{column: column},
+            text="text" if texts else None,
+            vector=None if texts else "vector",
             score=args.index_score,
             queries=args.index_source,
             encoder=encoder,

@@ -26,6 +26,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without pyspark
         "polyemb.spark needs pyspark and pandas: pip install 'polyemb[spark]'"
     ) from exc
 
+from polyemb.spark.dedup import near_duplicates
 from polyemb.spark.delivery import worker_loads
 from polyemb.spark.join import semantic_join
 from polyemb.spark.maintenance import compact_store, gc_store, store_stats
@@ -39,6 +40,7 @@ __all__ = [
     "embed_incremental",
     "embed_udf",
     "gc_store",
+    "near_duplicates",
     "register",
     "semantic_join",
     "similarity_udf",

@@ -1,0 +1,254 @@
+"""The core's ivf method: settings, cells, search, calibration, recall on real vectors, bad input."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+import polyemb
+from polyemb.errors import InvalidInputError
+from polyemb.ivf import Ivf, IvfIndex, IvfReport, default_nlist, default_nprobe, method_settings
+from polyemb.ivf.calibrate import choose_nprobe, recall_curve
+from polyemb.ivf.cells import nearest_lists, probe, row_keys, sortable_keys
+from polyemb.ivf.index import train_centroids
+from polyemb.similarity import join_rows, normalize_rows, pairs_above, top_k, top_pairs
+
+
+def clustered(seed: int, rows: int, dim: int = 16, centres: int = 12) -> np.ndarray:
+    """Rows around a few centres: an ivf with fewer lists than rows then really skips some."""
+    rng = np.random.default_rng(seed)
+    middle = rng.standard_normal((centres, dim))
+    return (middle[rng.integers(0, centres, rows)] + 0.35 * rng.standard_normal((rows, dim))).astype(
+        np.float32
+    )
+
+
+def recall(found: np.ndarray, exact: np.ndarray) -> float:
+    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found, exact, strict=True)]))
+
+
+@pytest.fixture(scope="module")
+def sts_vectors(minilm_encoder: polyemb.Encoder, sts_sentences: list[str]) -> np.ndarray:
+    """Real MiniLM vectors of the ~2,200 distinct STS sentences (11 languages), in a fixed order."""
+    order = np.random.default_rng(7).permutation(len(sts_sentences))
+    return normalize_rows(minilm_encoder.encode([sts_sentences[i] for i in order]))
+
+
+# ---------------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"nlist": 0},
+        {"nprobe": -1},
+        {"nlist": 2.5},
+        {"recall": 0.0},
+        {"recall": 1.5},
+        {"recall": True},
+        {"recall": 0.9, "nprobe": 4},
+        {"seed": -1},
+        {"seed": "x"},
+    ],
+)
+def test_bad_settings_are_refused(settings: dict[str, object]) -> None:
+    with pytest.raises(InvalidInputError):
+        Ivf(**settings)  # type: ignore[arg-type]
+
+
+def test_methods_by_name() -> None:
+    assert method_settings("exact") is None
+    assert method_settings("ivf") == Ivf()
+    assert method_settings(Ivf(nprobe=3)) == Ivf(nprobe=3)
+    with pytest.raises(InvalidInputError, match="method must be one of 'exact', 'ivf'"):
+        method_settings("hnsw")
+
+
+def test_nlist_grows_with_the_rows_and_nprobe_does_not() -> None:
+    assert default_nlist(1_000_000) == 4000
+    assert default_nlist(3) == 3
+    assert default_nprobe(4000) == 64
+    assert default_nprobe(4000, pairs=True) == 16
+    assert default_nprobe(10) == 10
+
+
+# ---------------------------------------------------------------------- cells
+
+
+def test_keys_follow_values_not_positions() -> None:
+    rows = clustered(1, 50)
+    keys = row_keys(rows, 0)
+    assert np.array_equal(row_keys(rows[::-1], 0), keys[::-1])
+    assert len(np.unique(keys)) == 50
+    assert not np.array_equal(row_keys(rows, 1), keys)
+    # The int64 form sorts as the unsigned keys do.
+    assert np.array_equal(np.argsort(sortable_keys(keys), kind="stable"), np.argsort(keys, kind="stable"))
+
+
+def test_centroids_do_not_depend_on_row_order() -> None:
+    rows = normalize_rows(clustered(2, 400))
+    shuffled = rows[np.random.default_rng(0).permutation(len(rows))]
+    first = train_centroids(rows, Ivf(nlist=10), IvfReport())
+    assert np.array_equal(train_centroids(shuffled, Ivf(nlist=10), IvfReport()), first)
+    assert not np.array_equal(train_centroids(rows, Ivf(nlist=10, seed=1), IvfReport()), first)
+
+
+def test_nearest_lists_do_not_depend_on_batching() -> None:
+    rows = normalize_rows(clustered(3, 600))
+    centroids = train_centroids(rows, Ivf(nlist=20), IvfReport())
+    whole = nearest_lists(rows, centroids, 5)
+    parts = np.concatenate([nearest_lists(rows[a : a + 37], centroids, 5) for a in range(0, 600, 37)])
+    assert np.array_equal(np.sort(whole, axis=1), np.sort(parts, axis=1))
+
+
+def test_a_query_probes_more_lists_while_its_lists_hold_fewer_than_k() -> None:
+    centroids = np.eye(4, dtype=np.float32)
+    sizes = np.array([1, 1, 5, 5])
+    probes = probe(np.array([[1, 0.5, 0.2, 0.1]], np.float32), centroids, 1, sizes, need=3)
+    assert probes.tolist() == [[0, 1, 2]]
+    assert probe(np.array([[1, 0.5, 0.2, 0.1]], np.float32), centroids, 1, sizes).tolist() == [[0]]
+
+
+# ---------------------------------------------------------------------- search
+
+
+@pytest.mark.parametrize("score", ["cosine", "margin", "csls"])
+def test_probing_every_list_is_the_exact_answer(score: str) -> None:
+    queries, corpus = clustered(4, 60), clustered(5, 300)
+    exact = top_pairs(queries, corpus, 5, score=score)  # type: ignore[arg-type]
+    ivf = top_pairs(queries, corpus, 5, score=score, method=Ivf(nlist=12, nprobe=12))  # type: ignore[arg-type]
+    assert np.array_equal(ivf.query, exact.query)
+    assert np.array_equal(ivf.corpus, exact.corpus)
+    np.testing.assert_allclose(ivf.score, exact.score, rtol=1e-5, atol=1e-6)
+
+
+def test_fewer_probes_find_fewer_but_only_true_scores() -> None:
+    queries, corpus = clustered(6, 100), clustered(7, 2000)
+    pairs = top_pairs(queries, corpus, 10, method=Ivf(nlist=40, nprobe=2))
+    exact, _ = top_k(queries, corpus, 10)
+    found = pairs.corpus.reshape(100, 10)
+    assert 0.5 < recall(found, exact) < 1.0
+    truth = normalize_rows(queries)[pairs.query] * normalize_rows(corpus)[pairs.corpus]
+    np.testing.assert_allclose(pairs.score, truth.sum(axis=1), atol=1e-5)
+
+
+def test_near_duplicates_by_lists_are_a_subset_with_true_scores() -> None:
+    rows = clustered(8, 1500)
+    exact = set(zip(*pairs_above(rows, 0.95)[:2], strict=True))
+    i, j, s = pairs_above(rows, 0.95, method=Ivf(nlist=30, nprobe=2))
+    found = set(zip(i.tolist(), j.tolist(), strict=True))
+    assert found <= exact and len(found) > 0.8 * len(exact)
+    assert (i < j).all() and np.all(np.diff(s) <= 0)
+
+
+def test_the_report_says_what_was_chosen(caplog: pytest.LogCaptureFixture) -> None:
+    report = IvfReport()
+    with caplog.at_level(logging.INFO, logger="polyemb.ivf"):
+        top_pairs(clustered(9, 50), clustered(10, 900), 3, method=Ivf(recall=0.9), report=report)
+    assert report.nlist == default_nlist(900) and report.trained_on == 900
+    assert report.recall_target == 0.9 and report.recall_estimate is not None
+    assert report.recall_estimate >= 0.9 and report.calibration_rows == 50
+    assert "calibrated: recall" in caplog.text
+
+
+def test_choose_nprobe_keeps_a_margin() -> None:
+    needed = np.array([[1, 2], [1, 3], [2, 2], [1, 1]])
+    mean, error = recall_curve(needed, 4)
+    assert mean.tolist() == [0.5, 0.875, 1.0, 1.0]
+    # 0.875 minus 1.645 standard errors is below 0.85: the next nprobe is chosen.
+    assert choose_nprobe(mean, error, 0.85) == (3, 1.0)
+    assert choose_nprobe(mean, error, 0.4)[0] == 2
+
+
+# ---------------------------------------------------------------------- real vectors
+
+
+@pytest.mark.slow
+def test_recall_holds_on_held_out_queries(sts_vectors: np.ndarray) -> None:
+    # Calibrated on one set of left rows, measured on another: within 0.03 of the target.
+    corpus, calibration, held_out = sts_vectors[:1600], sts_vectors[1600:1900], sts_vectors[1900:]
+    report = IvfReport()
+    index = IvfIndex.build(corpus, Ivf(recall=0.9), report, queries=calibration, k=10)
+    found, _ = index.search(held_out, 10)
+    exact, _ = top_k(held_out, corpus, 10)
+    assert report.nprobe < report.nlist
+    assert recall(found, exact) >= 0.9 - 0.03
+
+
+@pytest.mark.slow
+def test_pair_recall_holds_on_real_vectors(sts_vectors: np.ndarray) -> None:
+    exact = set(zip(*pairs_above(sts_vectors, 0.8)[:2], strict=True))
+    report = IvfReport()
+    i, j, _ = pairs_above(sts_vectors, 0.8, method=Ivf(recall=0.95), report=report)
+    found = set(zip(i.tolist(), j.tolist(), strict=True))
+    assert len(exact) > 50 and found <= exact
+    assert len(found) / len(exact) >= 0.95 - 0.03
+    assert report.nprobe < report.nlist
+
+
+# ---------------------------------------------------------------------- bad input
+
+
+def test_fewer_right_rows_than_lists_lowers_nlist() -> None:
+    report = IvfReport()
+    pairs = top_pairs(clustered(11, 5), clustered(12, 6), 2, method=Ivf(nlist=50), report=report)
+    assert report.nlist == 6 and "nlist lowered from 50 to 6" in report.notes[0]
+    assert np.bincount(pairs.query).tolist() == [2] * 5
+
+
+def test_k_larger_than_the_probed_lists_still_gives_k_rows() -> None:
+    queries, corpus = clustered(13, 20), clustered(14, 64)
+    pairs = top_pairs(queries, corpus, 30, method=Ivf(nlist=8, nprobe=1))
+    assert np.bincount(pairs.query).tolist() == [30] * 20
+    everything = top_pairs(queries, corpus, 100, method=Ivf(nlist=8, nprobe=1))
+    assert np.array_equal(everything.corpus, top_pairs(queries, corpus, 100).corpus)
+
+
+def test_null_vectors_never_match() -> None:
+    left, right = clustered(15, 30), clustered(16, 200)
+    left_valid, right_valid = np.ones(30, bool), np.ones(200, bool)
+    left_valid[[0, 5]] = False
+    right_valid[::2] = False
+    rows = join_rows(left, left_valid, right, right_valid, 3, method=Ivf(nlist=6, nprobe=6))
+    assert not set(rows.left) & {0, 5}
+    assert (rows.right % 2 == 1).all()
+
+
+def test_duplicate_vectors_tie_to_the_earlier_row() -> None:
+    corpus = np.repeat(clustered(17, 40), 3, axis=0)
+    pairs = top_pairs(corpus[:10:3], corpus, 3, method=Ivf(nlist=8, nprobe=8))
+    assert pairs.corpus.reshape(-1, 3).tolist() == [[3 * q, 3 * q + 1, 3 * q + 2] for q in range(4)]
+    i, j, s = pairs_above(corpus[:9], 0.999, method=Ivf(nlist=3))
+    assert sorted(zip(i.tolist(), j.tolist(), strict=True)) == [
+        (0, 1),
+        (0, 2),
+        (1, 2),
+        (3, 4),
+        (3, 5),
+        (4, 5),
+        (6, 7),
+        (6, 8),
+        (7, 8),
+    ]
+
+
+def test_all_identical_vectors_make_one_list() -> None:
+    corpus = np.ones((50, 8), np.float32)
+    report = IvfReport()
+    pairs = top_pairs(np.ones((2, 8), np.float32), corpus, 4, method="ivf", report=report)
+    assert report.nlist == 1 and "only 1 distinct" in report.notes[0]
+    assert pairs.corpus.tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
+
+
+def test_a_threshold_no_pair_meets_gives_no_pairs() -> None:
+    i, j, s = pairs_above(np.eye(20, dtype=np.float32), 0.5, method="ivf")
+    assert len(i) == len(j) == len(s) == 0
+
+
+def test_an_empty_side_gives_no_pairs() -> None:
+    pairs = top_pairs(clustered(18, 4), np.zeros((0, 16), np.float32), 3, method="ivf")
+    assert len(pairs.query) == 0
+    pairs = top_pairs(np.zeros((0, 16), np.float32), clustered(19, 30), 3, method=Ivf(recall=0.9))
+    assert len(pairs.query) == 0

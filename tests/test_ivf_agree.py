@@ -1,0 +1,174 @@
+"""One approximate answer everywhere: pandas, DuckDB, Spark and the command line find the same
+ivf pairs as the core for the same vectors, settings and seed (the exact ones: test_joins_agree.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import polyemb.duckdb
+import polyemb.pandas
+import polyemb.spark
+from polyemb.cli import main
+from polyemb.ivf import Ivf, IvfReport
+from polyemb.similarity import connected_groups, pairs_above, top_pairs
+
+K = 4
+# Few lists probed, so that the answer differs from the exact one and agreement means something.
+SETTINGS = Ivf(nlist=10, nprobe=2, seed=5)
+DEDUP_SETTINGS = Ivf(nlist=10, nprobe=1, seed=5)
+THRESHOLD = 0.85
+
+
+def clustered(seed: int, rows: int, centres: int = 6, spread: float = 0.3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    middle = rng.standard_normal((centres, 24))
+    return (middle[rng.integers(0, centres, rows)] + spread * rng.standard_normal((rows, 24))).astype(
+        np.float32
+    )
+
+
+LEFT, RIGHT = clustered(1, 90), clustered(2, 300)
+# Sparser, so that the pairs form many small groups (385 pairs, 67 groups at 0.85).
+ROWS = clustered(3, 400, centres=80, spread=0.45)
+
+
+def via_pandas(score: str, method: Ivf, request: pytest.FixtureRequest) -> set[tuple[int, int]]:
+    left = pd.DataFrame({"i": range(len(LEFT)), "v": list(LEFT)})
+    right = pd.DataFrame({"j": range(len(RIGHT)), "v": list(RIGHT)})
+    joined = left.emb.join(right, "v", k=K, score=score, method=method)  # type: ignore[arg-type]
+    return set(zip(joined["i"], joined["j"], strict=True))
+
+
+def via_duckdb(score: str, method: Ivf, request: pytest.FixtureRequest) -> set[tuple[int, int]]:
+    con = duckdb.connect()
+    vector = pa.list_(pa.float32(), 24)
+    con.register("r", pa.table({"j": range(len(RIGHT)), "v": pa.array(list(RIGHT), vector)}))
+    con.register("l", pa.table({"i": range(len(LEFT)), "v": pa.array(list(LEFT), vector)}))
+    polyemb.duckdb.register_index(
+        con,
+        "r",
+        "SELECT * FROM r",
+        key="j",
+        vector="v",
+        score=score,
+        queries="SELECT v FROM l",
+        method=method,
+    )  # type: ignore[arg-type]
+    rows = con.execute(f"SELECT l.i, n.key FROM l, unnest(r_nearest_vector(l.v, {K})) AS t(n)").fetchall()
+    return {(int(i), int(j)) for i, j in rows}
+
+
+def spark_join(broadcast_mb: float) -> Any:
+    def via_spark(score: str, method: Ivf, request: pytest.FixtureRequest) -> set[tuple[int, int]]:
+        spark = request.getfixturevalue("spark")
+        left = spark.createDataFrame([(i, v.tolist()) for i, v in enumerate(LEFT)], "i long, v array<float>")
+        right = spark.createDataFrame(
+            [(j, v.tolist()) for j, v in enumerate(RIGHT)], "j long, v array<float>"
+        )
+        joined = polyemb.spark.semantic_join(
+            left, right, "v", k=K, score=score, method=method, block_rows=64, broadcast_mb=broadcast_mb
+        )  # type: ignore[arg-type]
+        return {(row["i"], row["j"]) for row in joined.select("i", "j").collect()}
+
+    return via_spark
+
+
+ENGINES: dict[str, Any] = {
+    "pandas": via_pandas,
+    "duckdb": via_duckdb,
+    # A right side shipped with the task, and one spread over cells of lists.
+    "spark-shipped": pytest.param(spark_join(64.0), marks=pytest.mark.spark),
+    "spark-cells": pytest.param(spark_join(0.0), marks=pytest.mark.spark),
+}
+
+
+@pytest.mark.parametrize("score", ["cosine", "margin", "csls"])
+@pytest.mark.parametrize("engine", list(ENGINES.values()), ids=list(ENGINES))
+def test_same_ivf_top_k_everywhere(engine: Any, score: str, request: pytest.FixtureRequest) -> None:
+    core = top_pairs(LEFT, RIGHT, K, score=score, method=SETTINGS)  # type: ignore[arg-type]
+    expected = set(zip(core.query.tolist(), core.corpus.tolist(), strict=True))
+    exact = top_pairs(LEFT, RIGHT, K, score=score)  # type: ignore[arg-type]
+    assert expected != set(zip(exact.query.tolist(), exact.corpus.tolist(), strict=True))
+    assert engine(score, SETTINGS, request) == expected
+
+
+@pytest.mark.parametrize("engine", ["pandas", pytest.param("spark", marks=pytest.mark.spark)])
+def test_recall_chooses_the_same_nprobe_everywhere(engine: str, request: pytest.FixtureRequest) -> None:
+    wanted = Ivf(recall=0.8, seed=5)
+    core, report = IvfReport(), IvfReport()
+    expected = top_pairs(LEFT, RIGHT, K, method=wanted, report=core)
+    left = pd.DataFrame({"i": range(len(LEFT)), "v": list(LEFT)})
+    right = pd.DataFrame({"j": range(len(RIGHT)), "v": list(RIGHT)})
+    if engine == "pandas":
+        joined = left.emb.join(right, "v", k=K, method=wanted, report=report)
+        found = set(zip(joined["i"], joined["j"], strict=True))
+    else:
+        spark = request.getfixturevalue("spark")
+        joined = polyemb.spark.semantic_join(
+            spark.createDataFrame(left), spark.createDataFrame(right), "v", k=K, method=wanted, report=report
+        )
+        found = {(row["i"], row["j"]) for row in joined.select("i", "j").collect()}
+    assert (report.nprobe, report.recall_estimate) == (core.nprobe, core.recall_estimate)
+    assert found == set(zip(expected.query.tolist(), expected.corpus.tolist(), strict=True))
+
+
+# ---------------------------------------------------------------------- near-duplicates
+
+
+def dedup_pandas(method: Any, request: pytest.FixtureRequest, tmp_path: Path) -> tuple[set[Any], list[int]]:
+    series = pd.Series(list(ROWS))
+    pairs = series.emb.near_duplicates(THRESHOLD, method=method)
+    groups = series.emb.near_duplicates(THRESHOLD, method=method, groups=True)
+    return set(zip(pairs["left"], pairs["right"], strict=True)), groups.fillna(-1).tolist()
+
+
+def dedup_spark(method: Any, request: pytest.FixtureRequest, tmp_path: Path) -> tuple[set[Any], list[int]]:
+    spark = request.getfixturevalue("spark")
+    frame = spark.createDataFrame([(i, v.tolist()) for i, v in enumerate(ROWS)], "i long, v array<float>")
+    pairs = polyemb.spark.near_duplicates(frame, "v", THRESHOLD, method=method, block_rows=64)
+    groups = polyemb.spark.near_duplicates(frame, "v", THRESHOLD, method=method, groups=True, block_rows=64)
+    by_row = groups.toPandas().sort_values("i")["group"].fillna(-1).astype(int)
+    return {(row["i_x"], row["i_y"]) for row in pairs.collect()}, by_row.tolist()
+
+
+def dedup_cli(method: Any, request: pytest.FixtureRequest, tmp_path: Path) -> tuple[set[Any], list[int]]:
+    source, out = tmp_path / "rows.parquet", tmp_path / "groups.parquet"
+    pq.write_table(pa.table({"v": pa.array(list(ROWS), pa.list_(pa.float32(), 24))}), source)
+    settings = ["--method", "exact"]
+    if method != "exact":
+        settings = ["--method", "ivf", "--nlist", str(method.nlist), "--nprobe", str(method.nprobe)]
+        settings += ["--seed", str(method.seed)]
+    argv = ["dedup", str(source), "-c", "v", "--threshold", str(THRESHOLD), "-o", str(out), "--keep", "all"]
+    assert main([*argv, *settings, "--no-progress"]) == 0
+    groups = pq.read_table(out).column("group").to_pandas().fillna(-1).astype(int).tolist()
+    return set(), groups  # the command writes groups, not pairs
+
+
+DEDUPS: dict[str, Any] = {
+    "pandas": dedup_pandas,
+    "spark": pytest.param(dedup_spark, marks=pytest.mark.spark),
+    "cli": dedup_cli,
+}
+
+
+@pytest.mark.parametrize("method", ["exact", DEDUP_SETTINGS], ids=["exact", "ivf"])
+@pytest.mark.parametrize("engine", list(DEDUPS.values()), ids=list(DEDUPS))
+def test_same_near_duplicates_everywhere(
+    engine: Any, method: Any, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    i, j, _ = pairs_above(ROWS, THRESHOLD, method=method)
+    expected = set(zip(i.tolist(), j.tolist(), strict=True))
+    if method != "exact":
+        exact = set(zip(*pairs_above(ROWS, THRESHOLD)[:2], strict=True))
+        assert expected < exact
+    pairs, groups = engine(method, request, tmp_path)
+    assert pairs in (expected, set())
+    assert groups == connected_groups(len(ROWS), i, j).tolist()
