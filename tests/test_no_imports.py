@@ -20,6 +20,7 @@ CORE = (
     "polyemb.bench.join",
     "polyemb.bench.long",
     "polyemb.bench.memory",
+    "polyemb.bench.peak",
     "polyemb.bench.sides",
     "polyemb.bench.store",
     "polyemb.bench.texts",

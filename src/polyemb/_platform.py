@@ -13,7 +13,14 @@ import math
 import os
 from pathlib import Path
 
-__all__ = ["available_cpus", "cpu_description", "cpu_flags", "process_mib", "reset_peak_memory"]
+__all__ = [
+    "available_cpus",
+    "cpu_description",
+    "cpu_flags",
+    "cpuinfo_field",
+    "process_mib",
+    "reset_peak_memory",
+]
 
 # CPU flags that decide which precisions are fast: bf16 and int8 matrix units, wide vectors.
 _SPEED_FLAGS = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx512f", "avx2")
@@ -32,6 +39,11 @@ def _cpuinfo() -> dict[str, str]:
     except OSError:
         pass
     return fields
+
+
+def cpuinfo_field(name: str) -> str:
+    """A field of the first processor in ``/proc/cpuinfo`` (``"vendor_id"``, ``"cpu MHz"``), else ``""``."""
+    return _cpuinfo().get(name, "")
 
 
 def cpu_flags() -> frozenset[str]:

@@ -224,6 +224,16 @@ class Encoder:
         items = check_texts(texts, allow_none=False)
         return self._encode(items, batch_size=batch_size, normalize=normalize, show_progress=show_progress)
 
+    def token_counts(self, texts: Iterable[str]) -> np.ndarray:
+        """Tokens the model reads for each text (special tokens included, cut at ``max_seq_length``).
+
+        What a forward pass costs is about proportional to these: ``polyemb bench`` turns them
+        into tokens/s.
+        """
+        items = check_texts(texts, allow_none=False)
+        encodings = windows.encode_batch(self._tokenizer, items, offsets=False, specials=True)
+        return np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+
     def encode_nullable(
         self,
         texts: Iterable[str | None],

@@ -49,6 +49,10 @@ class SideResult:
     mean_row_cosine: float = float("nan")
     min_row_cosine: float = float("nan")
     peak_mib: float = float("nan")
+    # Of the median rate: tokens/s, and the share of the CPU's peak for the side's precision
+    # (:mod:`polyemb.bench.peak`); None where unknown.
+    tokens_per_s: float | None = None
+    peak_fraction: float | None = None
 
     def summary(self) -> dict[str, Any]:
         """Medians and raw rounds, JSON-ready."""
@@ -73,6 +77,7 @@ class ScenarioResult:
     distinct: int
     baseline: str
     sides: dict[str, SideResult] = field(default_factory=dict)
+    mean_tokens: float | None = None  # tokens the model reads per text (see Encoder.token_counts)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready: the scenario's facts and each side's summary."""
@@ -82,6 +87,7 @@ class ScenarioResult:
             "texts": self.texts,
             "distinct": self.distinct,
             "baseline": self.baseline,
+            "mean_tokens": self.mean_tokens,
             "sides": {name: side.summary() for name, side in self.sides.items()},
         }
 
@@ -194,6 +200,7 @@ def format_table(results: list[ScenarioResult]) -> str:
     header = (
         f"{'scenario':<9}{'texts':>6}{'distinct':>9}  {'side':<26}{'texts/s':>9}"
         f"{'vs ' + baseline:>{max(10, len(baseline) + 5)}}{'mean cos':>10}{'min cos':>10}{'peak MiB':>10}"
+        f"{'tokens/s':>10}{'of peak':>9}"
     )
     lines = [header, "-" * len(header)]
     for r in results:
@@ -203,8 +210,13 @@ def format_table(results: list[ScenarioResult]) -> str:
                 f"{r.scenario:<9}{r.texts:>6}{r.distinct:>9}  {side:<26}{summary['median_per_s']:>9.1f}"
                 f"{summary['ratio']:>{max(10, len(baseline) + 5) - 1}.2f}x{figures.mean_row_cosine:>10.5f}"
                 f"{figures.min_row_cosine:>10.5f}{figures.peak_mib:>10.0f}"
+                f"{_optional(figures.tokens_per_s, '.0f'):>10}{_optional(figures.peak_fraction, '.1%'):>9}"
             )
     return "\n".join(lines)
+
+
+def _optional(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def to_json(meta: dict[str, Any], results: list[ScenarioResult]) -> str:

@@ -41,6 +41,7 @@ __all__ = [
     "polars_side",
     "polyemb_side",
     "sentence_transformers_side",
+    "side_precision",
     "spark_side",
 ]
 
@@ -70,6 +71,17 @@ PEER_SETUP = (
 
 # How many held-out texts calibrate a peer's static int8 export.
 _CALIBRATION_TEXTS = 300
+
+
+def side_precision(name: str, encoder: Encoder) -> str:
+    """The precision side ``name`` computes in (the reference: fp32 on a CPU, as ``encoder`` on a GPU)."""
+    if name in PEERS:
+        return PEERS[name][1]
+    if name.startswith("polyemb-"):
+        return name.removeprefix("polyemb-")
+    if name == "sentence-transformers" and encoder.device.type == "cpu":
+        return "fp32"
+    return encoder.precision
 
 
 def make_sides(

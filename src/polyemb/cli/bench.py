@@ -109,7 +109,8 @@ def _bench(args: argparse.Namespace) -> int:
     import torch
 
     from polyemb._platform import cpu_description
-    from polyemb.bench.sides import make_sides
+    from polyemb.bench.peak import annotate
+    from polyemb.bench.sides import make_sides, side_precision
     from polyemb.bench.texts import make_scenario
 
     encoder = load_encoder(args)
@@ -127,6 +128,7 @@ def _bench(args: argparse.Namespace) -> int:
     results = encode.run_bench(
         sides, scenarios, baseline=baseline, rounds=args.rounds, progress=print_progress
     )
+    peak = annotate(results, scenarios, encoder, lambda name: side_precision(name, encoder))
     meta = {
         "cpu": cpu_description(),
         "model": encoder.model_id,
@@ -138,6 +140,7 @@ def _bench(args: argparse.Namespace) -> int:
         "baseline": baseline,
         "rounds": args.rounds,
         "torch_threads": torch.get_num_threads(),
+        "peak": peak,
         **extra,
     }
     if args.json:
