@@ -1,5 +1,6 @@
-"""One approximate answer everywhere: pandas, DuckDB, Spark and the command line find the same
-ivf pairs as the core for the same vectors, settings and seed (the exact ones: test_joins_agree.py)."""
+"""One approximate answer everywhere: pandas, Polars, DuckDB, Spark and the command line find the
+same ivf pairs as the core for the same vectors, settings and seed (the exact ones:
+test_joins_agree.py)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from typing import Any
 import duckdb
 import numpy as np
 import pandas as pd
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 import polyemb.duckdb
 import polyemb.pandas
+import polyemb.polars
 import polyemb.spark
 from polyemb.cli import main
 from polyemb.ivf import Ivf, IvfReport
@@ -45,6 +48,13 @@ def via_pandas(score: str, method: Ivf, request: pytest.FixtureRequest) -> set[t
     right = pd.DataFrame({"j": range(len(RIGHT)), "v": list(RIGHT)})
     joined = left.emb.join(right, "v", k=K, score=score, method=method)  # type: ignore[arg-type]
     return set(zip(joined["i"], joined["j"], strict=True))
+
+
+def via_polars(score: str, method: Ivf, request: pytest.FixtureRequest) -> set[tuple[int, int]]:
+    left = pl.DataFrame({"i": range(len(LEFT)), "v": LEFT})
+    right = pl.DataFrame({"j": range(len(RIGHT)), "v": RIGHT})
+    joined = left.emb.join(right, "v", k=K, score=score, method=method)  # type: ignore[arg-type]
+    return set(zip(joined["i"].to_list(), joined["j"].to_list(), strict=True))
 
 
 def via_duckdb(score: str, method: Ivf, request: pytest.FixtureRequest) -> set[tuple[int, int]]:
@@ -83,6 +93,7 @@ def spark_join(broadcast_mb: float) -> Any:
 
 ENGINES: dict[str, Any] = {
     "pandas": via_pandas,
+    "polars": via_polars,
     "duckdb": via_duckdb,
     # A right side shipped with the task, and one spread over cells of lists.
     "spark-shipped": pytest.param(spark_join(64.0), marks=pytest.mark.spark),
@@ -130,6 +141,16 @@ def dedup_pandas(method: Any, request: pytest.FixtureRequest, tmp_path: Path) ->
     return set(zip(pairs["left"], pairs["right"], strict=True)), groups.fillna(-1).tolist()
 
 
+def dedup_polars(method: Any, request: pytest.FixtureRequest, tmp_path: Path) -> tuple[set[Any], list[int]]:
+    series = pl.Series(ROWS)
+    pairs = series.emb.near_duplicates(THRESHOLD, method=method)
+    groups = series.emb.near_duplicates(THRESHOLD, method=method, groups=True)
+    kept = series.emb.near_duplicates(THRESHOLD, method=method, keep="first")
+    by_row = groups.fill_null(-1).to_list()
+    assert len(kept) == sum(g < 0 for g in by_row) + len({g for g in by_row if g >= 0})
+    return set(zip(pairs["left"].to_list(), pairs["right"].to_list(), strict=True)), by_row
+
+
 def dedup_spark(method: Any, request: pytest.FixtureRequest, tmp_path: Path) -> tuple[set[Any], list[int]]:
     spark = request.getfixturevalue("spark")
     frame = spark.createDataFrame([(i, v.tolist()) for i, v in enumerate(ROWS)], "i long, v array<float>")
@@ -154,6 +175,7 @@ def dedup_cli(method: Any, request: pytest.FixtureRequest, tmp_path: Path) -> tu
 
 DEDUPS: dict[str, Any] = {
     "pandas": dedup_pandas,
+    "polars": dedup_polars,
     "spark": pytest.param(dedup_spark, marks=pytest.mark.spark),
     "cli": dedup_cli,
 }

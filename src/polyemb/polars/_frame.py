@@ -8,7 +8,8 @@ import numpy as np
 import polars as pl
 
 from polyemb.errors import ColumnNotFoundError, InvalidInputError
-from polyemb.options import JoinHow, Score
+from polyemb.ivf import Ivf, IvfReport
+from polyemb.options import JoinHow, Method, Score
 from polyemb.polars._columns import EncodeOptions, Encoding, both_sides, float_series, rows_with_nulls
 from polyemb.scores import added_columns
 from polyemb.similarity import check_join, join_rows
@@ -38,6 +39,8 @@ class EmbFrameNamespace:
         threshold: float | None = None,
         how: JoinHow = "inner",
         score: Score = "cosine",
+        method: Method | Ivf = "exact",
+        report: IvfReport | None = None,
         suffixes: tuple[str, str] = ("_x", "_y"),
         score_column: str = "score",
         encoder: Encoder | None = None,
@@ -61,6 +64,10 @@ class EmbFrameNamespace:
             score: ``"cosine"``; or ``"margin"`` / ``"csls"``, which score a pair relative to both
                 rows' 4 nearest neighbours on the other side (best across languages). These add
                 a ``cosine`` column.
+            method: ``"exact"`` (every pair scored); ``"ivf"`` or :class:`polyemb.ivf.Ivf`
+                settings: each left row is scored against the right rows of its nearest lists
+                (approximate; ``Ivf(recall=0.95)`` calibrates how many). As pandas'.
+            report: For the ivf method, an :class:`polyemb.ivf.IvfReport` filled with what it chose.
             suffixes: Added to column names found in both tables, as pandas' ``merge`` does.
             score_column: Name of the score column.
             encoder: The Encoder; default :func:`polyemb.default_encoder`.
@@ -81,7 +88,7 @@ class EmbFrameNamespace:
         if not isinstance(right, pl.DataFrame):
             hint = ": call .collect() on it first" if isinstance(right, pl.LazyFrame) else ""
             raise InvalidInputError(f"right must be a DataFrame, got {type(right).__name__}{hint}")
-        check_join(k, threshold, how, score)
+        check_join(k, threshold, how, score, method)
         names = added_columns(score, score_column)
         right_on = left_on if right_on is None else right_on
         lvec, lvalid, rvec, rvalid = both_sides(
@@ -90,7 +97,18 @@ class EmbFrameNamespace:
             Encoding(encoder, store, options),
             "join",
         )
-        rows = join_rows(lvec, lvalid, rvec, rvalid, k, threshold=threshold, how=how, score=score)
+        rows = join_rows(
+            lvec,
+            lvalid,
+            rvec,
+            rvalid,
+            k,
+            threshold=threshold,
+            how=how,
+            score=score,
+            method=method,
+            report=report,
+        )
         matched = rows.right >= 0
         added = [
             float_series(name, values, matched)

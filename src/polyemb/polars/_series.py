@@ -14,6 +14,8 @@ import pyarrow as pa
 
 from polyemb.embedder import check_same_model
 from polyemb.errors import InvalidInputError
+from polyemb.ivf import Ivf, IvfReport, method_settings
+from polyemb.options import Keep, Method, check_keep
 from polyemb.polars._columns import (
     EncodeOptions,
     Encoding,
@@ -24,7 +26,7 @@ from polyemb.polars._columns import (
     kind_of,
     matrix_of,
 )
-from polyemb.similarity import connected_groups, cosine, pairs_above, top_k
+from polyemb.similarity import check_threshold, connected_groups, cosine, first_of_groups, pairs_above, top_k
 
 if TYPE_CHECKING:
     from typing import Unpack
@@ -201,6 +203,9 @@ class EmbSeriesNamespace:
         threshold: float = 0.9,
         *,
         groups: bool = False,
+        keep: Keep | None = None,
+        method: Method | Ivf = "exact",
+        report: IvfReport | None = None,
         encoder: Encoder | None = None,
         store: VectorStore | None = None,
         **options: Unpack[EncodeOptions],
@@ -212,6 +217,12 @@ class EmbSeriesNamespace:
         Args:
             threshold: Cosine similarity, -1 to 1.
             groups: Return a group id per row instead of the pairs.
+            keep: ``"first"``: return this Series without its near-duplicates: each group (rows
+                linked by a chain of pairs) keeps only its first row.
+            method: ``"exact"`` (every pair compared); ``"ivf"`` or :class:`polyemb.ivf.Ivf`
+                settings: each row is compared with the rows of its nearest lists only
+                (approximate; ``Ivf(recall=0.99)`` calibrates how many). As pandas'.
+            report: For the ivf method, an :class:`polyemb.ivf.IvfReport` filled with what it chose.
             encoder: The Encoder; default :func:`polyemb.default_encoder`.
             store: A vector store to look texts up in (and add new ones to).
             **options: Passed to ``encode`` (``batch_size``, ``show_progress``).
@@ -220,17 +231,26 @@ class EmbSeriesNamespace:
             Pairs (default): a DataFrame with one row per pair, best first: ``left`` and
             ``right`` (row positions, ``left`` the earlier row), ``score``, and for texts
             ``left_text`` and ``right_text``. Groups: an Int64 Series named ``group``, the same id
-            for rows linked by a chain of near-duplicate pairs, NULL for rows in no pair.
+            for rows linked by a chain of near-duplicate pairs, NULL for rows in no pair. Keep:
+            the Series less all but the first row of each group.
 
         Example:
             >>> df["title"].emb.near_duplicates(0.9, groups=True)
         """
+        check_threshold(threshold)
+        method_settings(method)
+        if keep is not None:
+            check_keep(keep)
+            if groups:
+                raise InvalidInputError("give groups=True or keep=, not both")
         matrix, valid, _ = matrix_of(self._s, Encoding(encoder, store, options))
         positions = np.flatnonzero(valid)
-        i, j, scores = pairs_above(matrix[positions], threshold)
-        if groups:
+        i, j, scores = pairs_above(matrix[positions], threshold, method=method, report=report)
+        if groups or keep is not None:
             ids = np.full(len(self._s), -1, dtype=np.int64)
             ids[positions] = connected_groups(len(positions), i, j)
+            if keep is not None:
+                return self._s.gather(np.flatnonzero(first_of_groups(ids)))
             return pl.Series("group", pa.array(ids, mask=ids < 0))
         left, right = positions[i], positions[j]
         index = pl.get_index_type()
