@@ -3,8 +3,8 @@
 The VectorSpec names a model's vectors (a vector store's key).
 
 The :class:`~polyemb.encoder.Encoder` (torch) and the vector store's
-:class:`~polyemb.store.StoredEncoder` both build on these, so a store can be opened, read and
-maintained without importing torch.
+:class:`~polyemb.store.StoredEncoder` both derive from :class:`TextEncoder`, and a store can be
+opened, read and maintained without importing torch.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
@@ -24,6 +25,7 @@ from polyemb.options import LongTexts, WeightPrecision
 __all__ = [
     "VECTOR_FORMAT",
     "Embedder",
+    "TextEncoder",
     "VectorSpec",
     "check_same_model",
     "check_texts",
@@ -132,6 +134,86 @@ class Embedder(Protocol):
     ) -> tuple[np.ndarray, np.ndarray]:
         """Texts with None -> ``(vectors, valid)``, as :meth:`Encoder.encode_nullable`."""
         ...
+
+
+class TextEncoder(ABC):
+    """An :class:`Embedder` made of one ``_encode`` of checked texts: the public methods it shares.
+
+    Subclasses set ``dim`` and implement ``_encode`` (distinct or not, in order, no None).
+    """
+
+    dim: int
+
+    def encode(
+        self,
+        texts: Iterable[str],
+        *,
+        batch_size: int | None = None,
+        normalize: bool = True,
+        show_progress: bool | None = None,
+    ) -> np.ndarray:
+        """Encode texts into an ``(n, dim)`` C-contiguous float32 array, rows in input order.
+
+        Identical texts are encoded once. ``""`` and whitespace-only texts get the model's
+        vector for its special tokens alone. Texts longer than ``max_seq_length`` tokens are
+        truncated, and one warning per call says how many were; with ``long_texts="mean"``
+        they are read whole instead, as the token-weighted mean of their windows' vectors. Lone
+        surrogates (which cannot be UTF-8 encoded) are replaced by U+FFFD. Behind a vector
+        store, only the texts it lacks are embedded (and stored).
+
+        Args:
+            texts: Any sequence or iterable of str.
+            batch_size: Rows (texts or windows) per forward pass. None: batches sized by a token
+                budget for the device, which keeps short texts in large batches and long ones in small.
+            normalize: Scale every vector to unit length (then a dot product is the cosine).
+                A model whose pipeline ends in Normalize returns unit vectors either way.
+            show_progress: A progress bar on stderr; None shows one for large inputs when
+                stderr is a terminal.
+
+        Returns:
+            float32 array of shape (len(texts), dim).
+
+        Raises:
+            InvalidInputError: An item is not a str (the message names its position and type).
+
+        Example:
+            >>> vectors = encoder.encode(["Hola mundo", "Hello world"])
+            >>> float(vectors[0] @ vectors[1])  # cosine, since rows are unit length
+        """
+        items = check_texts(texts, allow_none=False)
+        return self._encode(items, batch_size=batch_size, normalize=normalize, show_progress=show_progress)
+
+    def encode_nullable(
+        self,
+        texts: Iterable[str | None],
+        *,
+        batch_size: int | None = None,
+        normalize: bool = True,
+        show_progress: bool | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Encode texts where ``None`` marks a missing value (SQL NULL): the adapters' entry point.
+
+        Returns:
+            ``(vectors, valid)``: vectors as :meth:`encode` gives them with all-zero rows where
+            the text was None, and a bool array that is False exactly there.
+
+        Raises:
+            InvalidInputError: An item is neither a str nor None.
+        """
+        items = check_texts(texts, allow_none=True)
+        return place_nulls(
+            items,
+            self.dim,
+            lambda present: self._encode(
+                present, batch_size=batch_size, normalize=normalize, show_progress=show_progress
+            ),
+        )
+
+    @abstractmethod
+    def _encode(
+        self, items: list[str], *, batch_size: int | None, normalize: bool, show_progress: bool | None
+    ) -> np.ndarray:
+        """The vectors of ``items`` (checked str), in order."""
 
 
 # Bump when polyemb changes how it computes vectors from the same model and settings: every

@@ -24,7 +24,7 @@ from polyemb import chunks, kernels, loading, quantize, windows
 from polyemb._platform import available_cpus
 from polyemb.batching import MAX_ROWS, TOKEN_BUDGET, check_batch_size, plan_batches, run_batches
 from polyemb.defaults import default_encoder, set_default_encoder
-from polyemb.embedder import VectorSpec, check_texts, place_nulls
+from polyemb.embedder import TextEncoder, VectorSpec, check_texts
 from polyemb.options import LongTexts, Precision, WeightPrecision
 from polyemb.prepare import describe, long_text_setting, precision_of, prepare
 
@@ -82,7 +82,7 @@ def cap_cpu_threads(cpus: int | None = None) -> None:
         torch.set_num_threads(limit)
 
 
-class Encoder:
+class Encoder(TextEncoder):
     """A loaded sentence-embedding model: ``encode`` turns texts into float32 vectors.
 
     Build one with :func:`polyemb.load`. One Encoder may be shared by many threads.
@@ -186,44 +186,6 @@ class Encoder:
 
     # ------------------------------------------------------------------ public
 
-    def encode(
-        self,
-        texts: Iterable[str],
-        *,
-        batch_size: int | None = None,
-        normalize: bool = True,
-        show_progress: bool | None = None,
-    ) -> np.ndarray:
-        """Encode texts into an ``(n, dim)`` C-contiguous float32 array, rows in input order.
-
-        Identical texts are encoded once. ``""`` and whitespace-only texts get the model's
-        vector for its special tokens alone. Texts longer than ``max_seq_length`` tokens are
-        truncated, and one warning per call says how many were; with ``long_texts="mean"``
-        they are read whole instead, as the token-weighted mean of their windows' vectors. Lone
-        surrogates (which cannot be UTF-8 encoded) are replaced by U+FFFD.
-
-        Args:
-            texts: Any sequence or iterable of str.
-            batch_size: Rows (texts or windows) per forward pass. None: batches sized by a token
-                budget for the device, which keeps short texts in large batches and long ones in small.
-            normalize: Scale every vector to unit length (then a dot product is the cosine).
-                A model whose pipeline ends in Normalize returns unit vectors either way.
-            show_progress: A progress bar on stderr; None shows one for large inputs when
-                stderr is a terminal.
-
-        Returns:
-            float32 array of shape (len(texts), dim).
-
-        Raises:
-            InvalidInputError: An item is not a str (the message names its position and type).
-
-        Example:
-            >>> vectors = encoder.encode(["Hola mundo", "Hello world"])
-            >>> float(vectors[0] @ vectors[1])  # cosine, since rows are unit length
-        """
-        items = check_texts(texts, allow_none=False)
-        return self._encode(items, batch_size=batch_size, normalize=normalize, show_progress=show_progress)
-
     def token_counts(self, texts: Iterable[str]) -> np.ndarray:
         """Tokens the model reads for each text (special tokens included, cut at ``max_seq_length``).
 
@@ -233,32 +195,6 @@ class Encoder:
         items = check_texts(texts, allow_none=False)
         encodings = windows.encode_batch(self._tokenizer, items, offsets=False, specials=True)
         return np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
-
-    def encode_nullable(
-        self,
-        texts: Iterable[str | None],
-        *,
-        batch_size: int | None = None,
-        normalize: bool = True,
-        show_progress: bool | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Encode texts where ``None`` marks a missing value (SQL NULL): the adapters' entry point.
-
-        Returns:
-            ``(vectors, valid)``: vectors as :meth:`encode` gives them with all-zero rows where
-            the text was None, and a bool array that is False exactly there.
-
-        Raises:
-            InvalidInputError: An item is neither a str nor None.
-        """
-        items = check_texts(texts, allow_none=True)
-        return place_nulls(
-            items,
-            self.dim,
-            lambda present: self._encode(
-                present, batch_size=batch_size, normalize=normalize, show_progress=show_progress
-            ),
-        )
 
     def encode_chunks(
         self,

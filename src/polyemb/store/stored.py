@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from polyemb.embedder import Embedder, check_texts, place_nulls
+from polyemb.embedder import Embedder, TextEncoder
 from polyemb.errors import InvalidInputError
 from polyemb.store.keys import text_digests
 
@@ -37,7 +36,7 @@ class RunStats:
     files_written: int = 0
 
 
-class StoredEncoder:
+class StoredEncoder(TextEncoder):
     """An :class:`~polyemb.encoder.Encoder` behind a :class:`VectorStore`: an Embedder.
 
     ``encode`` looks every distinct text up in the store, embeds only the ones it lacks for this
@@ -48,6 +47,7 @@ class StoredEncoder:
     def __init__(self, store: VectorStore, encoder: Encoder) -> None:
         self.store = store
         self.encoder = encoder
+        self.dim = encoder.dim
         self.stats = RunStats()
         self._stats_lock = threading.Lock()
 
@@ -55,44 +55,9 @@ class StoredEncoder:
         return f"StoredEncoder({self.store!r}, {self.encoder!r})"
 
     @property
-    def dim(self) -> int:
-        """Length of each vector."""
-        return self.encoder.dim
-
-    @property
     def provenance(self) -> str:
         """The encoder's provenance."""
         return self.encoder.provenance
-
-    def encode(
-        self,
-        texts: Iterable[str],
-        *,
-        batch_size: int | None = None,
-        normalize: bool = True,
-        show_progress: bool | None = None,
-    ) -> np.ndarray:
-        """As :meth:`Encoder.encode`, embedding only what the store lacks (see :meth:`VectorStore.encode`)."""
-        items = check_texts(texts, allow_none=False)
-        return self._encode(items, batch_size=batch_size, normalize=normalize, show_progress=show_progress)
-
-    def encode_nullable(
-        self,
-        texts: Iterable[str | None],
-        *,
-        batch_size: int | None = None,
-        normalize: bool = True,
-        show_progress: bool | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """As :meth:`Encoder.encode_nullable`, through the store."""
-        items = check_texts(texts, allow_none=True)
-        return place_nulls(
-            items,
-            self.dim,
-            lambda present: self._encode(
-                present, batch_size=batch_size, normalize=normalize, show_progress=show_progress
-            ),
-        )
 
     def _encode(
         self, items: list[str], *, batch_size: int | None, normalize: bool, show_progress: bool | None
