@@ -316,6 +316,23 @@ def test_one_model_asked_for_in_other_words_is_loaded_once(
     assert len(after) - before == 1
 
 
+def test_chunks_of_another_stride_get_an_encoder_of_their_own(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With "truncate" the stride changes no vector (the store key leaves it out), but it decides
+    # the windows of embed_chunks: a worker must not hand one stride's Encoder to another.
+    monkeypatch.setattr(pyspark.TaskContext, "get", staticmethod(lambda: None))
+    fingerprint = polyemb.load(tiny_model_dir).fingerprint
+    default = ModelSource(str(tiny_model_dir), fingerprint, "path", "fp32", None)
+    narrow = ModelSource(str(tiny_model_dir), fingerprint, "path", "fp32", None, stride=2)
+    first, second = delivery.worker_encoder(default), delivery.worker_encoder(narrow)
+    assert (first.stride, second.stride) == (polyemb.load(tiny_model_dir).stride, 2)
+    text = ["word " * 200]
+    # Windows sharing 2 tokens instead of 8: fewer of them over the same text.
+    assert first.encode_chunks(text).num_rows > second.encode_chunks(text).num_rows
+    assert delivery.worker_encoder(default) is first  # and each is still loaded once
+
+
 def test_embed_chunks_and_the_mean_setting_in_spark_sql(spark: SparkSession, tiny_model_dir: Path) -> None:
     mean = polyemb.load(tiny_model_dir, long_texts="mean", stride=4)
     texts = ["猫がマットの上に座っている。" * 5, None, "", "a short one"]

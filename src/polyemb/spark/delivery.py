@@ -265,7 +265,7 @@ def _safe(fingerprint: str) -> str:
 
 # ---------------------------------------------------------------------- worker side
 
-_encoders: dict[tuple[str, str], Encoder] = {}  # (VectorSpec.key, device)
+_encoders: dict[tuple[str, int | None, str], Encoder] = {}  # (VectorSpec.key, stride asked, device)
 _resolved: dict[tuple[Any, ...], tuple[str, VectorSpec]] = {}  # what a ModelSource resolved to here
 _loads: list[dict[str, Any]] = []
 _worker_lock = threading.Lock()
@@ -378,8 +378,8 @@ def _resolve(source: ModelSource, device: str) -> tuple[str, VectorSpec]:
 def worker_encoder(source: ModelSource) -> Encoder:
     """The Encoder of this Python worker for ``source``, loaded on first use.
 
-    One Encoder per model content, resolved precision, resolved length and device, whichever
-    UDF asks for it.
+    One Encoder per model content, resolved precision, resolved length, long-text setting and
+    stride, and device, whichever UDF asks for it.
     """
     device, cpus = task_resources()
     request = (
@@ -400,7 +400,10 @@ def worker_encoder(source: ModelSource) -> Encoder:
         if resolved is None:
             resolved = _resolved[request] = _resolve(source, device)
         where, spec = resolved
-        encoder = _encoders.get((spec.key, device))
+        # The store key leaves out the stride with "truncate" (it changes no vector), but
+        # encode_chunks cuts windows by the encoder's stride: one Encoder per stride too.
+        cached = (spec.key, source.stride, device)
+        encoder = _encoders.get(cached)
         if encoder is None:
             started = time.perf_counter()
             encoder = load(
@@ -410,9 +413,9 @@ def worker_encoder(source: ModelSource) -> Encoder:
                 max_seq_length=spec.max_seq_length,
                 revision=source.revision if source.delivery == "path" else None,
                 long_texts=spec.long_texts,
-                stride=spec.stride,
+                stride=source.stride,
             )
-            _encoders[(spec.key, device)] = encoder
+            _encoders[cached] = encoder
             event = {
                 "pid": os.getpid(),
                 "fingerprint": source.fingerprint,
