@@ -7,6 +7,7 @@ import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -59,6 +60,29 @@ def test_stats_and_compact_skip_and_set_aside_bad_files(
     stored = open_store(root).bind(tiny_encoder)
     np.testing.assert_allclose(stored.encode(TEXTS), tiny_encoder.encode(TEXTS), rtol=0, atol=1e-6)
     assert (stored.stats.found, stored.stats.embedded) == (20, 20)
+
+
+def test_a_footer_naming_a_column_in_bytes_that_are_not_utf8_is_a_bad_file(
+    tiny_encoder: polyemb.Encoder, tmp_path: Path
+) -> None:
+    # Found by the torture run: random bytes over a footer's column names got past Arrow, whose
+    # Python layer then raised UnicodeDecodeError from stats, compact and encode alike.
+    root = tmp_path / "store"
+    files = _four_files(tiny_encoder, root)
+    data = bytearray(files[0].read_bytes())
+    at = -1
+    while (at := data.find(b"text_hash", at + 1)) >= 0:
+        data[at + 2] = 0xFD  # "te\xfdt_hash"
+    files[0].write_bytes(bytes(data))
+    [model] = open_store(root, read_only=True).stats().models
+    assert (model.files, model.bad_files, model.entries) == (4, 1, 30)
+    stored = open_store(root).bind(tiny_encoder)
+    with pytest.warns(RuntimeWarning, match="a corrupt footer"):
+        vectors = stored.encode(TEXTS)
+    np.testing.assert_allclose(vectors, tiny_encoder.encode(TEXTS), rtol=0, atol=1e-6)
+    assert (stored.stats.found, stored.stats.embedded) == (30, 10)
+    assert open_store(root).compact().quarantined == 0  # set aside by the encode already
+    assert len(list((root / f"model={model.key}" / QUARANTINE).iterdir())) == 1
 
 
 def _rewrite(path: Path, vectors: pa.Array) -> None:
@@ -148,3 +172,29 @@ def test_a_run_folder_that_cannot_be_listed_stops_nothing(
     del unlistable[files[0].parent]
     vectors, found = open_store(root).lookup(tiny_encoder.vector_spec(), text_hashes(TEXTS))
     assert found.all()
+
+
+def test_stats_while_spark_removes_its_temporary_folder(
+    tiny_encoder: polyemb.Encoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by the torture run with Spark appending: stats walked a run's _temporary folder as
+    # Spark's commit removed it, and raised FileNotFoundError.
+    root = tmp_path / "store"
+    files = _four_files(tiny_encoder, root)
+    temporary = files[0].parent.parent / "run=spark-job" / "_temporary" / "0"
+    temporary.mkdir(parents=True)
+    (temporary / "part-00000.parquet").write_bytes(b"half written")
+    outside = [p for p in root.rglob("*") if p.is_file() and "_temporary" not in p.parts]
+    real = os.scandir
+
+    def scandir(path: Any = ".") -> Any:
+        if Path(path).name == "_temporary":  # listed a moment ago, gone now
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    [model] = open_store(root, read_only=True).stats().models
+    assert (model.files, model.bad_files, model.entries) == (4, 0, 40)
+    folder = root / f"model={model.key}"
+    walked = [path for path in outside if folder in path.parents]
+    assert model.bytes == sum(path.stat().st_size for path in walked)  # what could be walked

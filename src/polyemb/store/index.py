@@ -41,8 +41,16 @@ _LOOKUP_ATTEMPTS = 3
 
 
 def open_parquet(source: Path | pa.NativeFile) -> pq.ParquetFile:
-    """Open a store file for reading, with its pages' checksums verified where it has them."""
-    return pq.ParquetFile(source, page_checksum_verification=True)
+    """Open a store file for reading, with its pages' checksums verified where it has them.
+
+    Raises:
+        StoreError: The footer names a column in bytes that are not UTF-8 (a corrupt footer,
+            which Arrow itself lets through).
+    """
+    try:
+        return pq.ParquetFile(source, page_checksum_verification=True)
+    except UnicodeDecodeError as exc:
+        raise StoreError(f"{source}: a corrupt footer ({exc})") from exc
 
 
 def group_starts(metadata: pq.FileMetaData) -> np.ndarray:

@@ -120,8 +120,11 @@ def model_folders(root: Path) -> list[tuple[str, Path]]:
 
 
 def run_folders(root: Path) -> Iterator[Path]:
-    """Every run folder of every model of a store."""
-    return root.glob(f"{MODEL_PREFIX}*/{RUN_PREFIX}*")
+    """Every run folder of every model of a store (a model folder removed meanwhile has none)."""
+    for _, folder in model_folders(root):
+        for run in _entries(folder, None):
+            if run.name.startswith(RUN_PREFIX):
+                yield run
 
 
 def is_data_name(name: str) -> bool:
@@ -310,7 +313,7 @@ def read_description(folder: Path) -> dict[str, Any]:
     for path in data_files(folder):
         try:
             found = description_from_schema(pq.read_schema(path))
-        except (OSError, pa.ArrowException):  # a bad or vanished file: try the next one
+        except (OSError, pa.ArrowException, UnicodeDecodeError):  # a bad or vanished file: the next one
             continue
         if found:
             return found

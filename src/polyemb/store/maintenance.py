@@ -8,6 +8,7 @@ are made here once; :mod:`polyemb.spark.maintenance` makes the same ones for sto
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -500,11 +501,15 @@ def plan_gc(
 
 
 def _tree_bytes(root: Path) -> int:
+    """Bytes of the files under ``root``; a folder or file that vanishes meanwhile counts as nothing.
+
+    (A Spark job removes its ``_temporary`` folders while it commits: a walk must not fail on them.)
+    """
     total = 0
-    for path in root.rglob("*"):
-        try:
-            if path.is_file():
-                total += path.stat().st_size
-        except OSError:
-            continue
+    for folder, _, names in os.walk(root):  # skips a folder it cannot list
+        for name in names:
+            try:
+                total += os.stat(os.path.join(folder, name), follow_symlinks=False).st_size
+            except OSError:
+                continue
     return total

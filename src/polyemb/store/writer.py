@@ -233,13 +233,15 @@ def remove_leftovers(root: Path) -> int:
     """Remove stale (an hour old) hidden temporary files and empty run folders; return the files removed."""
     removed = 0
     now = time.time()
-    for path in root.rglob(f".*{_TEMPORARY_SUFFIX}"):
-        try:
-            if is_stale_temporary(path.name, now - path.stat().st_mtime):
-                path.unlink()
-                removed += 1
-        except OSError:
-            continue
+    for folder, _, names in os.walk(root):  # skips a folder removed while it is walked
+        for name in names:
+            path = Path(folder, name)
+            try:
+                if is_stale_temporary(name, now - path.stat().st_mtime):
+                    path.unlink()
+                    removed += 1
+            except OSError:
+                continue
     for run in run_folders(root):
         try:
             if now - run.stat().st_mtime > STALE_SECONDS:
