@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -235,3 +236,5 @@ def test_bench_long_report(
     assert set(cost["ratio_to_plain"]) == {"plain", "mean", "chunks"} and cost["ratio_to_plain"]["plain"] == 1
     assert main(argv[:-1]) == 0
     assert "time per token" in capsys.readouterr().out
+    # The command quiets the encoder's truncation warnings for itself only.
+    assert logging.getLogger("polyemb.encoder").level == logging.NOTSET

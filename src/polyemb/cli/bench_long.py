@@ -80,22 +80,28 @@ def _bench_long(args: argparse.Namespace) -> int:
         "device": str(truncate.device),
         "torch_threads": torch.get_num_threads(),
     }
-    # Truncating is what the benchmark measures: no warning per call that texts were truncated.
-    logging.getLogger("polyemb.encoder").setLevel(logging.ERROR)
-    rows: list[dict[str, Any]] = []
-    first: list[str] = []
-    for lang in langs:
-        print_progress(f"bench-long: {lang}")
-        documents = long.make_documents(
-            Path(args.data) / f"stsb-{lang}-{args.split}.csv", lang, args.docs, args.seed
+    # Truncating is what the benchmark measures: no warning per call that texts were truncated
+    # (for this command only: a caller's logging is left as it was).
+    encoder_log = logging.getLogger("polyemb.encoder")
+    level = encoder_log.level
+    encoder_log.setLevel(logging.ERROR)
+    try:
+        rows: list[dict[str, Any]] = []
+        first: list[str] = []
+        for lang in langs:
+            print_progress(f"bench-long: {lang}")
+            documents = long.make_documents(
+                Path(args.data) / f"stsb-{lang}-{args.split}.csv", lang, args.docs, args.seed
+            )
+            rows += long.retrieval(truncate, mean, documents)
+            first = first or documents.docs
+        cost = (
+            long.chunk_cost(truncate, mean, first[: args.cost_docs], rounds=args.rounds)
+            if args.cost_docs
+            else None
         )
-        rows += long.retrieval(truncate, mean, documents)
-        first = first or documents.docs
-    cost = (
-        long.chunk_cost(truncate, mean, first[: args.cost_docs], rounds=args.rounds)
-        if args.cost_docs
-        else None
-    )
+    finally:
+        encoder_log.setLevel(level)
     if args.json:
         print(json.dumps({**meta, "retrieval": rows, "cost": cost}, indent=2))
         return 0
