@@ -154,6 +154,15 @@ def chunks_via_pandas(
     return keys, frame["vector"].emb.to_numpy()
 
 
+def chunks_via_polars(
+    encoder: polyemb.Encoder, texts: list[str | None], request: pytest.FixtureRequest
+) -> tuple[list[tuple[int, ...]], np.ndarray]:
+    frame = pl.Series(texts, dtype=pl.String).emb.chunks(encoder=encoder)
+    assert frame.columns == ["index", "chunk", "start", "end", "tokens", "vector"]
+    keys = [tuple(row) for row in frame.select(pl.exclude("vector")).iter_rows()]
+    return keys, frame["vector"].to_numpy()
+
+
 def chunks_via_duckdb(
     encoder: polyemb.Encoder, texts: list[str | None], request: pytest.FixtureRequest
 ) -> tuple[list[tuple[int, ...]], np.ndarray]:
@@ -187,6 +196,7 @@ def chunks_via_spark(
 CHUNK_ENGINES: dict[str, Callable[..., tuple[list[tuple[int, ...]], np.ndarray]]] = {
     "core": chunks_via_core,
     "pandas": chunks_via_pandas,
+    "polars": chunks_via_polars,
     "duckdb": chunks_via_duckdb,
     "spark": pytest.param(chunks_via_spark, marks=pytest.mark.spark),  # type: ignore[dict-item]
 }
@@ -219,6 +229,13 @@ def best_via_pandas(
     series = pd.Series(texts, index=np.arange(len(texts)) * 10, dtype=object)
     found = series.emb.search(QUERY, k=len(texts), chunks=True, encoder=encoder)
     return {int(label) // 10: (int(r.start), int(r.end), float(r.score)) for label, r in found.iterrows()}
+
+
+def best_via_polars(
+    encoder: polyemb.Encoder, texts: list[str | None], request: pytest.FixtureRequest
+) -> dict[int, tuple[int, int, float]]:
+    found = pl.Series(texts, dtype=pl.String).emb.search(QUERY, k=len(texts), chunks=True, encoder=encoder)
+    return {row["index"]: (row["start"], row["end"], row["score"]) for row in found.iter_rows(named=True)}
 
 
 def best_via_duckdb(
@@ -263,6 +280,7 @@ def best_via_spark(
 BEST_ENGINES: dict[str, Callable[..., dict[int, tuple[int, int, float]]]] = {
     "core": best_via_core,
     "pandas": best_via_pandas,
+    "polars": best_via_polars,
     "duckdb": best_via_duckdb,
     "spark": pytest.param(best_via_spark, marks=pytest.mark.spark),  # type: ignore[dict-item]
 }

@@ -316,3 +316,60 @@ def test_two_models_where_the_adapter_knows_both(tiny_encoder: polyemb.Encoder, 
     mine, theirs = texts.emb.encode(), texts.emb.encode(encoder=other)
     mixed = mine.emb.similarity(theirs)  # of unknown provenance: compared, as pandas does plain lists
     assert mixed.null_count() == 1 and not np.allclose(mixed.drop_nulls(), 1.0, atol=1e-3)
+
+
+def test_chunks_search_and_join_by_best_window_as_pandas(tiny_encoder: polyemb.Encoder) -> None:
+    import polyemb.pandas  # noqa: F401  (the reference answers)
+    from polyemb.testing import SAMPLE_SENTENCES
+
+    docs = [" ".join(SAMPLE_SENTENCES[i : i + 9]) for i in range(0, 27, 3)] + [None, "short", ""]
+    series = pl.Series("body", docs)
+    chunks = series.emb.chunks(stride=4)
+    reference = pd.Series(docs, dtype=object).emb.chunks(stride=4)
+    assert chunks["index"].to_list() == reference.index.tolist()
+    assert chunks.select("chunk", "start", "end", "tokens").rows() == list(
+        reference[["chunk", "start", "end", "tokens"]].itertuples(index=False, name=None)
+    )
+    assert chunks["vector"].dtype == pl.Array(pl.Float32, tiny_encoder.dim)
+    for row in chunks.filter(pl.col("index") == 0).iter_rows(named=True):  # offsets into the text
+        assert docs[0][row["start"] : row["end"]].strip()
+
+    found = series.emb.search("a man plays the guitar", k=4, chunks=True)
+    expected = pd.Series(docs, dtype=object).emb.search("a man plays the guitar", k=4, chunks=True)
+    assert found.columns == ["index", "body", "score", "start", "end"]
+    assert found["index"].to_list() == expected.index.tolist()
+    assert found.select("start", "end").rows() == list(zip(expected["start"], expected["end"], strict=True))
+    np.testing.assert_allclose(found["score"], expected["score"], atol=1e-6)
+
+    left = pl.DataFrame({"id": [1, 2, 3], "q": ["a man plays guitar", None, "snow and dogs"]})
+    right = pl.DataFrame({"id": list(range(len(docs))), "body": docs})
+    for score in ("cosine", "margin"):
+        joined = left.emb.join(right, "q", "body", k=2, chunks=True, score=score, how="left")  # type: ignore[arg-type]
+        wanted = left.to_pandas().emb.join(
+            right.to_pandas(),
+            "q",
+            "body",
+            k=2,
+            chunks=True,
+            score=score,
+            how="left",  # type: ignore[arg-type]
+        )
+        assert joined.columns == list(wanted.columns)
+        assert joined.select("id_x", "id_y", "start", "end").rows() == [
+            tuple(None if pd.isna(v) else int(v) for v in row)
+            for row in wanted[["id_x", "id_y", "start", "end"]].itertuples(index=False, name=None)
+        ]
+        np.testing.assert_allclose(joined["score"].fill_null(np.nan), wanted["score"], atol=1e-6)
+
+
+def test_chunks_need_texts() -> None:
+    vectors = pl.Series("v", np.eye(3, dtype=np.float32))
+    with pytest.raises(polyemb.InvalidInputError, match="holds vectors; chunks are cut from texts"):
+        vectors.emb.chunks()
+    with pytest.raises(polyemb.InvalidInputError, match="holds vectors; chunks are cut from texts"):
+        vectors.emb.search(np.ones(3), chunks=True)
+    frame = pl.DataFrame({"t": ["a", "b"]})
+    with pytest.raises(polyemb.InvalidInputError, match="use method='exact'"):
+        frame.emb.join(frame, "t", chunks=True, method="ivf")
+    with pytest.raises(TypeError, match="unexpected keyword arguments"):
+        pl.Series(["a"]).emb.chunks(batchsize=2)  # type: ignore[call-arg]

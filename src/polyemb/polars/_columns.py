@@ -33,6 +33,7 @@ __all__ = [
     "kind_of",
     "matrix_of",
     "rows_with_nulls",
+    "texts_of",
 ]
 
 
@@ -112,7 +113,7 @@ def kind_of(series: pl.Series) -> Kind:
     )
 
 
-def _texts(series: pl.Series) -> list[str | None]:
+def texts_of(series: pl.Series) -> list[str | None]:
     # The default Arrow layout (large_string): 3x faster to read as Python strings than Polars'
     # own string views, and pyarrow casts its dictionaries (Categorical, Enum) back to strings.
     return texts_from_arrow(series.to_arrow(), name=describe(series))
@@ -144,7 +145,7 @@ def matrix_of(series: pl.Series, encoding: Encoding) -> tuple[np.ndarray, np.nda
         array = series.to_arrow()
         matrix, valid = vectors_from_arrow(array, name=describe(series))
         return matrix, valid, vector_model(array.type)
-    matrix, valid = _encode(_texts(series), encoding, _row(series))
+    matrix, valid = _encode(texts_of(series), encoding, _row(series))
     return matrix, valid, encoding.embedder.provenance
 
 
@@ -177,7 +178,7 @@ def both_sides(
         def where(position: int) -> str:
             return _row(left)(position) if position < n else _row(right)(position - n)
 
-        matrix, valid = _encode(_texts(left) + _texts(right), encoding, where)
+        matrix, valid = _encode(texts_of(left) + texts_of(right), encoding, where)
         return matrix[:n], valid[:n], matrix[n:], valid[n:]
     lvec, lvalid, left_model = matrix_of(left, encoding)
     rvec, rvalid, right_model = matrix_of(right, encoding)

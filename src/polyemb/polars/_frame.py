@@ -7,12 +7,24 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
+from polyemb.chunks import chunks_of_table
+from polyemb.embedder import check_same_model
 from polyemb.errors import ColumnNotFoundError, InvalidInputError
-from polyemb.ivf import Ivf, IvfReport
+from polyemb.ivf import Ivf, IvfReport, method_settings
+from polyemb.maxsim import join_chunk_rows
 from polyemb.options import JoinHow, Method, Score
-from polyemb.polars._columns import EncodeOptions, Encoding, both_sides, float_series, rows_with_nulls
+from polyemb.polars._chunks import chunk_table, offsets
+from polyemb.polars._columns import (
+    EncodeOptions,
+    Encoding,
+    both_sides,
+    float_series,
+    matrix_of,
+    rows_with_nulls,
+)
 from polyemb.scores import added_columns
 from polyemb.similarity import check_join, join_rows
+from polyemb.store.stored import default_encoder_or
 
 if TYPE_CHECKING:
     from typing import Unpack
@@ -39,6 +51,7 @@ class EmbFrameNamespace:
         threshold: float | None = None,
         how: JoinHow = "inner",
         score: Score = "cosine",
+        chunks: bool = False,
         method: Method | Ivf = "exact",
         report: IvfReport | None = None,
         suffixes: tuple[str, str] = ("_x", "_y"),
@@ -64,6 +77,9 @@ class EmbFrameNamespace:
             score: ``"cosine"``; or ``"margin"`` / ``"csls"``, which score a pair relative to both
                 rows' 4 nearest neighbours on the other side (best across languages). These add
                 a ``cosine`` column.
+            chunks: Score each right text by its best window (max-sim over
+                :meth:`~polyemb.polars.EmbSeriesNamespace.chunks`) and add that window's ``start``
+                and ``end`` in the right text (NULL where unmatched). Exact only.
             method: ``"exact"`` (every pair scored); ``"ivf"`` or :class:`polyemb.ivf.Ivf`
                 settings: each left row is scored against the right rows of its nearest lists
                 (approximate; ``Ivf(recall=0.95)`` calibrates how many). As pandas'.
@@ -75,8 +91,9 @@ class EmbFrameNamespace:
             **options: Passed to ``encode`` (``batch_size``, ``show_progress``).
 
         Returns:
-            Left columns, right columns, then the Float64 score (and the score's own columns),
-            ordered by left row, then by decreasing score.
+            Left columns, right columns, then the Float64 score (and the score's own columns;
+            then ``start`` and ``end`` with ``chunks``), ordered by left row, then by
+            decreasing score.
 
         Raises:
             ColumnNotFoundError: ``left_on`` or ``right_on`` is not a column.
@@ -91,11 +108,15 @@ class EmbFrameNamespace:
         check_join(k, threshold, how, score, method)
         names = added_columns(score, score_column)
         right_on = left_on if right_on is None else right_on
+        encoding = Encoding(encoder, store, options)
+        if chunks:
+            if method_settings(method) is not None:
+                raise InvalidInputError("chunks=True scores every window exactly: use method='exact' with it")
+            return self._join_chunks(
+                right, left_on, right_on, k, names, encoding, threshold, how, score, suffixes
+            )
         lvec, lvalid, rvec, rvalid = both_sides(
-            _column(self._df, left_on, "left"),
-            _column(right, right_on, "right"),
-            Encoding(encoder, store, options),
-            "join",
+            _column(self._df, left_on, "left"), _column(right, right_on, "right"), encoding, "join"
         )
         rows = join_rows(
             lvec,
@@ -115,6 +136,37 @@ class EmbFrameNamespace:
             for name, values in zip(names, [rows.score, *rows.columns.values()], strict=True)
         ]
         return _assemble(self._df, right, rows.left, rows.right, added, suffixes)
+
+    def _join_chunks(
+        self,
+        right: pl.DataFrame,
+        left_on: str,
+        right_on: str,
+        k: int,
+        names: tuple[str, ...],
+        encoding: Encoding,
+        threshold: float | None,
+        how: JoinHow,
+        score: Score,
+        suffixes: tuple[str, str],
+    ) -> pl.DataFrame:
+        """The join with each right text scored by its best window (the core's ``join_chunk_rows``)."""
+        lvec, lvalid, model = matrix_of(_column(self._df, left_on, "left"), encoding)
+        found = chunks_of_table(
+            chunk_table(_column(right, right_on, "right"), encoding.encoder, encoding.options)
+        )
+        check_same_model(model, default_encoder_or(encoding.encoder).provenance, "join")
+        rows = join_chunk_rows(
+            lvec, lvalid, found.vectors, found.row, k, threshold=threshold, how=how, score=score
+        )
+        matched = rows.right >= 0
+        added = [
+            float_series(name, values, matched)
+            for name, values in zip(names, [rows.score, *rows.columns.values()], strict=True)
+        ]
+        return _assemble(
+            self._df, right, rows.left, rows.right, [*added, *offsets(found, rows.chunk)], suffixes
+        )
 
 
 def _column(frame: pl.DataFrame, name: str, side: str) -> pl.Series:

@@ -12,10 +12,13 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from polyemb.chunks import chunks_of_table
 from polyemb.embedder import check_same_model
 from polyemb.errors import InvalidInputError
 from polyemb.ivf import Ivf, IvfReport, method_settings
+from polyemb.maxsim import top_chunk_pairs
 from polyemb.options import Keep, Method, check_keep
+from polyemb.polars._chunks import chunk_frame, chunk_table, offsets
 from polyemb.polars._columns import (
     EncodeOptions,
     Encoding,
@@ -154,6 +157,7 @@ class EmbSeriesNamespace:
         query: str | np.ndarray | list[float],
         k: int = 10,
         *,
+        chunks: bool = False,
         encoder: Encoder | None = None,
         store: VectorStore | None = None,
         **options: Unpack[EncodeOptions],
@@ -163,6 +167,9 @@ class EmbSeriesNamespace:
         Args:
             query: A text (encoded with the encoder) or a vector.
             k: How many rows.
+            chunks: Score each text by its best window (:meth:`chunks`, max-sim) instead of its
+                one vector, and add that window's ``start`` and ``end`` (character offsets).
+                Texts only; the store is not used for the windows.
             encoder: The Encoder; default :func:`polyemb.default_encoder`.
             store: A vector store to look texts up in (and add new ones to).
             **options: Passed to ``encode`` (``batch_size``, ``show_progress``).
@@ -170,7 +177,7 @@ class EmbSeriesNamespace:
         Returns:
             A DataFrame with the matching rows' positions (``index``, as ``with_row_index``
             numbers them), their values (in a column named as the Series, else ``value``) and a
-            Float64 ``score``. NULL rows never match.
+            Float64 ``score`` (then ``start`` and ``end`` with ``chunks``). NULL rows never match.
 
         Example:
             >>> df["title"].emb.search("frog species", k=5)
@@ -181,22 +188,60 @@ class EmbSeriesNamespace:
             raise InvalidInputError(
                 f"search names its columns index, {column!r} and score: rename the Series first"
             )
-        matrix, valid, model = matrix_of(self._s, encoding)
-        if isinstance(query, str):
-            check_same_model(model, encoding.embedder.provenance, "search")
-            query_vector = encoding.query(query)
+        if chunks:
+            found = chunks_of_table(chunk_table(self._s, encoder, options))
+            query_vector = (
+                encoding.query(query)
+                if isinstance(query, str)
+                else np.asarray(query, np.float32).reshape(1, -1)
+            )
+            pairs = top_chunk_pairs(query_vector, found.vectors, k, corpus_rows=found.row)
+            rows, score_values = pairs.corpus, pairs.score
+            added = offsets(found, pairs.corpus_chunk)
         else:
-            query_vector = np.asarray(query, dtype=np.float32).reshape(1, -1)
-        positions = np.flatnonzero(valid)
-        indices, scores = top_k(query_vector, matrix[positions], k)
-        rows = positions[indices[0]]
+            matrix, valid, model = matrix_of(self._s, encoding)
+            if isinstance(query, str):
+                check_same_model(model, encoding.embedder.provenance, "search")
+                query_vector = encoding.query(query)
+            else:
+                query_vector = np.asarray(query, dtype=np.float32).reshape(1, -1)
+            positions = np.flatnonzero(valid)
+            indices, scores = top_k(query_vector, matrix[positions], k)
+            rows, score_values, added = positions[indices[0]], scores[0], []
         return pl.DataFrame(
             [
                 pl.Series("index", rows, dtype=pl.get_index_type()),
                 self._s.gather(rows).alias(column),
-                pl.Series("score", scores[0].astype(np.float64)),
+                pl.Series("score", score_values.astype(np.float64)),
+                *added,
             ]
         )
+
+    def chunks(
+        self,
+        *,
+        stride: int | None = None,
+        encoder: Encoder | None = None,
+        **options: Unpack[EncodeOptions],
+    ) -> pl.DataFrame:
+        """Every window of every text, one row each (:meth:`polyemb.Encoder.encode_chunks`).
+
+        Args:
+            stride: Tokens consecutive windows share; None: the encoder's.
+            encoder: The Encoder; default :func:`polyemb.default_encoder`.
+            **options: Passed to ``encode_chunks`` (``batch_size``, ``show_progress``).
+
+        Returns:
+            ``index`` (the text's row position, repeated), ``chunk`` (0, 1, ... within the text),
+            ``start`` and ``end`` (character offsets: ``text[start:end]`` is the window's text),
+            ``tokens`` and ``vector`` (``pl.Array(pl.Float32, dim)``, unit length). A NULL text
+            has no rows; an empty one has one.
+
+        Example:
+            >>> parts = df["body"].emb.chunks()
+        """
+        Encoding(encoder, None, options)  # a misspelt option fails here, as everywhere
+        return chunk_frame(chunk_table(self._s, encoder, options, stride))
 
     def near_duplicates(
         self,
