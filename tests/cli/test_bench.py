@@ -238,3 +238,24 @@ def test_bench_long_report(
     assert "time per token" in capsys.readouterr().out
     # The command quiets the encoder's truncation warnings for itself only.
     assert logging.getLogger("polyemb.encoder").level == logging.NOTSET
+
+
+def test_bench_join_retrieval_report(
+    minilm_dir: Path, sts_rows: list[dict[str, str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Aligned dev files: the sample takes the same pairs in every language, in pair order.
+    for lang in ("en", "de"):
+        rows = sorted((r for r in sts_rows if r["lang"] == lang), key=lambda r: int(r["pair"]))
+        with (tmp_path / f"stsb-{lang}-dev.csv").open("w", encoding="utf-8", newline="") as handle:
+            csv.writer(handle).writerows((r["sentence1"], r["sentence2"], r["score"]) for r in rows)
+    argv = ["bench-join", "retrieval", "--data", str(tmp_path), "--pairs", "en-de", "-m", str(minilm_dir)]
+    assert main([*argv, "--method", "ivf", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [r["direction"] for r in report["results"]] == ["en->de", "de->en"]
+    for row in report["results"]:
+        assert row["sentences"] >= 90
+        # A real model finds most translations; margin's gain over cosine is the point of it.
+        assert 0.5 < row["cosine"] <= row["margin"] + 0.05
+        for score in ("cosine", "margin", "csls"):
+            assert 0 <= row[f"{score}_ivf"] <= 1
+    assert report["ivf"]["nprobe"] is None  # the join's own default, not the first of a list

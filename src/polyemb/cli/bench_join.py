@@ -85,7 +85,11 @@ def _add_ivf_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--queries", type=int, default=0, help="left rows after --rows; 0: a self-join (%(default)s)"
     )
-    group.add_argument("--nprobe", type=_int_list, default=[16, 32, 64], help="nprobe values (%(default)s)")
+    group.add_argument(
+        "--nprobe",
+        type=_int_list,
+        help="nprobe values (ivf, dedup: default 16,32,64; retrieval: the first one, default the join's own)",
+    )
     group.add_argument("--recall", type=_float_list, default=[], help="recall targets, e.g. 0.9,0.95")
     group.add_argument("--nlist", type=int, help="lists (default: 4 x sqrt(rows))")
     group.add_argument("--seed", type=int, default=0, help="the ivf seed (%(default)s)")
@@ -101,6 +105,10 @@ def _add_ivf_options(parser: argparse.ArgumentParser) -> None:
         "--growth", type=_int_list, default=[], help="sizes of the growth runs, e.g. 250000,500000"
     )
     group.add_argument("--method", choices=["exact", "ivf"], default="exact", help="retrieval: also ivf P@1")
+
+
+# The nprobe values bench-join ivf and dedup time when --nprobe is not given.
+_NPROBES = [16, 32, 64]
 
 
 def _int_list(value: str) -> list[int]:
@@ -134,6 +142,8 @@ def _bench_join(args: argparse.Namespace) -> int:
         if not args.data:
             raise InvalidInputError("give --data: a folder of aligned stsb-<lang>-dev.csv files")
         method = _ivf_settings(args)[0] if args.method == "ivf" else None
+        if method is not None:  # as asked; None: the method's own default
+            meta["ivf"] = {"nlist": method.nlist, "nprobe": method.nprobe, "recall": method.recall}
         rows = join.retrieval(encoder, Path(args.data), join.parse_pairs(args.pairs), store, method)
         if args.json:
             print(json.dumps({**meta, "results": rows}, indent=2))
@@ -168,7 +178,8 @@ def _ivf_settings(args: argparse.Namespace) -> list[Any]:
     from polyemb.bench.ivf import parse_settings
     from polyemb.ivf import Ivf
 
-    settings = parse_settings(args.nprobe, args.recall, args.nlist, args.seed)
+    nprobes = args.nprobe if args.nprobe is not None else ([] if args.kind == "retrieval" else _NPROBES)
+    settings = parse_settings(nprobes, args.recall, args.nlist, args.seed)
     return settings or [Ivf(nlist=args.nlist, seed=args.seed)]
 
 
