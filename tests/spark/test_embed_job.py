@@ -64,7 +64,10 @@ def test_job_keeps_columns_and_partitioning(
         "--similarity-query", "a cat", "--pair-columns", "title", "other", "--repartition", "3",
         "--arrow-batch-rows", "2",
     ]  # fmt: skip
-    assert load_job().main(argv) == 0
+    try:
+        assert load_job().main(argv) == 0
+    finally:  # the job sets its session's Arrow batch size; this session is the suite's
+        spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["lang=en", "lang=es"]
     table = read_output(out)
     assert set(table.column_names) == {

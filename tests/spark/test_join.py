@@ -201,8 +201,12 @@ def test_chunks_give_the_pandas_joins_pairs_and_windows(
         "start",
         "end",
     ]
-    # Shipped whole, and in blocks of 3 right rows (of many windows each, never split).
-    for options in ({}, {"block_rows": 3, "broadcast_mb": 0.0}):
+    # Shipped whole (with Arrow batches of 3 rows too: a batch may end inside a right row's
+    # windows, whose neighbourhood must still see all of them), and in blocks of 3 right rows.
+    for options in ({}, {"arrow_rows": 3}, {"block_rows": 3, "broadcast_mb": 0.0}):
+        batch_rows = options.pop("arrow_rows", None)
+        if batch_rows:
+            spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_rows))
         got = polyemb.spark.semantic_join(
             sl,
             sr,
@@ -215,6 +219,7 @@ def test_chunks_give_the_pandas_joins_pairs_and_windows(
             model=tiny_model_dir,
             **options,  # type: ignore[arg-type]
         ).toPandas()
+        spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
         assert list(got.columns) == columns
         matched = got.dropna(subset=["id_y"]).astype({"id_y": "int64", "start": "int64", "end": "int64"})
         wanted = expected.dropna(subset=["id_y"]).astype({"id_y": "int64", "start": "int64", "end": "int64"})

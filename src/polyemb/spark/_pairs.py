@@ -93,7 +93,7 @@ def exact_pairs(
     if not count:
         return queries.sparkSession.createDataFrame([], pair_schema(score, "start" in corpus.columns))
     if count * dim * 4 <= broadcast_mb * 2**20:
-        return _broadcast_pairs(queries, corpus, k, score)
+        return _broadcast_pairs(queries, corpus, k, score, block_rows)
     return _blocked_pairs(queries, corpus, k, score, block_rows, count)
 
 
@@ -153,15 +153,32 @@ def _score(left: VectorBlock, right: VectorBlock, k: int, score: Score) -> pd.Da
     return pd.DataFrame(columns)
 
 
-def _broadcast_pairs(queries: DataFrame, corpus: DataFrame, k: int, score: Score) -> DataFrame:
-    """A small corpus, shipped with the task: each batch of queries scored against all of it."""
+def _broadcast_pairs(
+    queries: DataFrame, corpus: DataFrame, k: int, score: Score, block_rows: int
+) -> DataFrame:
+    """A small corpus, shipped with the task: each batch of queries scored against all of it.
+
+    Queries that are rows of windows go in groups of whole rows (by a hash of the id, about
+    ``block_rows`` windows a group): an Arrow batch may end inside a row, and a row's best
+    window must be chosen among all of its windows.
+    """
     right = VectorBlock.of(corpus.toArrow().to_pandas())
+    schema = pair_schema(score, right.start is not None)
+    if "window" not in queries.columns:
 
-    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for batch in batches:
-            yield _score(VectorBlock.of(batch), right, k, score)
+        def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+            for batch in batches:
+                yield _score(VectorBlock.of(batch), right, k, score)
 
-    return queries.mapInPandas(run, pair_schema(score, right.start is not None))
+        return queries.mapInPandas(run, schema)
+
+    groups = max(1, -(-queries.count() // block_rows))
+    keyed = queries.withColumn("__group", F.pmod(F.xxhash64("id"), F.lit(groups)).cast("int"))
+
+    def run_group(rows: pd.DataFrame) -> pd.DataFrame:
+        return _score(VectorBlock.of(rows), right, k, score)
+
+    return keyed.groupBy("__group").applyInPandas(run_group, schema)
 
 
 def _blocked_pairs(
