@@ -22,7 +22,14 @@ from tqdm.auto import tqdm
 
 from polyemb import chunks, kernels, loading, quantize, windows
 from polyemb._platform import available_cpus
-from polyemb.batching import MAX_ROWS, TOKEN_BUDGET, check_batch_size, plan_batches, run_batches
+from polyemb.batching import (
+    MAX_ROWS,
+    TOKEN_BUDGET,
+    check_batch_size,
+    pad_multiple,
+    plan_batches,
+    run_batches,
+)
 from polyemb.defaults import default_encoder, set_default_encoder
 from polyemb.embedder import TextEncoder, VectorSpec, check_texts
 from polyemb.options import LongTexts, Precision, WeightPrecision
@@ -350,6 +357,8 @@ class Encoder(TextEncoder):
             pad_id=self._pad_id,
             device_type=self.device.type,
             batch_size=batch_size,
+            multiple=pad_multiple(self.device.type, self._precision),
+            limit=self.max_seq_length,
         )
 
     def _forward(self, ids: np.ndarray, mask: np.ndarray, normalize: bool) -> np.ndarray:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import polyemb
+from polyemb.batching import padded_lengths, run_batches
 from polyemb.encoder import mean_pool, plan_batches
 from polyemb.testing import SAMPLE_SENTENCES
 
@@ -220,3 +221,35 @@ def test_plan_batches_respects_budget_and_rows() -> None:
         assert (end - start) * lengths[start] <= 200 or end - start == 1
     assert plan_batches(np.array([500]), max_tokens=100, max_rows=8) == [(0, 1)]
     assert plan_batches(np.array([], dtype=np.int64), max_tokens=100, max_rows=8) == []
+
+
+def test_padded_lengths_round_up_within_the_limit_and_stay_sorted() -> None:
+    lengths = np.array([130, 128, 100, 33, 32, 17, 16, 1])
+    padded = padded_lengths(lengths, 16, 128)
+    # 130 is a row past the limit (a window never is, but the rule must not cut a row).
+    assert padded.tolist() == [130, 128, 112, 48, 32, 32, 16, 16]
+    assert (np.diff(padded) <= 0).all()
+    assert padded_lengths(np.array([100]), 16, 100).tolist() == [100]  # never past max_seq_length
+    assert padded_lengths(lengths, 1, 128) is lengths
+
+
+def test_run_batches_pads_to_the_multiple_and_puts_rows_back() -> None:
+    rows = [[5] * n for n in (3, 17, 1, 40, 16)]
+    lengths = np.array([len(r) for r in rows])
+    widths: list[int] = []
+
+    def forward(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        widths.append(ids.shape[1])
+        assert (mask.sum(axis=1) <= ids.shape[1]).all()
+        return mask.sum(axis=1, keepdims=True).astype(np.float32)  # each row's real tokens
+
+    out = np.zeros((len(rows), 1), np.float32)
+    done = list(
+        run_batches(
+            lengths, rows.__getitem__, forward, out, pad_id=0, device_type="cpu",
+            batch_size=1, multiple=16, limit=36,
+        )
+    )
+    assert sum(done) == len(rows)
+    assert out[:, 0].tolist() == lengths.tolist()  # padding is masked out, rows in place
+    assert widths == [40, 32, 16, 16, 16]  # 40 > limit stays 40; 17 -> 32; 16, 3, 1 -> 16

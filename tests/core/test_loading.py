@@ -327,6 +327,25 @@ def test_bf16_on_cpu_pools_in_float32(tiny_model_dir: Path) -> None:
     assert cos.min() > 0.97
 
 
+def test_bf16_on_cpu_pads_batches_to_multiples_of_16(tiny_model_dir: Path) -> None:
+    """Few batch shapes: oneDNN builds and keeps a primitive per shape (batching.PAD_MULTIPLE)."""
+    texts = [" ".join(["word"] * n) for n in (1, 5, 9, 20, 30)]
+    widths: dict[str, set[int]] = {}
+    vectors = {}
+    for precision in ("fp32", "bf16"):
+        encoder = polyemb.load(tiny_model_dir, precision=precision)
+        seen = widths.setdefault(precision, set())
+        encoder._model.register_forward_pre_hook(
+            lambda _module, args, kwargs, seen=seen: seen.add(kwargs["input_ids"].shape[1]),
+            with_kwargs=True,
+        )
+        vectors[precision] = encoder.encode(texts, batch_size=1)
+    assert widths["bf16"] and all(w % 16 == 0 for w in widths["bf16"])
+    assert len(widths["fp32"]) > len(widths["bf16"])  # fp32 pads to the longest row only
+    # Padding is masked: bf16 stays within the bf16 contract of the unpadded fp32 vectors.
+    assert (vectors["bf16"] * vectors["fp32"]).sum(1).min() > 0.97
+
+
 def test_tokenizer_larger_than_the_embedding_table(tiny_model_dir: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file, save_file
 
