@@ -58,10 +58,11 @@ def padded_lengths(sorted_lengths: np.ndarray, multiple: int, limit: int | None)
     """
     if multiple <= 1:
         return sorted_lengths
-    rounded = -(-sorted_lengths // multiple) * multiple
+    rounded: np.ndarray = -(-sorted_lengths // multiple) * multiple
     if limit is None:
         return rounded
-    return np.maximum(np.minimum(rounded, limit), sorted_lengths)
+    capped: np.ndarray = np.maximum(np.minimum(rounded, limit), sorted_lengths)
+    return capped
 
 
 def plan_batches(lengths: np.ndarray, *, max_tokens: int, max_rows: int) -> list[tuple[int, int]]:

@@ -246,8 +246,15 @@ def test_run_batches_pads_to_the_multiple_and_puts_rows_back() -> None:
     out = np.zeros((len(rows), 1), np.float32)
     done = list(
         run_batches(
-            lengths, rows.__getitem__, forward, out, pad_id=0, device_type="cpu",
-            batch_size=1, multiple=16, limit=36,
+            lengths,
+            rows.__getitem__,
+            forward,
+            out,
+            pad_id=0,
+            device_type="cpu",
+            batch_size=1,
+            multiple=16,
+            limit=36,
         )
     )
     assert sum(done) == len(rows)
