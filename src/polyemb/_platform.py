@@ -1,5 +1,7 @@
 """What this machine is: its CPU (model, flags, the CPUs this process may use) and memory figures.
 
+Also :func:`release_free_memory`, which hands the C heap's free pages back to the system.
+
 Standard library only, and no torch: the pytest header, the benchmarks' child processes and the
 int8 check all read it, and a child that measures memory must not pay for an import it does not
 need. Every reader here reads Linux's ``/proc`` and ``/sys``; elsewhere it says so by giving an
@@ -8,9 +10,12 @@ empty or unknown answer, never by raising.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import math
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = [
@@ -19,6 +24,7 @@ __all__ = [
     "cpu_flags",
     "cpuinfo_field",
     "process_mib",
+    "release_free_memory",
     "reset_peak_memory",
 ]
 
@@ -114,3 +120,30 @@ def reset_peak_memory() -> None:
             handle.write("5")
     except OSError:
         pass
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """The C library's ``malloc_trim`` (glibc), or None where it has none (macOS, musl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim
+
+
+def release_free_memory() -> None:
+    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``); elsewhere nothing.
+
+    glibc keeps freed blocks of the sizes a forward pass allocates on its heap, and that heap
+    grows with every call: all-MiniLM-L6-v2 in bf16 streamed 300,000 texts in calls of 10,000
+    to a 1.5 GiB peak, where trimming after each call held the process at about 690 MiB
+    (docs/performance.md).
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from polyemb import chunks, kernels, loading, quantize, windows
-from polyemb._platform import available_cpus
+from polyemb._platform import available_cpus, release_free_memory
 from polyemb.batching import (
     MAX_ROWS,
     TOKEN_BUDGET,
@@ -57,6 +57,10 @@ logger = logging.getLogger(__name__)
 # Texts tokenized at a time: bounds the memory held by token lists for huge inputs while
 # leaving enough texts per chunk that length-sorting makes padding negligible.
 TOKENIZE_CHUNK = 16_384
+# After a call of at least this many texts, the C heap's free pages go back to the system
+# (:func:`polyemb._platform.release_free_memory`): a trim took 6 to 8 ms after 5,000 MiniLM texts
+# (and gave back about 100 MiB), where a call of 1,000 texts takes 1 to 5 s on 2 CPUs.
+TRIM_MIN_TEXTS = 1_000
 # Show a progress bar by default only when there is this much to do (and stderr is a terminal).
 PROGRESS_MIN_TEXTS = 5_000
 
@@ -251,6 +255,8 @@ class Encoder(TextEncoder):
                     part = self._windows_of(batch, chosen, batch_size, normalize, offsets=True)
                 parts.append(part)
                 bar.update(len(batch))
+        if len(unique) >= TRIM_MIN_TEXTS:
+            release_free_memory()
         return chunks.chunk_table(
             windows.EncodedWindows.concat(parts, self.dim), present, inverse, self.provenance
         )
@@ -289,6 +295,8 @@ class Encoder(TextEncoder):
                     )
                     for count in done:
                         bar.update(count)
+        if len(unique) >= TRIM_MIN_TEXTS:
+            release_free_memory()
         if len(unique) == len(items):  # all distinct: inverse is the identity
             out = vectors
         else:

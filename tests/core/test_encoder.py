@@ -260,3 +260,31 @@ def test_run_batches_pads_to_the_multiple_and_puts_rows_back() -> None:
     assert sum(done) == len(rows)
     assert out[:, 0].tolist() == lengths.tolist()  # padding is masked out, rows in place
     assert widths == [40, 32, 16, 16, 16]  # 40 > limit stays 40; 17 -> 32; 16, 3, 1 -> 16
+
+
+def test_large_calls_hand_free_heap_pages_back(
+    tiny_encoder: polyemb.Encoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call of TRIM_MIN_TEXTS texts or more trims the C heap once; smaller calls never do."""
+    import polyemb.encoder as encoder_module
+
+    trims: list[int] = []
+    monkeypatch.setattr(encoder_module, "release_free_memory", lambda: trims.append(1))
+    monkeypatch.setattr(encoder_module, "TRIM_MIN_TEXTS", 6)
+    texts = [f"text number {i}" for i in range(6)]
+    tiny_encoder.encode(texts[:5])
+    tiny_encoder.encode(texts[:2] * 5)  # 10 items, 2 distinct: what is encoded counts
+    assert trims == []
+    tiny_encoder.encode(texts)
+    tiny_encoder.encode_chunks(texts)
+    assert trims == [1, 1]
+
+
+def test_release_free_memory_is_safe_to_call() -> None:
+    from polyemb._platform import _malloc_trim, release_free_memory
+
+    assert release_free_memory() is None
+    import platform
+
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert _malloc_trim() is not None  # the trim really runs where it matters
