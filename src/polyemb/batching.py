@@ -22,6 +22,7 @@ __all__ = [
     "pad_multiple",
     "padded_lengths",
     "plan_batches",
+    "power_of_two_parts",
     "run_batches",
 ]
 
@@ -65,6 +66,16 @@ def padded_lengths(sorted_lengths: np.ndarray, multiple: int, limit: int | None)
     return capped
 
 
+def power_of_two_parts(start: int, end: int) -> list[tuple[int, int]]:
+    """``[start, end)`` cut into runs of 2^j rows, largest first (37 rows: 32, 4, 1)."""
+    parts = []
+    while start < end:
+        size = 1 << ((end - start).bit_length() - 1)
+        parts.append((start, start + size))
+        start += size
+    return parts
+
+
 def plan_batches(lengths: np.ndarray, *, max_tokens: int, max_rows: int) -> list[tuple[int, int]]:
     """Split rows sorted by decreasing length into ``[start, end)`` batches.
 
@@ -103,7 +114,9 @@ def run_batches(
         pad_id: The padding token.
         device_type: ``"cpu"``, ``"cuda"``, ``"mps"``: picks the default token budget.
         batch_size: Rows per batch; None: by the device's token budget.
-        multiple: Pad each batch to a multiple of this many tokens (:data:`PAD_MULTIPLE`).
+        multiple: Pad each batch to a multiple of this many tokens (:data:`PAD_MULTIPLE`); above
+            1, the last (short) batch also goes in parts of 2^j rows, so that a stream of calls
+            brings no new shape with each call.
         limit: ... but never past this many (the model's ``max_seq_length``), unless a row is longer.
 
     Yields:
@@ -120,6 +133,9 @@ def run_batches(
         plan = plan_batches(
             sorted_lengths, max_tokens=batch_size * int(sorted_lengths[0]), max_rows=batch_size
         )
+    if multiple > 1:
+        # Only the last batch can be short; its parts of 2^j rows keep the shapes few.
+        plan = plan[:-1] + power_of_two_parts(*plan[-1])
     for start, end in plan:
         rows = order[start:end]
         width = int(sorted_lengths[start])

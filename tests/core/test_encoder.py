@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import polyemb
-from polyemb.batching import padded_lengths, run_batches
+from polyemb.batching import padded_lengths, power_of_two_parts, run_batches
 from polyemb.encoder import mean_pool, plan_batches
 from polyemb.testing import SAMPLE_SENTENCES
 
@@ -231,6 +231,44 @@ def test_padded_lengths_round_up_within_the_limit_and_stay_sorted() -> None:
     assert (np.diff(padded) <= 0).all()
     assert padded_lengths(np.array([100]), 16, 100).tolist() == [100]  # never past max_seq_length
     assert padded_lengths(lengths, 1, 128) is lengths
+
+
+def test_power_of_two_parts() -> None:
+    assert power_of_two_parts(3, 40) == [(3, 35), (35, 39), (39, 40)]  # 37 rows: 32, 4, 1
+    assert power_of_two_parts(0, 64) == [(0, 64)]
+    assert power_of_two_parts(5, 5) == []
+
+
+def test_bucketed_batches_bring_few_shapes_over_many_calls() -> None:
+    """With a multiple, full batches have one row count per width and a short one comes in 2^j rows."""
+    rng = np.random.default_rng(0)
+    shapes: set[tuple[int, int]] = set()
+
+    def forward(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        shapes.add(ids.shape)
+        return mask.sum(axis=1, keepdims=True).astype(np.float32)
+
+    for call in range(40):
+        lengths = rng.integers(1, 129, size=int(rng.integers(1, 400)))
+        rows = [[1] * int(n) for n in lengths]
+        out = np.zeros((len(rows), 1), np.float32)
+        for _ in run_batches(
+            lengths,
+            rows.__getitem__,
+            forward,
+            out,
+            pad_id=0,
+            device_type="cpu",
+            batch_size=None,
+            multiple=16,
+            limit=128,
+        ):
+            pass
+        assert out[:, 0].tolist() == lengths.tolist(), call
+    widths = {w for _, w in shapes}
+    assert all(w % 16 == 0 for w in widths)
+    # Per width: its full row count and at most the 8 powers of two below 128.
+    assert len(shapes) <= len(widths) * 9
 
 
 def test_run_batches_pads_to_the_multiple_and_puts_rows_back() -> None:
