@@ -239,65 +239,47 @@ def test_power_of_two_parts() -> None:
     assert power_of_two_parts(5, 5) == []
 
 
+def _run_token_counts(
+    lengths: np.ndarray, shapes: list[tuple[int, int]], **options: object
+) -> tuple[np.ndarray, int]:
+    """run_batches over rows of ``lengths`` ones; each vector is its row's real tokens.
+
+    Returns ``(vectors, rows reported done)``; the shape of each batch goes into ``shapes``.
+    """
+    rows = [[1] * int(n) for n in lengths]
+
+    def forward(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        shapes.append(ids.shape)
+        return mask.sum(axis=1, keepdims=True).astype(np.float32)
+
+    out = np.zeros((len(rows), 1), np.float32)
+    done = run_batches(lengths, rows.__getitem__, forward, out, pad_id=0, device_type="cpu", **options)  # type: ignore[arg-type]
+    return out[:, 0], sum(done)
+
+
 def test_bucketed_batches_bring_few_shapes_over_many_calls() -> None:
     """With a multiple, full batches have one row count per width and a short one comes in 2^j rows."""
     rng = np.random.default_rng(0)
-    shapes: set[tuple[int, int]] = set()
-
-    def forward(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        shapes.add(ids.shape)
-        return mask.sum(axis=1, keepdims=True).astype(np.float32)
-
+    shapes: list[tuple[int, int]] = []
     for call in range(40):
         lengths = rng.integers(1, 129, size=int(rng.integers(1, 400)))
-        rows = [[1] * int(n) for n in lengths]
-        out = np.zeros((len(rows), 1), np.float32)
-        for _ in run_batches(
-            lengths,
-            rows.__getitem__,
-            forward,
-            out,
-            pad_id=0,
-            device_type="cpu",
-            batch_size=None,
-            multiple=16,
-            limit=128,
-        ):
-            pass
-        assert out[:, 0].tolist() == lengths.tolist(), call
+        out, done = _run_token_counts(lengths, shapes, batch_size=None, multiple=16, limit=128)
+        assert done == len(lengths)
+        assert out.tolist() == lengths.tolist(), call  # padding is masked out, rows in place
     widths = {w for _, w in shapes}
     assert all(w % 16 == 0 for w in widths)
     # Per width: its full row count and at most the 8 powers of two below 128.
-    assert len(shapes) <= len(widths) * 9
+    assert len(set(shapes)) <= len(widths) * 9
 
 
 def test_run_batches_pads_to_the_multiple_and_puts_rows_back() -> None:
-    rows = [[5] * n for n in (3, 17, 1, 40, 16)]
-    lengths = np.array([len(r) for r in rows])
-    widths: list[int] = []
-
-    def forward(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        widths.append(ids.shape[1])
-        assert (mask.sum(axis=1) <= ids.shape[1]).all()
-        return mask.sum(axis=1, keepdims=True).astype(np.float32)  # each row's real tokens
-
-    out = np.zeros((len(rows), 1), np.float32)
-    done = list(
-        run_batches(
-            lengths,
-            rows.__getitem__,
-            forward,
-            out,
-            pad_id=0,
-            device_type="cpu",
-            batch_size=1,
-            multiple=16,
-            limit=36,
-        )
-    )
-    assert sum(done) == len(rows)
-    assert out[:, 0].tolist() == lengths.tolist()  # padding is masked out, rows in place
-    assert widths == [40, 32, 16, 16, 16]  # 40 > limit stays 40; 17 -> 32; 16, 3, 1 -> 16
+    lengths = np.array([3, 17, 1, 40, 16])
+    shapes: list[tuple[int, int]] = []
+    out, done = _run_token_counts(lengths, shapes, batch_size=1, multiple=16, limit=36)
+    assert done == len(lengths)
+    assert out.tolist() == lengths.tolist()
+    # 40 > limit stays 40; 17 -> 32; 16, 3, 1 -> 16
+    assert [w for _, w in shapes] == [40, 32, 16, 16, 16]
 
 
 def test_large_calls_hand_free_heap_pages_back(
