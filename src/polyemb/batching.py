@@ -32,11 +32,13 @@ TOKEN_BUDGET = {"cpu": 2_048, "cuda": 65_536, "mps": 16_384}
 MAX_ROWS = {"cpu": 128, "cuda": 1_024, "mps": 256}
 # Padded lengths rounded up to a multiple of this, per (device type, precision): a stream of
 # texts then meets a few dozen batch shapes instead of one per length, and each new shape costs
-# oneDNN a primitive to build and keep (its cache holds up to 1,024). all-MiniLM-L6-v2 on texts of
-# two STS sentences, 20,000 texts in calls of 5,000, Intel Xeon with AMX, 2 CPUs (docs/performance.md):
-# bf16 589 -> 652 texts/s and a peak of 1,278 -> 835 MiB with 16; fp32 221 -> 193 texts/s and int8
-# 296 -> 247 (the padding's extra work costs more than the shapes), so those stay at 1.
-PAD_MULTIPLE = {("cpu", "bf16"): 16}
+# oneDNN a primitive to build and keep (its cache holds up to 1,024), so memory creeps up over a
+# long stream. all-MiniLM-L6-v2 on texts of two STS sentences, Intel Xeon with AMX, 2 CPUs
+# (docs/performance.md): bf16 589 -> 652 texts/s and a peak of 1,278 -> 835 MiB with 16 (20,000
+# texts); fp32 244 -> 229 texts/s and a peak of 1,179 -> 1,027 MiB with 8 (30,000 texts in calls
+# of 10,000; memory after each call rose 55 MiB unpadded, 10 padded). int8 stays at 1: 296 -> 247
+# texts/s with 16, more than its shapes cost.
+PAD_MULTIPLE = {("cpu", "bf16"): 16, ("cpu", "fp32"): 8}
 
 
 def check_batch_size(batch_size: Any) -> None:

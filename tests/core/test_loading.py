@@ -327,12 +327,14 @@ def test_bf16_on_cpu_pools_in_float32(tiny_model_dir: Path) -> None:
     assert cos.min() > 0.97
 
 
-def test_bf16_on_cpu_pads_batches_to_multiples_of_16(tiny_model_dir: Path) -> None:
+def test_cpu_batches_padded_to_the_multiple_of_their_precision(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Few batch shapes: oneDNN builds and keeps a primitive per shape (batching.PAD_MULTIPLE)."""
-    texts = [" ".join(["word"] * n) for n in (1, 5, 9, 20, 30)]
+    texts = [" ".join(["word"] * n) for n in (1, 2, 3, 4, 6)]
     widths: dict[str, set[int]] = {}
     vectors = {}
-    for precision in ("fp32", "bf16"):
+    for precision in ("int8", "fp32", "bf16"):
         encoder = polyemb.load(tiny_model_dir, precision=precision)
         seen = widths.setdefault(precision, set())
         encoder._model.register_forward_pre_hook(
@@ -340,9 +342,16 @@ def test_bf16_on_cpu_pads_batches_to_multiples_of_16(tiny_model_dir: Path) -> No
             with_kwargs=True,
         )
         vectors[precision] = encoder.encode(texts, batch_size=1)
-    assert widths["bf16"] and all(w % 16 == 0 for w in widths["bf16"])
-    assert len(widths["fp32"]) > len(widths["bf16"])  # fp32 pads to the longest row only
-    # Padding is masked: bf16 stays within the bf16 contract of the unpadded fp32 vectors.
+    lengths = widths["int8"]  # int8 pads to the longest row only: each text's own length
+    assert len(lengths) == len(texts)
+    limit = encoder.max_seq_length
+    assert widths["fp32"] == {min(limit, -(-n // 8) * 8) for n in lengths}
+    assert widths["bf16"] == {min(limit, -(-n // 16) * 16) for n in lengths}
+    assert len(widths["fp32"]) > len(widths["bf16"]) > 1
+    # Padding is masked: fp32 is the unpadded forward pass within float rounding.
+    monkeypatch.setattr(polyemb.encoder, "pad_multiple", lambda device_type, precision: 1)
+    unpadded = polyemb.load(tiny_model_dir, precision="fp32").encode(texts, batch_size=1)
+    assert np.abs(unpadded - vectors["fp32"]).max() < 1e-5
     assert (vectors["bf16"] * vectors["fp32"]).sum(1).min() > 0.97
 
 
