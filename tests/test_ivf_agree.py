@@ -21,7 +21,8 @@ import polyemb.polars
 import polyemb.spark
 from polyemb.cli import main
 from polyemb.ivf import Ivf, IvfReport
-from polyemb.similarity import connected_groups, pairs_above, top_pairs
+from polyemb.near_duplicates import connected_groups, pairs_above
+from polyemb.similarity import top_pairs
 
 K = 4
 # Few lists probed, so that the answer differs from the exact one and agreement means something.

@@ -38,6 +38,7 @@ CORE = (
     "polyemb.ivf.settings",
     "polyemb.loading",
     "polyemb.maxsim",
+    "polyemb.near_duplicates",
     "polyemb.options",
     "polyemb.prepare",
     "polyemb.scores",

@@ -1,8 +1,8 @@
 """Near-duplicates of a table file's column: what ``polyemb dedup`` runs (no engine types here).
 
 The column is read whole (texts are embedded, vectors read as they are), its pairs found by
-:func:`polyemb.similarity.pairs_above` (exact or ivf), grouped by
-:func:`~polyemb.similarity.connected_groups`, and the file written again: without the rows each
+:func:`polyemb.near_duplicates.pairs_above` (exact or ivf), grouped by
+:func:`~polyemb.near_duplicates.connected_groups`, and the file written again: without the rows each
 group drops (``keep="first"``), or with every row and its group id.
 """
 
@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 
 from polyemb.arrow import texts_from_arrow, vectors_from_arrow
 from polyemb.errors import InvalidInputError
+from polyemb.near_duplicates import check_threshold, connected_groups, first_of_groups, pairs_above
 from polyemb.options import Keep, Method, check_keep
-from polyemb.similarity import check_threshold, connected_groups, first_of_groups, pairs_above
 from polyemb.tables import read_table
 
 if TYPE_CHECKING:

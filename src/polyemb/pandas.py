@@ -42,18 +42,10 @@ from polyemb.arrow import vector_model, vector_type
 from polyemb.embedder import Embedder, check_same_model
 from polyemb.encoder import Encoder
 from polyemb.ivf import Ivf, IvfReport, method_settings
+from polyemb.near_duplicates import check_threshold, connected_groups, first_of_groups, pairs_above
 from polyemb.options import JoinHow, Keep, Method, Score, check_keep
 from polyemb.scores import added_columns
-from polyemb.similarity import (
-    check_join,
-    check_threshold,
-    connected_groups,
-    cosine,
-    first_of_groups,
-    join_rows,
-    pairs_above,
-    top_k,
-)
+from polyemb.similarity import check_join, cosine, join_rows, top_k
 from polyemb.store import VectorStore, embedder_for
 from polyemb.store.stored import default_encoder_or
 

@@ -14,7 +14,7 @@ import pytest
 from polyemb.bench.texts import paired_texts
 from polyemb.cli import main
 from polyemb.ivf import Ivf
-from polyemb.similarity import connected_groups, first_of_groups, pairs_above
+from polyemb.near_duplicates import connected_groups, first_of_groups, pairs_above
 
 ROWS = ["a cat on a mat", "stock markets fell", "a cat on a mat", None, "stock markets fell", "rain"]
 

@@ -13,7 +13,8 @@ from polyemb.ivf import Ivf, IvfIndex, IvfReport, default_nlist, default_nprobe,
 from polyemb.ivf.calibrate import choose_nprobe, recall_curve
 from polyemb.ivf.cells import nearest_lists, probe, row_keys, sortable_keys
 from polyemb.ivf.index import train_centroids
-from polyemb.similarity import join_rows, normalize_rows, pairs_above, top_k, top_pairs
+from polyemb.near_duplicates import pairs_above
+from polyemb.similarity import join_rows, normalize_rows, top_k, top_pairs
 
 
 def clustered(seed: int, rows: int, dim: int = 16, centres: int = 12) -> np.ndarray:

@@ -158,7 +158,7 @@ def _dedup(
     """``(i, j, seconds)`` of one near-duplicate search in ``engine``."""
     started = time.perf_counter()
     if engine == "core":
-        from polyemb.similarity import pairs_above
+        from polyemb.near_duplicates import pairs_above
 
         i, j, _ = pairs_above(rows, threshold, method=method, report=report)
     elif engine == "pandas":

@@ -17,6 +17,7 @@ from polyemb.embedder import check_same_model
 from polyemb.errors import InvalidInputError
 from polyemb.ivf import Ivf, IvfReport, method_settings
 from polyemb.maxsim import top_chunk_pairs
+from polyemb.near_duplicates import check_threshold, connected_groups, first_of_groups, pairs_above
 from polyemb.options import Keep, Method, check_keep
 from polyemb.polars._chunks import chunk_frame, chunk_table, offsets
 from polyemb.polars._columns import (
@@ -29,7 +30,7 @@ from polyemb.polars._columns import (
     kind_of,
     matrix_of,
 )
-from polyemb.similarity import check_threshold, connected_groups, cosine, first_of_groups, pairs_above, top_k
+from polyemb.similarity import cosine, top_k
 
 if TYPE_CHECKING:
     from typing import Unpack

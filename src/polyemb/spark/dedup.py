@@ -3,7 +3,7 @@
 The pairs come from the cells of :mod:`polyemb.spark.cells`: with ``method="ivf"`` each row is
 scored against the rows of its nearest lists; with ``"exact"`` against every row (one list, in
 blocks). Groups (rows linked by a chain of pairs) are the core's
-:func:`~polyemb.similarity.connected_groups` of the pairs, collected to the driver: the pairs of
+:func:`~polyemb.near_duplicates.connected_groups` of the pairs, collected to the driver: the pairs of
 a column must fit there (16 bytes each), not its rows. Rows are numbered in the order Spark reads
 them (``monotonically_increasing_id``), which is the file order for a file read as is: "first"
 and group numbers follow it, as pandas follows the index.
@@ -22,8 +22,8 @@ from pyspark.sql import functions as F
 from polyemb.errors import ColumnNotFoundError, InvalidInputError
 from polyemb.ivf import Ivf, IvfReport, method_settings
 from polyemb.ivf.index import fixed_nprobe
+from polyemb.near_duplicates import check_threshold, connected_groups, first_of_groups
 from polyemb.options import Delivery, Keep, Method, Precision, check_keep, check_positive_int
-from polyemb.similarity import check_threshold, connected_groups, first_of_groups
 from polyemb.spark._pairs import PAIR_L, PAIR_R, PAIR_SCORE, corpus_shape, kept
 from polyemb.spark.cells import (
     Cells,
