@@ -30,6 +30,7 @@ CORE = (
     "polyemb.dedup",
     "polyemb.defaults",
     "polyemb.encoder",
+    "polyemb.finding",
     "polyemb.ivf",
     "polyemb.ivf.calibrate",
     "polyemb.ivf.cells",

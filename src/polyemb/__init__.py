@@ -29,7 +29,7 @@ from polyemb.errors import (
 
 if TYPE_CHECKING:
     from polyemb.encoder import Encoder, default_encoder, load, set_default_encoder
-    from polyemb.loading import DEFAULT_MODEL
+    from polyemb.finding import DEFAULT_MODEL
     from polyemb.store import VectorStore, open_store
 
 __all__ = [
@@ -55,7 +55,7 @@ __version__ = "0.2.0"
 
 # Public name -> the module that defines it (imported when the name is first used).
 _LAZY = {
-    "DEFAULT_MODEL": "polyemb.loading",
+    "DEFAULT_MODEL": "polyemb.finding",
     "Encoder": "polyemb.encoder",
     "default_encoder": "polyemb.encoder",
     "load": "polyemb.encoder",

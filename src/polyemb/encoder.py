@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from polyemb import chunks, kernels, loading, quantize, windows
+from polyemb import chunks, finding, kernels, loading, quantize, windows
 from polyemb._platform import available_cpus, release_free_memory
 from polyemb.batching import (
     MAX_ROWS,
@@ -114,7 +114,7 @@ class Encoder(TextEncoder):
     def __init__(
         self,
         *,
-        files: loading.ModelFiles,
+        files: finding.ModelFiles,
         model: torch.nn.Module,
         tokenizer: Any,
         pad_id: int,
@@ -160,7 +160,7 @@ class Encoder(TextEncoder):
     @cached_property
     def fingerprint(self) -> str:
         """The exact model content: the hub commit, or ``sha256:...`` of a local folder's files."""
-        return loading.fingerprint(self._files)
+        return finding.fingerprint(self._files)
 
     @property
     def provenance(self) -> str:

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from polyemb import loading, windows
+from polyemb import finding, loading, windows
 from polyemb.embedder import VectorSpec
 from polyemb.errors import InvalidInputError, ModelLoadError
 from polyemb.options import LONG_TEXTS, WEIGHT_PRECISIONS, LongTexts, Precision, WeightPrecision, check_choice
@@ -25,7 +25,7 @@ __all__ = ["Prepared", "choose_length", "describe", "long_text_setting", "precis
 class Prepared:
     """A model's files, settings, tokenizer and config: all of loading but the weights."""
 
-    files: loading.ModelFiles
+    files: finding.ModelFiles
     spec: loading.ModelSpec
     tokenizer: Any
     pad_id: int
@@ -46,7 +46,7 @@ def prepare(
     local_files_only: bool | None,
 ) -> Prepared:
     """Find the model and read everything of it but the weights, checking that the parts fit."""
-    files = loading.find_model(model, revision=revision, local_files_only=local_files_only)
+    files = finding.find_model(model, revision=revision, local_files_only=local_files_only)
     spec = loading.read_spec(files.folder)
     tokenizer, pad_id, tokenizer_limit = loading.load_tokenizer(spec)
     config = loading.load_config(spec)
@@ -119,7 +119,7 @@ def spec_of(
     """The :class:`VectorSpec` of a prepared model's vectors; the stride only counts for ``"mean"``."""
     return VectorSpec(
         model_id=prepared.files.model_id,
-        fingerprint=fingerprint if fingerprint is not None else loading.fingerprint(prepared.files),
+        fingerprint=fingerprint if fingerprint is not None else finding.fingerprint(prepared.files),
         dim=prepared.dim,
         max_seq_length=prepared.max_seq_length,
         precision=precision,

@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 
 import polyemb
 import polyemb.spark
-from polyemb import loading
+from polyemb import finding
 from polyemb.spark import delivery
 from polyemb.spark.delivery import ModelSource
 from polyemb.testing import build_tiny_model
@@ -174,7 +174,7 @@ def _materialize_in_process(args: tuple[dict[str, bytes], str, str]) -> str:
 def test_concurrent_workers_write_the_model_once(tiny_model_dir: Path, tmp_path: Path) -> None:
     payload = {
         path.relative_to(tiny_model_dir).as_posix(): path.read_bytes()
-        for path in loading.model_files(tiny_model_dir)
+        for path in finding.model_files(tiny_model_dir)
     }
     assert "model.safetensors" in payload and "1_Pooling/config.json" in payload
     cache = tmp_path / "cache"
@@ -243,7 +243,7 @@ def test_delivery_follows_the_session(spark: SparkSession, tiny_model_dir: Path)
     assert is_archive and Path(archive).name == source.artifact
     with tarfile.open(archive) as tar:
         assert sorted(tar.getnames()) == sorted(
-            path.relative_to(tiny_model_dir).as_posix() for path in loading.model_files(tiny_model_dir)
+            path.relative_to(tiny_model_dir).as_posix() for path in finding.model_files(tiny_model_dir)
         )
     with pytest.raises(polyemb.InvalidInputError, match="Spark Connect session"):
         delivery.model_source(
@@ -291,7 +291,7 @@ def test_a_worker_refuses_a_shipped_copy_of_another_model(
     # What a worker is shipped (a broadcast here) must be the content the driver named, as for
     # "path": a copy that is not would give vectors of one model under another's name.
     other = build_tiny_model(tmp_path / "other", seed=8)
-    payload = {path.relative_to(other).as_posix(): path.read_bytes() for path in loading.model_files(other)}
+    payload = {path.relative_to(other).as_posix(): path.read_bytes() for path in finding.model_files(other)}
     monkeypatch.setenv("POLYEMB_MODEL_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(pyspark.TaskContext, "get", staticmethod(lambda: None))
     named = polyemb.load(tiny_model_dir).fingerprint

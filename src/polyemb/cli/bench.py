@@ -202,7 +202,7 @@ def _add_bench_memory(commands: Subparsers) -> None:
 def _bench_memory(args: argparse.Namespace) -> int:
     from polyemb._platform import cpu_description
     from polyemb.bench.texts import make_scenario
-    from polyemb.loading import DEFAULT_MODEL, MODEL_ENV
+    from polyemb.finding import DEFAULT_MODEL, MODEL_ENV
 
     model = args.model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
     meta: dict[str, Any] = {"cpu": cpu_description(), "model": model, "rounds": args.rounds}

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from polyemb import loading
+from polyemb import finding, loading
 from polyemb.embedder import VectorSpec
 from polyemb.encoder import Encoder, cap_cpu_threads, describe, load
 from polyemb.errors import InvalidInputError, ModelMismatchError
@@ -153,7 +153,7 @@ def model_source(
             "not have; use delivery='artifact' (or 'auto') to ship the model, or 'path' with a "
             "hub id or a path every executor can read"
         )
-    files = loading.find_model(model, revision=revision)
+    files = finding.find_model(model, revision=revision)
     base = ModelSource(
         files.model_id,
         "",
@@ -166,14 +166,14 @@ def model_source(
     )
     if chosen == "path":
         where = files.model_id if files.revision else str(files.folder)
-        source = replace(base, model=where, fingerprint=loading.fingerprint(files))
+        source = replace(base, model=where, fingerprint=finding.fingerprint(files))
         _check_fingerprint(source, fingerprint)
         return source
     started = time.perf_counter()
-    paths = loading.model_files(files.folder)
+    paths = finding.model_files(files.folder)
     if chosen == "broadcast":
         payload = {path.relative_to(files.folder).as_posix(): path.read_bytes() for path in paths}
-        content = loading.ContentHash()
+        content = finding.ContentHash()
         for relative, data in payload.items():
             content.add(relative, data)
         size = sum(len(data) for data in payload.values())
@@ -212,7 +212,7 @@ def _check_fingerprint(source: ModelSource, expected: str | None) -> None:
 class _Hashing:
     """A file object that hashes what is read from it: the archive's content id is of the bytes tarred."""
 
-    def __init__(self, handle: Any, digest: loading.ContentHash) -> None:
+    def __init__(self, handle: Any, digest: finding.ContentHash) -> None:
         self._handle = handle
         self._digest = digest
 
@@ -240,7 +240,7 @@ def _archive(folder: Path, paths: list[Path]) -> tuple[Path, str]:
     root = Path(tempfile.gettempdir()) / "polyemb-archives"
     root.mkdir(parents=True, exist_ok=True)
     staging = root / f".polyemb-model.{os.getpid()}.{uuid.uuid4().hex}.tar"
-    digest = loading.ContentHash()
+    digest = finding.ContentHash()
     try:
         with tarfile.open(staging, "w") as tar:
             for path in paths:
