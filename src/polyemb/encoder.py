@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from polyemb import chunks, finding, kernels, loading, quantize, windows
 from polyemb._platform import available_cpus, release_free_memory
@@ -34,6 +33,7 @@ from polyemb.defaults import default_encoder, set_default_encoder
 from polyemb.embedder import TextEncoder, VectorSpec, check_texts
 from polyemb.options import LongTexts, Precision, WeightPrecision
 from polyemb.prepare import describe, long_text_setting, precision_of, prepare
+from polyemb.progress import ProgressBar, progress_bar
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -263,12 +263,10 @@ class Encoder(TextEncoder):
 
     # ------------------------------------------------------------------ pipeline
 
-    def _progress(self, total: int, show_progress: bool | None) -> tqdm[Any]:
-        if show_progress is None:
-            disable: bool | None = None if total >= PROGRESS_MIN_TEXTS else True
-        else:
-            disable = not show_progress
-        return tqdm(total=total, unit="text", desc="encoding", disable=disable)
+    def _progress(self, total: int, show_progress: bool | None) -> ProgressBar:
+        return progress_bar(
+            desc="encoding", unit="text", total=total, show=show_progress, quiet_below=PROGRESS_MIN_TEXTS
+        )
 
     def _encode(
         self,

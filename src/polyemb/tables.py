@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-from tqdm.auto import tqdm
 
 from polyemb.arrow import encode_arrow, vector_type
 from polyemb.errors import ColumnNotFoundError, InvalidInputError, PolyembError
+from polyemb.progress import progress_bar
 
 if TYPE_CHECKING:
     from polyemb.embedder import Embedder
@@ -203,12 +203,7 @@ def embed_file(
     try:
         with (
             pq.ParquetWriter(partial, out_schema) as writer,
-            tqdm(
-                total=total,
-                unit="row",
-                desc="embedding",
-                disable=not show_progress if show_progress is not None else None,
-            ) as bar,
+            progress_bar(desc="embedding", unit="row", total=total, show=show_progress) as bar,
         ):
             for batch in _guarded(batches, source):
                 try:

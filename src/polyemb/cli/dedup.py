@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from polyemb.cli.shared import Subparsers, load_encoder, model_options
 from polyemb.options import METHODS
+from polyemb.progress import progress_bar
 
 if TYPE_CHECKING:
     from polyemb.embedder import Embedder
@@ -78,8 +79,6 @@ def add_parser(commands: Subparsers) -> None:
 
 
 def _dedup(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
     from polyemb.dedup import dedup_file
     from polyemb.ivf import IvfReport
     from polyemb.store import embedder_for, open_store
@@ -88,7 +87,7 @@ def _dedup(args: argparse.Namespace) -> int:
         return embedder_for(load_encoder(args), open_store(args.store) if args.store else None)
 
     method, report = method_from(args), IvfReport()
-    with tqdm(desc="near-duplicates", unit="step", disable=True if args.no_progress else None) as bar:
+    with progress_bar(desc="near-duplicates", unit="step", show=False if args.no_progress else None) as bar:
 
         def progress(done: int, total: int) -> None:
             bar.total = total

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from polyemb.embedder import Embedder, TextEncoder
 from polyemb.errors import InvalidInputError
+from polyemb.progress import progress_bar
 from polyemb.store.keys import text_digests
 
 if TYPE_CHECKING:
@@ -71,9 +71,14 @@ class StoredEncoder(TextEncoder):
         digests = text_digests(unique)
         vectors, found = self.store.lookup_digests(spec, digests)
         missing = np.flatnonzero(~found)
-        quiet = (len(missing) < _QUIET_BELOW or None) if show_progress is None else not show_progress
         written = files = 0
-        with tqdm(total=len(missing), unit="text", desc="embedding new texts", disable=quiet) as bar:
+        with progress_bar(
+            desc="embedding new texts",
+            unit="text",
+            total=len(missing),
+            show=show_progress,
+            quiet_below=_QUIET_BELOW,
+        ) as bar:
             for start in range(0, len(missing), WRITE_ROWS):
                 rows = missing[start : start + WRITE_ROWS].tolist()
                 vectors[rows] = self.encoder.encode(
