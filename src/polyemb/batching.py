@@ -12,11 +12,13 @@ from typing import Any
 
 import numpy as np
 
+from polyemb._platform import cpu_flags
 from polyemb.errors import InvalidInputError
 
 __all__ = [
+    "AMX_MULTIPLE",
     "MAX_ROWS",
-    "PAD_MULTIPLE",
+    "PADDED",
     "TOKEN_BUDGET",
     "check_batch_size",
     "pad_multiple",
@@ -30,15 +32,21 @@ __all__ = [
 # padded length) and a row cap, per device type.
 TOKEN_BUDGET = {"cpu": 2_048, "cuda": 65_536, "mps": 16_384}
 MAX_ROWS = {"cpu": 128, "cuda": 1_024, "mps": 256}
-# Padded lengths rounded up to a multiple of this, per (device type, precision): a stream of
-# texts then meets a few dozen batch shapes instead of one per length, and each new shape costs
-# oneDNN a primitive to build and keep (its cache holds up to 1,024), so memory creeps up over a
-# long stream. all-MiniLM-L6-v2 on texts of two STS sentences, Intel Xeon with AMX, 2 CPUs
-# (docs/performance.md): bf16 589 -> 652 texts/s and a peak of 1,278 -> 835 MiB with 16 (20,000
-# texts); fp32 244 -> 229 texts/s and a peak of 1,179 -> 1,027 MiB with 8 (30,000 texts in calls
-# of 10,000; memory after each call rose 55 MiB unpadded, 10 padded). int8 stays at 1: 296 -> 247
-# texts/s with 16, more than its shapes cost.
-PAD_MULTIPLE = {("cpu", "bf16"): 16, ("cpu", "fp32"): 8}
+# Batch lengths are padded on the CPU at these precisions, so that a stream of texts meets a
+# few dozen batch shapes instead of one per length: each new shape costs oneDNN a primitive to
+# build and keep (its cache holds up to 1,024), and memory creeps up over a long stream. A length
+# L is rounded up to a multiple of max(m, P / 8), P the largest power of two <= L (so by at most
+# an eighth of it: 40 lengths up to 128), where m is the precision's multiple on CPUs with AMX
+# and 1 elsewhere. all-MiniLM-L6-v2, 2 CPUs (docs/performance.md has the tables):
+# - Intel Xeon with AMX, 20,000 texts of two STS sentences: bf16 589 -> 652 texts/s and a peak of
+#   1,278 -> 835 MiB with 16 (AMX works on tiles of 16 rows); fp32 244 -> 229 texts/s and a peak
+#   of 1,179 -> 1,027 MiB with 8 (30,000 texts in calls of 10,000).
+# - AMD EPYC Zen 5 (AVX-512, no AMX): multiples of 16 and 8 cost bf16 1.3x and fp32 1.4x their
+#   speed on short English sentences (the padding is up to as many tokens as the text); eighths
+#   cost bf16 4% and fp32 nothing there, and hold the peak near the multiples' on long texts.
+# int8 is not padded: 296 -> 247 texts/s with 16 on the Intel CPU, more than its shapes cost.
+PADDED = frozenset({("cpu", "bf16"), ("cpu", "fp32")})
+AMX_MULTIPLE = {"bf16": 16, "fp32": 8}
 
 
 def check_batch_size(batch_size: Any) -> None:
@@ -49,19 +57,29 @@ def check_batch_size(batch_size: Any) -> None:
         raise InvalidInputError(f"batch_size must be a positive int or None, got {batch_size!r}")
 
 
-def pad_multiple(device_type: str, precision: str) -> int:
-    """The multiple that padded lengths are rounded up to on this device at this precision."""
-    return PAD_MULTIPLE.get((device_type, precision), 1)
+def pad_multiple(device_type: str, precision: str, flags: frozenset[str] | None = None) -> int | None:
+    """The smallest step batch lengths are rounded up by here (:data:`PADDED`); None: not padded.
+
+    ``flags``: the CPU's feature flags (:func:`polyemb._platform.cpu_flags` when None).
+    """
+    if (device_type, precision) not in PADDED:
+        return None
+    amx = any(flag.startswith("amx") for flag in (cpu_flags() if flags is None else flags))
+    return AMX_MULTIPLE[precision] if amx else 1
 
 
-def padded_lengths(sorted_lengths: np.ndarray, multiple: int, limit: int | None) -> np.ndarray:
-    """Each length rounded up to ``multiple``, never past ``limit`` (nor below the length itself).
+def padded_lengths(sorted_lengths: np.ndarray, multiple: int | None, limit: int | None) -> np.ndarray:
+    """Lengths rounded up for padding (None: as they are), never past ``limit`` nor below themselves.
 
+    A length L goes up to a multiple of ``max(multiple, P // 8)``, P the largest power of two <= L.
     Keeps the order of lengths sorted in decreasing order, as :func:`plan_batches` needs.
     """
-    if multiple <= 1:
+    if multiple is None:
         return sorted_lengths
-    rounded: np.ndarray = -(-sorted_lengths // multiple) * multiple
+    lengths = np.maximum(sorted_lengths, 1)
+    eighth = np.left_shift(1, np.maximum(0, np.floor(np.log2(lengths)).astype(np.int64) - 3))
+    step = np.maximum(multiple, eighth)
+    rounded: np.ndarray = -(-lengths // step) * step
     if limit is None:
         return rounded
     capped: np.ndarray = np.maximum(np.minimum(rounded, limit), sorted_lengths)
@@ -103,7 +121,7 @@ def run_batches(
     pad_id: int,
     device_type: str,
     batch_size: int | None,
-    multiple: int = 1,
+    multiple: int | None = None,
     limit: int | None = None,
 ) -> Iterator[int]:
     """Run every row through ``forward`` in length-sorted batches, writing row ``i`` to ``out[i]``.
@@ -116,9 +134,9 @@ def run_batches(
         pad_id: The padding token.
         device_type: ``"cpu"``, ``"cuda"``, ``"mps"``: picks the default token budget.
         batch_size: Rows per batch; None: by the device's token budget.
-        multiple: Pad each batch to a multiple of this many tokens (:data:`PAD_MULTIPLE`); above
-            1, the last (short) batch also goes in parts of 2^j rows, so that a stream of calls
-            brings no new shape with each call.
+        multiple: Pad each batch's length as :func:`padded_lengths` does (:func:`pad_multiple`);
+            the last (short) batch then also goes in parts of 2^j rows, so that a stream of calls
+            brings no new shape with each call. None: each batch as long as its longest row.
         limit: ... but never past this many (the model's ``max_seq_length``), unless a row is longer.
 
     Yields:
@@ -135,7 +153,7 @@ def run_batches(
         plan = plan_batches(
             sorted_lengths, max_tokens=batch_size * int(sorted_lengths[0]), max_rows=batch_size
         )
-    if multiple > 1:
+    if multiple is not None:
         # Only the last batch can be short; its parts of 2^j rows keep the shapes few.
         plan = plan[:-1] + power_of_two_parts(*plan[-1])
     for start, end in plan:

@@ -230,7 +230,13 @@ def test_padded_lengths_round_up_within_the_limit_and_stay_sorted() -> None:
     assert padded.tolist() == [130, 128, 112, 48, 32, 32, 16, 16]
     assert (np.diff(padded) <= 0).all()
     assert padded_lengths(np.array([100]), 16, 100).tolist() == [100]  # never past max_seq_length
-    assert padded_lengths(lengths, 1, 128) is lengths
+    assert padded_lengths(lengths, None, 128) is lengths
+    # Multiple 1: up by at most an eighth (steps of 1 below 16, 2 to 31, 4 to 63, 8 to 127).
+    eighths = padded_lengths(np.array([300, 129, 100, 63, 33, 17, 16, 15, 1]), 1, 512)
+    assert eighths.tolist() == [320, 144, 104, 64, 36, 18, 16, 15, 1]
+    everything = padded_lengths(np.arange(128, 0, -1), 1, 128)
+    assert len(set(everything.tolist())) == 40
+    assert ((everything - np.arange(128, 0, -1)) / np.arange(128, 0, -1) <= 1 / 8).all()
 
 
 def test_power_of_two_parts() -> None:
@@ -257,17 +263,19 @@ def _run_token_counts(
     return out[:, 0], sum(done)
 
 
-def test_bucketed_batches_bring_few_shapes_over_many_calls() -> None:
-    """With a multiple, full batches have one row count per width and a short one comes in 2^j rows."""
+@pytest.mark.parametrize(("multiple", "most_widths"), [(16, 8), (1, 40)])
+def test_bucketed_batches_bring_few_shapes_over_many_calls(multiple: int, most_widths: int) -> None:
+    """With padding, full batches have one row count per width and a short one comes in 2^j rows."""
     rng = np.random.default_rng(0)
     shapes: list[tuple[int, int]] = []
     for call in range(40):
         lengths = rng.integers(1, 129, size=int(rng.integers(1, 400)))
-        out, done = _run_token_counts(lengths, shapes, batch_size=None, multiple=16, limit=128)
+        out, done = _run_token_counts(lengths, shapes, batch_size=None, multiple=multiple, limit=128)
         assert done == len(lengths)
         assert out.tolist() == lengths.tolist(), call  # padding is masked out, rows in place
     widths = {w for _, w in shapes}
-    assert all(w % 16 == 0 for w in widths)
+    assert all(w % multiple == 0 for w in widths)
+    assert len(widths) <= most_widths
     # Per width: its full row count and at most the 8 powers of two below 128.
     assert len(set(shapes)) <= len(widths) * 9
 

@@ -16,6 +16,7 @@ import torch
 
 import polyemb
 from polyemb import loading
+from polyemb.batching import padded_lengths
 
 
 def copy_model(src: Path, dst: Path) -> Path:
@@ -327,11 +328,16 @@ def test_bf16_on_cpu_pools_in_float32(tiny_model_dir: Path) -> None:
     assert cos.min() > 0.97
 
 
+@pytest.mark.parametrize("amx", [True, False], ids=["amx", "no-amx"])
 def test_cpu_batches_padded_to_the_multiple_of_their_precision(
-    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, amx: bool
 ) -> None:
-    """Few batch shapes: oneDNN builds and keeps a primitive per shape (batching.PAD_MULTIPLE)."""
-    texts = [" ".join(["word"] * n) for n in (1, 2, 3, 4, 6)]
+    """Few batch shapes: oneDNN builds and keeps a primitive per shape (batching.PADDED)."""
+    import polyemb.batching
+
+    flags = frozenset({"avx512f", "amx_bf16"} if amx else {"avx512f", "avx512_bf16"})
+    monkeypatch.setattr(polyemb.batching, "cpu_flags", lambda: flags)
+    texts = [" ".join(["of"] * n) for n in (1, 2, 3, 4, 5, 7, 9)]  # 5 to 29 tokens
     widths: dict[str, set[int]] = {}
     vectors = {}
     for precision in ("int8", "fp32", "bf16"):
@@ -343,13 +349,19 @@ def test_cpu_batches_padded_to_the_multiple_of_their_precision(
         )
         vectors[precision] = encoder.encode(texts, batch_size=1)
     lengths = widths["int8"]  # int8 pads to the longest row only: each text's own length
-    assert len(lengths) == len(texts)
+    assert len(lengths) == len(texts) and max(lengths) > 16
     limit = encoder.max_seq_length
-    assert widths["fp32"] == {min(limit, -(-n // 8) * 8) for n in lengths}
-    assert widths["bf16"] == {min(limit, -(-n // 16) * 16) for n in lengths}
-    assert len(widths["fp32"]) > len(widths["bf16"]) > 1
+    for precision, multiple in (("fp32", 8), ("bf16", 16)):
+        expected = padded_lengths(np.array(sorted(lengths)), multiple if amx else 1, limit)
+        assert widths[precision] == set(expected.tolist()), precision
+    if amx:
+        assert widths["fp32"] == {min(limit, -(-n // 8) * 8) for n in lengths}
+        assert len(widths["fp32"]) > len(widths["bf16"]) > 1
+    else:  # only lengths past 16 move, by less than an eighth
+        assert widths["fp32"] == widths["bf16"] != lengths
+        assert {n for n in lengths if n <= 16} <= widths["fp32"]
     # Padding is masked: fp32 is the unpadded forward pass within float rounding.
-    monkeypatch.setattr(polyemb.encoder, "pad_multiple", lambda device_type, precision: 1)
+    monkeypatch.setattr(polyemb.encoder, "pad_multiple", lambda device_type, precision: None)
     unpadded = polyemb.load(tiny_model_dir, precision="fp32").encode(texts, batch_size=1)
     assert np.abs(unpadded - vectors["fp32"]).max() < 1e-5
     assert (vectors["bf16"] * vectors["fp32"]).sum(1).min() > 0.97
