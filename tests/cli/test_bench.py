@@ -259,3 +259,32 @@ def test_bench_join_retrieval_report(
         for score in ("cosine", "margin", "csls"):
             assert 0 <= row[f"{score}_ivf"] <= 1
     assert report["ivf"]["nprobe"] is None  # the join's own default, not the first of a list
+
+
+def test_a_peer_is_measured_against_the_precision_it_computes_in(tiny_encoder: object) -> None:
+    """OpenVINO asked for fp32 computes in bf16 on CPUs with bf16 units: its share of the peak
+    must be of bf16's peak, as the peer reports (an fp32 share above 100% gave it away)."""
+    from types import SimpleNamespace
+
+    from polyemb.bench._peer_child import _computes_in
+    from polyemb.bench.sides import side_precision
+
+    class Compiled:
+        def __init__(self, hint: str) -> None:
+            self.hint = hint
+
+        def get_property(self, name: str) -> SimpleNamespace:
+            assert name == "INFERENCE_PRECISION_HINT"
+            return SimpleNamespace(get_type_name=lambda: self.hint)
+
+    def model(request: object) -> list[SimpleNamespace]:
+        return [SimpleNamespace(auto_model=SimpleNamespace(request=request))]
+
+    assert _computes_in(model(Compiled("bf16")), "fp32") == "bf16"
+    assert _computes_in(model(Compiled("f32")), "fp32") == "fp32"
+    assert _computes_in(model(Compiled("bf16")), "int8") == "int8"  # static int8 stays int8
+    assert _computes_in(model(None), "fp32") == "fp32"  # ONNX Runtime: no such property
+    reported = {"st-openvino": {"computes_in": "bf16"}}
+    assert side_precision("st-openvino", tiny_encoder, reported) == "bf16"  # type: ignore[arg-type]
+    assert side_precision("st-openvino", tiny_encoder) == "fp32"  # type: ignore[arg-type]
+    assert side_precision("st-onnx-int8", tiny_encoder, reported) == "int8"  # type: ignore[arg-type]

@@ -99,6 +99,18 @@ def _answer(answers: IO[str], value: dict[str, Any]) -> None:
     answers.flush()
 
 
+def _computes_in(model: Any, precision: str) -> str:
+    """The precision the backend computes in: OpenVINO picks bf16 on CPUs with bf16 units by itself."""
+    request: Any = getattr(getattr(model[0], "auto_model", None), "request", None)
+    if precision == "int8" or not hasattr(request, "get_property"):
+        return precision
+    try:
+        hint = request.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    except Exception:  # a diagnostic: an OpenVINO without the property keeps the asked precision
+        return precision
+    return {"bf16": "bf16", "f16": "fp16", "f32": "fp32"}.get(hint, precision)
+
+
 def _serve(model: Any, answers: IO[str]) -> None:
     """Encode each request of stdin, timing the encoding alone."""
     for line in sys.stdin:
@@ -127,7 +139,13 @@ def main(argv: list[str]) -> int:
     work = tempfile.mkdtemp(prefix="polyemb-peer-")
     try:
         model = _load(folder, backend, precision, calibration, work)
-        _answer(answers, {"sentence_transformers": sentence_transformers.__version__})
+        _answer(
+            answers,
+            {
+                "sentence_transformers": sentence_transformers.__version__,
+                "computes_in": _computes_in(model, precision),
+            },
+        )
         _serve(model, answers)
     finally:
         shutil.rmtree(work, ignore_errors=True)

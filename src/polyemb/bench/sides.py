@@ -73,10 +73,15 @@ PEER_SETUP = (
 _CALIBRATION_TEXTS = 300
 
 
-def side_precision(name: str, encoder: Encoder) -> str:
-    """The precision side ``name`` computes in (the reference: fp32 on a CPU, as ``encoder`` on a GPU)."""
+def side_precision(name: str, encoder: Encoder, peers: dict[str, Any] | None = None) -> str:
+    """The precision side ``name`` computes in (the reference: fp32 on a CPU, as ``encoder`` on a GPU).
+
+    ``peers``: what the peers reported (:func:`peer_side`); OpenVINO computes in bf16 where the
+    CPU has bf16 units, though it is asked for fp32.
+    """
     if name in PEERS:
-        return PEERS[name][1]
+        reported = (peers or {}).get(name, {}).get("computes_in")
+        return str(reported) if reported else PEERS[name][1]
     if name.startswith("polyemb-"):
         return name.removeprefix("polyemb-")
     if name == "sentence-transformers" and encoder.device.type == "cpu":
@@ -201,7 +206,8 @@ def peer_side(
     The child (:mod:`polyemb.bench._peer_child`, run by its path since ``python`` need not have
     polyemb) copies the model folder, exports it (int8: ONNX dynamic quantization for
     AVX-512 VNNI, or OpenVINO static quantization calibrated on ``calibration``), then encodes
-    what it is sent and times itself. Returns the side and a dict with the child's versions.
+    what it is sent and times itself. Returns the side and a dict with the child's versions and
+    the precision it computes in.
 
     Raises:
         InvalidInputError: ``python`` cannot run the backend (the message has the child's last

@@ -128,7 +128,8 @@ def _bench(args: argparse.Namespace) -> int:
     results = encode.run_bench(
         sides, scenarios, baseline=baseline, rounds=args.rounds, progress=print_progress
     )
-    peak = annotate(results, scenarios, encoder, lambda name: side_precision(name, encoder))
+    peers = extra.get("peers")
+    peak = annotate(results, scenarios, encoder, lambda name: side_precision(name, encoder, peers))
     meta = {
         "cpu": cpu_description(),
         "model": encoder.model_id,
