@@ -42,6 +42,7 @@ CORE = (
     "polyemb.near_duplicates",
     "polyemb.options",
     "polyemb.prepare",
+    "polyemb.progress",
     "polyemb.scores",
     "polyemb.similarity",
     "polyemb.store",
