@@ -13,6 +13,7 @@ CORE = (
     "polyemb",
     "polyemb._platform",
     "polyemb.arrow",
+    "polyemb.attention",
     "polyemb.batching",
     "polyemb.bench",
     "polyemb.bench.encode",

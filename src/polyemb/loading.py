@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from polyemb import attention
 from polyemb.errors import (
     InvalidInputError,
     ModelLoadError,
@@ -279,14 +280,18 @@ def load_transformer(
         )
         return model
 
+    # On the CPU, short sequences' attention by polyemb.attention (SDPA beyond); then SDPA, then
+    # eager attention, for a model whose transformers class takes neither.
+    choices = [attention.register(), "sdpa", "eager"] if device.type == "cpu" else ["sdpa", "eager"]
     try:
-        try:
-            model = load("sdpa")
-        except ValueError as exc:
-            if "sdpa" not in str(exc).lower():
-                raise
-            logger.info("%s has no SDPA attention in transformers; using eager attention", folder)
-            model = load("eager")
+        for choice, fallback in zip(choices, [*choices[1:], None], strict=True):
+            try:
+                model = load(choice)
+                break
+            except ValueError as exc:
+                if fallback is None or "attention" not in str(exc).lower() and choice not in str(exc):
+                    raise
+                logger.info("%s takes no %s attention in transformers; using %s", folder, choice, fallback)
     except Exception as exc:  # transformers raises many types for a bad file; name it
         weights = [p.name for p in folder.iterdir() if p.suffix in {".safetensors", ".bin"}]
         raise ModelLoadError(
