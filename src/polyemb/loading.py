@@ -280,9 +280,9 @@ def load_transformer(
         )
         return model
 
-    # On the CPU, short sequences' attention by polyemb.attention (SDPA beyond); then SDPA, then
-    # eager attention, for a model whose transformers class takes neither.
-    choices = [attention.register(), "sdpa", "eager"] if device.type == "cpu" else ["sdpa", "eager"]
+    # On CPUs without AMX, short sequences' attention by polyemb.attention (SDPA beyond); then
+    # SDPA, then eager attention, for a model whose transformers class takes neither.
+    choices = [attention.register(), "sdpa", "eager"] if attention.pays_off(device) else ["sdpa", "eager"]
     try:
         for choice, fallback in zip(choices, [*choices[1:], None], strict=True):
             try:

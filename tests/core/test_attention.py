@@ -17,6 +17,12 @@ class _Module(torch.nn.Module):
     is_causal = False
 
 
+@pytest.fixture
+def no_amx(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CPU without AMX, where models load with this attention, whatever CPU runs the tests."""
+    monkeypatch.setattr(attention, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+
+
 def _inputs(rows: int, length: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
     generator = torch.Generator().manual_seed(length)
     q, k, v = (torch.randn(rows, 4, length, 8, generator=generator).to(dtype) for _ in range(3))
@@ -57,6 +63,7 @@ def test_fp32_long_sequences_and_causal_modules_go_to_sdpa() -> None:
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.usefixtures("no_amx")
 def test_the_encoder_uses_it_on_the_cpu_with_sdpas_vectors(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, precision: str
 ) -> None:
@@ -76,6 +83,7 @@ def test_the_encoder_uses_it_on_the_cpu_with_sdpas_vectors(
         assert (sdpa.encode(texts) * vectors).sum(axis=1).min() > 0.999
 
 
+@pytest.mark.usefixtures("no_amx")
 def test_a_model_that_refuses_it_loads_with_sdpa(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -85,6 +93,7 @@ def test_a_model_that_refuses_it_loads_with_sdpa(
     assert encoder.encode(["still encodes"]).shape == (1, encoder.dim)
 
 
+@pytest.mark.usefixtures("no_amx")
 def test_padded_batches_reach_it_with_their_mask(tiny_model_dir: Path) -> None:
     """transformers gives a registered attention no mask unless a mask function is registered too."""
     from transformers import AttentionInterface
@@ -106,3 +115,13 @@ def test_padded_batches_reach_it_with_their_mask(tiny_model_dir: Path) -> None:
     masks = [mask for mask in seen if mask is not None]
     assert seen and len(masks) == len(seen)  # every layer got the padding mask
     assert masks[0].dtype == torch.bool and not bool(masks[0].all())
+
+
+def test_only_cpus_without_amx_load_with_it(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    amx = frozenset({"avx512f", "amx_bf16", "amx_tile"})
+    assert not attention.pays_off(torch.device("cpu"), amx)
+    assert attention.pays_off(torch.device("cpu"), frozenset({"avx512f"}))
+    assert not attention.pays_off(torch.device("cuda"), frozenset({"avx512f"}))
+    monkeypatch.setattr(attention, "cpu_flags", lambda: amx)
+    encoder = polyemb.load(tiny_model_dir, precision="bf16")
+    assert encoder._model.config._attn_implementation == "sdpa"
