@@ -60,6 +60,11 @@ def cpu_flags() -> frozenset[str]:
     return frozenset(_cpuinfo().get("flags", "").split())
 
 
+def has_amx(flags: frozenset[str] | None = None) -> bool:
+    """Whether the CPU has AMX tiles (``amx_*`` among ``flags``; this CPU's when None)."""
+    return any(flag.startswith("amx") for flag in (cpu_flags() if flags is None else flags))
+
+
 def available_cpus() -> int:
     """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota."""
     try:
@@ -90,7 +95,7 @@ def cpu_description() -> str:
         name += f" (family {fields['cpu family']}, model {fields['model']})"
     flags = cpu_flags()
     present = [flag for flag in _SPEED_FLAGS if flag in flags]
-    amx = "AMX" if any(flag.startswith("amx") for flag in flags) else "no AMX"
+    amx = "AMX" if has_amx(flags) else "no AMX"
     shown = ", ".join(present) if present else "flags unknown"
     return f"{name}, {available_cpus()} CPUs: {shown}; {amx}"
 

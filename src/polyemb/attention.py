@@ -6,18 +6,18 @@ short: all-MiniLM-L6-v2 reads about 15 tokens per English STS sentence, where at
 12 heads of 32 (MiniLM's), bf16, per call on that CPU: 136 rows of 15 tokens, flash 6.0 ms and
 these products 3.8 ms; 64 rows of 32, 3.0 against 1.5; 37 rows of 55, 5.1 against 2.2; but
 16 rows of 128, 6.1 against 11.9. So sequences of up to :data:`SHORT` keys go through the
-products, longer ones (and every other device) through SDPA as before. End to end, bf16, 1,500
-sentences, best of 3 against SDPA in one process: 1.06x and 1.16x on English, 1.03x on the 11
-languages (docs/performance.md). Only half precisions (bf16, fp16) take this path: fp32 gained
-nothing end to end (860 against 860 texts/s), so fp32 and int8 (whose attention is fp32) keep
-SDPA and their vectors.
+products, longer ones (and causal ones, and every other device) through SDPA as before. End
+to end, bf16, 1,500 sentences, best of 3 against SDPA in one process: 1.06x and 1.16x on
+English, 1.03x on the 11 languages (docs/performance.md). Only half precisions (bf16, fp16)
+take this path: fp32 gained nothing end to end (893 against 898 texts/s), so fp32 and int8
+(whose attention is fp32) keep SDPA and their vectors.
 
 The scores come from the weights' dtype; the softmax is float32 and its probabilities are cast
 back for the product with the values (``tests/core/test_attention.py`` states the tolerance).
 
 :func:`register` adds the function to transformers' attention registry under :data:`NAME`, with
-SDPA's mask (a boolean mask, or none when no row is padded); ``load_transformer`` asks for it on
-CPUs without AMX (:func:`pays_off`).
+SDPA's mask (a boolean mask, or none when no row is padded); ``load_transformer`` asks for it
+where :func:`pays_off`, for model classes that run attention through that registry.
 """
 
 from __future__ import annotations
@@ -27,13 +27,16 @@ from typing import Any
 
 import torch
 
-from polyemb._platform import cpu_flags
+from polyemb._platform import cpu_flags, has_amx
 
 __all__ = ["NAME", "SHORT", "attention", "pays_off", "register"]
 
 NAME = "polyemb_short"
 SHORT = 64
 """Keys per sequence up to which the products run; SDPA beyond."""
+# Arguments the products handle (by ignoring them: they change nothing for an encoder); any
+# other (softcap, sliding_window, position_bias, ...) sends the call to SDPA.
+_PLAIN_ARGUMENTS = frozenset({"is_causal", "output_attentions", "head_mask"})
 
 
 def attention(
@@ -52,8 +55,11 @@ def attention(
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    # Causal as SDPA decides it: the argument, else the module's flag, else causal.
+    causal = kwargs.get("is_causal")
+    causal = getattr(module, "is_causal", True) if causal is None else causal
+    plain = not dropout and causal is False and set(kwargs) <= _PLAIN_ARGUMENTS
     short = key.shape[2] <= SHORT and query.shape[1] == key.shape[1]  # no grouped keys
-    plain = not dropout and not getattr(module, "is_causal", False) and kwargs.get("position_bias") is None
     half = query.dtype in (torch.bfloat16, torch.float16)
     if query.device.type != "cpu" or not (short and plain and half):
         fused: tuple[torch.Tensor, None] = sdpa_attention_forward(
@@ -72,16 +78,26 @@ def attention(
     return out, None
 
 
-def pays_off(device: torch.device, flags: frozenset[str] | None = None) -> bool:
-    """Whether to load models with this attention: on CPUs without AMX, where it was measured.
+def pays_off(device: torch.device, dtype: torch.dtype, flags: frozenset[str] | None = None) -> bool:
+    """Whether to load a model with this attention: where it was measured to pay.
 
-    With AMX (Intel Sapphire Rapids and later) SDPA's flash kernel measured faster: 37 rows of
-    55 tokens, 4.18 ms against 5.91 for the products (Intel Xeon, stop 29), so models keep SDPA.
-    ``flags``: the CPU's feature flags (:func:`polyemb._platform.cpu_flags` when None).
+    That is bf16 or fp16 on an x86 CPU with AVX512-BF16 and no AMX (AMD Zen 4 and 5). With AMX
+    (Intel Sapphire Rapids and later) SDPA's flash kernel measured faster: 37 rows of 55 tokens,
+    4.18 ms against 5.91 for the products (Intel Xeon, stop 29), so models keep SDPA there; fp32
+    gained nothing; other CPUs were not measured.
+
+    Args:
+        device: Where the model runs.
+        dtype: The model's weights' dtype.
+        flags: The CPU's feature flags (:func:`polyemb._platform.cpu_flags` when None).
+
+    Returns:
+        True where ``load_transformer`` should ask for :data:`NAME`.
     """
-    if device.type != "cpu":
+    if device.type != "cpu" or dtype not in (torch.bfloat16, torch.float16):
         return False
-    return not any(flag.startswith("amx") for flag in (cpu_flags() if flags is None else flags))
+    flags = cpu_flags() if flags is None else flags
+    return "avx512_bf16" in flags and not has_amx(flags)
 
 
 @functools.cache

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from polyemb._platform import cpu_flags
+from polyemb._platform import has_amx
 from polyemb.errors import InvalidInputError
 
 __all__ = [
@@ -34,10 +34,10 @@ TOKEN_BUDGET = {"cpu": 2_048, "cuda": 65_536, "mps": 16_384}
 MAX_ROWS = {"cpu": 128, "cuda": 1_024, "mps": 256}
 # Batch lengths are padded on the CPU at these precisions, so that a stream of texts meets a
 # few dozen batch shapes instead of one per length: each new shape costs oneDNN a primitive to
-# build and keep (its cache holds up to 1,024), and memory creeps up over a long stream. A length
-# L is rounded up to a multiple of max(m, P / 8), P the largest power of two <= L (so by at most
-# an eighth of it: 40 lengths up to 128), where m is the precision's multiple on CPUs with AMX
-# and 1 elsewhere. all-MiniLM-L6-v2, 2 CPUs (docs/performance.md has the tables):
+# build and keep (its cache holds up to 1,024), and memory creeps up over a long stream. On CPUs
+# with AMX a length is rounded up to a multiple of the precision's AMX_MULTIPLE; elsewhere a
+# length L to a multiple of P / 8, P the largest power of two <= L (so by at most an eighth of
+# it: 40 lengths up to 128). all-MiniLM-L6-v2, 2 CPUs (docs/performance.md has the tables):
 # - Intel Xeon with AMX, 20,000 texts of two STS sentences: bf16 589 -> 652 texts/s and a peak of
 #   1,278 -> 835 MiB with 16 (AMX works on tiles of 16 rows); fp32 244 -> 229 texts/s and a peak
 #   of 1,179 -> 1,027 MiB with 8 (30,000 texts in calls of 10,000).
@@ -58,28 +58,36 @@ def check_batch_size(batch_size: Any) -> None:
 
 
 def pad_multiple(device_type: str, precision: str, flags: frozenset[str] | None = None) -> int | None:
-    """The smallest step batch lengths are rounded up by here (:data:`PADDED`); None: not padded.
+    """How batch lengths are padded here (:data:`PADDED`), as :func:`padded_lengths` takes it.
 
-    ``flags``: the CPU's feature flags (:func:`polyemb._platform.cpu_flags` when None).
+    Args:
+        device_type: ``"cpu"``, ``"cuda"``, ...
+        precision: The encoder's precision.
+        flags: The CPU's feature flags (:func:`polyemb._platform.cpu_flags` when None).
+
+    Returns:
+        None (not padded), the precision's multiple on CPUs with AMX, else 1 (eighths).
     """
     if (device_type, precision) not in PADDED:
         return None
-    amx = any(flag.startswith("amx") for flag in (cpu_flags() if flags is None else flags))
-    return AMX_MULTIPLE[precision] if amx else 1
+    return AMX_MULTIPLE[precision] if has_amx(flags) else 1
 
 
 def padded_lengths(sorted_lengths: np.ndarray, multiple: int | None, limit: int | None) -> np.ndarray:
-    """Lengths rounded up for padding (None: as they are), never past ``limit`` nor below themselves.
+    """Lengths rounded up for padding, never past ``limit`` nor below themselves.
 
-    A length L goes up to a multiple of ``max(multiple, P // 8)``, P the largest power of two <= L.
+    ``multiple`` None: the lengths as they are; above 1: each rounded up to a multiple of it; 1: a
+    length L up to a multiple of P // 8, P the largest power of two <= L (by at most an eighth).
     Keeps the order of lengths sorted in decreasing order, as :func:`plan_batches` needs.
     """
     if multiple is None:
         return sorted_lengths
-    lengths = np.maximum(sorted_lengths, 1)
-    eighth = np.left_shift(1, np.maximum(0, np.floor(np.log2(lengths)).astype(np.int64) - 3))
-    step = np.maximum(multiple, eighth)
-    rounded: np.ndarray = -(-lengths // step) * step
+    if multiple > 1:
+        step: np.ndarray | int = multiple
+    else:
+        powers = np.floor(np.log2(np.maximum(sorted_lengths, 1))).astype(np.int64)
+        step = np.left_shift(1, np.maximum(0, powers - 3))
+    rounded: np.ndarray = -(-sorted_lengths // step) * step
     if limit is None:
         return rounded
     capped: np.ndarray = np.maximum(np.minimum(rounded, limit), sorted_lengths)

@@ -266,13 +266,13 @@ def load_transformer(
     ):
         raise ModelLoadError(f"no model.safetensors or pytorch_model.bin in {folder}")
 
-    def load(attention: str) -> torch.nn.Module:
+    def load(implementation: str) -> torch.nn.Module:
         model: torch.nn.Module = quiet_transformers(
             lambda: AutoModel.from_pretrained(
                 folder,
                 config=config,
                 dtype=dtype,
-                attn_implementation=attention,
+                attn_implementation=implementation,
                 trust_remote_code=False,
                 local_files_only=True,
                 weights_only=True,
@@ -280,16 +280,17 @@ def load_transformer(
         )
         return model
 
-    # On CPUs without AMX, short sequences' attention by polyemb.attention (SDPA beyond); then
-    # SDPA, then eager attention, for a model whose transformers class takes neither.
-    choices = [attention.register(), "sdpa", "eager"] if attention.pays_off(device) else ["sdpa", "eager"]
+    # polyemb.attention where it pays off; then SDPA, then eager attention, for a model whose
+    # transformers class takes neither.
+    short = attention.pays_off(device, dtype) and _takes_registered_attention(config)
+    choices = [attention.register(), "sdpa", "eager"] if short else ["sdpa", "eager"]
     try:
         for choice, fallback in zip(choices, [*choices[1:], None], strict=True):
             try:
                 model = load(choice)
                 break
             except ValueError as exc:
-                if fallback is None or "attention" not in str(exc).lower() and choice not in str(exc):
+                if fallback is None or choice not in str(exc):
                     raise
                 logger.info("%s takes no %s attention in transformers; using %s", folder, choice, fallback)
     except Exception as exc:  # transformers raises many types for a bad file; name it
@@ -300,6 +301,21 @@ def load_transformer(
         ) from exc
     model.eval()
     return model.to(device)
+
+
+def _takes_registered_attention(config: Any) -> bool:
+    """Whether the model class for ``config`` runs attention through transformers' registry.
+
+    Classes that do not (MPNet, DeBERTa-v2) would load under a registered name and run their own
+    attention: they keep SDPA or eager, as before.
+    """
+    from transformers import AutoModel
+
+    try:
+        model_class = AutoModel._model_mapping[type(config)]
+    except (KeyError, AttributeError, ValueError):
+        return False
+    return bool(getattr(model_class, "_supports_attention_backend", False))
 
 
 _T = TypeVar("_T")

@@ -12,15 +12,20 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any
+import weakref
 
 from tqdm.auto import tqdm
 
 
 class ProgressBar(tqdm):  # type: ignore[misc]  # tqdm.auto is untyped
-    """A tqdm bar with a process-local lock and no monitor thread."""
+    """A tqdm bar with a process-local lock and no monitor thread.
+
+    Its open bars are its own, apart from plain tqdm's (which another library's thread may change
+    under tqdm's lock, not this one).
+    """
 
     monitor_interval = 0
+    _instances: weakref.WeakSet[tqdm] = weakref.WeakSet()
 
 
 def _new_lock() -> None:
@@ -36,13 +41,20 @@ def progress_bar(
 ) -> ProgressBar:
     """A progress bar.
 
-    ``show``: True draws it, False never; None (the default) draws it where stderr is a terminal
-    (tqdm's choice) and ``total`` is at least ``quiet_below``.
+    Args:
+        desc: What is being done.
+        unit: What is counted.
+        total: How many there are; None: unknown.
+        show: True draws it, False never; None draws it where stderr is a terminal (tqdm's
+            choice) and ``total`` is at least ``quiet_below``.
+        quiet_below: See ``show``.
+
+    Returns:
+        The bar, to use as a context manager.
     """
     disable: bool | None
     if show is None:
         disable = None if total is None or total >= quiet_below else True
     else:
         disable = not show
-    kwargs: dict[str, Any] = {"desc": desc, "unit": unit, "total": total, "disable": disable}
-    return ProgressBar(**kwargs)
+    return ProgressBar(desc=desc, unit=unit, total=total, disable=disable)

@@ -47,19 +47,27 @@ def test_short_sequences_match_sdpa(dtype: torch.dtype, tolerance: float) -> Non
     assert (unmasked[0].float() - ours[0].float()).abs().max() < tolerance  # row 0 has no padding
 
 
-def test_fp32_long_sequences_and_causal_modules_go_to_sdpa() -> None:
-    q, k, v, mask = _inputs(2, attention.SHORT + 1, torch.bfloat16)
-    ours, _ = attention.attention(_Module(), q, k, v, mask)
-    assert torch.equal(ours, sdpa_attention_forward(_Module(), q, k, v, mask)[0])
-    q, k, v, mask = _inputs(3, 7, torch.float32)
-    ours, _ = attention.attention(_Module(), q, k, v, mask)
-    assert torch.equal(ours, sdpa_attention_forward(_Module(), q, k, v, mask)[0])
-    causal = _Module()
-    causal.is_causal = True
-    q, k, v, _ = _inputs(2, 5, torch.bfloat16)
-    assert torch.equal(
-        attention.attention(causal, q, k, v, None)[0], sdpa_attention_forward(causal, q, k, v, None)[0]
-    )
+class _Bare(torch.nn.Module):
+    """A module without an ``is_causal`` flag: SDPA takes it as causal, so must we."""
+
+
+@pytest.mark.parametrize(
+    ("module", "length", "dtype", "extra"),
+    [
+        (_Module(), attention.SHORT + 1, torch.bfloat16, {}),  # long
+        (_Module(), 7, torch.float32, {}),  # fp32
+        (_Module(), 7, torch.bfloat16, {"is_causal": True}),  # causal by argument
+        (_Bare(), 7, torch.bfloat16, {}),  # causal by default
+        (_Module(), 7, torch.bfloat16, {"sliding_window": 4}),  # an argument it does not handle
+    ],
+    ids=["long", "fp32", "causal-argument", "causal-default", "other-argument"],
+)
+def test_everything_but_short_plain_half_attention_goes_to_sdpa(
+    module: torch.nn.Module, length: int, dtype: torch.dtype, extra: dict[str, object]
+) -> None:
+    q, k, v, _ = _inputs(3, length, dtype)
+    ours, _ = attention.attention(module, q, k, v, None, **extra)
+    assert torch.equal(ours, sdpa_attention_forward(module, q, k, v, None, **extra)[0])
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -69,13 +77,14 @@ def test_the_encoder_uses_it_on_the_cpu_with_sdpas_vectors(
 ) -> None:
     texts = ["one", "two words here", "a somewhat longer text of several words", "x " * 20]
     encoder = polyemb.load(tiny_model_dir, precision=precision)  # type: ignore[arg-type]
-    assert encoder._model.config._attn_implementation == attention.NAME
+    expected = attention.NAME if precision == "bf16" else "sdpa"  # fp32 gained nothing: SDPA
+    assert encoder._model.config._attn_implementation == expected
     vectors = encoder.encode(texts)  # one padded batch: the mask must reach the attention
     alone = np.vstack([encoder.encode([text]) for text in texts])
     monkeypatch.setattr(attention, "register", lambda: "sdpa")
     sdpa = polyemb.load(tiny_model_dir, precision=precision)  # type: ignore[arg-type]
     assert sdpa._model.config._attn_implementation == "sdpa"
-    if precision == "fp32":  # SDPA's own path, through this module's registration
+    if precision == "fp32":  # the same SDPA both times
         assert np.abs(vectors - alone).max() < 1e-5
         assert np.abs(sdpa.encode(texts) - vectors).max() < 1e-6
     else:  # bf16 rounding (the bf16 contract of test_loading: row cosine above 0.97 here)
@@ -84,11 +93,11 @@ def test_the_encoder_uses_it_on_the_cpu_with_sdpas_vectors(
 
 
 @pytest.mark.usefixtures("no_amx")
-def test_a_model_that_refuses_it_loads_with_sdpa(
+def test_a_name_transformers_refuses_falls_back_to_sdpa(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(attention, "register", lambda: "polyemb_not_registered")
-    encoder = polyemb.load(tiny_model_dir)
+    encoder = polyemb.load(tiny_model_dir, precision="bf16")
     assert encoder._model.config._attn_implementation == "sdpa"
     assert encoder.encode(["still encodes"]).shape == (1, encoder.dim)
 
@@ -117,11 +126,24 @@ def test_padded_batches_reach_it_with_their_mask(tiny_model_dir: Path) -> None:
     assert masks[0].dtype == torch.bool and not bool(masks[0].all())
 
 
-def test_only_cpus_without_amx_load_with_it(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    amx = frozenset({"avx512f", "amx_bf16", "amx_tile"})
-    assert not attention.pays_off(torch.device("cpu"), amx)
-    assert attention.pays_off(torch.device("cpu"), frozenset({"avx512f"}))
-    assert not attention.pays_off(torch.device("cuda"), frozenset({"avx512f"}))
+def test_where_it_pays_off(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu, bf16 = torch.device("cpu"), torch.bfloat16
+    zen = frozenset({"avx512f", "avx512_bf16", "avx512_vnni"})
+    amx = zen | {"amx_bf16", "amx_tile"}
+    assert attention.pays_off(cpu, bf16, zen) and attention.pays_off(cpu, torch.float16, zen)
+    assert not attention.pays_off(cpu, bf16, amx)  # SDPA measured faster with AMX
+    assert not attention.pays_off(cpu, torch.float32, zen)  # fp32 gained nothing
+    assert not attention.pays_off(cpu, bf16, frozenset({"avx2"}))  # not measured
+    assert not attention.pays_off(torch.device("cuda"), bf16, zen)
     monkeypatch.setattr(attention, "cpu_flags", lambda: amx)
     encoder = polyemb.load(tiny_model_dir, precision="bf16")
     assert encoder._model.config._attn_implementation == "sdpa"
+
+
+def test_only_classes_that_use_the_registry_take_it() -> None:
+    from transformers import MPNetConfig, XLMRobertaConfig
+
+    from polyemb.loading import _takes_registered_attention
+
+    assert _takes_registered_attention(XLMRobertaConfig())
+    assert not _takes_registered_attention(MPNetConfig())  # MPNet runs its own attention code

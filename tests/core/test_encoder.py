@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import polyemb
-from polyemb.batching import padded_lengths, power_of_two_parts, run_batches
+from polyemb.batching import pad_multiple, padded_lengths, power_of_two_parts, run_batches
 from polyemb.encoder import mean_pool, plan_batches
 from polyemb.testing import SAMPLE_SENTENCES
 
@@ -231,9 +231,14 @@ def test_padded_lengths_round_up_within_the_limit_and_stay_sorted() -> None:
     assert (np.diff(padded) <= 0).all()
     assert padded_lengths(np.array([100]), 16, 100).tolist() == [100]  # never past max_seq_length
     assert padded_lengths(lengths, None, 128) is lengths
+    assert padded_lengths(np.array([300, 129]), 16, 512).tolist() == [304, 144]  # multiples stay multiples
     # Multiple 1: up by at most an eighth (steps of 1 below 16, 2 to 31, 4 to 63, 8 to 127).
     eighths = padded_lengths(np.array([300, 129, 100, 63, 33, 17, 16, 15, 1]), 1, 512)
     assert eighths.tolist() == [320, 144, 104, 64, 36, 18, 16, 15, 1]
+    assert pad_multiple("cpu", "bf16", frozenset({"amx_bf16"})) == 16
+    assert pad_multiple("cpu", "fp32", frozenset({"amx_tile"})) == 8
+    assert pad_multiple("cpu", "bf16", frozenset({"avx512_bf16"})) == 1
+    assert pad_multiple("cpu", "int8", frozenset()) is None and pad_multiple("cuda", "bf16") is None
     everything = padded_lengths(np.arange(128, 0, -1), 1, 128)
     assert len(set(everything.tolist())) == 40
     assert ((everything - np.arange(128, 0, -1)) / np.arange(128, 0, -1) <= 1 / 8).all()

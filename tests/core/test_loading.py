@@ -333,10 +333,10 @@ def test_cpu_batches_padded_to_the_multiple_of_their_precision(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, amx: bool
 ) -> None:
     """Few batch shapes: oneDNN builds and keeps a primitive per shape (batching.PADDED)."""
-    import polyemb.batching
+    import polyemb._platform
 
     flags = frozenset({"avx512f", "amx_bf16"} if amx else {"avx512f", "avx512_bf16"})
-    monkeypatch.setattr(polyemb.batching, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(polyemb._platform, "cpu_flags", lambda: flags)
     texts = [" ".join(["of"] * n) for n in (1, 2, 3, 4, 5, 7, 9)]  # 5 to 29 tokens
     widths: dict[str, set[int]] = {}
     vectors = {}

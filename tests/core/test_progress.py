@@ -74,3 +74,5 @@ def test_show_and_quiet_below() -> None:
     # Left to tqdm's choice (a terminal or not) only from quiet_below on.
     with progress_bar(desc="d", unit="x", total=5, quiet_below=10) as bar:
         assert bar.disable
+    with progress_bar(desc="d", unit="x", total=50, quiet_below=10) as bar:
+        assert bar.disable == (not sys.stderr.isatty())
