@@ -324,16 +324,21 @@ def register_index(
     if queries is not None:
         vectors, ok = reader(con.sql(queries).to_arrow_table().column(0), "the column of queries=")
         matched = normalize_rows(vectors[ok])
+    report = report or IvfReport()
     if settings is not None:
-        ivf = IvfIndex.build(index.matrix, settings, report or IvfReport(), queries=matched, k=_CALIBRATION_K)
+        ivf = IvfIndex.build(index.matrix, settings, report, queries=matched, k=_CALIBRATION_K)
         index = replace(index, ivf=ivf)
     if spec.neighbourhoods and matched is not None:
-        r = (
-            neighbourhood(index.matrix, matched)
-            if index.ivf is None
-            else _ivf_neighbourhood(index.ivf, matched)
-        )
-        index = replace(index, neighbourhood=r)
+        if index.ivf is None:
+            index = replace(index, neighbourhood=neighbourhood(index.matrix, matched))
+        else:
+            r = _ivf_neighbourhood(index.ivf, matched)
+            if settings is not None and settings.recall is not None and len(matched):
+                # Calibrated again for the score's own top 10; the neighbourhoods follow nprobe.
+                ivf = index.ivf.calibrate_score(matched, _CALIBRATION_K, spec, r, settings, report)
+                r = r if ivf.nprobe == index.ivf.nprobe else _ivf_neighbourhood(ivf, matched)
+                index = replace(index, ivf=ivf)
+            index = replace(index, neighbourhood=r)
     _register_nearest(con, index, key_type, reader)
     return index
 

@@ -207,8 +207,17 @@ def top_pairs(
     q, c = _unit_pair(queries, corpus)
     ks = _per_query_k(k, len(q))
     if settings is not None:
-        index = IvfIndex.build(c, settings, report or IvfReport(), queries=q, k=int(ks.max(initial=1)))
-        return index.pairs(q, ks, score=spec.name, neighbourhoods=neighbourhoods, neighbours=neighbours)
+        report = report or IvfReport()
+        index = IvfIndex.build(c, settings, report, queries=q, k=int(ks.max(initial=1)))
+        return index.pairs(
+            q,
+            ks,
+            score=spec.name,
+            neighbourhoods=neighbourhoods,
+            neighbours=neighbours,
+            settings=settings,
+            report=report,
+        )
     indices, scores = _ranked(q, c, int(ks.max(initial=1)), spec, neighbourhoods, neighbours, block_rows)
     taken = np.arange(indices.shape[1]) < ks[:, None]
     rows, chosen = np.nonzero(taken)[0].astype(np.int64), indices[taken]

@@ -21,7 +21,7 @@ from polyemb.ivf.calibrate import (
 from polyemb.ivf.cells import list_sizes, nearest_lists, probe, row_keys, train, training_rows
 from polyemb.ivf.search import Progress, search_above, search_top_k
 from polyemb.ivf.settings import Ivf, IvfReport, default_nlist, default_nprobe
-from polyemb.scores import PAIR_COLUMNS, score_spec
+from polyemb.scores import PAIR_COLUMNS, ScoreSpec, score_spec
 from polyemb.similarity import NEIGHBOURS, Neighbourhoods, Pairs, _per_query_k, normalize_rows, top_k
 
 __all__ = ["IvfIndex", "choose_nlist", "fixed_nprobe", "train_centroids", "unique_pairs"]
@@ -157,6 +157,50 @@ class IvfIndex:
         report.recall_estimate = round(estimate, 4)
         return nprobe
 
+    def calibrate_score(
+        self,
+        queries: np.ndarray,
+        k: int,
+        spec: ScoreSpec,
+        corpus_r: np.ndarray,
+        settings: Ivf,
+        report: IvfReport,
+        *,
+        query_r: np.ndarray | None = None,
+        neighbours: int = NEIGHBOURS,
+    ) -> IvfIndex:
+        """For margin and CSLS with ``settings.recall``: nprobe raised until the score's own top-k reaches it.
+
+        :meth:`calibrate` measures the recall of cosine neighbours. Margin and CSLS rank rows
+        relative to their neighbourhoods, so their best rows can lie in lists further from the
+        query (a translation far from its source, in a model trained on one language). The
+        same calibration rows are ranked by ``spec`` against the whole corpus, with the
+        neighbourhoods found at the current nprobe, and nprobe becomes the smallest that
+        reaches the target for them, never lower than the current one. The report's
+        ``recall_estimate`` becomes that score's recall@k.
+
+        Args:
+            queries: Unit left rows (the calibration rows are chosen among them as in :meth:`calibrate`).
+            k: The k recall is measured at.
+            spec: The join's score (one with neighbourhoods).
+            corpus_r: Each corpus row's neighbourhood.
+            settings: The ivf settings (``recall`` set).
+            report: Updated with the nprobe and the estimate.
+            query_r: Each query row's neighbourhood; None: found here for the calibration rows.
+            neighbours: k of the neighbourhoods found here.
+        """
+        target = float(settings.recall or 1.0)
+        rows = calibration_rows(queries, settings.seed)
+        sample = queries[rows]
+        sample_r = query_r[rows] if query_r is not None else self.neighbourhood(sample, neighbours)
+        best, _ = top_k(sample, self.corpus, k, score=spec.name, neighbourhoods=(sample_r, corpus_r))
+        needed = lists_needed(sample, self.centroids, self.lists[best])
+        mean, error = recall_curve(needed, len(self.centroids))
+        nprobe = max(choose_nprobe(mean, error, target)[0], self.nprobe)
+        report.nprobe, report.recall_estimate = nprobe, round(float(mean[nprobe - 1]), 4)
+        report.log()
+        return replace(self, nprobe=nprobe)
+
     def over(self, corpus: np.ndarray) -> IvfIndex:
         """Another corpus in this index's lists (same centroids and nprobe): the other side of a join."""
         return IvfIndex(corpus, self.centroids, nearest_lists(corpus, self.centroids, 1)[:, 0], self.nprobe)
@@ -192,27 +236,47 @@ class IvfIndex:
         score: str = "cosine",
         neighbourhoods: Neighbourhoods | None = None,
         neighbours: int = NEIGHBOURS,
+        settings: Ivf | None = None,
+        report: IvfReport | None = None,
     ) -> Pairs:
         """:meth:`search` as the flat pairs of :func:`polyemb.similarity.top_pairs`.
 
         ``queries`` are normalized here; ``k`` is checked as ``top_pairs`` checks it. For margin
         and CSLS, a neighbourhood not given is found with this index: each query row's among
-        the corpus, and each corpus row's among ``queries``.
+        the corpus, and each corpus row's among ``queries``; with ``settings.recall``, nprobe is
+        calibrated again for the score (:meth:`calibrate_score`, into ``report``) and the
+        neighbourhoods are found again if it rose.
         """
         spec = score_spec(score)
         queries = normalize_rows(queries)
         k = _per_query_k(k, len(queries))
-        query_r, corpus_r = neighbourhoods if neighbourhoods is not None else (None, None)
+        given = neighbourhoods if neighbourhoods is not None else (None, None)
+        index = self
+        query_r, corpus_r = given
         if spec.neighbourhoods:
-            if query_r is None:
-                query_r = self.neighbourhood(queries, neighbours)
-            if corpus_r is None:
-                corpus_r = self.over(queries).neighbourhood(self.corpus, neighbours)
-        indices, scores = self.search(queries, k, score=score, query_r=query_r, corpus_r=corpus_r)
+            query_r, corpus_r = index._neighbourhoods(queries, given, neighbours)
+            if settings is not None and settings.recall is not None and len(queries):
+                index = index.calibrate_score(
+                    queries, int(k.max()), spec, corpus_r, settings, report or IvfReport(), query_r=query_r
+                )
+                if index.nprobe != self.nprobe:
+                    query_r, corpus_r = index._neighbourhoods(queries, given, neighbours)
+        indices, scores = index.search(queries, k, score=score, query_r=query_r, corpus_r=corpus_r)
         rows, slots = np.nonzero(indices >= 0)
         chosen = indices[rows, slots]
         columns = {name: PAIR_COLUMNS[name](queries[rows], self.corpus[chosen]) for name in spec.columns}
         return Pairs(rows.astype(np.int64), chosen, scores[rows, slots], columns)
+
+    def _neighbourhoods(
+        self, queries: np.ndarray, given: Neighbourhoods, neighbours: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``given`` neighbourhoods, each one that is None found here (queries', the corpus')."""
+        query_r, corpus_r = given
+        if query_r is None:
+            query_r = self.neighbourhood(queries, neighbours)
+        if corpus_r is None:
+            corpus_r = self.over(queries).neighbourhood(self.corpus, neighbours)
+        return query_r, corpus_r
 
     def neighbourhood(self, queries: np.ndarray, neighbours: int) -> np.ndarray:
         """Mean cosine of each unit query row with its ``neighbours`` nearest rows found here."""

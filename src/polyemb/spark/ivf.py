@@ -159,7 +159,7 @@ def ivf_top_pairs(
     queries, corpus = with_lists(queries, cells), with_lists(corpus, cells)
     sizes = list_sizes(corpus, cells)
     if settings.recall is not None:
-        nprobe = _calibrated(queries, corpus, k, cells, settings, report, block_rows, broadcast_mb)
+        nprobe = _calibrated(queries, corpus, k, "cosine", cells, settings, report, block_rows, broadcast_mb)
     else:
         nprobe = fixed_nprobe(settings, len(cells.centroids), report)
     report.nprobe = nprobe
@@ -168,9 +168,24 @@ def ivf_top_pairs(
     cells = Cells(cells.centroids, cells.groups, nprobe)
     if score_spec(score).neighbourhoods:
         query_sizes = list_sizes(queries, cells)
-        left_r = _neighbourhoods(queries, corpus, cells, sizes, block_rows, broadcast_mb)
-        right_r = _neighbourhoods(corpus, queries, cells, query_sizes, block_rows, broadcast_mb)
-        queries, corpus = kept(queries.join(left_r, "id")), kept(corpus.join(right_r, "id"))
+
+        def with_r(cells: Cells) -> tuple[DataFrame, DataFrame]:
+            left_r = _neighbourhoods(queries, corpus, cells, sizes, block_rows, broadcast_mb)
+            right_r = _neighbourhoods(corpus, queries, cells, query_sizes, block_rows, broadcast_mb)
+            return kept(queries.join(left_r, "id")), kept(corpus.join(right_r, "id"))
+
+        scored_queries, scored_corpus = with_r(cells)
+        if settings.recall is not None:
+            # As the core's IvfIndex.calibrate_score: again for the score's own top-k, never lower.
+            raised = _calibrated(
+                queries, scored_corpus, k, score, cells, settings, report, block_rows, broadcast_mb, sizes
+            )
+            if raised > nprobe:
+                cells = Cells(cells.centroids, cells.groups, raised)
+                scored_queries, scored_corpus = with_r(cells)
+            report.nprobe = cells.nprobe
+            report.log()
+        queries, corpus = scored_queries, scored_corpus
     return _searched(queries, corpus, k, score, cells, sizes, block_rows, broadcast_mb)
 
 
@@ -178,20 +193,32 @@ def _calibrated(
     queries: DataFrame,
     corpus: DataFrame,
     k: int,
+    score: Score,
     cells: Cells,
     settings: Ivf,
     report: IvfReport,
     block_rows: int,
     broadcast_mb: float,
+    sizes: np.ndarray | None = None,
 ) -> int:
-    """Nprobe for ``settings.recall``: the exact top-k of the calibration rows, and their lists' ranks."""
+    """Nprobe for ``settings.recall``: the exact top-k of the calibration rows, and their lists' ranks.
+
+    For margin and CSLS (``corpus`` has its rows' ``r``, ``sizes`` its list sizes), the
+    calibration rows' neighbourhoods are found at ``cells.nprobe``, the result is never below
+    it, and the estimate is of that score's top-k.
+    """
     _, sample = smallest_keys(queries, settings.seed + 1, CALIBRATION_ROWS, cells.dim)
     spark = queries.sparkSession
     rows = spark.createDataFrame(
         pd.DataFrame({"id": np.arange(len(sample), dtype=np.int64), "vector": list(sample)}),
         "id long, vector array<float>",
     )
-    exact = exact_pairs(rows, corpus.select("id", "vector"), k, "cosine", block_rows, broadcast_mb)
+    scored = score_spec(score).neighbourhoods and sizes is not None
+    if scored:
+        rows_r = _neighbourhoods(with_lists(rows, cells), corpus, cells, sizes, block_rows, broadcast_mb)
+        rows = rows.join(rows_r, "id")
+    scored_columns = ("id", "vector", R_COLUMN) if scored else ("id", "vector")
+    exact = exact_pairs(rows, corpus.select(*scored_columns), k, score, block_rows, broadcast_mb)
     found = (
         exact.join(corpus.select(F.col("id").alias(PAIR_R), F.col(LIST)), PAIR_R)
         .select(PAIR_L, LIST)
@@ -201,7 +228,9 @@ def _calibrated(
     slot = found.groupby(PAIR_L).cumcount().to_numpy()
     neighbour_lists[found[PAIR_L].to_numpy(), slot] = found[LIST].to_numpy()
     needed = lists_needed(sample, cells.centroids, neighbour_lists)
-    nprobe, estimate = choose_nprobe(*recall_curve(needed, len(cells.centroids)), float(settings.recall or 1))
-    report.recall_target, report.recall_estimate = settings.recall, round(estimate, 4)
+    mean, error = recall_curve(needed, len(cells.centroids))
+    nprobe = choose_nprobe(mean, error, float(settings.recall or 1))[0]
+    nprobe = max(nprobe, cells.nprobe) if scored else nprobe
+    report.recall_target, report.recall_estimate = settings.recall, round(float(mean[nprobe - 1]), 4)
     report.calibration_rows = len(sample)
     return nprobe
