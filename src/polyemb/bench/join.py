@@ -79,6 +79,7 @@ def retrieval(
     Raises:
         InvalidInputError: Two files of a pair that are not aligned (not as long).
     """
+    from polyemb.ivf import IvfReport
     from polyemb.similarity import top_k, top_pairs
     from polyemb.store import embedder_for
     from polyemb.sts import read_sts
@@ -98,8 +99,10 @@ def retrieval(
                 best, _ = top_k(queries, corpus, 1, score=score)
                 row[score] = round(float((best[:, 0] == np.arange(len(keep))).mean()), 4)
                 if method is not None:
-                    found = top_pairs(queries, corpus, 1, score=score, method=method)
+                    report = IvfReport()
+                    found = top_pairs(queries, corpus, 1, score=score, method=method, report=report)
                     row[f"{score}_ivf"] = round(float((found.corpus == found.query).mean()), 4)
+                    row[f"{score}_probed"] = f"{report.nprobe}/{report.nlist}"
             results.append(row)
     return results
 
@@ -107,10 +110,13 @@ def retrieval(
 def format_retrieval(rows: list[dict[str, Any]]) -> str:
     """A plain-text table of :func:`retrieval`'s rows: P@1 per direction and score (and method)."""
     columns = [name for name in (*SCORES, *(f"{s}_ivf" for s in SCORES)) if rows and name in rows[0]]
+    probed = [f"{s}_probed" for s in SCORES if rows and f"{s}_probed" in rows[0]]
     width = 11 if len(columns) > len(SCORES) else 9
-    lines = [f"{'direction':<12}{'sentences':>10}" + "".join(f"{s:>{width}}" for s in columns) + "  (P@1)"]
+    head = "".join(f"{s:>{width}}" for s in columns) + "".join(f"{s:>15}" for s in probed)
+    lines = [f"{'direction':<12}{'sentences':>10}{head}  (P@1; lists probed of all)"]
     for row in rows:
         figures = "".join(f"{row[score]:>{width}.4f}" for score in columns)
+        figures += "".join(f"{row[name]:>15}" for name in probed)
         lines.append(f"{row['direction']:<12}{row['sentences']:>10}{figures}")
     return "\n".join(lines)
 
