@@ -13,6 +13,7 @@ from polyemb.ivf import Ivf, IvfIndex, IvfReport, default_nlist, default_nprobe,
 from polyemb.ivf.calibrate import choose_nprobe, recall_curve
 from polyemb.ivf.cells import nearest_lists, probe, row_keys, sortable_keys
 from polyemb.ivf.index import train_centroids
+from polyemb.ivf.search import search_top_k
 from polyemb.near_duplicates import pairs_above
 from polyemb.scores import score_spec
 from polyemb.similarity import join_rows, normalize_rows, top_k, top_pairs
@@ -124,6 +125,27 @@ def test_probing_every_list_is_the_exact_answer(score: str) -> None:
     assert np.array_equal(ivf.query, exact.query)
     assert np.array_equal(ivf.corpus, exact.corpus)
     np.testing.assert_allclose(ivf.score, exact.score, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_search_is_the_exact_order_within_the_probed_lists(seed: int) -> None:
+    # Vectors of few distinct values tie often; probes of varying width (-1: none) cover the
+    # short rows. Whatever the lists, the answer is the exact order (score descending, ties to
+    # the lower row) among the rows of each query's probed lists.
+    rng = np.random.default_rng(seed)
+    # Small integers: every product is exact, so equal scores are equal in any matrix product.
+    corpus = rng.integers(-1, 2, (300, 4)).astype(np.float32)
+    queries = rng.integers(-1, 2, (50, 4)).astype(np.float32)
+    lists = rng.integers(0, 9, len(corpus))
+    probes = np.array([rng.permutation(9)[:4] for _ in queries])
+    probes[np.arange(4)[None, :] >= rng.integers(1, 5, (len(queries), 1))] = -1
+    indices, scores = search_top_k(queries, probes, corpus, lists, 7)
+    for row, (query, probed) in enumerate(zip(queries, probes, strict=True)):
+        members = np.flatnonzero(np.isin(lists, probed[probed >= 0]))
+        truth = members[np.lexsort((members, -(corpus[members] @ query)))][:7]
+        found = indices[row][indices[row] >= 0]
+        assert found.tolist() == truth.tolist()
+        np.testing.assert_allclose(scores[row][: len(found)], corpus[found] @ query, atol=1e-6)
 
 
 def test_fewer_probes_find_fewer_but_only_true_scores() -> None:

@@ -1,8 +1,9 @@
 """Exact scores inside the probed lists, list by list: top-k lists, or the pairs above a threshold.
 
 For each list, every query row that probes it is scored against the list's rows in one matrix
-product, and its best rows are merged into the query's running top-k (score descending, ties to
-the lower corpus row: the exact :func:`polyemb.similarity.top_k`'s order). Which (query, list)
+product, and its best rows are kept in the query's place for that list; once every list is done,
+each query's top-k is taken from its places (score descending, ties to the lower corpus row: the
+exact :func:`polyemb.similarity.top_k`'s order). Which (query, list)
 pairs are scored, not the order they come in, decides the answer, so an engine that splits the
 corpus or the queries and merges the parts' top-k gets the same rows.
 
@@ -32,6 +33,8 @@ Progress = Callable[[int, int], None]
 _T = TypeVar("_T")
 # Query rows below which a part is not worth a thread of its own.
 _PART_ROWS = 2_048
+# Bytes of candidates (score and row of each probed list's best rows) a worker holds at once.
+_CANDIDATE_BYTES = 64 * 2**20
 _NONE = np.iinfo(np.int64).max
 
 
@@ -50,17 +53,18 @@ class _Grouped:
         return slice(int(self.offsets[list_number]), int(self.offsets[list_number + 1]))
 
 
-def _probed(probes: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
-    """``(list, query rows probing it)`` for each probed list, in list order."""
+def _probed(probes: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """``(list, query rows probing it, its place in their probes)`` for each probed list, in list order."""
     flat = probes.ravel()
-    owners = np.repeat(np.arange(len(probes)), probes.shape[1])[flat >= 0]
-    flat = flat[flat >= 0]
+    at = np.flatnonzero(flat >= 0)
+    flat = flat[at]
     order = np.argsort(flat, kind="stable")
-    owners, flat = owners[order], flat[order]
+    at, flat = at[order], flat[order]
+    owners, slots = np.divmod(at, max(probes.shape[1], 1))
     numbers, starts = np.unique(flat, return_index=True)
     ends = np.append(starts[1:], len(flat))
     for number, a, b in zip(numbers.tolist(), starts.tolist(), ends.tolist(), strict=True):
-        yield number, owners[a:b]
+        yield number, owners[a:b], slots[a:b]
 
 
 def _in_parts(rows: int, work: Callable[[slice], _T]) -> list[_T]:
@@ -76,21 +80,33 @@ def _in_parts(rows: int, work: Callable[[slice], _T]) -> list[_T]:
 
 
 def _best_columns(scores: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's ``keep`` highest scores and their columns, best first, ties to the lower column."""
+    """Each row's ``keep`` highest scores and their columns, in no order; ties to the lower column."""
     width = scores.shape[1]
-    if keep < width:
-        columns = np.argpartition(scores, width - keep, axis=1)[:, width - keep :]
-        values = np.take_along_axis(scores, columns, axis=1)
-        # argpartition may keep any of several equal scores at the cut: such rows are sorted stably.
-        tied = np.flatnonzero((scores >= values.min(axis=1, keepdims=True)).sum(axis=1) > keep)
+    if keep >= width:
+        return scores, np.broadcast_to(np.arange(width), scores.shape)
+    columns = np.argpartition(scores, width - keep, axis=1)[:, width - keep :]
+    values = np.take_along_axis(scores, columns, axis=1)
+    # argpartition may keep any of several equal scores at the cut: such rows are sorted stably.
+    tied = np.flatnonzero((scores >= values.min(axis=1, keepdims=True)).sum(axis=1) > keep)
+    if len(tied):
+        columns[tied] = np.argsort(-scores[tied], axis=1, kind="stable")[:, :keep]
+        values[tied] = np.take_along_axis(scores[tied], columns[tied], axis=1)
+    return values, columns
+
+
+def _best_of(scores: np.ndarray, indices: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``keep`` best ``(scores, indices)``, best first, ties to the lower index."""
+    if keep < scores.shape[1]:
+        columns = np.argpartition(-scores, keep - 1, axis=1)[:, :keep]
+        cut = np.take_along_axis(scores, columns, axis=1).min(axis=1, keepdims=True)
+        # Rows with more candidates at the cut than places: ranked whole, by score then index.
+        tied = np.flatnonzero((scores >= cut).sum(axis=1) > keep)
         if len(tied):
-            columns[tied] = np.argsort(-scores[tied], axis=1, kind="stable")[:, :keep]
-            values[tied] = np.take_along_axis(scores[tied], columns[tied], axis=1)
-    else:
-        columns = np.broadcast_to(np.arange(width), scores.shape)
-        values = scores
-    order = np.lexsort((columns, -values), axis=1)
-    return np.take_along_axis(values, order, axis=1), np.take_along_axis(columns, order, axis=1)
+            columns[tied] = np.lexsort((indices[tied], -scores[tied]), axis=1)[:, :keep]
+        scores = np.take_along_axis(scores, columns, axis=1)
+        indices = np.take_along_axis(indices, columns, axis=1)
+    order = np.lexsort((indices, -scores), axis=1)
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(indices, order, axis=1)
 
 
 def search_top_k(
@@ -132,11 +148,15 @@ def search_top_k(
     )
     query_rescore = None if query_r is None else torch.from_numpy(np.asarray(query_r, np.float32))
 
-    def part(rows: slice) -> tuple[np.ndarray, np.ndarray]:
+    width = probes.shape[1]
+    # Query rows whose candidates (each probed list's best rows) are held at once.
+    chunk_rows = max(1, _CANDIDATE_BYTES // (12 * max(width * keep, 1)))
+
+    def chunk(rows: slice) -> tuple[np.ndarray, np.ndarray]:
         mine = queries[rows]
-        best_s = np.full((len(mine), keep), -np.inf, dtype=np.float32)
-        best_i = np.full((len(mine), keep), _NONE, dtype=np.int64)
-        for number, owners in _probed(probes[rows]):
+        found_s = np.full((len(mine), width * keep), -np.inf, dtype=np.float32)
+        found_i = np.full((len(mine), width * keep), _NONE, dtype=np.int64)
+        for number, owners, slots in _probed(probes[rows]):
             members = grouped.members(number)
             if members.start == members.stop:
                 continue
@@ -144,12 +164,17 @@ def search_top_k(
             if spec.neighbourhoods and query_rescore is not None and corpus_rescore is not None:
                 block = _rescored(spec, block, query_rescore[rows][owners], corpus_rescore[members])
             values, columns = _best_columns(block, min(keep, block.shape[1]))
-            both_s = np.concatenate([best_s[owners], values], axis=1)
-            both_i = np.concatenate([best_i[owners], grouped.order[columns + members.start]], axis=1)
-            order = np.lexsort((both_i, -both_s), axis=1)[:, :keep]
-            best_s[owners] = np.take_along_axis(both_s, order, axis=1)
-            best_i[owners] = np.take_along_axis(both_i, order, axis=1)
+            places = slots[:, None] * keep + np.arange(values.shape[1])
+            found_s[owners[:, None], places] = values
+            found_i[owners[:, None], places] = grouped.order[columns + members.start]
+        best_s, best_i = _best_of(found_s, found_i, keep)
         return np.where(best_i == _NONE, -1, best_i), best_s
+
+    def part(rows: slice) -> tuple[np.ndarray, np.ndarray]:
+        found = [
+            chunk(slice(a, min(a + chunk_rows, rows.stop))) for a in range(rows.start, rows.stop, chunk_rows)
+        ]
+        return np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
 
     found = _in_parts(len(queries), part)
     return np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
@@ -205,7 +230,7 @@ def search_above(
             [np.zeros(0, np.int64)],
             [np.zeros(0, np.float32)],
         )
-        for number, owners in _probed(probes[rows]):
+        for number, owners, _ in _probed(probes[rows]):
             members = grouped.members(number)
             block = mine[owners] @ grouped.rows[members].T
             hit_q, hit_c = np.nonzero(block >= threshold)
