@@ -62,6 +62,7 @@ class Ivf:
             near-duplicates (at most nlist), or calibrated when ``recall`` is given.
         recall: Target recall@k: ``nprobe`` becomes the smallest that reaches it (with a
             one-sided 95% margin) on 1,000 left rows scored exactly; the report gives the estimate.
+            For margin and CSLS, recall of that score's top k (which needs more lists).
         seed: Seeds the training sample and the k-means start.
 
     Example:
@@ -127,7 +128,8 @@ class IvfReport:
             fewer than k rows).
         trained_on: Right rows k-means ran on.
         recall_target: ``recall=`` if given.
-        recall_estimate: With ``recall=``: recall@k of the chosen nprobe on the calibration rows.
+        recall_estimate: With ``recall=``: recall@k of the chosen nprobe on the calibration rows
+            (for margin and CSLS, of that score's own top k).
         calibration_rows: Left rows the calibration scored exactly.
         notes: Why a setting differs from what was asked (fewer distinct vectors than lists, ...).
         seconds: Time spent training and calibrating.
