@@ -214,7 +214,7 @@ def _calibrated(
         "id long, vector array<float>",
     )
     scored = score_spec(score).neighbourhoods and sizes is not None
-    if scored:
+    if scored and sizes is not None:
         rows_r = _neighbourhoods(with_lists(rows, cells), corpus, cells, sizes, block_rows, broadcast_mb)
         rows = rows.join(rows_r, "id")
     scored_columns = ("id", "vector", R_COLUMN) if scored else ("id", "vector")

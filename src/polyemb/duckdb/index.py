@@ -1,214 +1,40 @@
-"""DuckDB: ``embed()`` and ``semantic_similarity()`` inside SQL.
-
-``register(con)`` adds vectorized (Arrow) scalar functions to a connection. ``embed`` returns a
-fixed-size ``FLOAT[dim]`` ARRAY, so it feeds DuckDB's own ``array_cosine_similarity``,
-``array_cosine_distance``, ``array_inner_product`` and the ``vss`` extension's HNSW index with
-no cast.
-
-Example:
-    >>> import duckdb, polyemb.duckdb
-    >>> con = duckdb.connect()
-    >>> polyemb.duckdb.register(con)
-    >>> con.sql("SELECT title FROM 'articles.csv' "
-    ...         "ORDER BY array_cosine_distance(embed(title), embed('storm damage')) LIMIT 3")
-"""
+"""DuckDB ``register_index``: a query's rows held in memory as vectors, with a top-k function over them."""
 
 from __future__ import annotations
 
-import importlib
-import re
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from polyemb.errors import ColumnNotFoundError, InvalidInputError, MissingDependencyError, PolyembError
-
-try:
-    import duckdb
-    from duckdb.func import FunctionNullHandling, PythonUDFType
-    from duckdb.sqltypes import BIGINT, FLOAT, INTEGER, VARCHAR
-except ImportError as exc:  # pragma: no cover - exercised only without duckdb
-    raise MissingDependencyError("polyemb.duckdb needs duckdb: pip install 'polyemb[duckdb]'") from exc
-
-from polyemb.arrow import texts_from_arrow, vectors_from_arrow, vectors_to_arrow
+from polyemb.arrow import texts_from_arrow, vectors_from_arrow
 from polyemb.cache import EmbeddingCache
-from polyemb.chunks import chunk_lists
+from polyemb.duckdb._udf import (
+    BIGINT,
+    FLOAT,
+    VARCHAR,
+    FunctionNullHandling,
+    PythonUDFType,
+    create_function,
+    duckdb,
+    remove_function,
+    reported,
+)
 from polyemb.embedder import Embedder
 from polyemb.encoder import Encoder, default_encoder
+from polyemb.errors import ColumnNotFoundError, InvalidInputError
 from polyemb.ivf import Ivf, IvfIndex, IvfReport, method_settings
-from polyemb.options import Method, Score, check_sql_name, check_sql_prefix
+from polyemb.options import Method, Score, check_sql_name
 from polyemb.scores import ScoreSpec, score_spec
-from polyemb.similarity import NEIGHBOURS, Pairs, neighbourhood, normalize_rows, paired_cosines, top_pairs
-from polyemb.store import RunStats, StoredEncoder, VectorStore, embedder_for
+from polyemb.similarity import NEIGHBOURS, Pairs, neighbourhood, normalize_rows, top_pairs
+from polyemb.store import VectorStore, embedder_for
 
-__all__ = ["FUNCTIONS", "SemanticIndex", "load_extension", "register", "register_index"]
+__all__ = ["SemanticIndex", "register_index"]
 
 # The k that Ivf(recall=...) measures recall at for an index (its calls may ask for any k).
 _CALIBRATION_K = 10
-
-# The names register() creates (each behind the optional prefix).
-FUNCTIONS = (
-    "embed",
-    "embed_chunks",
-    "semantic_similarity",
-    "embedding_model",
-    "embedding_cache_stats",
-    "embedding_cache_clear",
-    "embedding_store_stats",
-)
-
-
-@contextmanager
-def _reported(function: str) -> Iterator[None]:
-    """Turn any failure inside a UDF into one line that names the function and the problem.
-
-    DuckDB shows a UDF's exception as "Python exception occurred while executing the UDF:
-    <type>: <message>"; the query fails, the connection stays usable.
-    """
-    try:
-        yield
-    except PolyembError as exc:
-        exc.add_context(f"{function}(): ")
-        raise
-    except Exception as exc:  # anything else (out of memory, a torch error) still gets context
-        raise PolyembError(
-            f"{function}() failed: {type(exc).__name__}: {exc}. If the model or its device "
-            "is the problem, load another with polyemb.duckdb.register(con, polyemb.load(...))"
-        ) from exc
-
-
-def register(
-    con: duckdb.DuckDBPyConnection,
-    encoder: Encoder | None = None,
-    *,
-    store: VectorStore | None = None,
-    prefix: str = "",
-    cache_mb: float | None = None,
-    batch_size: int | None = None,
-) -> EmbeddingCache:
-    """Register polyemb's functions on a DuckDB connection (replacing earlier registrations).
-
-    Functions (each name behind ``prefix``):
-
-    - ``embed(VARCHAR) -> FLOAT[dim]``: the text's unit vector; NULL in, NULL out.
-    - ``embed_chunks(VARCHAR) -> STRUCT(start INTEGER, "end" INTEGER, tokens INTEGER,
-      vector FLOAT[dim])[]``: every window of the text (:meth:`polyemb.Encoder.encode_chunks`,
-      the encoder's stride), to ``unnest``; ``text[start + 1 : "end"]`` is a window's text in
-      SQL's 1-based slices. NULL in, NULL out.
-    - ``semantic_similarity(VARCHAR, VARCHAR) -> FLOAT``: cosine of the two texts' vectors;
-      NULL if either is NULL.
-    - ``embedding_model() -> VARCHAR``: the model's provenance (``id@revision`` or
-      ``path@sha256:...``), to store beside vectors.
-    - ``embedding_cache_stats() -> STRUCT(hits, misses, entries, capacity)``.
-    - ``embedding_cache_clear() -> BIGINT``: empties the cache, returns the entries dropped.
-    - ``embedding_store_stats() -> STRUCT(looked_up, found, embedded, written)``: what the
-      vector store did for this registration (all zeros without a store).
-
-    ``embed`` and ``semantic_similarity`` are deterministic, so DuckDB computes a constant
-    argument (a search query) once. Texts go through a bounded cache shared by every
-    connection registered with the same Encoder, so a text repeated across DuckDB's 2048-row
-    chunks, threads and queries is encoded once while it stays cached.
-
-    Args:
-        con: The connection.
-        encoder: The Encoder; default :func:`polyemb.default_encoder`.
-        store: A vector store (:func:`polyemb.open_store`): texts it holds for this model are
-            read, not embedded, and new ones are added. The in-memory cache stays in front.
-        prefix: Put before every function name, e.g. ``"pe_"``.
-        cache_mb: Cache size in MiB (default 256); sets the shared cache's size.
-        batch_size: Passed to ``encode``.
-
-    Returns:
-        The cache, for its :meth:`~polyemb.cache.EmbeddingCache.stats`.
-    """
-    check_sql_prefix(prefix)
-    model = encoder if encoder is not None else default_encoder()
-    cache = EmbeddingCache.shared(model, max_mb=cache_mb, store=store)
-    embedder = embedder_for(model, store)
-    vector_type = duckdb.array_type(FLOAT, model.dim)
-
-    def embed(texts: pa.Array) -> pa.Array:
-        with _reported(f"{prefix}embed"):
-            vectors, valid = cache.encode_nullable(
-                texts_from_arrow(texts, name="the argument"), batch_size=batch_size, source=embedder
-            )
-            return vectors_to_arrow(vectors, valid)
-
-    def embed_chunks(texts: pa.Array) -> pa.Array:
-        with _reported(f"{prefix}embed_chunks"):
-            items = texts_from_arrow(texts, name="the argument")
-            return chunk_lists(
-                model.encode_chunks(items, batch_size=batch_size, show_progress=False), len(items)
-            )
-
-    def semantic_similarity(left: pa.Array, right: pa.Array) -> pa.Array:
-        with _reported(f"{prefix}semantic_similarity"):
-            a = texts_from_arrow(left, name="the first argument")
-            b = texts_from_arrow(right, name="the second argument")
-            vectors, valid = cache.encode_nullable(a + b, batch_size=batch_size, source=embedder)
-            scores, ok = paired_cosines(vectors, valid, len(a))
-            return pa.array(scores, mask=~ok)
-
-    def cache_stats() -> dict[str, int]:
-        return asdict(cache.stats())
-
-    def store_stats() -> dict[str, int]:
-        counts = asdict(embedder.stats) if isinstance(embedder, StoredEncoder) else asdict(RunStats())
-        return {name: counts[name] for name in ("looked_up", "found", "embedded", "written")}
-
-    stats_type = duckdb.struct_type({"hits": BIGINT, "misses": BIGINT, "entries": BIGINT, "capacity": BIGINT})
-    store_type = duckdb.struct_type(
-        {"looked_up": BIGINT, "found": BIGINT, "embedded": BIGINT, "written": BIGINT}
-    )
-    chunk_type = duckdb.list_type(
-        duckdb.struct_type({"start": INTEGER, "end": INTEGER, "tokens": INTEGER, "vector": vector_type})
-    )
-    arrow, special = PythonUDFType.ARROW, FunctionNullHandling.SPECIAL
-    definitions: list[tuple[str, Callable[..., Any], list[Any], Any, dict[str, Any]]] = [
-        ("embed", embed, [VARCHAR], vector_type, {"type": arrow, "null_handling": special}),
-        ("embed_chunks", embed_chunks, [VARCHAR], chunk_type, {"type": arrow, "null_handling": special}),
-        (
-            "semantic_similarity",
-            semantic_similarity,
-            [VARCHAR, VARCHAR],
-            FLOAT,
-            {"type": arrow, "null_handling": special},
-        ),
-        ("embedding_model", lambda: model.provenance, [], VARCHAR, {}),
-        ("embedding_cache_stats", cache_stats, [], stats_type, {"side_effects": True}),
-        ("embedding_cache_clear", cache.clear, [], BIGINT, {"side_effects": True}),
-        ("embedding_store_stats", store_stats, [], store_type, {"side_effects": True}),
-    ]
-    for name, function, parameters, returns, options in definitions:
-        _create(con, prefix + name, function, parameters, returns, options)
-    return cache
-
-
-def _create(
-    con: duckdb.DuckDBPyConnection,
-    name: str,
-    function: Callable[..., Any],
-    parameters: list[Any],
-    returns: Any,
-    options: dict[str, Any],
-) -> None:
-    """Create (or replace) a function on the connection."""
-    _remove(con, name)
-    con.create_function(name, function, parameters, returns, **options)
-
-
-def _remove(con: duckdb.DuckDBPyConnection, name: str) -> None:
-    """Remove a function from the connection, if it is there."""
-    try:
-        con.remove_function(name)
-    except duckdb.InvalidInputException:
-        pass  # not registered
 
 
 @dataclass(frozen=True)
@@ -427,7 +253,7 @@ def _register_nearest(
     text_name, vector_name = f"{index.name}_nearest", f"{index.name}_nearest_vector"
 
     def nearest(values: pa.Array, ks: pa.Array, *, vectors: bool) -> pa.Array:
-        with _reported(vector_name if vectors else text_name):
+        with reported(vector_name if vectors else text_name):
             queries, ok = reader(values, "the first argument", vectors=vectors)
             ok &= np.asarray(ks.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
             return _nearest_lists(index, queries, ok, ks.fill_null(0).to_numpy(zero_copy_only=False))
@@ -440,12 +266,12 @@ def _register_nearest(
 
     options = {"type": PythonUDFType.ARROW, "null_handling": FunctionNullHandling.SPECIAL}
     if reader.cache is not None:
-        _create(con, text_name, nearest_to_text, [VARCHAR, BIGINT], result_type, options)
+        create_function(con, text_name, nearest_to_text, [VARCHAR, BIGINT], result_type, options)
     else:
-        _remove(con, text_name)  # a text version from an earlier registration
+        remove_function(con, text_name)  # a text version from an earlier registration
     dim = index.matrix.shape[1] if len(index.matrix) else reader.cache.encoder.dim  # type: ignore[union-attr]
     vector_type = duckdb.array_type(FLOAT, dim)
-    _create(con, vector_name, nearest_to_vector, [vector_type, BIGINT], result_type, options)
+    create_function(con, vector_name, nearest_to_vector, [vector_type, BIGINT], result_type, options)
 
 
 def _nearest_lists(index: SemanticIndex, queries: np.ndarray, ok: np.ndarray, ks: np.ndarray) -> pa.Array:
@@ -472,46 +298,3 @@ def _pairs(index: SemanticIndex, queries: np.ndarray, ks: np.ndarray) -> Pairs:
     if index.ivf is not None:
         return index.ivf.pairs(queries, ks, score=index.score, neighbourhoods=(None, index.neighbourhood))
     return top_pairs(queries, index.matrix, ks, score=index.score, neighbourhoods=(None, index.neighbourhood))
-
-
-def load_extension(con: duckdb.DuckDBPyConnection, name: str) -> None:
-    """Load a DuckDB extension, finding it where a machine without the extension repository has it.
-
-    Tries, in order: the PyPI package ``duckdb-extension-<name>`` for this duckdb version (e.g.
-    ``duckdb-extension-vss``, which requires duckdb 1.5.5), an already installed extension
-    (``LOAD name``), and ``INSTALL name`` from DuckDB's repository.
-
-    Raises:
-        MissingDependencyError: None of these worked; the message says how to get it.
-    """
-    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
-        raise InvalidInputError(f"{name!r} is not a DuckDB extension name")
-    try:
-        package = importlib.import_module(f"duckdb_extension_{name}")
-    except ImportError:
-        package = None
-    if package is not None and package.__file__:
-        shipped = (
-            Path(package.__file__).parent
-            / "extensions"
-            / f"v{duckdb.__version__}"
-            / f"{name}.duckdb_extension"
-        )
-        if shipped.is_file():
-            con.execute(f"LOAD '{shipped.as_posix()}'")
-            return
-    try:
-        con.execute(f"LOAD {name}")
-        return
-    except duckdb.Error:
-        pass
-    try:
-        con.execute(f"INSTALL {name}")
-        con.execute(f"LOAD {name}")
-    except duckdb.Error as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise MissingDependencyError(
-            f"cannot load the DuckDB extension {name!r} for duckdb {duckdb.__version__} ({first}). "
-            f"Run INSTALL {name} where DuckDB's extension repository is reachable, or "
-            f"pip install duckdb-extension-{name} with the duckdb version it requires"
-        ) from exc
