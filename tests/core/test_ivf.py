@@ -127,8 +127,9 @@ def test_probing_every_list_is_the_exact_answer(score: str) -> None:
     np.testing.assert_allclose(ivf.score, exact.score, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("k", [7, 200])  # 200: more than 4 lists of ~33 rows can hold
 @pytest.mark.parametrize("seed", range(5))
-def test_search_is_the_exact_order_within_the_probed_lists(seed: int) -> None:
+def test_search_is_the_exact_order_within_the_probed_lists(seed: int, k: int) -> None:
     # Vectors of few distinct values tie often; probes of varying width (-1: none) cover the
     # short rows. Whatever the lists, the answer is the exact order (score descending, ties to
     # the lower row) among the rows of each query's probed lists.
@@ -139,10 +140,11 @@ def test_search_is_the_exact_order_within_the_probed_lists(seed: int) -> None:
     lists = rng.integers(0, 9, len(corpus))
     probes = np.array([rng.permutation(9)[:4] for _ in queries])
     probes[np.arange(4)[None, :] >= rng.integers(1, 5, (len(queries), 1))] = -1
-    indices, scores = search_top_k(queries, probes, corpus, lists, 7)
+    indices, scores = search_top_k(queries, probes, corpus, lists, k)
+    assert indices.shape == scores.shape == (len(queries), k)
     for row, (query, probed) in enumerate(zip(queries, probes, strict=True)):
         members = np.flatnonzero(np.isin(lists, probed[probed >= 0]))
-        truth = members[np.lexsort((members, -(corpus[members] @ query)))][:7]
+        truth = members[np.lexsort((members, -(corpus[members] @ query)))][:k]
         found = indices[row][indices[row] >= 0]
         assert found.tolist() == truth.tolist()
         np.testing.assert_allclose(scores[row][: len(found)], corpus[found] @ query, atol=1e-6)

@@ -106,7 +106,8 @@ def register_index(
         queries: For margin and CSLS: SQL giving one column, the texts (or vectors) that will be
             matched against the index; the scores are relative to the indexed rows'
             neighbourhoods among them (run once, now). For ``Ivf(recall=...)``: the rows nprobe
-            is calibrated on (recall@10 against their exact top 10).
+            is calibrated on (recall@10 against their exact top 10; for margin and CSLS, of
+            that score's top 10).
         method: ``"exact"``, ``"ivf"`` or :class:`polyemb.ivf.Ivf` settings (trained now).
         report: For the ivf method, an :class:`polyemb.ivf.IvfReport` filled with what it chose.
         encoder: The Encoder for texts; default :func:`polyemb.default_encoder`.

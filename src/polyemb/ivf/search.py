@@ -100,7 +100,8 @@ def _best_of(scores: np.ndarray, indices: np.ndarray, keep: int) -> tuple[np.nda
         columns = np.argpartition(-scores, keep - 1, axis=1)[:, :keep]
         cut = np.take_along_axis(scores, columns, axis=1).min(axis=1, keepdims=True)
         # Rows with more candidates at the cut than places: ranked whole, by score then index.
-        tied = np.flatnonzero((scores >= cut).sum(axis=1) > keep)
+        # A cut of -inf is only padding (no row), whose order does not matter.
+        tied = np.flatnonzero(((scores >= cut).sum(axis=1) > keep) & (cut[:, 0] > -np.inf))
         if len(tied):
             columns[tied] = np.lexsort((indices[tied], -scores[tied]), axis=1)[:, :keep]
         scores = np.take_along_axis(scores, columns, axis=1)
@@ -148,14 +149,16 @@ def search_top_k(
     )
     query_rescore = None if query_r is None else torch.from_numpy(np.asarray(query_r, np.float32))
 
-    width = probes.shape[1]
+    # A place per probe of a row, as wide as a list can fill (no list gives more than its rows).
+    width = max(probes.shape[1], 1)
+    place = max(1, min(keep, int(np.diff(grouped.offsets).max(initial=0))))
     # Query rows whose candidates (each probed list's best rows) are held at once.
-    chunk_rows = max(1, _CANDIDATE_BYTES // (12 * max(width * keep, 1)))
+    chunk_rows = max(1, _CANDIDATE_BYTES // (12 * width * place))
 
     def chunk(rows: slice) -> tuple[np.ndarray, np.ndarray]:
         mine = queries[rows]
-        found_s = np.full((len(mine), width * keep), -np.inf, dtype=np.float32)
-        found_i = np.full((len(mine), width * keep), _NONE, dtype=np.int64)
+        found_s = np.full((len(mine), width * place), -np.inf, dtype=np.float32)
+        found_i = np.full((len(mine), width * place), _NONE, dtype=np.int64)
         for number, owners, slots in _probed(probes[rows]):
             members = grouped.members(number)
             if members.start == members.stop:
@@ -164,10 +167,14 @@ def search_top_k(
             if spec.neighbourhoods and query_rescore is not None and corpus_rescore is not None:
                 block = _rescored(spec, block, query_rescore[rows][owners], corpus_rescore[members])
             values, columns = _best_columns(block, min(keep, block.shape[1]))
-            places = slots[:, None] * keep + np.arange(values.shape[1])
+            places = slots[:, None] * place + np.arange(values.shape[1])
             found_s[owners[:, None], places] = values
             found_i[owners[:, None], places] = grouped.order[columns + members.start]
         best_s, best_i = _best_of(found_s, found_i, keep)
+        if best_s.shape[1] < keep:  # fewer places than k (a corpus of one row): padded
+            pad = ((0, 0), (0, keep - best_s.shape[1]))
+            best_s = np.pad(best_s, pad, constant_values=-np.inf)
+            best_i = np.pad(best_i, pad, constant_values=_NONE)
         return np.where(best_i == _NONE, -1, best_i), best_s
 
     def part(rows: slice) -> tuple[np.ndarray, np.ndarray]:

@@ -62,7 +62,8 @@ class Ivf:
             near-duplicates (at most nlist), or calibrated when ``recall`` is given.
         recall: Target recall@k: ``nprobe`` becomes the smallest that reaches it (with a
             one-sided 95% margin) on 1,000 left rows scored exactly; the report gives the estimate.
-            For margin and CSLS, recall of that score's top k (which needs more lists).
+            For margin and CSLS, recall of that score's top k, calibrated after the cosine's
+            and never below its nprobe (that score needs more lists).
         seed: Seeds the training sample and the k-means start.
 
     Example:
