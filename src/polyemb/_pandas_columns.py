@@ -1,5 +1,7 @@
 """pandas columns as texts or vectors: what the ``.emb`` accessor reads and returns, and its errors.
 
+Also the frame a join returns: both sides' rows and the added columns, as ``merge`` names them.
+
 Conversions only (the core does the rest): a Series holds texts or vectors; a vector Series is
 ``pd.ArrowDtype(fixed_size_list<float32>[dim])``; an error on a bad value names its row label.
 """
@@ -18,6 +20,7 @@ from polyemb.errors import ColumnNotFoundError, InvalidInputError
 
 __all__ = [
     "align",
+    "assemble_join",
     "column",
     "holds_vectors",
     "is_vector_dtype",
@@ -119,3 +122,27 @@ def column(frame: pd.DataFrame, name: str, side: str) -> pd.Series:
     if isinstance(found, pd.DataFrame):
         raise InvalidInputError(f"the {side} DataFrame has several columns named {name!r}")
     return found
+
+
+def assemble_join(
+    left: pd.DataFrame,
+    right: pd.DataFrame,
+    left_rows: np.ndarray,
+    right_rows: np.ndarray,
+    added: dict[str, Any],
+    suffixes: tuple[str, str],
+) -> pd.DataFrame:
+    """Left rows, right rows (-1: all NA) and the ``added`` columns side by side, as ``merge`` names them."""
+    left_part = left.iloc[left_rows].reset_index(drop=True)
+    right_part = right.reset_index(drop=True).reindex(right_rows).reset_index(drop=True)
+    clash = set(left_part.columns) & set(right_part.columns)
+    left_part = left_part.rename(columns={c: f"{c}{suffixes[0]}" for c in clash})
+    right_part = right_part.rename(columns={c: f"{c}{suffixes[1]}" for c in clash})
+    result = pd.concat([left_part, right_part], axis=1)
+    for name, values in added.items():
+        if name in result.columns:
+            raise InvalidInputError(
+                f"the joined tables already have a column {name!r}; rename it, or choose another score_column"
+            )
+        result[name] = values
+    return result

@@ -31,6 +31,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without pandas
 from polyemb import _pandas_dtypes
 from polyemb._pandas_chunks import chunk_frame, join_by_chunks, search_by_chunks
 from polyemb._pandas_columns import align as _align
+from polyemb._pandas_columns import assemble_join as _assemble
 from polyemb._pandas_columns import column as _column
 from polyemb._pandas_columns import holds_vectors as _holds_vectors
 from polyemb._pandas_columns import is_vector_dtype as _is_vector_dtype
@@ -471,30 +472,6 @@ def _query_vector(
         check_same_model(model, embedder().provenance, "search")
         return embedder().encode([query])
     return np.asarray(query, dtype=np.float32).reshape(1, -1)
-
-
-def _assemble(
-    left: pd.DataFrame,
-    right: pd.DataFrame,
-    left_rows: np.ndarray,
-    right_rows: np.ndarray,
-    added: dict[str, Any],
-    suffixes: tuple[str, str],
-) -> pd.DataFrame:
-    """Left rows, right rows (-1: all NA) and the ``added`` columns side by side, as ``merge`` names them."""
-    left_part = left.iloc[left_rows].reset_index(drop=True)
-    right_part = right.reset_index(drop=True).reindex(right_rows).reset_index(drop=True)
-    clash = set(left_part.columns) & set(right_part.columns)
-    left_part = left_part.rename(columns={c: f"{c}{suffixes[0]}" for c in clash})
-    right_part = right_part.rename(columns={c: f"{c}{suffixes[1]}" for c in clash})
-    result = pd.concat([left_part, right_part], axis=1)
-    for name, values in added.items():
-        if name in result.columns:
-            raise InvalidInputError(
-                f"the joined tables already have a column {name!r}; rename it, or choose another score_column"
-            )
-        result[name] = values
-    return result
 
 
 _pandas_dtypes.install()

@@ -250,33 +250,30 @@ class IvfIndex:
         spec = score_spec(score)
         queries = normalize_rows(queries)
         k = _per_query_k(k, len(queries))
-        given = neighbourhoods if neighbourhoods is not None else (None, None)
+        query_r, corpus_r = neighbourhoods if neighbourhoods is not None else (None, None)
         index = self
-        query_r, corpus_r = given
         if spec.neighbourhoods:
-            query_r, corpus_r = index._neighbourhoods(queries, given, neighbours)
             if settings is not None and settings.recall is not None and len(queries):
-                index = index.calibrate_score(
-                    queries, int(k.max()), spec, corpus_r, settings, report or IvfReport(), query_r=query_r
+                # The calibration needs the corpus' neighbourhoods at the cosine's nprobe, and
+                # finds the calibration rows' own; the rest are found once, at the final nprobe.
+                first_r = (
+                    corpus_r
+                    if corpus_r is not None
+                    else self.over(queries).neighbourhood(self.corpus, neighbours)
                 )
-                if index.nprobe != self.nprobe:
-                    query_r, corpus_r = index._neighbourhoods(queries, given, neighbours)
+                index = self.calibrate_score(
+                    queries, int(k.max()), spec, first_r, settings, report or IvfReport(), query_r=query_r
+                )
+                corpus_r = first_r if index.nprobe == self.nprobe else corpus_r
+            if query_r is None:
+                query_r = index.neighbourhood(queries, neighbours)
+            if corpus_r is None:
+                corpus_r = index.over(queries).neighbourhood(index.corpus, neighbours)
         indices, scores = index.search(queries, k, score=score, query_r=query_r, corpus_r=corpus_r)
         rows, slots = np.nonzero(indices >= 0)
         chosen = indices[rows, slots]
         columns = {name: PAIR_COLUMNS[name](queries[rows], self.corpus[chosen]) for name in spec.columns}
         return Pairs(rows.astype(np.int64), chosen, scores[rows, slots], columns)
-
-    def _neighbourhoods(
-        self, queries: np.ndarray, given: Neighbourhoods, neighbours: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """``given`` neighbourhoods, each one that is None found here (queries', the corpus')."""
-        query_r, corpus_r = given
-        if query_r is None:
-            query_r = self.neighbourhood(queries, neighbours)
-        if corpus_r is None:
-            corpus_r = self.over(queries).neighbourhood(self.corpus, neighbours)
-        return query_r, corpus_r
 
     def neighbourhood(self, queries: np.ndarray, neighbours: int) -> np.ndarray:
         """Mean cosine of each unit query row with its ``neighbours`` nearest rows found here."""
