@@ -144,6 +144,9 @@ def test_recall_chooses_the_same_nprobe_everywhere(
     calibration_k = 10 if engine == "duckdb" else K
     core, report = IvfReport(), IvfReport()
     expected = top_pairs(LEFT, RIGHT, calibration_k, score=score, method=wanted, report=core)  # type: ignore[arg-type]
+    by_cosine = IvfReport()
+    top_pairs(LEFT, RIGHT, calibration_k, method=wanted, report=by_cosine)
+    assert core.nprobe > by_cosine.nprobe if score == "margin" else core.nprobe == by_cosine.nprobe
     if engine == "duckdb":
         found = via_duckdb(score, wanted, request, report)
         expected = top_pairs(LEFT, RIGHT, K, score=score, method=Ivf(nprobe=core.nprobe, seed=5))  # type: ignore[arg-type]
