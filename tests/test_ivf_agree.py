@@ -21,6 +21,7 @@ import polyemb.polars
 import polyemb.spark
 from polyemb.cli import main
 from polyemb.ivf import Ivf, IvfReport
+from polyemb.ivf.cells import COARSE_FROM
 from polyemb.near_duplicates import connected_groups, pairs_above
 from polyemb.similarity import top_pairs
 
@@ -40,31 +41,45 @@ def clustered(seed: int, rows: int, centres: int = 6, spread: float = 0.3) -> np
 
 
 LEFT, RIGHT = clustered(1, 90), clustered(2, 300)
+Sides = tuple[np.ndarray, np.ndarray]
+# Enough right rows for COARSE_FROM lists: centroids in two levels (polyemb.ivf.cells).
+WIDE = clustered(4, 6_090, centres=200, spread=0.4)
+WIDE_SIDES: Sides = (WIDE[:90], WIDE[90:])
+WIDE_SETTINGS = Ivf(nlist=COARSE_FROM, nprobe=3, seed=5)
 # Sparser, so that the pairs form many small groups (385 pairs, 67 groups at 0.85).
 ROWS = clustered(3, 400, centres=80, spread=0.45)
 
 
-def via_pandas(score: str, method: Ivf, request: pytest.FixtureRequest) -> set[tuple[int, int]]:
-    left = pd.DataFrame({"i": range(len(LEFT)), "v": list(LEFT)})
-    right = pd.DataFrame({"j": range(len(RIGHT)), "v": list(RIGHT)})
+def via_pandas(
+    score: str, method: Ivf, request: pytest.FixtureRequest, *, sides: Sides = (LEFT, RIGHT)
+) -> set[tuple[int, int]]:
+    left = pd.DataFrame({"i": range(len(sides[0])), "v": list(sides[0])})
+    right = pd.DataFrame({"j": range(len(sides[1])), "v": list(sides[1])})
     joined = left.emb.join(right, "v", k=K, score=score, method=method)  # type: ignore[arg-type]
     return set(zip(joined["i"], joined["j"], strict=True))
 
 
-def via_polars(score: str, method: Ivf, request: pytest.FixtureRequest) -> set[tuple[int, int]]:
-    left = pl.DataFrame({"i": range(len(LEFT)), "v": LEFT})
-    right = pl.DataFrame({"j": range(len(RIGHT)), "v": RIGHT})
+def via_polars(
+    score: str, method: Ivf, request: pytest.FixtureRequest, *, sides: Sides = (LEFT, RIGHT)
+) -> set[tuple[int, int]]:
+    left = pl.DataFrame({"i": range(len(sides[0])), "v": sides[0]})
+    right = pl.DataFrame({"j": range(len(sides[1])), "v": sides[1]})
     joined = left.emb.join(right, "v", k=K, score=score, method=method)  # type: ignore[arg-type]
     return set(zip(joined["i"].to_list(), joined["j"].to_list(), strict=True))
 
 
 def via_duckdb(
-    score: str, method: Ivf, request: pytest.FixtureRequest, report: IvfReport | None = None
+    score: str,
+    method: Ivf,
+    request: pytest.FixtureRequest,
+    report: IvfReport | None = None,
+    *,
+    sides: Sides = (LEFT, RIGHT),
 ) -> set[tuple[int, int]]:
     con = duckdb.connect()
     vector = pa.list_(pa.float32(), 24)
-    con.register("r", pa.table({"j": range(len(RIGHT)), "v": pa.array(list(RIGHT), vector)}))
-    con.register("l", pa.table({"i": range(len(LEFT)), "v": pa.array(list(LEFT), vector)}))
+    con.register("r", pa.table({"j": range(len(sides[1])), "v": pa.array(list(sides[1]), vector)}))
+    con.register("l", pa.table({"i": range(len(sides[0])), "v": pa.array(list(sides[0]), vector)}))
     polyemb.duckdb.register_index(
         con,
         "r",
@@ -82,12 +97,19 @@ def via_duckdb(
 
 def spark_join(broadcast_mb: float) -> Any:
     def via_spark(
-        score: str, method: Ivf, request: pytest.FixtureRequest, report: IvfReport | None = None
+        score: str,
+        method: Ivf,
+        request: pytest.FixtureRequest,
+        report: IvfReport | None = None,
+        *,
+        sides: Sides = (LEFT, RIGHT),
     ) -> set[tuple[int, int]]:
         spark = request.getfixturevalue("spark")
-        left = spark.createDataFrame([(i, v.tolist()) for i, v in enumerate(LEFT)], "i long, v array<float>")
+        left = spark.createDataFrame(
+            [(i, v.tolist()) for i, v in enumerate(sides[0])], "i long, v array<float>"
+        )
         right = spark.createDataFrame(
-            [(j, v.tolist()) for j, v in enumerate(RIGHT)], "j long, v array<float>"
+            [(j, v.tolist()) for j, v in enumerate(sides[1])], "j long, v array<float>"
         )
         joined = polyemb.spark.semantic_join(
             left,
@@ -123,6 +145,15 @@ def test_same_ivf_top_k_everywhere(engine: Any, score: str, request: pytest.Fixt
     exact = top_pairs(LEFT, RIGHT, K, score=score)  # type: ignore[arg-type]
     assert expected != set(zip(exact.query.tolist(), exact.corpus.tolist(), strict=True))
     assert engine(score, SETTINGS, request) == expected
+
+
+@pytest.mark.parametrize("engine", list(ENGINES.values()), ids=list(ENGINES))
+def test_same_two_level_top_k_everywhere(engine: Any, request: pytest.FixtureRequest) -> None:
+    core = top_pairs(*WIDE_SIDES, K, method=WIDE_SETTINGS)
+    expected = set(zip(core.query.tolist(), core.corpus.tolist(), strict=True))
+    exact = top_pairs(*WIDE_SIDES, K)
+    assert expected != set(zip(exact.query.tolist(), exact.corpus.tolist(), strict=True))
+    assert engine("cosine", WIDE_SETTINGS, request, sides=WIDE_SIDES) == expected
 
 
 @pytest.mark.parametrize("score", ["cosine", "margin"])

@@ -10,8 +10,16 @@ import pytest
 import polyemb
 from polyemb.errors import InvalidInputError
 from polyemb.ivf import Ivf, IvfIndex, IvfReport, default_nlist, default_nprobe, method_settings
-from polyemb.ivf.calibrate import choose_nprobe, recall_curve
-from polyemb.ivf.cells import nearest_lists, probe, row_keys, sortable_keys
+from polyemb.ivf.calibrate import calibration_rows, choose_nprobe, recall_curve
+from polyemb.ivf.cells import (
+    COARSE_FROM,
+    _coarse,
+    _ranked_exactly,
+    nearest_lists,
+    probe,
+    row_keys,
+    sortable_keys,
+)
 from polyemb.ivf.index import train_centroids
 from polyemb.ivf.search import search_top_k
 from polyemb.near_duplicates import pairs_above
@@ -70,7 +78,9 @@ def test_methods_by_name() -> None:
 
 
 def test_nlist_grows_with_the_rows_and_nprobe_does_not() -> None:
-    assert default_nlist(1_000_000) == 4000
+    assert default_nlist(250_000) == 2000  # 4 * sqrt(rows)
+    assert default_nlist(1_000_000) == 7812  # rows / 128: beyond 262,144 rows lists keep their size
+    assert default_nlist(4_000_000) == 31250
     assert default_nlist(3) == 3
     assert default_nprobe(4000) == 64
     assert default_nprobe(4000, pairs=True) == 16
@@ -112,6 +122,71 @@ def test_a_query_probes_more_lists_while_its_lists_hold_fewer_than_k() -> None:
     probes = probe(np.array([[1, 0.5, 0.2, 0.1]], np.float32), centroids, 1, sizes, need=3)
     assert probes.tolist() == [[0, 1, 2]]
     assert probe(np.array([[1, 0.5, 0.2, 0.1]], np.float32), centroids, 1, sizes).tolist() == [[0]]
+
+
+# ---------------------------------------------------------------------- two levels
+
+
+@pytest.fixture(scope="module")
+def wide() -> tuple[np.ndarray, np.ndarray, IvfIndex, IvfReport]:
+    """12,000 rows in COARSE_FROM lists (two levels), 1,500 queries near them, recall= 0.8 at k=10."""
+    data = normalize_rows(clustered(7, 13_500, dim=24, centres=300))
+    rows, queries = data[:12_000], data[12_000:]
+    report = IvfReport()
+    index = IvfIndex.build(rows, Ivf(nlist=COARSE_FROM, recall=0.8), report, queries=queries, k=10)
+    return rows, queries, index, report
+
+
+def test_two_levels_train_every_list_in_any_row_order(
+    wide: tuple[np.ndarray, np.ndarray, IvfIndex, IvfReport],
+) -> None:
+    rows, _, index, report = wide
+    assert report.nlist == len(index.centroids) == COARSE_FROM
+    assert not report.notes
+    shuffled = rows[np.random.default_rng(1).permutation(len(rows))]
+    assert np.array_equal(train_centroids(shuffled, Ivf(nlist=COARSE_FROM), IvfReport()), index.centroids)
+
+
+def test_two_levels_rank_the_lists_of_the_nearest_groups_first(
+    wide: tuple[np.ndarray, np.ndarray, IvfIndex, IvfReport],
+) -> None:
+    _, queries, index, _ = wide
+    coarse = _coarse(index.centroids)
+    assert coarse is not None and len(coarse.tops) == round(COARSE_FROM**0.5)
+    near = nearest_lists(queries, index.centroids, 8)
+    inside = coarse.inside(queries)
+    assert inside.sum(axis=1).max() < COARSE_FROM  # a row ranks only some of the lists
+    assert np.take_along_axis(inside, near, axis=1).all()
+    cosines = queries.astype(np.float64) @ index.centroids.astype(np.float64).T
+    assert np.array_equal(near[:, 0], np.where(inside, cosines, -np.inf).argmax(axis=1))
+    # Not every row's 8 nearest lists of all: the groups decide for some.
+    every = np.argsort(-cosines, axis=1, kind="stable")[:, :8]
+    assert (np.sort(every, axis=1) != np.sort(near, axis=1)).any()
+    # The same sets whatever the batching, and the order the recall= calibration ranks lists in.
+    parts = np.concatenate(
+        [nearest_lists(queries[a : a + 37], index.centroids, 8) for a in range(0, 1500, 37)]
+    )
+    assert np.array_equal(np.sort(parts, axis=1), np.sort(near, axis=1))
+    assert np.array_equal(
+        np.sort(_ranked_exactly(queries, index.centroids, 8), axis=1), np.sort(near, axis=1)
+    )
+
+
+def test_two_levels_reach_the_recall_they_estimate(
+    wide: tuple[np.ndarray, np.ndarray, IvfIndex, IvfReport],
+) -> None:
+    rows, queries, index, report = wide
+    assert report.recall_estimate is not None and report.recall_estimate >= 0.8
+    calibrated = queries[calibration_rows(queries, 0)]
+    found, _ = index.search(calibrated, 10)
+    exact, _ = top_k(calibrated, rows, 10)
+    # The same rows and lists: the same recall, or a little more where short lists made a row
+    # probe further (lists of about 3 rows here).
+    assert report.recall_estimate <= recall(found, exact) <= report.recall_estimate + 0.005
+    held_out = np.setdiff1d(np.arange(len(queries)), calibration_rows(queries, 0))
+    found, _ = index.search(queries[held_out], 10)
+    exact, _ = top_k(queries[held_out], rows, 10)
+    assert recall(found, exact) >= 0.8 - 0.03
 
 
 # ---------------------------------------------------------------------- search

@@ -258,7 +258,7 @@ def join_bench(
             report["settings"].append(line)
             progress(f"ivf {line}")
         if growth:
-            report["growth"] = _growth(engine, vectors, growth, k, settings[0], spark, progress)
+            report["growth"] = _growth(engine, vectors, growth, k, settings[0], spark, sample, progress)
     finally:
         if spark is not None:
             spark.stop()
@@ -295,18 +295,31 @@ def _growth(
     k: int,
     setting: Ivf,
     spark: Any,
+    sample: int,
     progress: Progress,
 ) -> dict[str, Any]:
-    """The ivf self-join's time at each size, and the exponent of a power law fitted to them."""
+    """The ivf self-join's time and recall@k at each size, and the exponent of the times' power law."""
     from polyemb.ivf import IvfReport
+    from polyemb.similarity import top_k
 
     lines = []
     for size in sizes:
         if size > len(vectors):
             raise InvalidInputError(f"growth size {size} is above the {len(vectors)} vectors given")
         ivf = IvfReport()
-        _, _, seconds, _ = _join(engine, vectors[:size], vectors[:size], k, setting, ivf, spark)
-        lines.append({"rows": size, "nlist": ivf.nlist, "nprobe": ivf.nprobe, "seconds": round(seconds, 2)})
+        rows = vectors[:size]
+        lrows, rrows, seconds, _ = _join(engine, rows, rows, k, setting, ivf, spark)
+        picked = _sample(size, sample)
+        exact, _ = top_k(rows[picked], rows, k)
+        lines.append(
+            {
+                "rows": size,
+                "nlist": ivf.nlist,
+                "nprobe": ivf.nprobe,
+                "seconds": round(seconds, 2),
+                "recall": _recall(lrows, rrows, picked, exact),
+            }
+        )
         progress(f"growth {lines[-1]}")
     return {"sizes": lines, "exponent": _exponent(lines)}
 
@@ -418,6 +431,10 @@ def format_settings(report: dict[str, Any]) -> str:
         lines.append(f"{name:<28}{line['seconds']:>10}{line['speedup']:>10}{line[recall_name]:>13}")
     growth = report.get("growth")
     if growth:
-        sizes = ", ".join(f"{n['rows']}: {n['seconds']} s" for n in growth["sizes"])
+        sizes = ", ".join(
+            f"{n['rows']}: {n['seconds']} s, nprobe {n['nprobe']}"
+            + (f", recall {n['recall']}" if "recall" in n else "")
+            for n in growth["sizes"]
+        )
         lines.append(f"growth ({sizes}): exponent {growth['exponent']}")
     return "\n".join(lines)

@@ -88,10 +88,15 @@ def _add_ivf_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--nprobe",
         type=_int_list,
-        help="nprobe values (ivf, dedup: default 16,32,64; retrieval: the first one, default the join's own)",
+        help=(
+            "nprobe values (ivf, dedup: default 16,32,64 without --recall; retrieval: the first one, "
+            "default the join's own)"
+        ),
     )
     group.add_argument("--recall", type=_float_list, default=[], help="recall targets, e.g. 0.9,0.95")
-    group.add_argument("--nlist", type=int, help="lists (default: 4 x sqrt(rows))")
+    group.add_argument(
+        "--nlist", type=int, help="lists (default: 4 x sqrt(rows), or rows / 128 beyond 262,144 rows)"
+    )
     group.add_argument("--seed", type=int, default=0, help="the ivf seed (%(default)s)")
     group.add_argument("--threshold", type=float, default=0.9, help="dedup: cosine (%(default)s)")
     group.add_argument("--sample", type=int, default=2000, help="rows whose recall is measured (%(default)s)")
@@ -178,7 +183,8 @@ def _ivf_settings(args: argparse.Namespace) -> list[Any]:
     from polyemb.bench.ivf import parse_settings
     from polyemb.ivf import Ivf
 
-    nprobes = args.nprobe if args.nprobe is not None else ([] if args.kind == "retrieval" else _NPROBES)
+    default = [] if args.kind == "retrieval" or args.recall else _NPROBES
+    nprobes = args.nprobe if args.nprobe is not None else default
     settings = parse_settings(nprobes, args.recall, args.nlist, args.seed)
     return settings or [Ivf(nlist=args.nlist, seed=args.seed)]
 

@@ -28,7 +28,9 @@ def ivf_options(parser: argparse.ArgumentParser) -> None:
         help="exact: every pair compared; ivf: each row against the rows of its nearest lists "
         "(default: exact)",
     )
-    group.add_argument("--nlist", type=int, help="ivf: lists (default: 4 x sqrt(rows))")
+    group.add_argument(
+        "--nlist", type=int, help="ivf: lists (default: 4 x sqrt(rows), or rows / 128 beyond 262,144 rows)"
+    )
     group.add_argument(
         "--nprobe",
         type=int,

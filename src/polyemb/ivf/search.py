@@ -1,10 +1,11 @@
 """Exact scores inside the probed lists, list by list: top-k lists, or the pairs above a threshold.
 
-For each list, every query row that probes it is scored against the list's rows in one matrix
-product, and its best rows are kept in the query's place for that list; once every list is done,
-each query's top-k is taken from its places (score descending, ties to the lower corpus row: the
-exact :func:`polyemb.similarity.top_k`'s order). Which (query, list)
-pairs are scored, not the order they come in, decides the answer, so an engine that splits the
+Query rows go in the order of their nearest probed list, in chunks; for each list, every row of
+the chunk that probes it is scored against the list's rows in one matrix product, and its best
+rows are kept in the query's place for that list; once every list is done, each query's top-k is
+taken from its places (score descending, ties to the lower corpus row: the exact
+:func:`polyemb.similarity.top_k`'s order). Which (query, list) pairs are scored, not the order
+they come in, decides the answer, so an engine that splits the
 corpus or the queries and merges the parts' top-k gets the same rows.
 
 The loop runs on numpy with one BLAS thread per worker thread (as many as torch's intra-op
@@ -155,17 +156,23 @@ def search_top_k(
     # Query rows whose candidates (each probed list's best rows) are held at once.
     chunk_rows = max(1, _CANDIDATE_BYTES // (12 * width * place))
 
-    def chunk(rows: slice) -> tuple[np.ndarray, np.ndarray]:
-        mine = queries[rows]
+    # Rows are taken in the order of their nearest probed list, so that the rows of a chunk share
+    # lists: each list's product then covers many rows at once, however many lists there are.
+    order = np.argsort(probes[:, 0], kind="stable") if probes.shape[1] else np.arange(len(queries))
+    out_i = np.empty((len(queries), keep), dtype=np.int64)
+    out_s = np.empty((len(queries), keep), dtype=np.float32)
+
+    def chunk(at: np.ndarray) -> None:
+        mine = queries[at]
         found_s = np.full((len(mine), width * place), -np.inf, dtype=np.float32)
         found_i = np.full((len(mine), width * place), _NONE, dtype=np.int64)
-        for number, owners, slots in _probed(probes[rows]):
+        for number, owners, slots in _probed(probes[at]):
             members = grouped.members(number)
             if members.start == members.stop:
                 continue
             block = mine[owners] @ grouped.rows[members].T
             if spec.neighbourhoods and query_rescore is not None and corpus_rescore is not None:
-                block = _rescored(spec, block, query_rescore[rows][owners], corpus_rescore[members])
+                block = _rescored(spec, block, query_rescore[at[owners]], corpus_rescore[members])
             values, columns = _best_columns(block, min(keep, block.shape[1]))
             places = slots[:, None] * place + np.arange(values.shape[1])
             found_s[owners[:, None], places] = values
@@ -175,16 +182,14 @@ def search_top_k(
             pad = ((0, 0), (0, keep - best_s.shape[1]))
             best_s = np.pad(best_s, pad, constant_values=-np.inf)
             best_i = np.pad(best_i, pad, constant_values=_NONE)
-        return np.where(best_i == _NONE, -1, best_i), best_s
+        out_i[at], out_s[at] = np.where(best_i == _NONE, -1, best_i), best_s
 
-    def part(rows: slice) -> tuple[np.ndarray, np.ndarray]:
-        found = [
-            chunk(slice(a, min(a + chunk_rows, rows.stop))) for a in range(rows.start, rows.stop, chunk_rows)
-        ]
-        return np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
+    def part(rows: slice) -> None:
+        for a in range(rows.start, rows.stop, chunk_rows):
+            chunk(order[a : min(a + chunk_rows, rows.stop)])
 
-    found = _in_parts(len(queries), part)
-    return np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
+    _in_parts(len(queries), part)
+    return out_i, out_s
 
 
 def _rescored(

@@ -25,13 +25,18 @@ __all__ = [
 
 logger = logging.getLogger("polyemb.ivf")
 
-# nlist = LISTS_PER_SQRT_ROW * sqrt(right rows): lists of about sqrt(rows) / 4 rows. Measured on
-# MiniLM vectors of paired STS sentences (docs/joins.md): a larger nlist scans less for the same
-# recall, but training and probing cost rows x nlist.
+# nlist = LISTS_PER_SQRT_ROW * sqrt(right rows) up to 262,144 rows (lists of about sqrt(rows) / 4
+# rows), rows / LIST_ROWS beyond: lists stop growing, so a query's work does not grow with the
+# corpus. Measured on MiniLM vectors of paired STS sentences (docs/joins.md): a 1M-row top-10
+# self-join at recall=0.9 took 150 s with 7,812 lists, 236 s with 4,000 (one level). Centroids
+# are found in two levels from COARSE_FROM lists on (polyemb.ivf.cells), so lists in proportion
+# to rows do not make training and probing cost rows x rows.
 LISTS_PER_SQRT_ROW = 4.0
+LIST_ROWS = 128
 # nprobe, whatever nlist: recall@10 of a top-10 join was 0.95, 0.94 and 0.93 at 125k, 250k and
-# 500k right rows with 64 lists probed, so a fixed nprobe keeps recall while the lists grow as
-# sqrt(rows) (a share of nlist would make the cost grow as rows squared). Near-duplicate pairs
+# 500k right rows with 64 lists probed while lists grew as sqrt(rows); with lists of 128 rows it
+# drifts down slowly (0.92 at 1M), which recall= corrects (45 lists for 0.9 at 1M, 34 at 250k).
+# A share of nlist would make the cost grow as rows squared. Near-duplicate pairs
 # at cosine 0.9 are easier: 16 lists found 99.7% to 99.8% of them.
 TOP_K_NPROBE = 64
 PAIRS_NPROBE = 16
@@ -56,8 +61,9 @@ class Ivf:
     (and of further lists, nearest first, while those hold fewer than ``k`` rows).
 
     Attributes:
-        nlist: Lists; None: ``4 * sqrt(right rows)``. Fewer distinct right vectors than lists
-            lower it to their number (the report says so).
+        nlist: Lists; None: ``4 * sqrt(right rows)``, or ``right rows / 128`` where that is more
+            (beyond 262,144 rows). Fewer distinct right vectors than lists lower it to their
+            number (the report says so).
         nprobe: Lists each left row is scored against; None: 64 for a join, 16 for
             near-duplicates (at most nlist), or calibrated when ``recall`` is given.
         recall: Target recall@k: ``nprobe`` becomes the smallest that reaches it (with a
@@ -110,8 +116,15 @@ def method_settings(method: Any) -> Ivf | None:
 
 
 def default_nlist(rows: int) -> int:
-    """The lists for ``rows`` right rows: ``4 * sqrt(rows)``, at least 1 and at most ``rows``."""
-    return max(1, min(rows, round(LISTS_PER_SQRT_ROW * math.sqrt(rows))))
+    """The lists for ``rows`` right rows: ``4 * sqrt(rows)`` or ``rows / 128``, whichever is more.
+
+    At least 1 and at most ``rows``. Example:
+
+        >>> default_nlist(250_000), default_nlist(1_000_000)
+        (2000, 7812)
+    """
+    lists = max(LISTS_PER_SQRT_ROW * math.sqrt(rows), rows / LIST_ROWS)
+    return max(1, min(rows, round(lists)))
 
 
 def default_nprobe(nlist: int, *, pairs: bool = False) -> int:
