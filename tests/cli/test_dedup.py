@@ -144,3 +144,5 @@ def test_bench_join_ivf_reports(kind: str, tmp_path: Path, capsys: pytest.Captur
     assert settings[2]["recall_target"] == 0.9 and settings[2]["recall_estimate"] >= 0.9
     assert [n["rows"] for n in report["growth"]["sizes"]] == [500, 1000]
     assert report["growth"]["exponent"] is not None
+    # Each size is timed with the first setting, and says what it found of its sample.
+    assert all(n["nprobe"] == 2 and 0 < n["recall"] <= 1 for n in report["growth"]["sizes"])

@@ -287,7 +287,9 @@ def test_margin_recall_holds_on_held_out_queries(sts_vectors: np.ndarray) -> Non
     settings, report = Ivf(recall=0.9), IvfReport()
     by_cosine = IvfIndex.build(corpus, settings, report, queries=calibration, k=10)
     corpus_r = by_cosine.over(calibration).neighbourhood(corpus, 4)
+    built_in = report.seconds
     index = by_cosine.calibrate_score(calibration, 10, score_spec("margin"), corpus_r, settings, report)
+    assert report.seconds > built_in  # the report's time includes the score's calibration
     # Never below the cosine's (here 10 -> 12; the vectors differ a little between CPUs, so the
     # raise itself is held by test_ivf_agree.py's synthetic vectors, 6 -> 12).
     assert by_cosine.nprobe <= index.nprobe == report.nprobe < report.nlist

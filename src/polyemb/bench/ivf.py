@@ -400,20 +400,48 @@ def dedup_bench(
             report["settings"].append(line)
             progress(f"ivf {line}")
         if growth:
-            lines = []
-            for size in growth:
-                _, _, seconds = _dedup(engine, vectors[:size], threshold, settings[0], IvfReport(), spark)
-                lines.append({"rows": size, "seconds": round(seconds, 2)})
-                progress(f"growth {lines[-1]}")
-            exponent = np.polyfit(np.log(growth), np.log([n["seconds"] for n in lines]), 1)[0]
-            report["growth"] = {
-                "sizes": lines,
-                "exponent": round(float(exponent), 2) if len(lines) > 1 else None,
-            }
+            report["growth"] = _dedup_growth(
+                engine, vectors, growth, threshold, settings[0], spark, sample, progress
+            )
     finally:
         if spark is not None:
             spark.stop()
     return report
+
+
+def _dedup_growth(
+    engine: str,
+    vectors: np.ndarray,
+    sizes: Sequence[int],
+    threshold: float,
+    setting: Ivf,
+    spark: Any,
+    sample: int,
+    progress: Progress,
+) -> dict[str, Any]:
+    """The ivf near-duplicates' time and pair recall at each size, and the exponent of the times."""
+    from polyemb.ivf import IvfReport
+
+    lines = []
+    for size in sizes:
+        if size > len(vectors):
+            raise InvalidInputError(f"growth size {size} is above the {len(vectors)} vectors given")
+        ivf = IvfReport()
+        rows = vectors[:size]
+        i, j, seconds = _dedup(engine, rows, threshold, setting, ivf, spark)
+        truth = _sample_pairs(rows, _sample(size, sample), threshold)
+        found = set(zip(i.tolist(), j.tolist(), strict=True))
+        lines.append(
+            {
+                "rows": size,
+                "nlist": ivf.nlist,
+                "nprobe": ivf.nprobe,
+                "seconds": round(seconds, 2),
+                "recall": round(len(truth & found) / len(truth), 4) if truth else None,
+            }
+        )
+        progress(f"growth {lines[-1]}")
+    return {"sizes": lines, "exponent": _exponent(lines)}
 
 
 def format_settings(report: dict[str, Any]) -> str:
@@ -433,7 +461,7 @@ def format_settings(report: dict[str, Any]) -> str:
     if growth:
         sizes = ", ".join(
             f"{n['rows']}: {n['seconds']} s, nprobe {n['nprobe']}"
-            + (f", recall {n['recall']}" if "recall" in n else "")
+            + (f", recall {n['recall']}" if n.get("recall") is not None else "")
             for n in growth["sizes"]
         )
         lines.append(f"growth ({sizes}): exponent {growth['exponent']}")

@@ -113,12 +113,14 @@ def train(sample: np.ndarray, nlist: int, seed: int, report: IvfReport) -> np.nd
         if share
     ]
     centroids = np.concatenate(parts)
-    if len(centroids) < nlist:
-        report.note(
-            f"nlist lowered from {nlist} to {len(centroids)}: the right side has only {len(centroids)} "
-            "distinct vectors"
-        )
+    _note_fewer_lists(report, nlist, len(centroids))
     return centroids
+
+
+def _note_fewer_lists(report: IvfReport, nlist: int, lists: int) -> None:
+    """Notes in ``report`` that k-means found fewer distinct vectors than ``nlist`` lists."""
+    if lists < nlist:
+        report.note(f"nlist lowered from {nlist} to {lists}: the right side has {lists} distinct vectors")
 
 
 def _shares(rows: np.ndarray, nlist: int) -> np.ndarray:
@@ -138,11 +140,7 @@ def _kmeans(sample: np.ndarray, nlist: int, seed: int, report: IvfReport) -> np.
     rows = np.ascontiguousarray(sample[order], dtype=np.float32)
     _, first = np.unique(keys[order], return_index=True)
     starts = rows[np.sort(first)[:nlist]]
-    if len(starts) < nlist:
-        report.note(
-            f"nlist lowered from {nlist} to {len(starts)}: the right side has only {len(starts)} "
-            "distinct vectors"
-        )
+    _note_fewer_lists(report, nlist, len(starts))
     centroids = torch.from_numpy(starts.copy())
     data = torch.from_numpy(rows)
     with torch.inference_mode():

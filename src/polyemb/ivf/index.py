@@ -185,10 +185,11 @@ class IvfIndex:
             spec: The join's score (one with neighbourhoods).
             corpus_r: Each corpus row's neighbourhood.
             settings: The ivf settings (``recall`` set).
-            report: Updated with the nprobe and the estimate.
+            report: Updated with the nprobe, the estimate and the seconds this took.
             query_r: Each query row's neighbourhood; None: found here for the calibration rows.
             neighbours: k of the neighbourhoods found here.
         """
+        started = time.perf_counter()
         target = float(settings.recall or 1.0)
         rows = calibration_rows(queries, settings.seed)
         sample = queries[rows]
@@ -198,6 +199,7 @@ class IvfIndex:
         mean, error = recall_curve(needed, len(self.centroids))
         nprobe = max(choose_nprobe(mean, error, target)[0], self.nprobe)
         report.nprobe, report.recall_estimate = nprobe, round(float(mean[nprobe - 1]), 4)
+        report.seconds = round(report.seconds + time.perf_counter() - started, 3)
         report.log()
         return replace(self, nprobe=nprobe)
 

@@ -146,7 +146,8 @@ class IvfReport:
             (for margin and CSLS, of that score's own top k).
         calibration_rows: Left rows the calibration scored exactly.
         notes: Why a setting differs from what was asked (fewer distinct vectors than lists, ...).
-        seconds: Time spent training and calibrating.
+        seconds: Time spent training and choosing nprobe (for margin and CSLS with ``recall=``,
+            the second calibration too, with the neighbourhoods it needs).
     """
 
     nlist: int = 0

@@ -177,12 +177,17 @@ def ivf_top_pairs(
         scored_queries, scored_corpus = with_r(cells)
         if settings.recall is not None:
             # As the core's IvfIndex.calibrate_score: again for the score's own top-k, never lower.
+            started = time.perf_counter()
             raised = _calibrated(
                 queries, scored_corpus, k, score, cells, settings, report, block_rows, broadcast_mb, sizes
             )
+            report.seconds = round(report.seconds + time.perf_counter() - started, 3)
             if raised > nprobe:
+                stale = (scored_queries, scored_corpus)
                 cells = Cells(cells.centroids, cells.groups, raised)
                 scored_queries, scored_corpus = with_r(cells)
+                for frame in stale:  # found again at the raised nprobe: free their cache
+                    frame.unpersist()
             report.nprobe = cells.nprobe
             report.log()
         queries, corpus = scored_queries, scored_corpus

@@ -1,11 +1,12 @@
 """Maintenance of a store only Spark reaches (``s3a://``, ``hdfs://``...): stats, compact and gc.
 
-The same decisions as the Python store's (:mod:`polyemb.store.maintenance`: the same counts,
-the same files merged, the same copy of a duplicate kept, the same models kept by gc), made with
-Spark's readers and writers and Hadoop's FileSystem, so that on a local path both give the same
-results. The same safety too: merged files are written (and committed by Spark) before any input
-is removed, a bad file is moved into its model's ``_quarantine/`` folder and never deleted, and a
-crash anywhere leaves a readable store with nothing lost (at worst, duplicates the next run drops).
+The same decisions as the Python store's (:mod:`polyemb.store.stats` and
+:mod:`polyemb.store.maintenance`: the same counts, the same files merged, the same copy of a
+duplicate kept, the same models kept by gc), made with Spark's readers and writers and Hadoop's
+FileSystem, so that on a local path both give the same results. The same safety too: merged files
+are written (and committed by Spark) before any input is removed, a bad file is moved into its
+model's ``_quarantine/`` folder and never deleted, and a crash anywhere leaves a readable store
+with nothing lost (at worst, duplicates the next run drops).
 
 :func:`store_stats` works on classic Spark and Spark Connect. :func:`compact_store` and
 :func:`gc_store` rename and delete files, which needs Hadoop's FileSystem through the session's
@@ -42,17 +43,9 @@ from polyemb.store.layout import (
     parse_description,
     run_id,
 )
-from polyemb.store.maintenance import (
-    COMPACT_TARGET_MB,
-    CompactReport,
-    GcReport,
-    ModelStats,
-    StoreStats,
-    model_stats,
-    plan_gc,
-    target_rows,
-)
+from polyemb.store.maintenance import CompactReport, GcReport, plan_gc
 from polyemb.store.quarantine import BAD_SUFFIX
+from polyemb.store.stats import COMPACT_TARGET_MB, ModelStats, StoreStats, model_stats, target_rows
 from polyemb.store.writer import STALE_SECONDS, is_stale_temporary
 
 if TYPE_CHECKING:

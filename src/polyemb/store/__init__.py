@@ -24,8 +24,9 @@ folder of Parquet files that DuckDB, Spark and pandas read with their own reader
 
 The modules: :mod:`~polyemb.store.layout` (the folder layout, which Spark's writer imports too),
 :mod:`~polyemb.store.keys` (text hashes), :mod:`~polyemb.store.index` (the in-memory index),
-:mod:`~polyemb.store.writer` (atomic writes), :mod:`~polyemb.store.maintenance` (stats,
-compact, gc), :mod:`~polyemb.store.stored` (an encoder behind a store) and
+:mod:`~polyemb.store.writer` (atomic writes), :mod:`~polyemb.store.stats` (what counts, when to
+compact), :mod:`~polyemb.store.maintenance` (compact, gc), :mod:`~polyemb.store.stored` (an
+encoder behind a store) and
 :mod:`~polyemb.store.vector_store` (the store object). None imports torch.
 
 Example:
@@ -39,7 +40,8 @@ from __future__ import annotations
 from polyemb.errors import StoreError
 from polyemb.store.keys import text_hashes
 from polyemb.store.layout import MARKER, QUARANTINE, is_store
-from polyemb.store.maintenance import CompactReport, GcReport, ModelStats, StoreStats
+from polyemb.store.maintenance import CompactReport, GcReport
+from polyemb.store.stats import ModelStats, StoreStats
 from polyemb.store.stored import RunStats, StoredEncoder, embedder_for
 from polyemb.store.vector_store import VectorStore, open_store
 

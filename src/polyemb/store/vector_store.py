@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from polyemb.embedder import VectorSpec
 from polyemb.errors import InvalidInputError, StoreError
 from polyemb.store import maintenance, writer
+from polyemb.store import stats as store_stats
 from polyemb.store.index import FileIndex, ModelIndex, RowGroupCache, group_starts
 from polyemb.store.keys import digest_words, hash_words
 from polyemb.store.layout import (
@@ -283,14 +284,14 @@ class VectorStore:
 
     # ------------------------------------------------------------------ maintenance
 
-    def stats(self) -> maintenance.StoreStats:
+    def stats(self) -> store_stats.StoreStats:
         """Entries, distinct texts, files (bad ones too), their mean size, and whether to compact, per model.
 
         Moves nothing, so a read-only store gives them too.
         """
-        return maintenance.stats(self.path)
+        return store_stats.stats(self.path)
 
-    def compact(self, *, target_mb: float = maintenance.COMPACT_TARGET_MB) -> maintenance.CompactReport:
+    def compact(self, *, target_mb: float = store_stats.COMPACT_TARGET_MB) -> maintenance.CompactReport:
         """Merge each model's small files into files of about ``target_mb`` of vectors.
 
         Among the files merged, each text is kept once, the copy in the first file by path (large
