@@ -120,7 +120,9 @@ def train(sample: np.ndarray, nlist: int, seed: int, report: IvfReport) -> np.nd
 def _note_fewer_lists(report: IvfReport, nlist: int, lists: int) -> None:
     """Notes in ``report`` that k-means found fewer distinct vectors than ``nlist`` lists."""
     if lists < nlist:
-        report.note(f"nlist lowered from {nlist} to {lists}: the right side has {lists} distinct vectors")
+        report.note(
+            f"nlist lowered from {nlist} to {lists}: the right side has only {lists} distinct vectors"
+        )
 
 
 def _shares(rows: np.ndarray, nlist: int) -> np.ndarray:
