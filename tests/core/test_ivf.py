@@ -91,10 +91,11 @@ def test_nlist_grows_with_the_rows_and_nprobe_does_not() -> None:
 
 
 def test_keys_follow_values_not_positions() -> None:
-    rows = clustered(1, 50)
+    rows = clustered(1, 2_500)  # more rows than row_keys hashes at once
     keys = row_keys(rows, 0)
     assert np.array_equal(row_keys(rows[::-1], 0), keys[::-1])
-    assert len(np.unique(keys)) == 50
+    assert np.array_equal(np.concatenate([row_keys(rows[a : a + 37], 0) for a in range(0, 2_500, 37)]), keys)
+    assert len(np.unique(keys)) == 2_500
     assert not np.array_equal(row_keys(rows, 1), keys)
     # The int64 form sorts as the unsigned keys do.
     assert np.array_equal(np.argsort(sortable_keys(keys), kind="stable"), np.argsort(keys, kind="stable"))
@@ -202,12 +203,16 @@ def test_probing_every_list_is_the_exact_answer(score: str) -> None:
     np.testing.assert_allclose(ivf.score, exact.score, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("list_rows", [4_096, 3])  # 3: a list's queries scored a few at a time
 @pytest.mark.parametrize("k", [7, 200])  # 200: more than 4 lists of ~33 rows can hold
 @pytest.mark.parametrize("seed", range(5))
-def test_search_is_the_exact_order_within_the_probed_lists(seed: int, k: int) -> None:
+def test_search_is_the_exact_order_within_the_probed_lists(
+    seed: int, k: int, list_rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Vectors of few distinct values tie often; probes of varying width (-1: none) cover the
     # short rows. Whatever the lists, the answer is the exact order (score descending, ties to
     # the lower row) among the rows of each query's probed lists.
+    monkeypatch.setattr("polyemb.ivf.search._LIST_ROWS", list_rows)
     rng = np.random.default_rng(seed)
     # Small integers: every product is exact, so equal scores are equal in any matrix product.
     corpus = rng.integers(-1, 2, (300, 4)).astype(np.float32)

@@ -258,7 +258,14 @@ def join_bench(
             report["settings"].append(line)
             progress(f"ivf {line}")
         if growth:
-            report["growth"] = _growth(engine, vectors, growth, k, settings[0], spark, sample, progress)
+
+            def join_at(rows: np.ndarray, ivf: IvfReport) -> tuple[float, float | None]:
+                lrows, rrows, seconds, _ = _join(engine, rows, rows, k, settings[0], ivf, spark)
+                picked = _sample(len(rows), sample)
+                exact, _ = top_k(rows[picked], rows, k)
+                return seconds, _recall(lrows, rrows, picked, exact)
+
+            report["growth"] = _growth(vectors, growth, join_at, progress)
     finally:
         if spark is not None:
             spark.stop()
@@ -289,35 +296,27 @@ def _exact_join(
 
 
 def _growth(
-    engine: str,
     vectors: np.ndarray,
     sizes: Sequence[int],
-    k: int,
-    setting: Ivf,
-    spark: Any,
-    sample: int,
+    run: Callable[[np.ndarray, IvfReport], tuple[float, float | None]],
     progress: Progress,
 ) -> dict[str, Any]:
-    """The ivf self-join's time and recall@k at each size, and the exponent of the times' power law."""
+    """``run`` on the first rows of each size (its seconds and recall), and the exponent of the times."""
     from polyemb.ivf import IvfReport
-    from polyemb.similarity import top_k
 
     lines = []
     for size in sizes:
         if size > len(vectors):
             raise InvalidInputError(f"growth size {size} is above the {len(vectors)} vectors given")
         ivf = IvfReport()
-        rows = vectors[:size]
-        lrows, rrows, seconds, _ = _join(engine, rows, rows, k, setting, ivf, spark)
-        picked = _sample(size, sample)
-        exact, _ = top_k(rows[picked], rows, k)
+        seconds, recall = run(vectors[:size], ivf)
         lines.append(
             {
                 "rows": size,
                 "nlist": ivf.nlist,
                 "nprobe": ivf.nprobe,
                 "seconds": round(seconds, 2),
-                "recall": _recall(lrows, rrows, picked, exact),
+                "recall": recall,
             }
         )
         progress(f"growth {lines[-1]}")
@@ -348,6 +347,14 @@ def _sample_pairs(rows: np.ndarray, picked: np.ndarray, threshold: float) -> set
             if s != r:
                 found.add((min(s, r), max(s, r)))
     return found
+
+
+def _pair_recall(
+    truth: set[tuple[int, int]], i: np.ndarray, j: np.ndarray
+) -> tuple[set[tuple[int, int]], float | None]:
+    """The pairs ``(i, j)`` found, and the share of the ``truth`` pairs among them (None without any)."""
+    found = set(zip(i.tolist(), j.tolist(), strict=True))
+    return found, round(len(truth & found) / len(truth), 4) if truth else None
 
 
 def dedup_bench(
@@ -386,7 +393,7 @@ def dedup_bench(
         for setting in settings:
             ivf = IvfReport()
             i, j, seconds = _dedup(engine, data, threshold, setting, ivf, spark)
-            found = set(zip(i.tolist(), j.tolist(), strict=True))
+            found, recall = _pair_recall(truth, i, j)
             line = {
                 "nlist": ivf.nlist,
                 "nprobe": ivf.nprobe,
@@ -394,54 +401,23 @@ def dedup_bench(
                 "recall_estimate": ivf.recall_estimate,
                 "pairs": len(found),
                 "seconds": round(seconds, 2),
-                "pair_recall": round(len(truth & found) / len(truth), 4) if truth else None,
+                "pair_recall": recall,
                 "speedup": round(scaled / seconds, 1),
             }
             report["settings"].append(line)
             progress(f"ivf {line}")
         if growth:
-            report["growth"] = _dedup_growth(
-                engine, vectors, growth, threshold, settings[0], spark, sample, progress
-            )
+
+            def dedup_at(rows: np.ndarray, ivf: IvfReport) -> tuple[float, float | None]:
+                i, j, seconds = _dedup(engine, rows, threshold, settings[0], ivf, spark)
+                truth = _sample_pairs(rows, _sample(len(rows), sample), threshold)
+                return seconds, _pair_recall(truth, i, j)[1]
+
+            report["growth"] = _growth(vectors, growth, dedup_at, progress)
     finally:
         if spark is not None:
             spark.stop()
     return report
-
-
-def _dedup_growth(
-    engine: str,
-    vectors: np.ndarray,
-    sizes: Sequence[int],
-    threshold: float,
-    setting: Ivf,
-    spark: Any,
-    sample: int,
-    progress: Progress,
-) -> dict[str, Any]:
-    """The ivf near-duplicates' time and pair recall at each size, and the exponent of the times."""
-    from polyemb.ivf import IvfReport
-
-    lines = []
-    for size in sizes:
-        if size > len(vectors):
-            raise InvalidInputError(f"growth size {size} is above the {len(vectors)} vectors given")
-        ivf = IvfReport()
-        rows = vectors[:size]
-        i, j, seconds = _dedup(engine, rows, threshold, setting, ivf, spark)
-        truth = _sample_pairs(rows, _sample(size, sample), threshold)
-        found = set(zip(i.tolist(), j.tolist(), strict=True))
-        lines.append(
-            {
-                "rows": size,
-                "nlist": ivf.nlist,
-                "nprobe": ivf.nprobe,
-                "seconds": round(seconds, 2),
-                "recall": round(len(truth & found) / len(truth), 4) if truth else None,
-            }
-        )
-        progress(f"growth {lines[-1]}")
-    return {"sizes": lines, "exponent": _exponent(lines)}
 
 
 def format_settings(report: dict[str, Any]) -> str:

@@ -57,6 +57,8 @@ COARSE_FROM = 2_048
 COARSE_PROBES = 12
 # Distinct centroid tables whose groups are kept (a process usually searches one or two).
 _COARSE_KEPT = 4
+# Rows hashed at once by row_keys: a 384-wide block, as uint64, is 3 MiB (measured fastest of 256 to 4,096).
+_KEY_ROWS = 1_024
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 _MULTIPLIER = np.uint64(0xBF58476D1CE4E5B9)
 
@@ -67,12 +69,18 @@ def row_keys(vectors: np.ndarray, seed: int) -> np.ndarray:
     Equal vectors get equal keys; any other change of a vector changes its key at random.
     """
     bits = np.ascontiguousarray(vectors, dtype=np.float32).view(np.uint32)
+    keys = np.empty(len(bits), dtype=np.uint64)
     with np.errstate(over="ignore"):
-        keys = np.full(len(bits), np.uint64(seed) * _MIX + _MULTIPLIER, dtype=np.uint64)
-        for column in bits.T:
-            keys ^= column.astype(np.uint64)
-            keys *= _MULTIPLIER
-            keys ^= keys >> np.uint64(31)
+        # In blocks of rows, each turned so that a column is contiguous: a column of the whole
+        # matrix would read a cache line per row for 4 bytes (7 s of 11.8 s of training at 1M rows).
+        for a in range(0, len(bits), _KEY_ROWS):
+            columns = bits[a : a + _KEY_ROWS].T.astype(np.uint64)
+            block = np.full(columns.shape[1], np.uint64(seed) * _MIX + _MULTIPLIER, dtype=np.uint64)
+            for column in columns:
+                block ^= column
+                block *= _MULTIPLIER
+                block ^= block >> np.uint64(31)
+            keys[a : a + _KEY_ROWS] = block
     return keys
 
 
