@@ -34,8 +34,12 @@ __all__ = ["NAME", "SHORT", "attention", "pays_off", "register"]
 NAME = "polyemb_short"
 SHORT = 64
 """Keys per sequence up to which the products run; SDPA beyond."""
+# Keys from which torch's softmax is vectorised (see _softmax_).
+_VECTOR_SOFTMAX = 16
 # Arguments the products handle (by ignoring them: they change nothing for an encoder); any
-# other (softcap, sliding_window, position_bias, ...) sends the call to SDPA.
+# other given a value (softcap, sliding_window, position_bias, ...) sends the call to SDPA.
+# Arguments passed as None are absent: transformers 5 passes position_ids=None and
+# encoder_hidden_states=None to every BERT-like self-attention.
 _PLAIN_ARGUMENTS = frozenset({"is_causal", "output_attentions", "head_mask"})
 
 
@@ -58,7 +62,8 @@ def attention(
     # Causal as SDPA decides it: the argument, else the module's flag, else causal.
     causal = kwargs.get("is_causal")
     causal = getattr(module, "is_causal", True) if causal is None else causal
-    plain = not dropout and causal is False and set(kwargs) <= _PLAIN_ARGUMENTS
+    given = {name for name, argument in kwargs.items() if argument is not None}
+    plain = not dropout and causal is False and given <= _PLAIN_ARGUMENTS
     short = key.shape[2] <= SHORT and query.shape[1] == key.shape[1]  # no grouped keys
     half = query.dtype in (torch.bfloat16, torch.float16)
     if query.device.type != "cpu" or not (short and plain and half):
@@ -73,9 +78,23 @@ def attention(
             scores.masked_fill_(~attention_mask, float("-inf"))
         else:
             scores.add_(attention_mask.float())
-    probabilities = torch.softmax(scores, dim=-1).to(value.dtype)
+    probabilities = _softmax_(scores).to(value.dtype)
     out: torch.Tensor = torch.matmul(probabilities, value).transpose(1, 2).contiguous()
     return out, None
+
+
+def _softmax_(scores: torch.Tensor) -> torch.Tensor:
+    """The softmax over the last dimension, in place where that dimension is short.
+
+    torch's CPU softmax takes a scalar path below :data:`_VECTOR_SOFTMAX` elements on the last
+    dimension: for 136 rows of 15 tokens, 12 heads, it took 3.3 ms where the five vectorised
+    passes below take 0.7 (AMD EPYC Zen 4, 2 threads; from 16 keys on torch's is faster, 0.33 ms
+    for 128 rows of 16). English sentences are about 15 tokens.
+    """
+    if scores.shape[-1] >= _VECTOR_SOFTMAX:
+        return torch.softmax(scores, dim=-1)
+    scores.sub_(scores.amax(dim=-1, keepdim=True)).exp_()
+    return scores.div_(scores.sum(dim=-1, keepdim=True))
 
 
 def pays_off(device: torch.device, dtype: torch.dtype, flags: frozenset[str] | None = None) -> bool:

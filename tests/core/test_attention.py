@@ -45,6 +45,9 @@ def test_short_sequences_match_sdpa(dtype: torch.dtype, tolerance: float) -> Non
     assert (ours.float() - theirs.float()).abs().max() < tolerance
     unmasked, _ = attention.attention(_Module(), q, k, v, None, scaling=8**-0.5)
     assert (unmasked[0].float() - ours[0].float()).abs().max() < tolerance  # row 0 has no padding
+    # What transformers 5 passes every BERT-like self-attention: arguments set to None are absent.
+    unused = {"position_ids": None, "encoder_hidden_states": None, "sliding_window": None}
+    assert torch.equal(attention.attention(_Module(), q, k, v, mask, scaling=8**-0.5, **unused)[0], ours)
 
 
 class _Bare(torch.nn.Module):
@@ -70,6 +73,22 @@ def test_everything_but_short_plain_half_attention_goes_to_sdpa(
     assert torch.equal(ours, sdpa_attention_forward(module, q, k, v, None, **extra)[0])
 
 
+def _count_sdpa_calls(monkeypatch: pytest.MonkeyPatch) -> list[None]:
+    """Calls of transformers' SDPA attention, through the registry or from polyemb's fallback."""
+    from transformers import AttentionInterface
+    from transformers.integrations import sdpa_attention
+
+    calls: list[None] = []
+
+    def counted(*args: object, **kwargs: object) -> tuple[torch.Tensor, None]:
+        calls.append(None)
+        return sdpa_attention_forward(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sdpa_attention, "sdpa_attention_forward", counted)
+    monkeypatch.setitem(AttentionInterface._global_mapping, "sdpa", counted)
+    return calls
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.usefixtures("no_amx")
 def test_the_encoder_uses_it_on_the_cpu_with_sdpas_vectors(
@@ -79,7 +98,10 @@ def test_the_encoder_uses_it_on_the_cpu_with_sdpas_vectors(
     encoder = polyemb.load(tiny_model_dir, precision=precision)  # type: ignore[arg-type]
     expected = attention.NAME if precision == "bf16" else "sdpa"  # fp32 gained nothing: SDPA
     assert encoder._model.config._attn_implementation == expected
+    sdpa_calls = _count_sdpa_calls(monkeypatch)
     vectors = encoder.encode(texts)  # one padded batch: the mask must reach the attention
+    # bf16 runs the products (no SDPA call at all: every text is short); fp32 runs SDPA itself.
+    assert (len(sdpa_calls) == 0) == (precision == "bf16")
     alone = np.vstack([encoder.encode([text]) for text in texts])
     monkeypatch.setattr(attention, "register", lambda: "sdpa")
     sdpa = polyemb.load(tiny_model_dir, precision=precision)  # type: ignore[arg-type]
@@ -147,3 +169,14 @@ def test_only_classes_that_use_the_registry_take_it() -> None:
 
     assert _takes_registered_attention(XLMRobertaConfig())
     assert not _takes_registered_attention(MPNetConfig())  # MPNet runs its own attention code
+
+
+@pytest.mark.parametrize("length", [1, 7, attention._VECTOR_SOFTMAX - 1, attention._VECTOR_SOFTMAX, 40])
+def test_the_softmax_is_torchs_on_short_and_long_rows(length: int) -> None:
+    generator = torch.Generator().manual_seed(length)
+    scores = torch.randn(5, 3, length, length, generator=generator) * 8
+    scores[:, :, :, length // 2 + 1 :] = float("-inf")  # masked keys, as padding leaves them
+    expected = torch.softmax(scores, dim=-1)
+    got = attention._softmax_(scores.clone())
+    assert (got - expected).abs().max() < 1e-6
+    assert torch.allclose(got.sum(dim=-1), torch.ones(5, 3, length))
