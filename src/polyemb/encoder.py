@@ -107,8 +107,8 @@ class Encoder(TextEncoder):
             ``"mean"`` (all its windows, averaged).
         stride: Tokens consecutive windows share (``encode_chunks``' default, and ``"mean"``'s).
         device: The torch device the model runs on.
-        dtype: The torch dtype of the weights (float32 for int8, whose activations are float32;
-            pooling is always float32).
+        dtype: The torch dtype of the weights (for int8, that of everything but its int8
+            products: :func:`polyemb.quantize.activation_dtype`; pooling is always float32).
     """
 
     def __init__(
@@ -438,7 +438,7 @@ def load(
         cap_cpu_threads()
     transformer = loading.load_transformer(prepared.spec, prepared.config, torch_device, dtype)
     if precision == "int8":
-        quantize.quantize_linears(transformer)
+        quantize.quantize_linears(transformer, rows=TOKEN_BUDGET["cpu"])
     if torch_device.type == "cpu":
         kernels.use_onednn(transformer, rows=TOKEN_BUDGET["cpu"])
     return Encoder(

@@ -23,6 +23,7 @@ from polyemb.errors import (
 )
 from polyemb.finding import WEIGHT_FILES, first_line
 from polyemb.options import PRECISIONS, Precision, WeightPrecision
+from polyemb.quantize import activation_dtype
 
 __all__ = [
     "ModelSpec",
@@ -40,7 +41,6 @@ _DTYPES: dict[WeightPrecision, torch.dtype] = {
     "fp32": torch.float32,
     "fp16": torch.float16,
     "bf16": torch.bfloat16,
-    "int8": torch.float32,  # float32 weights, then int8 matrix products (polyemb.quantize)
 }
 
 # A tokenizer needs its vocabulary: without one of these, transformers would quietly build an
@@ -184,6 +184,8 @@ def resolve_dtype(precision: Precision, device: torch.device) -> torch.dtype:
     """The dtype to load weights in: ``"auto"`` -> fp32 on CPU, fp16 on GPUs; else the named precision."""
     if precision == "auto":
         return torch.float32 if device.type == "cpu" else torch.float16
+    if precision == "int8":  # int8 matrix products; the rest in this dtype (polyemb.quantize)
+        return activation_dtype()
     if precision not in _DTYPES:
         raise InvalidInputError(f"precision {precision!r} is not one of {list(PRECISIONS)}")
     return _DTYPES[precision]

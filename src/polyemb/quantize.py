@@ -1,24 +1,30 @@
-"""``precision="int8"``: the transformer's matrix products in int8 on CPUs with AVX-512 VNNI.
+"""``precision="int8"``: the transformer's matrix products as u8 x s8 on CPUs with AVX-512 VNNI.
 
-What is quantized, and how, was chosen by measurement on all-MiniLM-L6-v2 (AMD EPYC Zen 5; the
-README's precision section has the commands and figures):
+What is quantized, and how, was chosen by measurement on all-MiniLM-L6-v2 (AMD EPYC Zen 5 and
+Zen 4; docs/performance.md has the commands and figures):
 
 - The ``nn.Linear`` layers inside the transformer's layers: weights as int8 with one scale per
   output channel (one scale per tensor: mean row cosine to fp32 0.952 on 300 English sentences;
   per channel 0.978).
-- Activations quantized on the fly per call, over the full 8-bit range (0.994). torch's own
-  dynamic ``Linear`` keeps 7 bits (``reduce_range=True``) so that AVX2 kernels, which sum pairs
-  of u8 x s8 products in 16 bits, cannot saturate; AVX-512 VNNI sums into 32 bits, so 8 bits are
-  safe there and only there. Hence int8 is refused on CPUs without VNNI.
-- Kept in float32: the feed-forward down-projections (``output.dense``) of the first
+- Activations quantized per call, one scale per call over the full 8-bit range (0.994), as u8
+  with a zero point. Kernels without VNNI sum pairs of u8 x s8 products in 16 bits and would
+  saturate at 8 bits; AVX-512 VNNI sums into 32 bits. Hence int8 is refused on CPUs without it.
+- Kept in float: the feed-forward down-projections (``output.dense``) of the first
   :data:`FLOAT_LAYERS` layers. Quantizing one layer at a time, these two cost the most (mean row
   cosine 0.9961 and 0.9979 alone; every other layer 0.9983 or better). With everything
-  quantized, the gate of ``polyemb check-precision`` failed on the 11 dev files (Spearman drops
-  of 0.0057 on ja and 0.0056 on zh); with these two in float32 it passed (largest drop 0.0042,
-  mean row cosine 0.9939), at 2.5x fp32's speed where all-int8 ran at 3.1x. Keeping every
-  down-projection in float32 ran at 1.8x and still failed the gate (zh, 0.0052).
-- Never quantized: the embedding tables (a 250k-token table quantized per tensor is noise, and a
-  lookup costs nothing), LayerNorm, softmax and pooling, which stay float32.
+  quantized the gate of ``polyemb check-precision`` failed on the 11 dev files (Spearman drops of
+  0.0057 on ja and 0.0056 on zh); with these two in float it passed (largest drop 0.0042).
+- Never quantized: the embedding tables (a lookup costs nothing), LayerNorm, attention's own
+  products, softmax and pooling.
+
+The products run through oneDNN's u8s8 kernel (``onednn::qlinear_pointwise``, in every x86 torch
+wheel), the feed-forward GELU fused into its product as in :mod:`polyemb.kernels`. Everything
+that is not an int8 product runs in :func:`activation_dtype`: bfloat16 on CPUs with bfloat16
+units (the bf16 path's attention and padding come with it), float32 elsewhere. An activation is
+quantized from float32 (torch's dynamic quantization, one pass for its range and one to round it)
+and read by the kernel in place; a GELU block whose down-projection is int8 hands it float32, so
+that nothing is converted twice. The weights are quantized from the loaded ones (bfloat16 where
+the activations are: its rounding is 1/64 of an int8 step).
 
 The activation range is per call, so a text's int8 vector moves slightly with the texts batched
 with it (cosine above 0.999 between two batchings): int8 vectors are approximate, as bf16 ones.
@@ -26,82 +32,157 @@ with it (cosine above 0.999 between two batchings): int8 vectors are approximate
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import warnings
+from typing import Literal
 
 import torch
 
-from polyemb._platform import cpu_flags
+from polyemb._platform import cpu_flags, has_amx
 from polyemb.errors import InvalidInputError
+from polyemb.kernels import _fusable
 
-__all__ = ["FLOAT_LAYERS", "Int8Linear", "check_int8_supported", "quantize_linears"]
+__all__ = ["FLOAT_LAYERS", "Int8Linear", "activation_dtype", "check_int8_supported", "quantize_linears"]
 
 logger = logging.getLogger(__name__)
 
-_ENGINES = ("x86", "fbgemm")
+# torch 2.12+ warns, once per process, that quantized tensors will go: the dynamic quantizer's
+# quint8 result is read in place and never kept, and a torch without it gets the refusal of
+# check_int8_supported. The probe below takes that one warning.
+_DEPRECATION = ".*quantized tensor creation functions.*"
+# How far a probe product may stray from float32's, relative to the output's scale (int8's
+# rounding of weights and activations: about 1%).
+_PROBE_TOLERANCE = 5e-2
+
+
+def activation_dtype(flags: frozenset[str] | None = None) -> torch.dtype:
+    """What int8 computes in besides its products: bfloat16 where the CPU has bfloat16 units, else float32.
+
+    ``flags``: the CPU's feature flags (this CPU's when None).
+    """
+    flags = cpu_flags() if flags is None else flags
+    return torch.bfloat16 if "avx512_bf16" in flags or has_amx(flags) else torch.float32
 
 
 def check_int8_supported(device: torch.device) -> None:
-    """Raise :class:`InvalidInputError` unless int8 can run here: CPU, VNNI, a fbgemm build of torch."""
+    """Raise :class:`InvalidInputError` unless int8 can run here: VNNI and torch's oneDNN int8 operators."""
     if device.type != "cpu":
         raise InvalidInputError(
             f"precision='int8' runs on the CPU only (device {device}); on a GPU use 'fp16' or 'bf16'"
-        )
-    if torch.backends.quantized.engine not in _ENGINES or not hasattr(torch, "quantize_per_channel"):
-        raise InvalidInputError(
-            f"precision='int8' needs torch's x86 quantized engine; this torch has "
-            f"{torch.backends.quantized.supported_engines}. Use 'bf16' or 'fp32'"
         )
     if "avx512_vnni" not in cpu_flags():
         raise InvalidInputError(
             "precision='int8' needs a CPU with AVX-512 VNNI (Intel Cascade Lake and later, AMD Zen 4 "
             "and later); this CPU has none, so its int8 kernels would saturate. Use 'bf16' or 'fp32'"
         )
+    if not _supported():
+        raise InvalidInputError(
+            f"precision='int8' needs torch's oneDNN int8 operators (onednn::qlinear_pointwise and "
+            f"dynamic quantization), which torch {torch.__version__} lacks or computes wrongly "
+            f"here. Use 'bf16' or 'fp32'"
+        )
+
+
+@functools.cache
+def _supported() -> bool:
+    """Whether the operators exist and agree with float32 on a probe product."""
+    generator = torch.Generator().manual_seed(0)
+    linear = torch.nn.Linear(48, 40)
+    x = torch.randn(3, 5, 48, generator=generator)
+    try:
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_DEPRECATION)
+            expected = linear(x)
+            got = Int8Linear(linear, rows=16, out_dtype=torch.float32)(x)
+    except (RuntimeError, AttributeError, NotImplementedError) as exc:
+        logger.info("oneDNN int8 operators not usable (%s)", exc)
+        return False
+    error = (got - expected).abs().max() / expected.abs().max()
+    if not error <= _PROBE_TOLERANCE:
+        logger.warning("oneDNN int8 product off by %.2g on a probe: int8 refused", error)
+        return False
+    return True
 
 
 class Int8Linear(torch.nn.Module):
-    """A float ``nn.Linear`` as int8 weights (per output channel) times activations quantized per call.
+    """``activation(x @ weight.T + bias)``: int8 weights per output channel, ``x`` as u8 per call.
 
-    Takes and returns float32, of any leading shape.
+    Takes any float dtype, of any leading shape; returns ``out_dtype``. The original layer is not
+    kept: its weight lives on only in oneDNN's packed int8 form.
     """
 
-    def __init__(self, linear: torch.nn.Linear) -> None:
+    def __init__(
+        self,
+        linear: torch.nn.Linear,
+        activation: Literal["none", "gelu"] = "none",
+        *,
+        rows: int,
+        out_dtype: torch.dtype,
+    ) -> None:
         super().__init__()
         weight = linear.weight.detach().float()
-        scales = (weight.abs().amax(dim=1) / 127.0).clamp(min=1e-12).double()
-        zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
-        bias = None if linear.bias is None else linear.bias.detach().float()
-        with warnings.catch_warnings():
-            # torch 2.12+ warns that quantized tensors will go; the packed weights are all that
-            # is kept, and check_int8_supported's message is the plan for the torch without them.
-            warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
-            quantized = torch.quantize_per_channel(weight, scales, zero_points, axis=0, dtype=torch.qint8)
-        self._packed = torch.ops.quantized.linear_prepack(quantized, bias)
+        self._scales = (weight.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+        quantized = torch.round(weight / self._scales[:, None]).clamp(-127, 127).to(torch.int8)
+        # oneDNN picks the packed layout for products of about this many rows.
+        self._packed = torch.ops.onednn.qlinear_prepack(quantized, [rows, linear.in_features])
+        self._zero_points = torch.zeros(linear.out_features, dtype=torch.long)
+        self._bias = None if linear.bias is None else linear.bias.detach().float()
+        self._activation = activation
+        self._algorithm = "none" if activation == "gelu" else ""  # "none": erf GELU
+        self.out_dtype = out_dtype
         self.in_features = linear.in_features
         self.out_features = linear.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x @ weight.T + bias`` with ``x`` quantized to 8 bits over its own range."""
-        out: torch.Tensor = torch.ops.quantized.linear_dynamic(x, self._packed, reduce_range=False)
-        return out
+        """The product of ``x``, quantized over its own range, with the int8 weights."""
+        rows = x.reshape(-1, self.in_features).float().contiguous()
+        quantized = torch.quantize_per_tensor_dynamic(rows, torch.quint8, False)
+        # The quint8 tensor's bytes, read in place as the uint8 tensor the kernel takes.
+        u8 = torch.empty(0, dtype=torch.uint8).set_(
+            quantized.untyped_storage(), quantized.storage_offset(), quantized.shape, quantized.stride()
+        )
+        out: torch.Tensor = torch.ops.onednn.qlinear_pointwise(
+            u8,
+            quantized.q_scale(),
+            quantized.q_zero_point(),
+            self._packed,
+            self._scales,
+            self._zero_points,
+            self._bias,
+            1.0,
+            0,
+            self.out_dtype,
+            self._activation,
+            [],
+            self._algorithm,
+        )
+        return out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         """Shown by ``print(model)``."""
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8 per channel"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, int8 per channel, "
+            f"activation={self._activation}, out={self.out_dtype}"
+        )
 
 
 FLOAT_LAYERS = 2
-"""The first layers whose feed-forward down-projection stays float32 (see the module docstring)."""
+"""The first layers whose feed-forward down-projection stays float (see the module docstring)."""
 
 _DOWN_PROJECTION = re.compile(r"(?:^|\.)layer\.(\d+)\.output\.dense$")
+_FEED_FORWARD = re.compile(r"(?:^|\.)layer\.(\d+)\.intermediate$")
 
 
-def quantize_linears(model: torch.nn.Module) -> int:
+def quantize_linears(model: torch.nn.Module, *, rows: int) -> int:
     """Replace, in place, the ``nn.Linear`` layers under the model's ``encoder`` by :class:`Int8Linear`.
 
-    All but the feed-forward down-projections of the first :data:`FLOAT_LAYERS` layers. The
-    model must be float32 on the CPU. Returns how many layers were replaced.
+    All but the feed-forward down-projections of the first :data:`FLOAT_LAYERS` layers; a
+    feed-forward block that is exactly ``erf_gelu(dense(x))`` becomes one fused layer. The model
+    must be on the CPU, in eval mode; the layers return its dtype. ``rows``: the typical rows per
+    product (tokens per batch), for the weights' packed layout. Returns how many layers now run
+    in int8.
 
     Raises:
         InvalidInputError: The model has no ``encoder`` module of Linear layers.
@@ -112,16 +193,25 @@ def quantize_linears(model: torch.nn.Module) -> int:
             f"precision='int8' needs a BERT-like transformer with an 'encoder' module; "
             f"{type(model).__name__} has none. Use 'bf16' or 'fp32'"
         )
-    targets = []
+    dtype = next(model.parameters()).dtype
+    replacements: dict[str, Int8Linear] = {}
     for name, module in body.named_modules():
+        if any(name.startswith(done + ".") for done in replacements):
+            continue  # inside a block already fused
         down = _DOWN_PROJECTION.search(name)
-        if isinstance(module, torch.nn.Linear) and not (down and int(down.group(1)) < FLOAT_LAYERS):
-            targets.append(name)
-    if not targets:
+        block = _FEED_FORWARD.search(name)
+        dense = _fusable(module) if block else None
+        if dense is not None and block is not None:
+            # A down-projection in int8 quantizes from float32: hand it that, not bf16 to convert.
+            quantized_down = int(block.group(1)) >= FLOAT_LAYERS
+            out_dtype = torch.float32 if quantized_down else dtype
+            replacements[name] = Int8Linear(dense, "gelu", rows=rows, out_dtype=out_dtype)
+        elif isinstance(module, torch.nn.Linear) and not (down and int(down.group(1)) < FLOAT_LAYERS):
+            replacements[name] = Int8Linear(module, rows=rows, out_dtype=dtype)
+    if not replacements:
         raise InvalidInputError(f"precision='int8': no Linear layers in {type(model).__name__}.encoder")
-    for name in targets:
+    for name, replacement in replacements.items():
         parent_name, _, child = name.rpartition(".")
-        parent = body.get_submodule(parent_name) if parent_name else body
-        setattr(parent, child, Int8Linear(getattr(parent, child)))
-    logger.info("int8: %d Linear layers quantized", len(targets))
-    return len(targets)
+        setattr(body.get_submodule(parent_name) if parent_name else body, child, replacement)
+    logger.info("int8: %d layers quantized", len(replacements))
+    return len(replacements)
