@@ -44,8 +44,9 @@ MAX_ROWS = {"cpu": 128, "cuda": 1_024, "mps": 256}
 # - AMD EPYC Zen 5 (AVX-512, no AMX): multiples of 16 and 8 cost bf16 1.3x and fp32 1.4x their
 #   speed on short English sentences (the padding is up to as many tokens as the text); eighths
 #   cost bf16 4% and fp32 nothing there, and hold the peak near the multiples' on long texts.
-# int8 is not padded: 296 -> 247 texts/s with 16 on the Intel CPU (fbgemm's kernels), and with
-# oneDNN's on an AMD EPYC Zen 4, eighths gave 932 against 1,033 English texts/s (medians of 5).
+# int8 is not padded: 296 -> 247 texts/s with 16 on the Intel CPU (fbgemm's kernels); with
+# oneDNN's on an AMD EPYC Zen 4, eighths against none gave 932 against 1,033 English texts/s and
+# 495 against 475 on 11 languages (medians of 5): mixed, so unpadded as before.
 PADDED = frozenset({("cpu", "bf16"), ("cpu", "fp32")})
 AMX_MULTIPLE = {"bf16": 16, "fp32": 8}
 
