@@ -9,8 +9,8 @@ these products 3.8 ms; 64 rows of 32, 3.0 against 1.5; 37 rows of 55, 5.1 agains
 products, longer ones (and causal ones, and every other device) through SDPA as before. End
 to end, bf16, 1,500 sentences, best of 3 against SDPA in one process: 1.06x and 1.16x on
 English, 1.03x on the 11 languages (docs/performance.md). Only half precisions (bf16, fp16)
-take this path: fp32 gained nothing end to end (893 against 898 texts/s), so fp32 and int8
-(whose attention is fp32) keep SDPA and their vectors.
+take this path: fp32 gained nothing end to end (893 against 898 texts/s), so fp32 keeps SDPA
+and its vectors; int8 takes it where its non-int8 work is bf16 (``quantize.activation_dtype``).
 
 The scores come from the weights' dtype; the softmax is float32 and its probabilities are cast
 back for the product with the values (``tests/core/test_attention.py`` states the tolerance).

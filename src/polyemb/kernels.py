@@ -24,7 +24,7 @@ from typing import Literal
 
 import torch
 
-__all__ = ["OneDnnLinear", "supports", "use_onednn"]
+__all__ = ["OneDnnLinear", "gelu_dense", "supports", "use_onednn"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def _is_erf_gelu(activation: object) -> bool:
     return isinstance(got, torch.Tensor) and torch.allclose(got, torch.nn.functional.gelu(probe), atol=1e-6)
 
 
-def _fusable(module: torch.nn.Module) -> torch.nn.Linear | None:
+def gelu_dense(module: torch.nn.Module) -> torch.nn.Linear | None:
     """The ``dense`` layer of a module whose forward is exactly ``erf_gelu(dense(x))``, else None.
 
     Transformers' feed-forward blocks (BERT, XLM-RoBERTa, MPNet ``*Intermediate``) have this
@@ -141,7 +141,7 @@ def use_onednn(model: torch.nn.Module, *, rows: int) -> int:
     for name, module in list(model.named_modules()):
         if not name or any(name.startswith(done + ".") for done in replaced):
             continue  # the model itself, or inside a block already fused
-        dense = _fusable(module)
+        dense = gelu_dense(module)
         if dense is not None and supports(dense.weight.dtype):
             replacement = OneDnnLinear(dense, "gelu", rows=rows)
         elif isinstance(module, torch.nn.Linear) and supports(module.weight.dtype):

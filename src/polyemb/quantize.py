@@ -24,7 +24,9 @@ units (the bf16 path's attention and padding come with it), float32 elsewhere. A
 quantized from float32 (torch's dynamic quantization, one pass for its range and one to round it)
 and read by the kernel in place; a GELU block whose down-projection is int8 hands it float32, so
 that nothing is converted twice. The weights are quantized from the loaded ones (bfloat16 where
-the activations are: its rounding is 1/64 of an int8 step).
+the activations are: its rounding moves a weight by at most half an int8 step, and the row
+cosines to fp32 measured the same as from float32 weights and activations: mean 0.99509 against
+0.99508 on 1,500 English sentences).
 
 The activation range is per call, so a text's int8 vector moves slightly with the texts batched
 with it (cosine above 0.999 between two batchings): int8 vectors are approximate, as bf16 ones.
@@ -42,7 +44,7 @@ import torch
 
 from polyemb._platform import cpu_flags, has_amx
 from polyemb.errors import InvalidInputError
-from polyemb.kernels import _fusable
+from polyemb.kernels import gelu_dense
 
 __all__ = ["FLOAT_LAYERS", "Int8Linear", "activation_dtype", "check_int8_supported", "quantize_linears"]
 
@@ -200,7 +202,7 @@ def quantize_linears(model: torch.nn.Module, *, rows: int) -> int:
             continue  # inside a block already fused
         down = _DOWN_PROJECTION.search(name)
         block = _FEED_FORWARD.search(name)
-        dense = _fusable(module) if block else None
+        dense = gelu_dense(module) if block else None
         if dense is not None and block is not None:
             # A down-projection in int8 quantizes from float32: hand it that, not bf16 to convert.
             quantized_down = int(block.group(1)) >= FLOAT_LAYERS
