@@ -140,6 +140,8 @@ class Int8Linear(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The product of ``x``, quantized over its own range, with the int8 weights."""
         rows = x.reshape(-1, self.in_features).float().contiguous()
+        if not rows.numel():  # no range to quantize over
+            return x.new_empty(*x.shape[:-1], self.out_features, dtype=self.out_dtype)
         quantized = torch.quantize_per_tensor_dynamic(rows, torch.quint8, False)
         # The quint8 tensor's bytes, read in place as the uint8 tensor the kernel takes.
         u8 = torch.empty(0, dtype=torch.uint8).set_(

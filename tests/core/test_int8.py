@@ -135,6 +135,7 @@ def test_int8_computes_in_bf16_only_where_the_cpu_has_bf16_units() -> None:
 @pytest.mark.parametrize("activation", ["none", "gelu"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_an_int8_product_is_the_float_one_within_int8_rounding(activation: str, dtype: torch.dtype) -> None:
+    assert quantize._supported()  # the probe load runs (it also takes torch's deprecation warning)
     generator = torch.Generator().manual_seed(1)
     linear = torch.nn.Linear(64, 48)
     x = torch.randn(3, 7, 64, generator=generator)
@@ -149,6 +150,14 @@ def test_an_int8_product_is_the_float_one_within_int8_rounding(activation: str, 
     # hundredths of the output's scale at most, far below what a wrong product would give.
     error = (got.float() - expected).abs().max() / expected.abs().max()
     assert 0 < error < 0.03
+    # No rows, and rows of zeros (a range of one value), are products too.
+    with torch.inference_mode():
+        assert layer(torch.zeros(0, 64, dtype=dtype)).shape == (0, 48)
+        zeros = layer(torch.zeros(2, 64, dtype=dtype)).float()
+    bias = linear.bias.detach()
+    assert torch.allclose(
+        zeros, (torch.nn.functional.gelu(bias) if activation == "gelu" else bias).expand(2, 48), atol=0.02
+    )
 
 
 @needs_vnni
