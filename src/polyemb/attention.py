@@ -10,7 +10,8 @@ products, longer ones (and causal ones, and every other device) through SDPA as 
 to end, bf16, 1,500 sentences, best of 3 against SDPA in one process: 1.06x and 1.16x on
 English, 1.03x on the 11 languages (docs/performance.md). Only half precisions (bf16, fp16)
 take this path: fp32 gained nothing end to end (893 against 898 texts/s), so fp32 keeps SDPA
-and its vectors; int8 takes it where its non-int8 work is bf16 (``quantize.activation_dtype``).
+and its vectors; int8 takes it where its non-int8 work is bf16 (``quantize.activation_dtype``)
+and :func:`pays_off` says so.
 
 The scores come from the weights' dtype; the softmax is float32 and its probabilities are cast
 back for the product with the values (``tests/core/test_attention.py`` states the tolerance).
@@ -40,7 +41,7 @@ _VECTOR_SOFTMAX = 16
 # other given a value (softcap, sliding_window, position_bias, ...) sends the call to SDPA.
 # Arguments passed as None are absent: transformers 5 passes position_ids=None and
 # encoder_hidden_states=None to every BERT-like self-attention.
-_PLAIN_ARGUMENTS = frozenset({"is_causal", "output_attentions", "head_mask"})
+_PLAIN_ARGUMENTS = frozenset({"is_causal", "output_attentions"})
 
 
 def attention(

@@ -24,7 +24,7 @@ from typing import Literal
 
 import torch
 
-__all__ = ["OneDnnLinear", "gelu_dense", "supports", "use_onednn"]
+__all__ = ["OneDnnLinear", "gelu_dense", "probe_linear", "supports", "use_onednn"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,15 +68,25 @@ class OneDnnLinear(torch.nn.Module):
         return f"{features}, oneDNN, activation={self._activation}"
 
 
+def probe_linear(in_features: int, out_features: int) -> torch.nn.Linear:
+    """A float32 ``nn.Linear`` with seeded weights, for probes: torch's global random state is left alone."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng(devices=[]):  # the layer's own initialisation draws from it
+        linear = torch.nn.Linear(in_features, out_features)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(out_features, in_features, generator=generator) * in_features**-0.5)
+        linear.bias.copy_(torch.randn(out_features, generator=generator) * 0.1)
+    return linear
+
+
 @functools.cache
 def supports(dtype: torch.dtype) -> bool:
     """Whether this torch's oneDNN linear operators exist and agree with ``nn.Linear`` in ``dtype``."""
     onednn = torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]
     if dtype not in _PROBE_TOLERANCE or not onednn:
         return False
-    generator = torch.Generator().manual_seed(0)
-    linear = torch.nn.Linear(48, 40).to(dtype)
-    x = torch.randn(3, 5, 48, generator=generator).to(dtype)
+    linear = probe_linear(48, 40).to(dtype)
+    x = torch.randn(3, 5, 48, generator=torch.Generator().manual_seed(1)).to(dtype)
     try:
         with torch.inference_mode():
             for activation in ("none", "gelu"):

@@ -62,8 +62,9 @@ class _Bare(torch.nn.Module):
         (_Module(), 7, torch.bfloat16, {"is_causal": True}),  # causal by argument
         (_Bare(), 7, torch.bfloat16, {}),  # causal by default
         (_Module(), 7, torch.bfloat16, {"sliding_window": 4}),  # an argument it does not handle
+        (_Module(), 7, torch.bfloat16, {"head_mask": torch.ones(4)}),  # a head mask it would ignore
     ],
-    ids=["long", "fp32", "causal-argument", "causal-default", "other-argument"],
+    ids=["long", "fp32", "causal-argument", "causal-default", "other-argument", "head-mask"],
 )
 def test_everything_but_short_plain_half_attention_goes_to_sdpa(
     module: torch.nn.Module, length: int, dtype: torch.dtype, extra: dict[str, object]

@@ -139,3 +139,12 @@ def test_float16_is_left_to_torch() -> None:
     assert not kernels.supports(torch.float16)
     model = torch.nn.Sequential(torch.nn.Linear(8, 8)).half()
     assert kernels.use_onednn(model, rows=8) == 0
+
+
+def test_probes_leave_torchs_random_state_alone() -> None:
+    torch.manual_seed(5)
+    expected = torch.rand(4)
+    torch.manual_seed(5)
+    first, second = kernels.probe_linear(6, 3), kernels.probe_linear(6, 3)
+    assert torch.equal(torch.rand(4), expected)
+    assert torch.equal(first.weight, second.weight) and torch.equal(first.bias, second.bias)  # seeded
