@@ -24,7 +24,7 @@ from typing import Literal
 
 import torch
 
-__all__ = ["OneDnnLinear", "gelu_dense", "probe_linear", "supports", "use_onednn"]
+__all__ = ["OneDnnLinear", "gelu_dense", "probe_linear", "replace_module", "supports", "use_onednn"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,12 @@ class OneDnnLinear(torch.nn.Module):
         """Shown by ``print(model)``."""
         features = f"in_features={self.in_features}, out_features={self.out_features}"
         return f"{features}, oneDNN, activation={self._activation}"
+
+
+def replace_module(root: torch.nn.Module, name: str, replacement: torch.nn.Module) -> None:
+    """Put ``replacement`` where ``root.get_submodule(name)`` was (``name`` non-empty, dotted)."""
+    parent_name, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, child, replacement)
 
 
 def probe_linear(in_features: int, out_features: int) -> torch.nn.Linear:
@@ -158,8 +164,7 @@ def use_onednn(model: torch.nn.Module, *, rows: int) -> int:
             replacement = OneDnnLinear(module, rows=rows)
         else:
             continue
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, replacement)
+        replace_module(model, name, replacement)
         replaced.append(name)
     logger.info("%d Linear layers run through oneDNN", len(replaced))
     return len(replaced)

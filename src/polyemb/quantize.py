@@ -44,7 +44,7 @@ import torch
 
 from polyemb._platform import cpu_flags, has_amx
 from polyemb.errors import InvalidInputError
-from polyemb.kernels import Activation, gelu_dense, probe_linear
+from polyemb.kernels import Activation, gelu_dense, probe_linear, replace_module
 
 __all__ = ["FLOAT_LAYERS", "Int8Linear", "activation_dtype", "check_int8_supported", "quantize_linears"]
 
@@ -109,7 +109,11 @@ def _supported() -> bool:
                     logger.warning("oneDNN int8 product off by %.2g on a probe: int8 refused", error)
                     return False
     except (RuntimeError, AttributeError, NotImplementedError) as exc:
-        logger.info("oneDNN int8 operators not usable (%s)", exc)
+        # What a torch without these operators raises (a build without oneDNN's x86 kernels, a
+        # release that removed quantized tensors or renamed the ops). Not a crash to pass on:
+        # check_int8_supported turns it into a refusal that names bf16 and fp32, and the log
+        # keeps the cause.
+        logger.warning("oneDNN int8 operators not usable (%s): int8 refused", exc)
         return False
     return True
 
@@ -221,7 +225,6 @@ def quantize_linears(model: torch.nn.Module, *, rows: int) -> int:
     if not replacements:
         raise InvalidInputError(f"precision='int8': no Linear layers in {type(model).__name__}.encoder")
     for name, replacement in replacements.items():
-        parent_name, _, child = name.rpartition(".")
-        setattr(body.get_submodule(parent_name) if parent_name else body, child, replacement)
+        replace_module(body, name, replacement)
     logger.info("int8: %d layers quantized", len(replacements))
     return len(replacements)
