@@ -1,6 +1,8 @@
 """What this machine is: its CPU (model, flags, the CPUs this process may use) and memory figures.
 
-Also :func:`release_free_memory`, which hands the C heap's free pages back to the system.
+Also the C heap's settings: :func:`keep_heap_between_batches`, which stops glibc from handing
+memory back to the system between one batch and the next, and :func:`release_free_memory`, which
+hands the free pages back after a call.
 
 Standard library only, and no torch: the pytest header, the benchmarks' child processes and the
 int8 check all read it, and a child that measures memory must not pay for an import it does not
@@ -23,6 +25,7 @@ __all__ = [
     "cpu_description",
     "cpu_flags",
     "cpuinfo_field",
+    "keep_heap_between_batches",
     "process_mib",
     "release_free_memory",
     "reset_peak_memory",
@@ -152,3 +155,69 @@ def release_free_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+# mallopt's parameters (glibc's malloc.h) and the values keep_heap_between_batches sets.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 32 << 20
+"""Blocks from this size on are mapped from the system and unmapped when freed (glibc's default
+moves between 128 KiB and this same 32 MiB)."""
+TRIM_THRESHOLD = 64 << 20
+"""Free memory at the heap's top beyond this goes back to the system when a block is freed."""
+# Settings that mean the user chose the allocator or its thresholds: then nothing is changed.
+_USER_MALLOC_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+_OTHER_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
+
+
+@functools.cache
+def keep_heap_between_batches() -> bool:
+    """Keep freed activations' memory on the C heap for the next batch (glibc), once per process.
+
+    A forward pass allocates its activations (up to 12 MiB each for all-MiniLM-L6-v2's batches of
+    2,048 tokens) and frees them before the next batch. glibc's default thresholds follow the
+    sizes freed (blocks are mapped from the system from 128 KiB up to 32 MiB, and the heap's top
+    goes back once twice that is free), so with batches of changing shapes many blocks are
+    mapped afresh or handed back, and the next batch faults their pages in again: 36,000 to
+    75,000 page faults per 1,500 English sentences in int8 (AMD EPYC Zen 4, 2 CPUs), and 9,000 to
+    13,000 with the fixed thresholds :data:`MMAP_THRESHOLD` and :data:`TRIM_THRESHOLD` set here
+    (docs/performance.md has the speed). Peak memory stayed the same there (578 and 584 MiB);
+    after a call of 1,000 texts or more the encoder still hands free pages back
+    (:func:`release_free_memory`).
+
+    The settings are the process's: they are left alone where the user chose them
+    (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_TOP_PAD_`` or a
+    ``glibc.malloc`` tunable in ``GLIBC_TUNABLES``), where another allocator is preloaded
+    (jemalloc, tcmalloc, mimalloc in ``LD_PRELOAD``), where ``POLYEMB_KEEP_HEAP=0``, and off
+    glibc. Returns whether they were set.
+    """
+    if os.environ.get("POLYEMB_KEEP_HEAP", "1").strip() == "0":
+        return False
+    if any(name in os.environ for name in _USER_MALLOC_SETTINGS):
+        return False
+    if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
+        return False
+    preloaded = os.environ.get("LD_PRELOAD", "")
+    if any(allocator in preloaded for allocator in _OTHER_ALLOCATORS):
+        return False
+    mallopt = _mallopt()
+    if mallopt is None:
+        return False
+    # mallopt returns 1 on success; a failed second call leaves the first harmlessly in place.
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+@functools.cache
+def _mallopt() -> Callable[[int, int], int] | None:
+    """The C library's ``mallopt`` (glibc), or None off glibc (macOS, musl)."""
+    import platform
+
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return None
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return mallopt

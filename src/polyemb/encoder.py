@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from polyemb import chunks, finding, kernels, loading, quantize, windows
-from polyemb._platform import available_cpus, release_free_memory
+from polyemb._platform import available_cpus, keep_heap_between_batches, release_free_memory
 from polyemb.batching import (
     MAX_ROWS,
     TOKEN_BUDGET,
@@ -436,6 +436,8 @@ def load(
     )  # fail before the weights
     if torch_device.type == "cpu":
         cap_cpu_threads()
+        if keep_heap_between_batches():
+            logger.info("C heap kept between batches (polyemb._platform.keep_heap_between_batches)")
     transformer = loading.load_transformer(prepared.spec, prepared.config, torch_device, dtype)
     if precision == "int8":
         quantize.quantize_linears(transformer, rows=TOKEN_BUDGET["cpu"])

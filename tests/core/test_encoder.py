@@ -321,3 +321,79 @@ def test_release_free_memory_is_safe_to_call() -> None:
 
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert _malloc_trim() is not None  # the trim really runs where it matters
+
+
+_HEAP_CHOICES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("POLYEMB_KEEP_HEAP", "0"),
+        ("MALLOC_MMAP_THRESHOLD_", "1048576"),
+        ("MALLOC_TRIM_THRESHOLD_", "0"),
+        ("MALLOC_TOP_PAD_", "0"),
+        ("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=0"),
+        ("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"),
+    ],
+)
+def test_heap_settings_are_left_alone_where_the_user_chose(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    from polyemb import _platform
+
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(_platform, "_mallopt", lambda: lambda option, size: calls.append((option, size)) or 1)
+    for name in (*_HEAP_CHOICES, "LD_PRELOAD", "POLYEMB_KEEP_HEAP"):
+        monkeypatch.delenv(name, raising=False)
+    _platform.keep_heap_between_batches.cache_clear()
+    try:
+        monkeypatch.setenv(variable, value)
+        assert _platform.keep_heap_between_batches() is False
+        assert calls == []
+        _platform.keep_heap_between_batches.cache_clear()
+        monkeypatch.delenv(variable)
+        assert _platform.keep_heap_between_batches() is True
+        assert calls == [(-3, 32 << 20), (-1, 64 << 20)]  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+    finally:
+        _platform.keep_heap_between_batches.cache_clear()
+
+
+def test_heap_settings_off_glibc_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from polyemb import _platform
+
+    monkeypatch.setattr(_platform, "_mallopt", lambda: None)  # macOS, musl
+    monkeypatch.delenv("POLYEMB_KEEP_HEAP", raising=False)
+    _platform.keep_heap_between_batches.cache_clear()
+    try:
+        assert _platform.keep_heap_between_batches() is False
+    finally:
+        _platform.keep_heap_between_batches.cache_clear()
+
+
+_HEAP_CHILD = "from polyemb._platform import keep_heap_between_batches as k; print(k(), k())"
+
+
+def test_glibc_takes_the_heap_settings_in_a_fresh_process() -> None:
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("the heap settings are glibc's (mallopt); this libc keeps its own defaults")
+    environment = {name: value for name, value in os.environ.items() if name not in _HEAP_CHOICES}
+    environment.pop("LD_PRELOAD", None)
+    printed = {}
+    for keep in ("0", "1"):
+        child = subprocess.run(
+            [sys.executable, "-c", _HEAP_CHILD],
+            env={**environment, "POLYEMB_KEEP_HEAP": keep},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        )
+        printed[keep] = child.stdout.split()
+    # glibc's mallopt accepted both values (it returns 0 for one it refuses), once per process.
+    assert printed == {"0": ["False", "False"], "1": ["True", "True"]}

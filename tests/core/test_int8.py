@@ -200,3 +200,75 @@ def test_the_gate_fails_what_it_should(tiny_encoder: polyemb.Encoder, sts_rows: 
     assert "mean row cosine" in strict["failures"][-1]
     with pytest.raises(InvalidInputError, match="no STS files"):
         check_precision(tiny_encoder, tiny_encoder, {})
+
+
+@pytest.mark.parametrize(
+    ("values", "scale", "zero_point"),
+    [
+        ([-1.0, 0.0, 1.55], 2.55 / 255, 100),  # the range spans zero
+        ([0.5, 2.55], 2.55 / 255, 0),  # the range includes 0 though no value is 0
+        ([-2.55, -1.0], 2.55 / 255, 255),
+        ([0.0, 0.0], 0.1, 0),  # one value: torch's scale
+    ],
+)
+def test_quantize_rows_steps_through_the_range_and_zero(
+    values: list[float], scale: float, zero_point: int
+) -> None:
+    assert quantize._supported()  # takes torch's deprecation warning
+    rows = torch.tensor([values]).bfloat16().float()  # what bf16 activations hold
+    u8, got_scale, got_zero = quantize.quantize_rows(rows.bfloat16())
+    assert u8.dtype == torch.uint8 and u8.shape == rows.shape
+    assert got_scale == pytest.approx(scale, rel=1e-2) and got_zero == zero_point
+    # Every value comes back within half a step, and zero exactly.
+    back = got_scale * (u8.float() - got_zero)
+    assert (back - rows).abs().max() <= got_scale / 2 + 1e-6
+    assert got_scale * (0 - got_zero) + got_scale * got_zero == 0.0
+
+
+def test_quantize_rows_agrees_with_torchs_dynamic_quantizer() -> None:
+    assert quantize._supported()
+    rows = torch.randn(64, 96, generator=torch.Generator().manual_seed(3)) * 3 + 0.5
+    u8, scale, zero_point = quantize.quantize_rows(rows)
+    reference = torch.quantize_per_tensor_dynamic(rows, torch.quint8, False)
+    assert scale == pytest.approx(reference.q_scale(), rel=1e-6)
+    assert abs(zero_point - reference.q_zero_point()) <= 1
+    back = scale * (u8.float() - zero_point)
+    assert (back - reference.dequantize()).abs().max() <= 1.01 * scale
+
+
+@needs_vnni
+def test_q_k_and_v_quantize_their_input_once(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    int8 = polyemb.load(tiny_model_dir, precision="int8")
+    reference = int8.encode(["one sentence, and another", "two"])
+    calls: list[tuple[int, ...]] = []
+    real = quantize.quantize_rows
+
+    def counted(rows: torch.Tensor) -> quantize.Quantized:
+        calls.append(tuple(rows.shape))
+        return real(rows)
+
+    monkeypatch.setattr(quantize, "quantize_rows", counted)
+    np.testing.assert_array_equal(int8.encode(["one sentence, and another", "two"]), reference)
+    layers = int8._model.config.num_hidden_layers
+    # Per layer: Q, K and V once (not thrice), the attention output, the feed-forward block and
+    # (beyond the first FLOAT_LAYERS) its down-projection.
+    assert len(calls) == 3 * layers + max(0, layers - quantize.FLOAT_LAYERS)
+
+
+def test_a_shared_input_is_reused_only_for_the_same_unchanged_tensor() -> None:
+    assert quantize._supported()
+    shared = quantize.SharedInput()
+    x = torch.randn(4, 8)
+    quantized = quantize.quantize_rows(x)
+    shared.keep(x, quantized)
+    assert shared.lookup(x) is quantized
+    assert shared.lookup(x.clone()) is None  # equal values, another tensor
+    x.add_(1.0)  # changed in place since it was kept
+    assert shared.lookup(x) is None
+    shared.keep(x, quantized)
+    shared.clear()
+    assert shared.lookup(x) is None
+    with torch.inference_mode():  # inference tensors have no version counter: identity only
+        y = torch.randn(4, 8)
+        shared.keep(y, quantized)
+        assert shared.lookup(y) is quantized
