@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from polyemb import chunks, finding, kernels, loading, quantize, windows
+from polyemb import _calibration, chunks, finding, kernels, loading, quantize, windows
 from polyemb._platform import available_cpus, keep_heap_between_batches, release_free_memory
 from polyemb.batching import (
     MAX_ROWS,
@@ -443,7 +443,7 @@ def load(
         quantize.quantize_linears(transformer, rows=TOKEN_BUDGET["cpu"])
     if torch_device.type == "cpu":
         kernels.use_onednn(transformer, rows=TOKEN_BUDGET["cpu"])
-    return Encoder(
+    encoder = Encoder(
         files=prepared.files,
         model=transformer,
         tokenizer=prepared.tokenizer,
@@ -457,3 +457,7 @@ def load(
         long_texts=long_texts,
         stride=stride,
     )
+    if precision == "int8":
+        # Ranges of the activations int8 keeps as u8 between layers, from texts written for it.
+        quantize.calibrate(transformer, lambda: encoder.encode(_calibration.SENTENCES, show_progress=False))
+    return encoder

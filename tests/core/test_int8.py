@@ -49,7 +49,7 @@ def test_int8_quantizes_the_layers_and_keeps_the_embeddings(tiny_model_dir: Path
     assert kept == [f"layer.{i}.output.dense" for i in range(min(layers, quantize.FLOAT_LAYERS))]
     assert list(kinds.values()).count("Int8Linear") == 6 * layers - len(kept)
     # Each feed-forward block is one product with its GELU fused; it hands an int8
-    # down-projection float32 (quantized from as it is) and a float one the model's dtype.
+    # down-projection float32 (until calibrate links them: u8) and a float one the model's dtype.
     for i, layer in enumerate(model.encoder.layer):
         block = layer.intermediate
         assert isinstance(block, quantize.Int8Linear) and block._activation == "gelu"
@@ -272,3 +272,70 @@ def test_a_shared_input_is_reused_only_for_the_same_unchanged_tensor() -> None:
         y = torch.randn(4, 8)
         shared.keep(y, quantized)
         assert shared.lookup(y) is quantized
+
+
+def test_a_linked_block_hands_its_down_projection_u8_over_a_fixed_range() -> None:
+    assert quantize._supported()
+    generator = torch.Generator().manual_seed(5)
+    up, down_linear = torch.nn.Linear(32, 64), torch.nn.Linear(64, 24)
+    x = torch.randn(9, 32, generator=generator)
+    hidden = torch.nn.functional.gelu(up(x))
+    expected = down_linear(hidden)
+    with torch.inference_mode():
+        block = quantize.Int8Linear(up, "gelu", rows=9, out_dtype=torch.float32)
+        down = quantize.Int8Linear(down_linear, rows=9, out_dtype=torch.float32)
+        quantize.link(block, down, float(hidden.min()), float(hidden.max()))
+        handed = block(x)
+        got = down(handed)
+    assert handed.dtype == torch.uint8 and handed.shape == (9, 64)
+    assert block.output_range == down.input_range
+    scale, zero_point = down.input_range  # type: ignore[misc]
+    # The range holds 0 exactly, and each value comes back within a step (its own rounding
+    # and the weights').
+    assert scale * (zero_point - zero_point) == 0 and 0 < zero_point < 255
+    assert (scale * (handed.float() - zero_point) - hidden).abs().max() < 2 * scale
+    assert (got - expected).abs().max() / expected.abs().max() < 0.03
+    # Beyond the range, values are clipped to its ends (documented), not wrapped.
+    with torch.inference_mode():
+        clipped = block(x * 100)
+    assert int(clipped.max()) == 255 and int(clipped.min()) >= 0
+
+
+def test_a_u8_input_needs_a_range_and_an_empty_range_links_nothing() -> None:
+    assert quantize._supported()
+    block = quantize.Int8Linear(torch.nn.Linear(8, 16), "gelu", rows=4, out_dtype=torch.float32)
+    down = quantize.Int8Linear(torch.nn.Linear(16, 8), rows=4, out_dtype=torch.float32)
+    quantize.link(block, down, 0.0, 0.0)
+    assert block.output_range is None and down.input_range is None
+    with torch.inference_mode(), pytest.raises(InvalidInputError, match="needs a range"):
+        down(torch.zeros(2, 16, dtype=torch.uint8))
+
+
+@needs_vnni
+def test_int8_fixes_the_feed_forward_ranges_at_load(
+    tiny_encoder: polyemb.Encoder,
+    tiny_model_dir: Path,
+    sts_sentences: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The tiny model has 2 layers, both within FLOAT_LAYERS: quantize the second's down-projection.
+    monkeypatch.setattr(quantize, "FLOAT_LAYERS", 1)
+    int8 = polyemb.load(tiny_model_dir, precision="int8")
+    pairs = quantize.linked_pairs(int8._model)
+    assert len(pairs) == 1
+    block, down = pairs[0]
+    assert block is int8._model.encoder.layer[1].intermediate
+    assert down is int8._model.encoder.layer[1].output.dense
+    assert block.output_range is not None and block.output_range == down.input_range
+    assert "u8 over a fixed range" in repr(block)
+    handed: list[torch.dtype] = []
+    block.register_forward_hook(lambda module, args, out: handed.append(out.dtype))
+    texts = sts_sentences[:100]
+    vectors = int8.encode(texts)
+    assert set(handed) == {torch.uint8}
+    cosines = (tiny_encoder.encode(texts) * vectors).sum(axis=1)
+    assert cosines.mean() > 0.99 and cosines.min() > 0.95
+    # The calibration texts are fixed: another load gives the same ranges and vectors.
+    again = polyemb.load(tiny_model_dir, precision="int8")
+    assert quantize.linked_pairs(again._model)[0][0].output_range == block.output_range
+    np.testing.assert_array_equal(again.encode(texts), vectors)
