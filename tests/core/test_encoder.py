@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -397,3 +398,12 @@ def test_glibc_takes_the_heap_settings_in_a_fresh_process() -> None:
         printed[keep] = child.stdout.split()
     # glibc's mallopt accepted both values (it returns 0 for one it refuses), once per process.
     assert printed == {"0": ["False", "False"], "1": ["True", "True"]}
+
+
+def test_loading_a_cpu_encoder_keeps_the_heap(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import polyemb.encoder as encoder_module
+
+    calls: list[int] = []
+    monkeypatch.setattr(encoder_module, "keep_heap_between_batches", lambda: calls.append(1) or True)
+    polyemb.load(tiny_model_dir, device="cpu")
+    assert calls == [1]
