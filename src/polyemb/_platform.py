@@ -178,10 +178,10 @@ def keep_heap_between_batches() -> bool:
     2,048 tokens) and frees them before the next batch. glibc's default thresholds follow the
     sizes freed (blocks are mapped from the system from 128 KiB up to 32 MiB, and the heap's top
     goes back once twice that is free), so with batches of changing shapes many blocks are
-    mapped afresh or handed back, and the next batch faults their pages in again: 36,000 to
-    75,000 page faults per 1,500 English sentences in int8 (AMD EPYC Zen 4, 2 CPUs), and 9,000 to
+    mapped afresh or handed back, and the next batch faults their pages in again: 31,000 to
+    78,000 page faults per 1,500 English sentences in int8 (AMD EPYC Zen 4, 2 CPUs), and 9,000 to
     13,000 with the fixed thresholds :data:`MMAP_THRESHOLD` and :data:`TRIM_THRESHOLD` set here
-    (docs/performance.md has the speed). Peak memory stayed the same there (578 and 584 MiB);
+    (docs/performance.md has the speed). Peak memory stayed about the same there (578 and 584 MiB);
     after a call of 1,000 texts or more the encoder still hands free pages back
     (:func:`release_free_memory`).
 

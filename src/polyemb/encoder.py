@@ -7,6 +7,7 @@ with every other text's (:mod:`polyemb.batching`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -458,6 +459,26 @@ def load(
         stride=stride,
     )
     if precision == "int8":
-        # Ranges of the activations int8 keeps as u8 between layers, from texts written for it.
-        quantize.calibrate(transformer, lambda: encoder.encode(_calibration.SENTENCES, show_progress=False))
+        # Ranges of the activations int8 keeps as u8 between layers, from texts written for it
+        # (a model with a short max_seq_length cuts some: no warning for that here).
+        texts = _calibration.SENTENCES
+        with _quiet_in_this_thread(logger):
+            quantize.calibrate(transformer, lambda: encoder.encode(texts, show_progress=False))
+    if torch_device.type == "cpu":
+        release_free_memory()  # the float weights that packing and quantizing replaced
     return encoder
+
+
+@contextlib.contextmanager
+def _quiet_in_this_thread(target: logging.Logger) -> Iterator[None]:
+    """Drop ``target``'s records from this thread (other threads' pass) while the block runs."""
+    thread = threading.get_ident()
+
+    def other_threads(record: logging.LogRecord) -> bool:
+        return record.thread != thread
+
+    target.addFilter(other_threads)
+    try:
+        yield
+    finally:
+        target.removeFilter(other_threads)

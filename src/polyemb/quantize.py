@@ -38,7 +38,8 @@ cosines to fp32 measured the same as from float32 weights and activations: mean 
 
 Most activation ranges are per call, so a text's int8 vector moves slightly with the texts
 batched with it (cosine above 0.999 between two batchings): int8 vectors are approximate, as
-bf16 ones. The fixed ranges depend only on the model and this CPU's arithmetic.
+bf16 ones. The fixed ranges depend only on the model (with its ``max_seq_length``) and this
+CPU's arithmetic.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ import re
 import warnings
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from polyemb._platform import cpu_flags, has_amx
@@ -59,6 +61,7 @@ from polyemb.kernels import Activation, gelu_dense, probe_linear, replace_module
 
 __all__ = [
     "FLOAT_LAYERS",
+    "LINKED_MIN_COSINE",
     "Int8Linear",
     "SharedInput",
     "activation_dtype",
@@ -104,7 +107,7 @@ def check_int8_supported(device: torch.device) -> None:
     if not _supported():
         raise InvalidInputError(
             f"precision='int8' needs torch's oneDNN int8 operators (onednn::qlinear_pointwise and "
-            f"dynamic quantization), which torch {torch.__version__} lacks or computes wrongly "
+            f"quantized tensors), which torch {torch.__version__} lacks or computes wrongly "
             f"here. Use 'bf16' or 'fp32'"
         )
 
@@ -167,6 +170,8 @@ def quantize_rows(rows: torch.Tensor) -> Quantized:
     """
     rows = rows.float().contiguous()
     low, high = (bound.item() for bound in torch.aminmax(rows))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        low = high = 0.0  # NaN or infinity in: no range to step through, and no crash either
     low, high = min(low, 0.0), max(high, 0.0)
     scale = (high - low) / 255.0
     if not (math.isfinite(scale) and scale > 0.0 and math.isfinite(1.0 / scale)):
@@ -187,8 +192,11 @@ class SharedInput:
     An attention block hands one tensor to its query, key and value products in turn; the first
     quantizes it and the next two reuse that (2 of every 3 quantizations of the block's input
     saved). A hit needs the very same tensor object, unchanged since (its version counter, where
-    it has one: tensors made in inference mode have none). What is kept lives for one call of
-    the parent module only: :func:`quantize_linears` clears it as the parent starts and ends.
+    it has one: tensors made in inference mode, as the Encoder's are, have none, and there the
+    object is what is checked). What is kept lives for one call of the parent module only:
+    :func:`quantize_linears` clears it as the parent starts and ends, also when it raises. Not
+    for two threads running one model at once: the Encoder runs its model from one thread at a
+    time (its lock).
     """
 
     def __init__(self) -> None:
@@ -218,8 +226,9 @@ class SharedInput:
 class Int8Linear(torch.nn.Module):
     """``activation(x @ weight.T + bias)``: int8 weights per output channel, ``x`` as u8 per call.
 
-    Takes any float dtype, of any leading shape; returns ``out_dtype``. The original layer is not
-    kept: its weight lives on only in oneDNN's packed int8 form.
+    Takes any float dtype, of any leading shape, or u8 over ``input_range`` (a linked block's
+    output, see :func:`link`); returns ``out_dtype``, or u8 over ``output_range`` once linked.
+    The original layer is not kept: its weight lives on only in oneDNN's packed int8 form.
     """
 
     def __init__(
@@ -249,7 +258,7 @@ class Int8Linear(torch.nn.Module):
         self.input_range: tuple[float, int] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The product of ``x``, quantized over its own range, with the int8 weights."""
+        """The product of ``x`` (quantized over its own range unless it is u8) with the int8 weights."""
         out_dtype = None if self.output_range is not None else self.out_dtype  # None: u8
         out_scale, out_zero_point = self.output_range or (1.0, 0)
         if not x.numel():  # no range to quantize over
@@ -298,6 +307,10 @@ _DOWN_PROJECTION = re.compile(r"(?:^|\.)layer\.(\d+)\.output\.dense$")
 _FEED_FORWARD = re.compile(r"(?:^|\.)layer\.(\d+)\.intermediate$")
 
 
+LINKED_MIN_COSINE = 0.99
+"""The mean row cosine, linked against per call, below which :func:`calibrate` undoes its links."""
+
+
 def link(block: Int8Linear, down: Int8Linear, low: float, high: float) -> None:
     """Have ``block`` hand ``down`` its output as u8 over ``[low, high]`` (widened to hold 0).
 
@@ -325,14 +338,17 @@ def linked_pairs(model: torch.nn.Module) -> list[tuple[Int8Linear, Int8Linear]]:
     return pairs
 
 
-def calibrate(model: torch.nn.Module, run: Callable[[], object]) -> int:
+def calibrate(model: torch.nn.Module, run: Callable[[], np.ndarray]) -> int:
     """Fix the range of each feed-forward block's output into an int8 down-projection: u8 between them.
 
     ``run`` encodes calibration texts (:mod:`polyemb._calibration` at load time) through the
     model as quantized by :func:`quantize_linears`; each block's smallest and largest outputs
     over it become the range its output is handed on in (:func:`link`), and larger values are
     clipped to it. That block then writes u8 instead of float32 (a quarter of the bytes) and its
-    down-projection skips quantizing. Returns how many blocks were linked.
+    down-projection skips quantizing. ``run`` is called again once linked, and where its vectors
+    moved (a mean row cosine below :data:`LINKED_MIN_COSINE`: a model whose down-projection is
+    not the first thing its output module does, or ranges that clip too much), every link is
+    undone, with a warning. Returns how many blocks were linked.
 
     On all-MiniLM-L6-v2 the texts' largest outputs per block were 17.6, 13.8, 7.9 and 7.5, where
     1,500 sentences of the 11 languages' train files reached 17.7, 13.9, 8.2 and 9.4. Widening
@@ -349,9 +365,11 @@ def calibrate(model: torch.nn.Module, run: Callable[[], object]) -> int:
             seen = ranges[id(block)]
             seen[0], seen[1] = min(seen[0], low), max(seen[1], high)
 
+    if not pairs:
+        return 0
     hooks = [block.register_forward_hook(record) for block, _ in pairs]
     try:
-        run()
+        unlinked = run()
     finally:
         for hook in hooks:
             hook.remove()
@@ -359,6 +377,19 @@ def calibrate(model: torch.nn.Module, run: Callable[[], object]) -> int:
         low, high = ranges[id(block)]
         if math.isfinite(low) and math.isfinite(high):
             link(block, down, low, high)
+    linked_vectors = run()
+    cosines = (unlinked * linked_vectors).sum(axis=1) / np.maximum(
+        np.linalg.norm(unlinked, axis=1) * np.linalg.norm(linked_vectors, axis=1), 1e-12
+    )
+    if not cosines.mean() >= LINKED_MIN_COSINE:
+        for block, down in pairs:
+            block.output_range = down.input_range = None
+        logger.warning(
+            "int8: fixed ranges moved the calibration texts' vectors (mean row cosine %.4f): "
+            "every activation is quantized per call instead",
+            cosines.mean(),
+        )
+        return 0
     linked = sum(block.output_range is not None for block, _ in pairs)
     logger.info("int8: %d feed-forward blocks hand their down-projection u8 over a fixed range", linked)
     return linked
@@ -406,7 +437,7 @@ def quantize_linears(model: torch.nn.Module, *, rows: int) -> int:
         # for the length of one call of the parent.
         module = body.get_submodule(parent)
         module.register_forward_pre_hook(kept.clear)
-        module.register_forward_hook(kept.clear)
+        module.register_forward_hook(kept.clear, always_call=True)
     for name, replacement in replacements.items():
         replacement.shared = shared.get(name.rpartition(".")[0])
         replace_module(body, name, replacement)
