@@ -58,6 +58,7 @@ import torch
 from polyemb._platform import cpu_flags, has_amx
 from polyemb.errors import InvalidInputError
 from polyemb.kernels import Activation, gelu_dense, probe_linear, replace_module
+from polyemb.similarity import cosine
 
 __all__ = [
     "FLOAT_LAYERS",
@@ -172,11 +173,8 @@ def quantize_rows(rows: torch.Tensor) -> Quantized:
     low, high = (bound.item() for bound in torch.aminmax(rows))
     if not (math.isfinite(low) and math.isfinite(high)):
         low = high = 0.0  # NaN or infinity in: no range to step through, and no crash either
-    low, high = min(low, 0.0), max(high, 0.0)
-    scale = (high - low) / 255.0
-    if not (math.isfinite(scale) and scale > 0.0 and math.isfinite(1.0 / scale)):
-        scale = 0.1  # all zeros, or a range float32 cannot step through: torch's choice
-    zero_point = min(255, max(0, round(-low / scale)))
+    # All zeros, or a range float32 cannot step through: torch's choice of scale.
+    scale, zero_point = _steps(low, high) or (0.1, 0)
     quantized = torch.quantize_per_tensor(rows, scale, zero_point, torch.quint8)
     # The quint8 tensor's bytes, read in place as the uint8 tensor the kernel takes (int_repr()
     # would copy: 0.33 ms per 2,048 x 384 call).
@@ -317,12 +315,18 @@ def link(block: Int8Linear, down: Int8Linear, low: float, high: float) -> None:
     Values beyond the range are clipped to its ends. Where the range is empty (``low == high
     == 0``), nothing changes: ``down`` keeps quantizing what it gets per call.
     """
+    steps = _steps(low, high)
+    if steps is not None:
+        block.output_range = down.input_range = steps
+
+
+def _steps(low: float, high: float) -> tuple[float, int] | None:
+    """The u8 scale and zero point of ``[low, high]`` widened to hold 0; None where it has no steps."""
     low, high = min(low, 0.0), max(high, 0.0)
     scale = (high - low) / 255.0
     if not (math.isfinite(scale) and scale > 0.0 and math.isfinite(1.0 / scale)):
-        return
-    zero_point = min(255, max(0, round(-low / scale)))
-    block.output_range = down.input_range = (scale, zero_point)
+        return None
+    return scale, min(255, max(0, round(-low / scale)))
 
 
 def linked_pairs(model: torch.nn.Module) -> list[tuple[Int8Linear, Int8Linear]]:
@@ -378,9 +382,7 @@ def calibrate(model: torch.nn.Module, run: Callable[[], np.ndarray]) -> int:
         if math.isfinite(low) and math.isfinite(high):
             link(block, down, low, high)
     linked_vectors = run()
-    cosines = (unlinked * linked_vectors).sum(axis=1) / np.maximum(
-        np.linalg.norm(unlinked, axis=1) * np.linalg.norm(linked_vectors, axis=1), 1e-12
-    )
+    cosines = cosine(unlinked, linked_vectors)
     if not cosines.mean() >= LINKED_MIN_COSINE:
         for block, down in pairs:
             block.output_range = down.input_range = None
