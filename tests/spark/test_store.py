@@ -110,6 +110,40 @@ def test_two_jobs_appending_at_once_corrupt_nothing(
     assert model.entries == model.distinct == 120
 
 
+@pytest.mark.parametrize("damage", ["truncated", "empty", "footer overwritten"])
+def test_bad_store_files_are_skipped_and_their_texts_embedded_again(
+    spark: SparkSession, tiny_model_dir: Path, tiny_encoder: polyemb.Encoder, tmp_path: Path, damage: str
+) -> None:
+    # Spark infers a schema from one file's footer: every file but the last is bad here, so
+    # whichever it would have picked, the read must skip the bad ones and keep the good one.
+    store = tmp_path / "store"
+    batches = [[f"batch {b} text {i}" for i in range(10)] for b in range(4)]
+    for batch in batches:
+        polyemb.open_store(store).encode(batch, encoder=tiny_encoder)
+    files = sorted((store / f"model={tiny_encoder.vector_spec().key}").glob("run=*/*.parquet"))
+    assert len(files) == 4
+    for path in files[:-1]:
+        size = path.stat().st_size
+        with path.open("r+b") as handle:
+            if damage == "truncated":
+                handle.truncate(size // 2)
+            elif damage == "empty":
+                handle.truncate(0)
+            else:
+                handle.seek(size - 12)
+                handle.write(b"\xff" * 12)
+    good = set(pq.read_table(files[-1], columns=["text_hash"]).column(0).to_pylist())
+    assert len(good) == 10
+    report = polyemb.spark.IncrementalReport()
+    texts = [text for batch in batches for text in batch]
+    rows = polyemb.spark.embed_incremental(
+        frame(spark, texts), "text", str(store), tiny_model_dir, report=report
+    ).collect()
+    assert sorted(row["id"] for row in rows) == list(range(40))
+    check(rows, tiny_encoder)
+    assert report.embedded == 30  # the good file's 10 texts were found, the rest embedded again
+
+
 def test_wrong_column_names_are_clear(spark: SparkSession, tiny_model_dir: Path, tmp_path: Path) -> None:
     df = frame(spark, ["a"])
     with pytest.raises(polyemb.ColumnNotFoundError, match="Did you mean 'text'"):

@@ -227,7 +227,7 @@ def check_lake_marker(spark: Any, root: str) -> None:
 
 def _is_missing(exc: AnalysisException) -> bool:
     text = str(exc)
-    return "PATH_NOT_FOUND" in text or "UNABLE_TO_INFER_SCHEMA" in text or "does not exist" in text
+    return "PATH_NOT_FOUND" in text or "does not exist" in text
 
 
 def _vectors(
@@ -282,14 +282,22 @@ def _write(new: DataFrame, run: str, spec: VectorSpec, files: int) -> None:
 
 
 def _read_store(spark: Any, folder: str) -> DataFrame | None:
-    """The store's table of one model, or None where nothing is stored yet."""
+    """The store's table of one model, or None where nothing is stored yet.
+
+    The schema is given, not inferred: Spark infers a schema from one file's footer, and with
+    that file bad (truncated, overwritten) it fails the read or finds no schema at all, where
+    ``ignoreCorruptFiles`` would have skipped the file alone. A foreign file's rows read as NULLs,
+    which are not stored vectors.
+    """
     try:
-        frame = spark.read.options(**read_options()).parquet(folder)
+        frame = (
+            spark.read.options(**read_options())
+            .schema(f"{HASH_COLUMN} string, {VECTOR_COLUMN} array<float>")
+            .parquet(folder)
+        )
         _ = frame.schema  # Spark Connect analyses lazily: a missing path fails here
     except AnalysisException as exc:
         if _is_missing(exc):
             return None
         raise
-    if HASH_COLUMN not in frame.columns or VECTOR_COLUMN not in frame.columns:
-        return None  # no file there is a store file (every one bad, or foreign)
     return frame.select(HASH_COLUMN, VECTOR_COLUMN)
