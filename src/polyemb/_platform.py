@@ -25,6 +25,7 @@ __all__ = [
     "cpu_description",
     "cpu_flags",
     "cpuinfo_field",
+    "has_bf16_units",
     "keep_heap_between_batches",
     "process_mib",
     "release_free_memory",
@@ -66,6 +67,12 @@ def cpu_flags() -> frozenset[str]:
 def has_amx(flags: frozenset[str] | None = None) -> bool:
     """Whether the CPU has AMX tiles (``amx_*`` among ``flags``; this CPU's when None)."""
     return any(flag.startswith("amx") for flag in (cpu_flags() if flags is None else flags))
+
+
+def has_bf16_units(flags: frozenset[str] | None = None) -> bool:
+    """Whether the CPU computes in bfloat16 natively: AVX512-BF16 or AMX (this CPU's flags when None)."""
+    flags = cpu_flags() if flags is None else flags
+    return "avx512_bf16" in flags or has_amx(flags)
 
 
 def available_cpus() -> int:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from polyemb import _calibration, chunks, finding, kernels, loading, quantize, windows
-from polyemb._platform import available_cpus, keep_heap_between_batches, release_free_memory
+from polyemb._platform import available_cpus, has_bf16_units, keep_heap_between_batches, release_free_memory
 from polyemb.batching import (
     MAX_ROWS,
     TOKEN_BUDGET,
@@ -397,8 +397,8 @@ def load(
             ``AIDA-UPM/mstsb-paraphrase-multilingual-mpnet-base-v2``.
         device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda:0"``, ...
         precision: Weight dtype: ``"auto"`` is fp32 on CPU and fp16 on GPUs; ``"fp32"``,
-            ``"fp16"``, ``"bf16"``, or ``"int8"`` (CPUs with AVX-512 VNNI: the transformer
-            layers' matrix products in int8, see :mod:`polyemb.quantize`). Pooling is always
+            ``"fp16"``, ``"bf16"``, or ``"int8"`` (x86 CPUs with AVX2, fastest with VNNI: the
+            transformer layers' matrix products in int8, see :mod:`polyemb.quantize`). Pooling is always
             computed in float32. Only fp32 gives the same vectors on every CPU.
         max_seq_length: Tokens per text (special tokens included); None: the model's own
             setting (``sentence_bert_config.json``, else the tokenizer's).
@@ -431,6 +431,12 @@ def load(
     dtype = loading.resolve_dtype(precision, torch_device)
     if precision == "int8":
         quantize.check_int8_supported(torch_device)
+    if precision == "bf16" and torch_device.type == "cpu" and not has_bf16_units():
+        logger.warning(
+            "precision='bf16' on a CPU without bfloat16 units (AVX512-BF16 or AMX) runs on torch's "
+            "generic kernels, far slower than fp32 (all-MiniLM-L6-v2 on an AMD EPYC Zen 3: 0.15x); "
+            "use 'fp32', or 'int8' for speed"
+        )
     prepared = prepare(model, max_seq_length, revision, local_files_only)
     long_text_setting(
         long_texts, stride, prepared.max_seq_length, prepared.specials

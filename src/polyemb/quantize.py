@@ -1,16 +1,20 @@
-"""``precision="int8"``: the transformer's matrix products as u8 x s8 on CPUs with AVX-512 VNNI.
+"""``precision="int8"``: the transformer's matrix products as u8 x s8 on x86 CPUs with AVX2 (best: VNNI).
 
 What is quantized, and how, was chosen by measurement on all-MiniLM-L6-v2 (AMD EPYC Zen 5 and
-Zen 4; docs/performance.md has the commands and figures):
+Zen 4, the 7-bit weights on a Zen 3; docs/performance.md has the commands and figures):
 
 - The ``nn.Linear`` layers inside the transformer's layers: weights as int8 with one scale per
   output channel (one scale per tensor: mean row cosine to fp32 0.952 on 300 English sentences;
   per channel 0.978).
 - Activations quantized per call, one scale per call over the full 8-bit range (0.994), as u8
   with a zero point; the three products of an attention block (Q, K, V) read one tensor and
-  quantize it once (:class:`SharedInput`). Kernels without VNNI sum pairs of u8 x s8 products
-  in 16 bits and would saturate at 8 bits; AVX-512 VNNI sums into 32 bits. Hence int8 is
-  refused on CPUs without it.
+  quantize it once (:class:`SharedInput`).
+- Weights over 8 bits (-127 to 127) where the CPU has AVX-512 VNNI or AMX, whose products sum
+  u8 x s8 into 32 bits; over 7 bits (-63 to 63) on CPUs with AVX2 but neither (AMD Zen 2 and 3,
+  Intel Haswell to Skylake), whose kernels sum each pair of products in 16 bits first: 2 x 255 x
+  63 = 32,130 fits there, where 8-bit weights saturate (an all-positive product, 2,048 x 384 x
+  384, was off by 7% of its scale with 8 bits on an AMD EPYC Zen 3, 0.2% with 7;
+  :func:`weight_steps`). int8 is refused on CPUs without AVX2.
 - Kept int8 between layers: a feed-forward block whose down-projection is int8 writes its
   output as u8 over a range fixed at load time (:func:`calibrate`, on 88 sentences written for
   it in 11 languages, :mod:`polyemb._calibration`), which the down-projection reads as it is:
@@ -55,7 +59,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from polyemb._platform import cpu_flags, has_amx
+from polyemb._platform import cpu_flags, has_bf16_units
 from polyemb.errors import InvalidInputError
 from polyemb.kernels import Activation, gelu_dense, probe_linear, replace_module
 from polyemb.similarity import cosine
@@ -72,6 +76,7 @@ __all__ = [
     "linked_pairs",
     "quantize_linears",
     "quantize_rows",
+    "weight_steps",
 ]
 
 logger = logging.getLogger(__name__)
@@ -90,20 +95,32 @@ def activation_dtype(flags: frozenset[str] | None = None) -> torch.dtype:
 
     ``flags``: the CPU's feature flags (this CPU's when None).
     """
+    return torch.bfloat16 if has_bf16_units(flags) else torch.float32
+
+
+def weight_steps(flags: frozenset[str] | None = None) -> int | None:
+    """The largest int8 weight this CPU's products take without saturating; None where int8 cannot run.
+
+    127 with AVX-512 VNNI or AMX (u8 x s8 summed into 32 bits); 63 with AVX2 alone (each pair
+    of u8 x s8 products summed in 16 bits first: 2 x 255 x 63 = 32,130 <= 32,767); None
+    without AVX2. ``flags``: the CPU's feature flags (this CPU's when None).
+    """
     flags = cpu_flags() if flags is None else flags
-    return torch.bfloat16 if "avx512_bf16" in flags or has_amx(flags) else torch.float32
+    if "avx512_vnni" in flags or "amx_int8" in flags:
+        return 127
+    return 63 if "avx2" in flags else None
 
 
 def check_int8_supported(device: torch.device) -> None:
-    """Raise :class:`InvalidInputError` unless int8 can run here: VNNI and torch's oneDNN int8 operators."""
+    """Raise :class:`InvalidInputError` unless int8 can run here: AVX2 and torch's oneDNN int8 operators."""
     if device.type != "cpu":
         raise InvalidInputError(
             f"precision='int8' runs on the CPU only (device {device}); on a GPU use 'fp16' or 'bf16'"
         )
-    if "avx512_vnni" not in cpu_flags():
+    if weight_steps() is None:
         raise InvalidInputError(
-            "precision='int8' needs a CPU with AVX-512 VNNI (Intel Cascade Lake and later, AMD Zen 4 "
-            "and later); this CPU has none, so its int8 kernels would saturate. Use 'bf16' or 'fp32'"
+            "precision='int8' needs a CPU with AVX2 (fastest with AVX-512 VNNI: Intel Cascade Lake "
+            "and later, AMD Zen 4 and later); this CPU has neither. Use 'bf16' or 'fp32'"
         )
     if not _supported():
         raise InvalidInputError(
@@ -139,6 +156,12 @@ def _supported() -> bool:
             hidden = torch.nn.functional.gelu(linear(x))
             link(block, down, float(hidden.min()), float(hidden.max()))
             if not _close(down(block(x)), down_linear(hidden)):
+                return False
+            # All-positive inputs and weights: the u8 x s8 pair sums are at their largest, so a
+            # kernel that sums them in 16 bits saturates unless weight_steps() allows for it.
+            with torch.no_grad():
+                linear.weight.abs_()
+            if not _close(Int8Linear(linear, rows=16, out_dtype=torch.float32)(x.abs()), linear(x.abs())):
                 return False
     except (RuntimeError, AttributeError, NotImplementedError) as exc:
         # What a torch without these operators raises (a build without oneDNN's x86 kernels, a
@@ -226,7 +249,9 @@ class Int8Linear(torch.nn.Module):
 
     Takes any float dtype, of any leading shape, or u8 over ``input_range`` (a linked block's
     output, see :func:`link`); returns ``out_dtype``, or u8 over ``output_range`` once linked.
-    The original layer is not kept: its weight lives on only in oneDNN's packed int8 form.
+    The weights are rounded to ``steps`` steps each side of 0 (:func:`weight_steps` for this CPU
+    when None). The original layer is not kept: its weight lives on only in oneDNN's packed int8
+    form.
     """
 
     def __init__(
@@ -236,11 +261,16 @@ class Int8Linear(torch.nn.Module):
         *,
         rows: int,
         out_dtype: torch.dtype,
+        steps: int | None = None,
     ) -> None:
         super().__init__()
         weight = linear.weight.detach().float()
-        self._scales = (weight.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
-        quantized = torch.round(weight / self._scales[:, None]).clamp(-127, 127).to(torch.int8)
+        steps = weight_steps() if steps is None else steps
+        if steps is None:
+            raise InvalidInputError("precision='int8' needs a CPU with AVX2; see check_int8_supported")
+        self.steps = steps
+        self._scales = (weight.abs().amax(dim=1) / steps).clamp(min=1e-12)
+        quantized = torch.round(weight / self._scales[:, None]).clamp(-steps, steps).to(torch.int8)
         # oneDNN picks the packed layout for products of about this many rows.
         self._packed = torch.ops.onednn.qlinear_prepack(quantized, [rows, linear.in_features])
         self._zero_points = torch.zeros(linear.out_features, dtype=torch.long)

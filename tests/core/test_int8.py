@@ -16,9 +16,9 @@ from polyemb.errors import InvalidInputError
 from polyemb.kernels import probe_linear
 from polyemb.sts import StsData, check_precision
 
-HAS_VNNI = "avx512_vnni" in cpu_flags()
-needs_vnni = pytest.mark.skipif(
-    not HAS_VNNI, reason="int8 needs AVX-512 VNNI, which this CPU lacks (the refusal is tested below)"
+needs_int8 = pytest.mark.skipif(
+    quantize.weight_steps() is None,
+    reason="int8 needs AVX2, which this CPU lacks (the refusal is tested below)",
 )
 
 
@@ -36,7 +36,7 @@ def sample_files(rows: list[dict[str, str]]) -> dict[str, StsData]:
     return files
 
 
-@needs_vnni
+@needs_int8
 def test_int8_quantizes_the_layers_and_keeps_the_embeddings(tiny_model_dir: Path) -> None:
     fp32 = polyemb.load(tiny_model_dir, precision="fp32")
     int8 = polyemb.load(tiny_model_dir, precision="int8")
@@ -63,7 +63,7 @@ def test_int8_quantizes_the_layers_and_keeps_the_embeddings(tiny_model_dir: Path
     assert int8.vector_spec().key != fp32.vector_spec().key
 
 
-@needs_vnni
+@needs_int8
 def test_int8_vectors_are_close_to_fp32(
     tiny_encoder: polyemb.Encoder, tiny_model_dir: Path, sts_sentences: list[str]
 ) -> None:
@@ -83,7 +83,7 @@ def test_int8_vectors_are_close_to_fp32(
 
 
 @pytest.mark.slow
-@needs_vnni
+@needs_int8
 def test_int8_passes_the_gate_on_minilm(
     minilm_encoder: polyemb.Encoder, minilm_dir: Path, sts_rows: list[dict[str, str]]
 ) -> None:
@@ -111,10 +111,42 @@ def merge(parts: Iterable[StsData]) -> StsData:
     )
 
 
-def test_int8_is_refused_without_vnni(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(quantize, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
-    with pytest.raises(InvalidInputError, match="AVX-512 VNNI.*Use 'bf16' or 'fp32'"):
+def test_int8_is_refused_without_avx2(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(quantize, "cpu_flags", lambda: frozenset({"sse4_2", "avx"}))
+    with pytest.raises(InvalidInputError, match="needs a CPU with AVX2.*Use 'bf16' or 'fp32'"):
         polyemb.load(tiny_model_dir, precision="int8")
+
+
+def test_weights_take_8_bits_only_where_the_products_sum_in_32_bits() -> None:
+    assert quantize.weight_steps(frozenset({"avx2", "avx512f", "avx512_vnni"})) == 127  # Zen 4, Cascade Lake
+    assert quantize.weight_steps(frozenset({"avx2", "avx512f", "amx_int8"})) == 127
+    # AVX2 kernels sum each pair of u8 x s8 products in 16 bits: 2 x 255 x 63 fits, 2 x 255 x 127 not.
+    assert quantize.weight_steps(frozenset({"avx2"})) == 63  # Zen 2 and 3, Haswell
+    assert quantize.weight_steps(frozenset({"avx2", "avx512f", "avx512bw"})) == 63  # Skylake
+    assert 2 * 255 * 63 <= 2**15 - 1 < 2 * 255 * 127
+    assert quantize.weight_steps(frozenset({"avx"})) is None
+
+
+@needs_int8
+@pytest.mark.parametrize("steps", [None, 63])
+def test_an_all_positive_product_does_not_saturate(steps: int | None) -> None:
+    """Inputs and weights of one sign make the largest pair sums: what 16-bit sums would clip.
+
+    With this CPU's weight steps (None) and with 7-bit ones, which every kernel sums exactly. On
+    an AVX2 CPU without VNNI, 8-bit weights here were off by 7% of the output's scale.
+    """
+    generator = torch.Generator().manual_seed(2)
+    linear = torch.nn.Linear(384, 96)
+    with torch.no_grad():
+        linear.weight.copy_(torch.rand(96, 384, generator=generator) * 0.05)
+    x = torch.rand(64, 384, generator=generator) * 4
+    with torch.inference_mode():
+        layer = quantize.Int8Linear(linear, rows=64, out_dtype=torch.float32, steps=steps)
+        got, expected = layer(x), linear(x)
+    assert layer.steps == (quantize.weight_steps() if steps is None else steps)
+    # Rounding alone: 1/126 of a weight's row maximum and 1/255 of the input range, averaging out
+    # over 384 terms of one sign; saturation clips whole sums by far more.
+    assert (got - expected).abs().max() / expected.abs().max() < 0.01
 
 
 def test_int8_is_refused_where_torch_lacks_the_operators(
@@ -132,7 +164,7 @@ def test_int8_computes_in_bf16_only_where_the_cpu_has_bf16_units() -> None:
     assert quantize.activation_dtype(frozenset({"avx512f", "avx512_vnni"})) == torch.float32  # Cascade Lake
 
 
-@needs_vnni
+@needs_int8
 @pytest.mark.parametrize("activation", ["none", "gelu"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_an_int8_product_is_the_float_one_within_int8_rounding(activation: str, dtype: torch.dtype) -> None:
@@ -161,14 +193,16 @@ def test_an_int8_product_is_the_float_one_within_int8_rounding(activation: str, 
     )
 
 
-@needs_vnni
+@needs_int8
 def test_int8_without_bf16_units_computes_the_rest_in_fp32(
     tiny_encoder: polyemb.Encoder,
     tiny_model_dir: Path,
     sts_sentences: list[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(quantize, "cpu_flags", lambda: frozenset({"avx512f", "avx512_vnni"}))
+    # This CPU without its bf16 units (its int8 units as they are: weight_steps reads the same flags).
+    flags = cpu_flags() - {"avx512_bf16", "amx_bf16"}
+    monkeypatch.setattr(quantize, "cpu_flags", lambda: flags)
     int8 = polyemb.load(tiny_model_dir, precision="int8")
     assert int8.dtype == torch.float32
     assert int8._model.embeddings.word_embeddings.weight.dtype == torch.float32
@@ -203,7 +237,7 @@ def test_the_gate_fails_what_it_should(tiny_encoder: polyemb.Encoder, sts_rows: 
         check_precision(tiny_encoder, tiny_encoder, {})
 
 
-@needs_vnni
+@needs_int8
 @pytest.mark.parametrize(
     ("values", "scale", "zero_point"),
     [
@@ -228,7 +262,7 @@ def test_quantize_rows_steps_through_the_range_and_zero(
     assert int(with_zero[0, -1]) == zero_at  # 0 is a step of the range, exactly
 
 
-@needs_vnni
+@needs_int8
 def test_quantize_rows_agrees_with_torchs_dynamic_quantizer() -> None:
     assert quantize._supported()
     rows = torch.randn(64, 96, generator=torch.Generator().manual_seed(3)) * 3 + 0.5
@@ -240,7 +274,7 @@ def test_quantize_rows_agrees_with_torchs_dynamic_quantizer() -> None:
     assert (back - reference.dequantize()).abs().max() <= 1.01 * scale
 
 
-@needs_vnni
+@needs_int8
 def test_q_k_and_v_quantize_their_input_once(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     int8 = polyemb.load(tiny_model_dir, precision="int8")
     reference = int8.encode(["one sentence, and another", "two"])
@@ -263,7 +297,7 @@ def test_q_k_and_v_quantize_their_input_once(tiny_model_dir: Path, monkeypatch: 
     assert len(calls) == 3 * len(layers) + quantizing_downs
 
 
-@needs_vnni
+@needs_int8
 def test_a_shared_input_is_reused_only_for_the_same_unchanged_tensor() -> None:
     assert quantize._supported()
     shared = quantize.SharedInput()
@@ -283,7 +317,7 @@ def test_a_shared_input_is_reused_only_for_the_same_unchanged_tensor() -> None:
         assert shared.lookup(y) is quantized
 
 
-@needs_vnni
+@needs_int8
 def test_a_linked_block_hands_its_down_projection_u8_over_a_fixed_range() -> None:
     assert quantize._supported()
     generator = torch.Generator().manual_seed(5)
@@ -305,14 +339,17 @@ def test_a_linked_block_hands_its_down_projection_u8_over_a_fixed_range() -> Non
     assert 0 < zero_point < 255
     assert (scale * (handed.float() - zero_point) - hidden).abs().max() / hidden.abs().max() < 0.03
     assert (got - expected).abs().max() / expected.abs().max() < 0.03
-    # Beyond the range, values are clipped to its top (documented), not wrapped around.
+    # Beyond the range, values are clipped to its top (documented), not wrapped around. Which
+    # values lie beyond, the same product says unlinked: at x * 100 int8's rounding moves a value
+    # by more than the range's width (1.2% of the output's scale on an AVX2 CPU's 7-bit weights).
     with torch.inference_mode():
         clipped = block(x * 100)
-    beyond = torch.nn.functional.gelu(up(x * 100)) > scale * (255 - zero_point) * 1.1
+        unlinked = quantize.Int8Linear(up, "gelu", rows=9, out_dtype=torch.float32)(x * 100)
+    beyond = unlinked > scale * (255 - zero_point) * 1.1
     assert beyond.any() and bool((clipped[beyond] == 255).all())
 
 
-@needs_vnni
+@needs_int8
 def test_a_u8_input_needs_a_range_and_an_empty_range_links_nothing() -> None:
     assert quantize._supported()
     block = quantize.Int8Linear(torch.nn.Linear(8, 16), "gelu", rows=4, out_dtype=torch.float32)
@@ -323,7 +360,7 @@ def test_a_u8_input_needs_a_range_and_an_empty_range_links_nothing() -> None:
         down(torch.zeros(2, 16, dtype=torch.uint8))
 
 
-@needs_vnni
+@needs_int8
 def test_int8_fixes_the_feed_forward_ranges_at_load(
     tiny_encoder: polyemb.Encoder,
     tiny_model_dir: Path,
@@ -353,7 +390,7 @@ def test_int8_fixes_the_feed_forward_ranges_at_load(
     np.testing.assert_array_equal(again.encode(texts), vectors)
 
 
-@needs_vnni
+@needs_int8
 def test_calibration_undoes_links_that_move_the_vectors(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -326,6 +327,20 @@ def test_bf16_on_cpu_pools_in_float32(tiny_model_dir: Path) -> None:
     full = polyemb.load(tiny_model_dir).encode(["bfloat16 weights", "float32 output"])
     cos = (vectors * full).sum(1)
     assert cos.min() > 0.97
+
+
+@pytest.mark.parametrize("units", [True, False], ids=["bf16-units", "none"])
+def test_bf16_on_a_cpu_without_bf16_units_warns_that_it_is_slow(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, units: bool
+) -> None:
+    monkeypatch.setattr(polyemb.encoder, "has_bf16_units", lambda: units)
+    with caplog.at_level(logging.WARNING, logger="polyemb"):
+        encoder = polyemb.load(tiny_model_dir, precision="bf16")
+        polyemb.load(tiny_model_dir, precision="fp32")
+    warned = [r.getMessage() for r in caplog.records if "bfloat16 units" in r.getMessage()]
+    assert encoder.dtype == torch.bfloat16  # loaded as asked, only slower
+    assert len(warned) == (0 if units else 1)  # for bf16 only, where the CPU lacks the units
+    assert all("far slower than fp32" in w and "use 'fp32'" in w for w in warned)
 
 
 @pytest.mark.parametrize("amx", [True, False], ids=["amx", "no-amx"])

@@ -70,7 +70,7 @@ def embed_udf(
             Spark and as a session artifact on Spark Connect.
         batch_size: Texts per forward pass on the workers; None: by token budget.
         precision: ``"auto"`` (fp16 on GPU tasks, fp32 on CPU), ``"fp32"``, ``"fp16"``, ``"bf16"``,
-            ``"int8"`` (CPU executors with AVX-512 VNNI only).
+            ``"int8"`` (CPU executors with AVX2 only; fastest with VNNI).
         max_seq_length: Tokens per text; None: the model's.
         revision: Hub revision.
         long_texts: ``"truncate"`` or ``"mean"``, as for :func:`polyemb.load`.
