@@ -106,8 +106,9 @@ def supports(dtype: torch.dtype) -> bool:
                     return False
     except (RuntimeError, AttributeError, NotImplementedError) as exc:
         # A torch without these operators (a build without oneDNN's x86 kernels, a release
-        # that renamed them) still encodes correctly on its own path, only slower: that is a
-        # fact to log, not a reason to fail loading the model.
+        # that renamed them), or a CPU they refuse (bf16 on AVX2 alone, as on an AMD Zen 3:
+        # "bf16 path needs ... avx512bw, avx512vl and avx512dq"), still encodes correctly on
+        # torch's own path, only slower: a fact to log, not a reason to fail loading the model.
         logger.info("oneDNN linear not usable in %s (%s): torch's own path is used", dtype, exc)
         return False
     return True
