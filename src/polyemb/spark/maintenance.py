@@ -31,7 +31,7 @@ from pyspark.sql import functions as F
 
 from polyemb.errors import InvalidInputError, StoreError
 from polyemb.spark.lakefs import LakeFs
-from polyemb.spark.store import check_lake_marker, read_options, write_options
+from polyemb.spark.store import STORE_SCHEMA, check_lake_marker, read_options, write_options
 from polyemb.store.index import FileIndex, check_store_table, open_parquet
 from polyemb.store.layout import (
     HASH_COLUMN,
@@ -381,6 +381,7 @@ def _merge(spark: Any, files: list[str], run: str, description: dict[str, Any], 
     """Write ``files``' rows, one per hash, as about ``limit``-row files of ``run``; the rows kept."""
     frame = (
         spark.read.option("parquet.page.verify-checksum.enabled", "true")
+        .schema(STORE_SCHEMA)  # as the store is read everywhere: never from one file's footer
         .parquet(*files)
         .select(HASH_COLUMN, VECTOR_COLUMN, F.col("_metadata.file_path").alias("file"))
     )

@@ -47,7 +47,7 @@ from polyemb.store.layout import (
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["IncrementalReport", "embed_incremental", "read_options"]
+__all__ = ["STORE_SCHEMA", "IncrementalReport", "embed_incremental", "read_options"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ _TEXT = "__polyemb_text"
 _VECTOR = "__polyemb_vector"
 # Row groups of 32 MiB: a lookup from Python reads whole row groups.
 _BLOCK_BYTES = 32 * 2**20
+STORE_SCHEMA = f"{HASH_COLUMN} string, {VECTOR_COLUMN} array<float>"
+"""A store file's columns as Spark reads them: given, never inferred (see :func:`_read_store`)."""
 
 
 def read_options() -> dict[str, str]:
@@ -290,11 +292,7 @@ def _read_store(spark: Any, folder: str) -> DataFrame | None:
     which are not stored vectors.
     """
     try:
-        frame = (
-            spark.read.options(**read_options())
-            .schema(f"{HASH_COLUMN} string, {VECTOR_COLUMN} array<float>")
-            .parquet(folder)
-        )
+        frame = spark.read.options(**read_options()).schema(STORE_SCHEMA).parquet(folder)
         _ = frame.schema  # Spark Connect analyses lazily: a missing path fails here
     except AnalysisException as exc:
         if _is_missing(exc):
