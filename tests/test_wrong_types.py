@@ -39,6 +39,21 @@ def test_pandas_names_the_row(tiny_encoder: polyemb.Encoder, value: object, kind
         series.emb.encode(encoder=tiny_encoder)
 
 
+def test_pandas_names_the_row_and_side_of_a_pair(tiny_encoder: polyemb.Encoder) -> None:
+    # similarity and join encode both sides' texts in one call: the error still names the side
+    # and its own row label, not a place in that call.
+    left = pd.Series(["a cat", "a dog"], index=["p", "q"], name="title")
+    right = pd.Series(["a cow", 42], index=["q", "p"], name="headline", dtype=object)
+    with pytest.raises(polyemb.InvalidInputError, match=r"row 'p' of Series 'headline' is int "):
+        left.emb.similarity(right, encoder=tiny_encoder)
+    with pytest.raises(polyemb.InvalidInputError, match=r"row 'q' of Series 'title' is float "):
+        pd.Series(["a cat", 2.5], index=["p", "q"], name="title").emb.similarity(left, encoder=tiny_encoder)
+    frame = pd.DataFrame({"description": ["a cat", "a dog"]}, index=["p", "q"])
+    other = pd.DataFrame({"name": ["a cow", 42, "x"]}, index=["r1", "r2", "r3"])
+    with pytest.raises(polyemb.InvalidInputError, match=r"row 'r2' of Series 'name' is int "):
+        frame.emb.join(other, "description", "name", encoder=tiny_encoder)
+
+
 def test_pandas_missing_values_are_missing_and_strings_are_texts(tiny_encoder: polyemb.Encoder) -> None:
     series = pd.Series(["None", None, "nan", np.nan, pd.NA, "NULL"], dtype=object)
     vectors = series.emb.encode(encoder=tiny_encoder)

@@ -65,13 +65,17 @@ def labelled(series: pd.Series, texts: list[str | None], encode: Callable[[], _T
     except InvalidInputError as exc:
         if exc.position is None:
             raise
-        label = series.index[exc.position]
-        value = texts[exc.position]
-        raise InvalidInputError(
-            f"row {label!r} of {series_name(series)} is {type(value).__name__} ({value!r:.40}), not a text; "
-            "convert the column with .astype(str) if that is meant, or set the value to None",
-            position=exc.position,
-        ) from exc
+        raise not_a_text(series, exc.position, texts[exc.position]) from exc
+
+
+def not_a_text(series: pd.Series, position: int, value: object) -> InvalidInputError:
+    """The error for ``value``, not a text, at ``position`` of ``series``: named by its row label."""
+    label = series.index[position]
+    return InvalidInputError(
+        f"row {label!r} of {series_name(series)} is {type(value).__name__} ({value!r:.40}), not a text; "
+        "convert the column with .astype(str) if that is meant, or set the value to None",
+        position=position,
+    )
 
 
 def vectors_of(series: pd.Series) -> tuple[np.ndarray, np.ndarray, str | None]:

@@ -36,6 +36,7 @@ from polyemb._pandas_columns import column as _column
 from polyemb._pandas_columns import holds_vectors as _holds_vectors
 from polyemb._pandas_columns import is_vector_dtype as _is_vector_dtype
 from polyemb._pandas_columns import labelled as _labelled
+from polyemb._pandas_columns import not_a_text as _not_a_text
 from polyemb._pandas_columns import series_name as _name
 from polyemb._pandas_columns import vector_series as _vector_series
 from polyemb._pandas_columns import vectors_of as _vectors_of
@@ -46,7 +47,7 @@ from polyemb.ivf import Ivf, IvfReport, method_settings
 from polyemb.near_duplicates import check_threshold, connected_groups, first_of_groups, pairs_above
 from polyemb.options import JoinHow, Keep, Method, Score, check_keep
 from polyemb.scores import added_columns
-from polyemb.similarity import check_join, cosine, join_rows, top_k
+from polyemb.similarity import check_join, cosine_of_valid, join_rows, top_k
 from polyemb.store import VectorStore, embedder_for
 from polyemb.store.stored import default_encoder_or
 
@@ -165,14 +166,15 @@ class EmbSeriesAccessor:
         series = self._s
         embedder = _lazy_embedder(encoder, store)
         if isinstance(other, str):
-            left, ok, model = self._vectors(embedder, **options)
+            left, valid, model = self._vectors(embedder, **options)
             check_same_model(model, embedder().provenance, "similarity")
-            scores = cosine(left, embedder().encode([other]))
+            query = embedder().encode([other])
+            scores, ok = cosine_of_valid(left, valid, query, np.ones(1, dtype=bool))
         elif isinstance(other, pd.Series):
             left, left_valid, right, right_valid = _both_sides(
                 series, _align(series, other), embedder, "similarity", options
             )
-            scores, ok = cosine(left, right), left_valid & right_valid
+            scores, ok = cosine_of_valid(left, left_valid, right, right_valid)
         else:
             raise InvalidInputError(f"other must be a Series or a str, got {type(other).__name__}")
         return pd.Series(scores.astype(np.float64), index=series.index, name="similarity").where(ok)
@@ -204,7 +206,17 @@ class EmbSeriesAccessor:
             A DataFrame indexed by the matching rows' labels, with the row's value (text or
             vector, in a column named as the Series) and a ``score`` column, then with ``chunks``
             the best window's ``start`` and ``end``. NA rows never match.
+
+        Raises:
+            InvalidInputError: The Series is named as one of those other columns.
         """
+        column = self._s.name if self._s.name is not None else "value"
+        taken = ("score", "start", "end") if chunks else ("score",)
+        if column in taken:
+            raise InvalidInputError(
+                f"search names its columns {column!r} (the Series' name) and {', '.join(taken)}: "
+                f"rename the Series first"
+            )
         embedder = _lazy_embedder(encoder, store)
         options = {"batch_size": batch_size, "show_progress": show_progress}
         added: dict[str, Any] = {}
@@ -217,7 +229,6 @@ class EmbSeriesAccessor:
             positions = np.flatnonzero(valid)
             indices, best = top_k(query_vector, matrix[positions], k)
             rows, scores = positions[indices[0]], best[0]
-        column = self._s.name if self._s.name is not None else "value"
         found_rows = self._s.iloc[rows]
         return pd.DataFrame(
             {column: found_rows.to_numpy(), "score": scores.astype(np.float64), **added},
@@ -450,7 +461,16 @@ def _both_sides(
     """
     if not _holds_vectors(left) and not _holds_vectors(right):
         both = pd.concat([left, right], ignore_index=True)
-        matrix, valid, _ = both.emb._vectors(embedder, **options)
+        try:
+            matrix, valid, _ = both.emb._vectors(embedder, **options)
+        except InvalidInputError as exc:
+            if exc.position is None:
+                raise
+            # Named by the side it came from and its label there, not by a place in ``both``.
+            side, position = (
+                (left, exc.position) if exc.position < len(left) else (right, exc.position - len(left))
+            )
+            raise _not_a_text(side, position, side.iloc[position]) from exc
         return matrix[: len(left)], valid[: len(left)], matrix[len(left) :], valid[len(left) :]
     lvec, lvalid, left_model = left.emb._vectors(embedder, **options)
     rvec, rvalid, right_model = right.emb._vectors(embedder, **options)

@@ -25,6 +25,7 @@ __all__ = [
     "Pairs",
     "check_join",
     "cosine",
+    "cosine_of_valid",
     "join_rows",
     "neighbourhood",
     "normalize_rows",
@@ -71,6 +72,23 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         raise InvalidInputError(f"cannot compare {len(left)} rows with {len(right)} rows")
     scores: np.ndarray = np.einsum("ij,ij->i", *np.broadcast_arrays(left, right)).astype(np.float32)
     return scores
+
+
+def cosine_of_valid(
+    a: np.ndarray, a_valid: np.ndarray, b: np.ndarray, b_valid: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`cosine` of two vector columns whose invalid (NULL) rows are zero rows; ``(scores, ok)``.
+
+    ``ok`` is where both rows are valid (elsewhere a score means nothing: NULL). A side with no
+    valid row may not know its dimension (an empty or all-NULL variable-length list column reads
+    as ``(n, 0)``): it takes the other side's, and none of its scores is ok.
+    """
+    left, right = np.atleast_2d(a), np.atleast_2d(b)
+    if left.shape[1] == 0 and not np.any(a_valid):
+        left = np.zeros((len(left), right.shape[1]), dtype=np.float32)
+    if right.shape[1] == 0 and not np.any(b_valid):
+        right = np.zeros((len(right), left.shape[1]), dtype=np.float32)
+    return cosine(left, right), np.asarray(a_valid, dtype=bool) & np.asarray(b_valid, dtype=bool)
 
 
 def paired_cosines(vectors: np.ndarray, valid: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

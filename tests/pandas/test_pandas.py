@@ -123,6 +123,18 @@ def test_search_texts_and_vectors(tiny_encoder: polyemb.Encoder) -> None:
     np.testing.assert_allclose(by_vector["score"], found["score"], atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("name", "chunks"), [("score", False), ("score", True), ("start", True), ("end", True)]
+)
+def test_search_refuses_a_series_named_as_one_of_its_columns(name: str, chunks: bool) -> None:
+    # The values' column would be overwritten by the scores or the offsets, with no word.
+    series = pd.Series(["a cat sat", "the dog ran"], index=["x", "y"], name=name)
+    with pytest.raises(polyemb.InvalidInputError, match="rename the Series"):
+        series.emb.search("cat", k=1, chunks=chunks)
+    if name != "score":  # only the chunks' offsets take these names
+        assert list(series.emb.search("cat", k=1).columns) == [name, "score"]
+
+
 def test_near_duplicates_pairs_and_groups() -> None:
     series = pd.Series(["a cat", "A CAT!", "a dog", "a cat", None, "stock prices"], index=list("abcdef"))
     pairs = series.emb.near_duplicates(0.999)
@@ -259,6 +271,16 @@ def test_empty_series() -> None:
     assert len(empty.emb.similarity("x")) == 0
     assert len(empty.emb.search("x")) == 0
     assert len(empty.emb.near_duplicates()) == 0
+
+
+def test_list_vector_series_without_a_vector_give_na_scores() -> None:
+    # A list<float> column states no dimension: empty or all NA, it has none to read.
+    nulls = pd.Series(pd.arrays.ArrowExtensionArray(pa.array([None, None], type=pa.list_(pa.float32()))))
+    assert nulls.emb.similarity("a cat").isna().all() and len(nulls.emb.similarity("a cat")) == 2
+    assert len(nulls.iloc[:0].emb.similarity("a cat")) == 0
+    vectors = pd.Series(["a cat", "a dog"]).emb.encode()
+    assert vectors.emb.similarity(nulls).isna().all()
+    assert nulls.emb.similarity(vectors).isna().all()
 
 
 # ---------------------------------------------------------------------- store and provenance

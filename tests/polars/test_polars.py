@@ -163,6 +163,10 @@ def test_search_texts_and_vectors(tiny_encoder: polyemb.Encoder) -> None:
     assert pl.Series(["a"]).emb.search("a").columns == ["index", "value", "score"]
     with pytest.raises(polyemb.InvalidInputError, match="rename the Series"):
         pl.Series("score", ["a"]).emb.search("a")
+    for name in ("start", "end"):  # the chunks' offsets take these names
+        with pytest.raises(polyemb.InvalidInputError, match="rename the Series"):
+            pl.Series(name, ["a cat sat"]).emb.search("cat", chunks=True)
+        assert pl.Series(name, ["a"]).emb.search("a").columns == ["index", name, "score"]
 
 
 def test_near_duplicates_pairs_and_groups() -> None:
@@ -245,6 +249,25 @@ def test_empty_frames() -> None:
     joined = frame.emb.join(pl.DataFrame({"t": ["a"]}), "t")
     assert joined.columns == ["t_x", "t_y", "score"] and joined.is_empty()
     assert pl.DataFrame({"t": ["a"]}).emb.join(frame, "t", how="left").rows() == [("a", None, None)]
+
+
+def test_list_vector_columns_without_a_vector_give_null_scores(tiny_encoder: polyemb.Encoder) -> None:
+    # A List(Float32) column (the type of any list<float> Parquet column) states no dimension,
+    # so one that is empty or all NULL has none to read: NULL in, NULL out, not an error.
+    vectors = pl.Series("v", ["a cat", "a dog"]).emb.encode().cast(pl.List(pl.Float32))
+    nulls = pl.Series("v", [None, None], dtype=pl.List(pl.Float32))
+    assert nulls.emb.similarity("a cat").to_list() == [None, None]
+    assert nulls.emb.similarity(vectors).to_list() == [None, None]
+    assert vectors.emb.similarity(nulls).to_list() == [None, None]
+    assert vectors.head(0).emb.similarity("a cat").dtype == pl.Float64
+    assert len(vectors.head(0).emb.similarity("a cat")) == 0
+    # In a query, a batch may hold only the NULL rows.
+    frame = pl.DataFrame({"v": pl.concat([vectors, nulls])})
+    found = frame.lazy().filter(pl.col("v").is_null()).select(pl.col("v").emb.similarity("a cat")).collect()
+    assert found.to_series().to_list() == [None, None]
+    # Valid vectors of no dimension are still an error, not a score.
+    with pytest.raises(polyemb.InvalidInputError, match="dimension 0 and 32"):
+        pl.Series("v", [[], []], dtype=pl.List(pl.Float32)).emb.similarity("a cat")
 
 
 def test_vectors_errors() -> None:

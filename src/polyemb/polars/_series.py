@@ -30,7 +30,7 @@ from polyemb.polars._columns import (
     kind_of,
     matrix_of,
 )
-from polyemb.similarity import cosine, top_k
+from polyemb.similarity import cosine_of_valid, top_k
 
 if TYPE_CHECKING:
     from typing import Unpack
@@ -49,7 +49,7 @@ def similarity_to_text(series: pl.Series, text: str, encoding: Encoding, name: s
     """
     matrix, valid, model = matrix_of(series, encoding)
     check_same_model(model, encoding.embedder.provenance, "similarity")
-    return float_series(name, cosine(matrix, encoding.query(text)), valid)
+    return float_series(name, *cosine_of_valid(matrix, valid, encoding.query(text), np.ones(1, dtype=bool)))
 
 
 def paired_similarity(left: pl.Series, right: pl.Series, encoding: Encoding, name: str) -> pl.Series:
@@ -65,7 +65,7 @@ def paired_similarity(left: pl.Series, right: pl.Series, encoding: Encoding, nam
             f"rows and {describe(right)} has {len(right)}"
         )
     lvec, lvalid, rvec, rvalid = both_sides(left, right, encoding, "similarity")
-    return float_series(name, cosine(lvec, rvec), lvalid & rvalid)
+    return float_series(name, *cosine_of_valid(lvec, lvalid, rvec, rvalid))
 
 
 class EmbSeriesNamespace:
@@ -185,9 +185,11 @@ class EmbSeriesNamespace:
         """
         encoding = Encoding(encoder, store, options)
         column = self._s.name or "value"
-        if column in ("index", "score"):
+        taken = ("index", "score", "start", "end") if chunks else ("index", "score")
+        if column in taken:
             raise InvalidInputError(
-                f"search names its columns index, {column!r} and score: rename the Series first"
+                f"search names its columns {column!r} (the Series' name) and {', '.join(taken)}: "
+                f"rename the Series first"
             )
         if chunks:
             found = chunks_of_table(chunk_table(self._s, encoder, options))
