@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from polyemb.arrow import vector_model, vectors_from_arrow, vectors_to_arrow
 from polyemb.errors import ColumnNotFoundError, InvalidInputError
+from polyemb.scores import check_free
 
 __all__ = [
     "align",
@@ -143,10 +144,7 @@ def assemble_join(
     left_part = left_part.rename(columns={c: f"{c}{suffixes[0]}" for c in clash})
     right_part = right_part.rename(columns={c: f"{c}{suffixes[1]}" for c in clash})
     result = pd.concat([left_part, right_part], axis=1)
+    check_free(set(result.columns), list(added))
     for name, values in added.items():
-        if name in result.columns:
-            raise InvalidInputError(
-                f"the joined tables already have a column {name!r}; rename it, or choose another score_column"
-            )
         result[name] = values
     return result

@@ -9,7 +9,7 @@ can read the table for its help.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +21,7 @@ from polyemb.options import SCORES, Score, check_choice
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["PAIR_COLUMNS", "SCORE_TABLE", "ScoreSpec", "added_columns", "score_spec"]
+__all__ = ["PAIR_COLUMNS", "SCORE_TABLE", "ScoreSpec", "added_columns", "check_free", "score_spec"]
 
 Rescore = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 """``(cosines, query_r, corpus_r) -> scores`` for a (queries x corpus) block."""
@@ -113,3 +113,20 @@ def added_columns(score: Any, score_column: str) -> tuple[str, ...]:
             f"score={spec.name!r} adds a {score_column!r} column: choose another score_column"
         )
     return (score_column, *spec.columns)
+
+
+def check_free(taken: Collection[str], added: Sequence[str]) -> None:
+    """Refuse a join whose added columns (``added``, the score column first) would overwrite one of ``taken``.
+
+    Raises:
+        InvalidInputError: A column of the tables has the name of one the join adds; the
+            message says which fix applies.
+    """
+    for position, name in enumerate(added):
+        if name in taken:
+            fix = (
+                "rename it, or choose another score_column"
+                if position == 0
+                else f"rename it (the join adds {', '.join(added)})"
+            )
+            raise InvalidInputError(f"the joined tables already have a column {name!r}: {fix}")

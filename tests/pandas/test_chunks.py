@@ -97,5 +97,9 @@ def test_chunks_need_texts_and_name_bad_rows(tiny_encoder: polyemb.Encoder) -> N
     with pytest.raises(InvalidInputError, match="stride"):
         docs().emb.chunks(stride=30)
     clash = pd.DataFrame({"q": ["a man"], "start": [1]})
-    with pytest.raises(InvalidInputError, match="already have a column 'start'"):
+    # start is one of the offsets the join adds, not its score column: the hint says so.
+    with pytest.raises(
+        InvalidInputError,
+        match=r"already have a column 'start': rename it \(the join adds score, start, end\)",
+    ):
         clash.emb.join(pd.DataFrame({"body": DOCS[:1]}), "q", "body", chunks=True)

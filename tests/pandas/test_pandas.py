@@ -218,7 +218,10 @@ def test_join_errors() -> None:
         left.emb.join(left, "txt")
     with pytest.raises(polyemb.InvalidInputError, match="how must be"):
         left.emb.join(left, "text", how="outer")  # type: ignore[arg-type]
-    with pytest.raises(polyemb.InvalidInputError, match="already have a column 'score'"):
+    with pytest.raises(
+        polyemb.InvalidInputError,
+        match="already have a column 'score': rename it, or choose another score_column",
+    ):
         left.assign(score=1).emb.join(left, "text")
 
 

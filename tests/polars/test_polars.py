@@ -229,7 +229,10 @@ def test_join_errors() -> None:
         left.emb.join(left, "text", "name")
     with pytest.raises(polyemb.InvalidInputError, match="how must be"):
         left.emb.join(left, "text", how="outer")  # type: ignore[arg-type]
-    with pytest.raises(polyemb.InvalidInputError, match="already have a column 'score'"):
+    with pytest.raises(
+        polyemb.InvalidInputError,
+        match="already have a column 'score': rename it, or choose another score_column",
+    ):
         left.with_columns(score=1).emb.join(left, "text")
     with pytest.raises(polyemb.InvalidInputError, match=r"got LazyFrame: call \.collect\(\) on it first"):
         left.emb.join(left.lazy(), "text")  # type: ignore[arg-type]
@@ -342,7 +345,7 @@ def test_two_models_where_the_adapter_knows_both(tiny_encoder: polyemb.Encoder, 
 
 
 def test_chunks_search_and_join_by_best_window_as_pandas(tiny_encoder: polyemb.Encoder) -> None:
-    import polyemb.pandas  # noqa: F401  (the reference answers)
+    import polyemb.pandas  # the reference answers
     from polyemb.testing import SAMPLE_SENTENCES
 
     docs = [" ".join(SAMPLE_SENTENCES[i : i + 9]) for i in range(0, 27, 3)] + [None, "short", ""]
@@ -383,6 +386,11 @@ def test_chunks_search_and_join_by_best_window_as_pandas(tiny_encoder: polyemb.E
             for row in wanted[["id_x", "id_y", "start", "end"]].itertuples(index=False, name=None)
         ]
         np.testing.assert_allclose(joined["score"].fill_null(np.nan), wanted["score"], atol=1e-6)
+    # A column named as one of the offsets the join adds: the hint names those, not score_column.
+    with pytest.raises(
+        polyemb.InvalidInputError, match=r"'end': rename it \(the join adds score, start, end\)"
+    ):
+        left.with_columns(end=1).emb.join(right, "q", "body", chunks=True)
 
 
 def test_chunks_need_texts() -> None:

@@ -22,7 +22,7 @@ from polyemb.polars._columns import (
     matrix_of,
     rows_with_nulls,
 )
-from polyemb.scores import added_columns
+from polyemb.scores import added_columns, check_free
 from polyemb.similarity import check_join, join_rows
 from polyemb.store.stored import default_encoder_or
 
@@ -189,10 +189,5 @@ def _assemble(
     right_part = right.select(pl.all().gather(rows_with_nulls(right_rows)))
     left_part = left_part.rename({c: f"{c}{suffixes[0]}" for c in clash})
     right_part = right_part.rename({c: f"{c}{suffixes[1]}" for c in clash})
-    taken = {*left_part.columns, *right_part.columns}
-    for column in added:
-        if column.name in taken:
-            raise InvalidInputError(
-                f"the joined tables already have a column {column.name!r}; choose another score_column"
-            )
+    check_free({*left_part.columns, *right_part.columns}, [column.name for column in added])
     return pl.concat([left_part, right_part, pl.DataFrame(added)], how="horizontal")

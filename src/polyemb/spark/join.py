@@ -34,7 +34,7 @@ from polyemb.errors import ColumnNotFoundError, InvalidInputError
 from polyemb.ivf import Ivf, IvfReport, method_settings
 from polyemb.maxsim import CHUNK_COLUMNS
 from polyemb.options import Delivery, JoinHow, LongTexts, Method, Precision, Score, check_positive_int
-from polyemb.scores import added_columns, score_spec
+from polyemb.scores import added_columns, check_free, score_spec
 from polyemb.similarity import check_join
 from polyemb.spark._pairs import (
     PAIR_END,
@@ -311,11 +311,7 @@ def assemble(
     clash = set(left_cols) & set(right_cols)
     left_names = {c: f"{c}{suffixes[0]}" if c in clash else c for c in left_cols}
     right_names = {c: f"{c}{suffixes[1]}" if c in clash else c for c in right_cols}
-    taken = [name for name in added if name in {*left_names.values(), *right_names.values()}]
-    if taken:
-        raise InvalidInputError(
-            f"the joined tables already have a column {taken[0]!r}; choose another score_column"
-        )
+    check_free({*left_names.values(), *right_names.values()}, added)
     left_part = left_rows.select(
         F.col(LEFT_ID).alias(PAIR_L), *[col_named(c).alias(n) for c, n in left_names.items()]
     )
