@@ -231,7 +231,7 @@ class EmbSeriesAccessor:
             rows, scores = positions[indices[0]], best[0]
         found_rows = self._s.iloc[rows]
         return pd.DataFrame(
-            {column: found_rows.to_numpy(), "score": scores.astype(np.float64), **added},
+            {column: found_rows.array, "score": scores.astype(np.float64), **added},
             index=found_rows.index,
         )
 

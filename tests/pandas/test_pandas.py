@@ -118,8 +118,13 @@ def test_search_texts_and_vectors(tiny_encoder: polyemb.Encoder) -> None:
     assert found["score"].iloc[0] == pytest.approx(1.0, abs=1e-6)
     assert found["score"].is_monotonic_decreasing
     assert len(series.emb.search("x", k=100)) == 4  # NA rows never match
-    by_vector = series.emb.encode().emb.search(tiny_encoder.encode(["The cat sits on the mat."])[0], k=3)
+    vectors = series.emb.encode()
+    by_vector = vectors.emb.search(tiny_encoder.encode(["The cat sits on the mat."])[0], k=3)
     assert by_vector.index.tolist() == found.index.tolist()
+    assert by_vector["title"].dtype == vectors.dtype  # still vectors, and of which model
+    assert by_vector["title"].emb.similarity("The cat sits on the mat.").iloc[0] == pytest.approx(
+        1.0, abs=1e-6
+    )
     np.testing.assert_allclose(by_vector["score"], found["score"], atol=1e-6)
 
 
