@@ -23,7 +23,7 @@ from polyemb.arrow import texts_from_arrow, vectors_from_arrow
 from polyemb.errors import InvalidInputError
 from polyemb.near_duplicates import check_threshold, connected_groups, first_of_groups, pairs_above
 from polyemb.options import Keep, Method, check_keep
-from polyemb.tables import read_table
+from polyemb.tables import check_output, read_table
 
 if TYPE_CHECKING:
     from polyemb.embedder import Embedder
@@ -105,11 +105,13 @@ def dedup_file(
 
     Raises:
         InvalidInputError: Unreadable input, a missing column, a bad threshold, method or keep,
-            or an existing ``group_column``.
+            an existing ``group_column``, or an output that cannot be written (checked before
+            any embedding where its folder is missing).
     """
     check_threshold(threshold)
     if keep is not None:
         check_keep(keep)
+    target = check_output(output)
     table = read_table(source, [column])
     if keep is None and group_column in table.column_names:
         raise InvalidInputError(
@@ -126,11 +128,13 @@ def dedup_file(
         written = table.filter(pa.array(first_of_groups(groups)))
     else:
         written = table.append_column(group_column, pa.array(groups, pa.int64(), mask=groups < 0))
-    target = Path(output)
     partial = target.with_name(target.name + ".partial")
     try:
         pq.write_table(written, partial)
         os.replace(partial, target)
+    except OSError as exc:  # permission denied, a full or read-only disk
+        partial.unlink(missing_ok=True)
+        raise InvalidInputError(f"cannot write {str(target)!r}: {exc}") from exc
     except BaseException:
         partial.unlink(missing_ok=True)
         raise

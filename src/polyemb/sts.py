@@ -120,9 +120,14 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def fisher_mean(correlations: Sequence[float]) -> float:
-    """Average correlations through Fisher's z: tanh(mean(arctanh(r)))."""
-    values = np.clip(np.asarray(correlations, dtype=np.float64), -1 + 1e-12, 1 - 1e-12)
-    return float(np.tanh(np.mean(np.arctanh(values))))
+    """Average correlations through Fisher's z: tanh(mean(arctanh(r))).
+
+    Undefined correlations (NaN: a task of one pair, or of constant scores) are left out; NaN
+    when none is defined.
+    """
+    values = np.asarray(correlations, dtype=np.float64)
+    values = np.clip(values[np.isfinite(values)], -1 + 1e-12, 1 - 1e-12)
+    return float(np.tanh(np.mean(np.arctanh(values)))) if values.size else float("nan")
 
 
 def evaluate(encoder: Encoder, data: StsData, *, batch_size: int | None = None) -> dict[str, Any]:
@@ -276,5 +281,19 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def to_json(report: dict[str, Any]) -> str:
-    """The report as the JSON object ``polyemb eval-sts --json`` prints."""
-    return json.dumps(report)
+    """The report as the JSON object ``polyemb eval-sts --json`` prints: an undefined figure is null.
+
+    (JSON has no NaN: Python's ``json`` would write one that strict parsers refuse.)
+    """
+    return json.dumps(_defined(report), allow_nan=False)
+
+
+def _defined(value: Any) -> Any:
+    """``value`` with every float that is not finite, at any depth, as None."""
+    if isinstance(value, dict):
+        return {key: _defined(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_defined(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -17,12 +17,13 @@ import pyarrow.parquet as pq
 
 from polyemb.arrow import encode_arrow, vector_type
 from polyemb.errors import ColumnNotFoundError, InvalidInputError, PolyembError
+from polyemb.options import check_positive_int
 from polyemb.progress import progress_bar
 
 if TYPE_CHECKING:
     from polyemb.embedder import Embedder
 
-__all__ = ["EmbedReport", "embed_file", "read_table", "read_table_batches", "table_format"]
+__all__ = ["EmbedReport", "check_output", "embed_file", "read_table", "read_table_batches", "table_format"]
 
 CHUNK_ROWS = 16_384
 _PARQUET = (".parquet", ".pq", ".parq")
@@ -66,7 +67,7 @@ def read_table_batches(
     rows: int = CHUNK_ROWS,
     headerless: Sequence[str] | None = None,
 ) -> tuple[pa.Schema, int | None, Iterator[pa.RecordBatch]]:
-    """Open a table file for streaming in record batches: the one reader of CSV, TSV, Parquet and text.
+    r"""Open a table file for streaming in record batches: the one reader of CSV, TSV, Parquet and text.
 
     - Parquet (``.parquet``, ``.pq``, ``.parq``): as written.
     - CSV and TSV, optionally compressed (``.gz``, ``.bz2``, ``.zst``, ``.lz4``): ``columns`` are
@@ -74,15 +75,19 @@ def read_table_batches(
       ``""`` is the empty string (as DuckDB reads CSV). A file whose first row does not name
       ``columns`` has no header if ``headerless`` is given and the row has that many cells: its
       columns are then called ``headerless``.
-    - ``.txt``: one text per line, in a column ``text``; blank lines are skipped.
+    - ``.txt`` (UTF-8, a byte order mark ignored): one text per line, in a column ``text``; a
+      line ends at ``\n`` (or ``\r\n``) only, so a form feed or a Unicode line separator stays
+      inside its text; blank lines are skipped.
 
     Returns:
         ``(schema, total rows or None when unknown, batches)``.
 
     Raises:
-        InvalidInputError: No such file, an unknown format, or an unreadable file.
+        InvalidInputError: No such file, an unknown format, an unreadable file, ``rows`` below
+            1, or one of ``columns`` named twice in the file.
         ColumnNotFoundError: One of ``columns`` is not in the file.
     """
+    check_positive_int("rows", rows)
     source = Path(path)
     if not source.is_file():
         raise InvalidInputError(f"input file {str(source)!r} does not exist")
@@ -95,7 +100,11 @@ def read_table_batches(
             return schema, parquet.metadata.num_rows, parquet.iter_batches(batch_size=rows)
         if kind == "lines":
             with pa.input_stream(source, compression="detect") as stream:
-                lines = [line for line in stream.read().decode("utf-8").splitlines() if line.strip()]
+                text = stream.read().decode("utf-8-sig")
+            # str.splitlines would also end a line at a form feed, U+2028 and the like: rows
+            # that a text editor and wc -l do not see.
+            lines = [line.removesuffix("\r") for line in text.split("\n")]
+            lines = [line for line in lines if line.strip()]
             table = pa.table({"text": pa.array(lines, pa.string())})
             _check_columns(table.column_names, columns, source)
             return table.schema, table.num_rows, iter(table.to_batches(max_chunksize=rows))
@@ -133,7 +142,7 @@ def _header_names(
     if headerless is None:
         return None
     with pa.input_stream(source, compression="detect") as stream:
-        head = stream.read(1 << 16).decode("utf-8", errors="replace")
+        head = stream.read(1 << 16).decode("utf-8-sig", errors="replace")
     first = next(csv.reader(io.StringIO(head), delimiter=delimiter), [])
     if all(column in first for column in columns) or len(first) != len(headerless):
         return None
@@ -150,6 +159,25 @@ def _check_columns(names: list[str], columns: Sequence[str], source: Path) -> No
     for column in columns:
         if column not in names:
             raise ColumnNotFoundError.from_missing(column, names, repr(str(source)))
+        if names.count(column) > 1:
+            raise InvalidInputError(
+                f"{str(source)!r} has {names.count(column)} columns named {column!r}: rename them so that "
+                "the one to read is named once"
+            )
+
+
+def check_output(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path, checked before any work: a file that can be written where a folder exists.
+
+    Raises:
+        InvalidInputError: Its folder does not exist, or it names a folder.
+    """
+    target = Path(path)
+    if target.is_dir():
+        raise InvalidInputError(f"the output {str(target)!r} is a folder; name a file")
+    if not target.parent.is_dir():
+        raise InvalidInputError(f"the output's folder {str(target.parent)!r} does not exist; create it first")
+    return target
 
 
 def _guarded(batches: Iterator[pa.RecordBatch], source: str | os.PathLike[str]) -> Iterator[pa.RecordBatch]:
@@ -179,8 +207,11 @@ def embed_file(
     provenance is stored in the file's schema metadata under ``polyemb``.
 
     Raises:
-        InvalidInputError: Unreadable input, a missing column, or an existing ``vector_column``.
+        InvalidInputError: Unreadable input, a missing column, an existing ``vector_column``, or
+            an output that cannot be written (checked before any embedding where its folder is
+            missing).
     """
+    target = check_output(output)
     schema, total, batches = read_table_batches(source, [column], rows=chunk_rows)
     if vector_column in schema.names:
         raise InvalidInputError(
@@ -197,12 +228,11 @@ def embed_file(
     ).encode()
     out_schema = schema.append(pa.field(vector_column, vector_type(encoder.dim, encoder.provenance)))
     out_schema = out_schema.with_metadata(metadata)
-    target = Path(output)
     partial = target.with_name(target.name + ".partial")
     rows = nulls = 0
     try:
         with (
-            pq.ParquetWriter(partial, out_schema) as writer,
+            _writer(partial, out_schema) as writer,
             progress_bar(desc="embedding", unit="row", total=total, show=show_progress) as bar,
         ):
             for batch in _guarded(batches, source):
@@ -221,3 +251,10 @@ def embed_file(
         partial.unlink(missing_ok=True)
         raise
     return EmbedReport(output=target, rows=rows, null_texts=nulls, model=encoder.provenance)
+
+
+def _writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
+    try:
+        return pq.ParquetWriter(path, schema)
+    except OSError as exc:  # permission denied, a full or read-only disk
+        raise InvalidInputError(f"cannot write {str(path)!r}: {exc}") from exc

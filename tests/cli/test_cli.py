@@ -144,6 +144,16 @@ def test_embed_errors_are_clear_and_leave_no_output(
     pq.write_table(pa.table({"n": [1, 2]}), numbers)
     assert main(["embed", str(numbers), "-c", "n", "-o", str(output), *model]) == 1
     assert "column 'n' has Arrow type int64" in capsys.readouterr().err
+    nowhere = tmp_path / "no" / "such" / "out.parquet"
+    for command in ("embed", "dedup"):  # told before any text is embedded
+        assert main([command, str(source), "-c", "title", "-o", str(nowhere), *model]) == 1
+        assert "the output's folder" in capsys.readouterr().err
+        assert main([command, str(source), "-c", "title", "-o", str(tmp_path), *model]) == 1
+        assert "is a folder; name a file" in capsys.readouterr().err
+    for rows in ("0", "-5"):  # -5 used to write an empty file and exit 0
+        with pytest.raises(SystemExit) as usage:
+            main(["embed", str(source), "-c", "title", "-o", str(output), "--chunk-rows", rows, *model])
+        assert usage.value.code == 2 and "expected a positive whole number" in capsys.readouterr().err
     assert not output.exists()
     assert not list(tmp_path.glob("*.partial"))
 

@@ -106,6 +106,22 @@ def test_each_sentence_is_encoded_once(
     assert sum(seen) == 4  # a, b, c, d
 
 
+def test_undefined_correlations_are_null_in_json(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A task of one pair has no correlation: null in the JSON (NaN is no JSON), and it is left
+    # out of the mean over tasks.
+    path = tmp_path / "t.csv"
+    path.write_text(
+        "sentence1,sentence2,score,task\na cat,a dog,4,x\nthe sun,stocks fell,0.5,x\nrain,snow,3,x\n"
+        "a man,un hombre,4,y\n"
+    )
+    assert main(["eval-sts", str(path), "-m", str(tiny_model_dir), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+    assert report["tasks"]["y"] == {"pearson": None, "spearman": None, "n": 1}
+    assert report["mean_spearman"] == pytest.approx(report["tasks"]["x"]["spearman"])
+
+
 def test_bad_files(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("text,label\nx,1\n")

@@ -74,6 +74,42 @@ def test_errors(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixt
     assert "give a query or -f FILE" in capsys.readouterr().err
     assert main(["sql", *model, "SELECT 1", "--extension", "no_such_ext"]) == 1
     assert "cannot load the DuckDB extension 'no_such_ext'" in capsys.readouterr().err
+    # Each of these was a raw traceback: a clear line instead, and exit 1.
+    latin1 = tmp_path / "latin1.sql"
+    latin1.write_bytes("SELECT 'café' AS t;".encode("latin-1"))
+    assert main(["sql", *model, "-f", str(latin1)]) == 1
+    assert "is not UTF-8 (at byte 11)" in capsys.readouterr().err
+    assert main(["sql", *model, "--db", str(tmp_path / "no" / "such" / "x.db"), "SELECT 1"]) == 1
+    assert "cannot open the database" in capsys.readouterr().err
+    not_a_db = tmp_path / "notes.txt"
+    not_a_db.write_text("not a database\n" * 100)
+    assert main(["sql", *model, "--db", str(not_a_db), "SELECT 1"]) == 1
+    assert "cannot open the database" in capsys.readouterr().err
+    assert main(["sql", *model, "--index", "p", "SELECT nope", "SELECT 1"]) == 1
+    err = capsys.readouterr().err
+    assert "polyemb sql: error: --index p:" in err and '"nope"' in err and "Traceback" not in err
+    source = ["--index-score", "margin", "--index-source", "SELECT bogus"]
+    assert main(["sql", *model, "--index", "p", "SELECT 1 AS key, 'x' AS text", *source, "SELECT 1"]) == 1
+    err = capsys.readouterr().err
+    assert "polyemb sql: error: --index p:" in err and '"bogus"' in err
+    with pytest.raises(SystemExit) as usage:
+        main(["sql", *model, "--max-rows", "-1", "SELECT 1"])
+    assert usage.value.code == 2 and "--max-rows: expected a positive whole number" in capsys.readouterr().err
+
+
+def test_changes_with_returning_print_their_rows(
+    tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = (
+        "CREATE TABLE t(a INT, note TEXT); INSERT INTO t VALUES (1, 'returning'), (2, 'x');"
+        "INSERT INTO t VALUES (3, 'y') RETURNING a; UPDATE t SET a = a + 10 WHERE a = 3 RETURNING a;"
+        "DELETE FROM t WHERE a = 1 /* RETURNING */; DELETE FROM t WHERE a = 2 RETURNING note;"
+        "SELECT a FROM t"
+    )
+    assert main(["sql", "--json", "-m", str(tiny_model_dir), script]) == 0
+    outputs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    # Changes without RETURNING (the word in a string or a comment does not count) print nothing.
+    assert outputs == [[{"a": 3}], [{"a": 13}], [{"note": "x"}], [{"a": 13}]]
 
 
 def test_sql_with_an_index_runs_the_semantic_join_recipe(

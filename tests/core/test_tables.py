@@ -68,6 +68,39 @@ def test_text_files_give_their_non_blank_lines(tmp_path: Path) -> None:
     assert read_table(path, ["text"]).column("text").to_pylist() == ["first line", "second, with a comma"]
 
 
+def test_text_files_end_lines_at_newlines_only(tmp_path: Path) -> None:
+    # A form feed, U+2028 or U+0085 inside a line is text (str.splitlines would cut there, making
+    # rows that wc -l and an editor do not show); CRLF ends a line; a byte order mark is no text.
+    path = tmp_path / "t.txt"
+    path.write_bytes("\ufefffirst\r\nsecond\u2028still second\nthird\x0cline\nfourth\x85too\n".encode())
+    assert read_table(path, ["text"]).column("text").to_pylist() == [
+        "first",
+        "second\u2028still second",
+        "third\x0cline",
+        "fourth\x85too",
+    ]
+
+
+def test_a_byte_order_mark_does_not_hide_a_header(tmp_path: Path) -> None:
+    names = ("sentence1", "sentence2", "score")
+    path = tmp_path / "excel.csv"
+    path.write_bytes(b"\xef\xbb\xbfsentence1,sentence2,score\nx,y,1\n")
+    table = read_table(path, ("sentence1",), headerless=names)
+    assert table.column_names == list(names) and table.column("sentence1").to_pylist() == ["x"]
+
+
+def test_bad_batch_sizes_and_twice_named_columns_are_clear_errors(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("text,id\na,1\n")
+    for rows in (0, -5):
+        with pytest.raises(InvalidInputError, match="rows must be a positive int"):
+            read_table_batches(path, ["text"], rows=rows)
+    twice = tmp_path / "twice.csv"
+    twice.write_text("text,text,id\na,b,1\n")
+    with pytest.raises(InvalidInputError, match="2 columns named 'text'"):
+        read_table(twice, ["text"])
+
+
 def test_parquet_streams_in_batches_of_the_rows_asked(tmp_path: Path) -> None:
     path = tmp_path / "t.parquet"
     pq.write_table(pa.table({"text": [f"t{i}" for i in range(10)], "n": list(range(10))}), path)

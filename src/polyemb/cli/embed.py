@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from polyemb.cli.shared import Subparsers, load_encoder, model_options
+from polyemb.cli.shared import Subparsers, load_encoder, model_options, positive_int
 from polyemb.tables import CHUNK_ROWS
 
 __all__ = ["add_parser"]
@@ -32,7 +32,7 @@ def add_parser(commands: Subparsers) -> None:
     )
     embed.add_argument(
         "--chunk-rows",
-        type=int,
+        type=positive_int,
         default=CHUNK_ROWS,
         help="rows read and encoded at a time (default: %(default)s)",
     )

@@ -18,6 +18,7 @@ __all__ = [
     "comma_list",
     "load_encoder",
     "model_options",
+    "positive_int",
     "print_meta",
     "print_progress",
 ]
@@ -46,7 +47,7 @@ def model_options() -> argparse.ArgumentParser:
         help="weight precision (default: fp32 on CPU, fp16 on GPU)",
     )
     group.add_argument(
-        "--max-seq-length", type=int, default=None, help="tokens per text (default: the model's)"
+        "--max-seq-length", type=positive_int, default=None, help="tokens per text (default: the model's)"
     )
     group.add_argument(
         "--long-texts",
@@ -62,7 +63,10 @@ def model_options() -> argparse.ArgumentParser:
     )
     group.add_argument("--revision", default=None, help="hub branch, tag or commit (e.g. refs/pr/3)")
     group.add_argument(
-        "--batch-size", type=int, default=None, help="texts per forward pass (default: by token budget)"
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        help="texts per forward pass (default: by token budget)",
     )
     return parent
 
@@ -80,6 +84,17 @@ def load_encoder(args: argparse.Namespace) -> Encoder:
         long_texts=args.long_texts,
         stride=args.stride,
     )
+
+
+def positive_int(value: str) -> int:
+    """An argparse ``type``: an int of at least 1 (a count or a size), else a usage error."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {value!r}")
+    return number
 
 
 def comma_list(what: str, choices: Sequence[str], *, ordered: bool = False) -> Callable[[str], list[str]]:

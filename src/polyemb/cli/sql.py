@@ -10,7 +10,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from polyemb.cache import DEFAULT_CACHE_MB
-from polyemb.cli.shared import Subparsers, load_encoder, model_options
+from polyemb.cli.shared import Subparsers, load_encoder, model_options, positive_int
 from polyemb.errors import InvalidInputError, SqlError
 from polyemb.options import SCORES
 
@@ -20,8 +20,10 @@ if TYPE_CHECKING:
 
 __all__ = ["add_parser"]
 
-# Statement types whose rows are printed; the others are only executed.
+# Statement types whose rows are printed; the others are only executed, but for these with a
+# RETURNING clause.
 _ROW_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA", "CALL", "RELATION"}
+_RETURNING_STATEMENTS = {"INSERT", "UPDATE", "DELETE"}
 
 
 def add_parser(commands: Subparsers) -> None:
@@ -35,7 +37,7 @@ def add_parser(commands: Subparsers) -> None:
             "registered: embed(text) -> FLOAT[dim], semantic_similarity(a, b), embedding_model(), "
             "embedding_cache_stats(), embedding_cache_clear(). Files named in the query are read by "
             "DuckDB itself ('data.csv', read_parquet('*.parquet')). Each statement that returns rows "
-            "is printed."
+            "(queries, and INSERT, UPDATE and DELETE with RETURNING) is printed."
         ),
     )
     sql.add_argument("query", nargs="?", help="the SQL (or use -f)")
@@ -71,10 +73,13 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.set_defaults(format="table")
     parser.add_argument(
-        "--max-rows", type=int, default=40, help="rows shown in table output (default %(default)s)"
+        "--max-rows", type=positive_int, default=40, help="rows shown in table output (default %(default)s)"
     )
     parser.add_argument(
-        "--max-width", type=int, default=None, help="table width in characters (default: the terminal's)"
+        "--max-width",
+        type=positive_int,
+        default=None,
+        help="table width in characters (default: the terminal's)",
     )
 
 
@@ -129,35 +134,46 @@ def _sql(args: argparse.Namespace) -> int:
 def _connect(database: str | None) -> Any:
     import duckdb
 
-    return duckdb.connect(database or ":memory:")
+    try:
+        return duckdb.connect(database or ":memory:")
+    except duckdb.Error as exc:  # a missing folder, a file that is not a DuckDB database, a lock
+        raise InvalidInputError(f"cannot open the database {database!r}: {exc}") from exc
 
 
 def _register_indexes(
     con: Any, args: argparse.Namespace, encoder: Encoder, store: VectorStore | None
 ) -> None:
     """Each ``--index NAME QUERY`` as ``NAME_nearest``."""
+    import duckdb
+
     from polyemb.duckdb import register_index
 
     for name, query in args.index:
-        columns = con.sql(query).columns
+        try:
+            columns = con.sql(query).columns
+        except duckdb.Error as exc:
+            raise SqlError(f"--index {name}: {exc}\n  in: {query.strip()[:200]}") from exc
         if "key" not in columns or not {"text", "vector"} & set(columns):
             raise InvalidInputError(
                 f"--index {name}: the query must give the columns key and text (or vector), not {columns}"
             )
         texts = "text" in columns
-        register_index(
-            con,
-            name,
-            query,
-            key="key",
-            text="text" if texts else None,
-            vector=None if texts else "vector",
-            score=args.index_score,
-            queries=args.index_source,
-            encoder=encoder,
-            store=store,
-            batch_size=args.batch_size,
-        )
+        try:
+            register_index(
+                con,
+                name,
+                query,
+                key="key",
+                text="text" if texts else None,
+                vector=None if texts else "vector",
+                score=args.index_score,
+                queries=args.index_source,
+                encoder=encoder,
+                store=store,
+                batch_size=args.batch_size,
+            )
+        except duckdb.Error as exc:  # reading its rows, or --index-source's for margin and csls
+            raise SqlError(f"--index {name}: {exc}") from exc
 
 
 def _run_statements(con: Any, text: str, args: argparse.Namespace) -> None:
@@ -169,9 +185,8 @@ def _run_statements(con: Any, text: str, args: argparse.Namespace) -> None:
     except duckdb.Error as exc:
         raise InvalidInputError(f"cannot parse the SQL: {exc}") from exc
     for statement in statements:
-        kind = str(statement.type).rsplit(".", 1)[-1]
         try:
-            if kind in _ROW_STATEMENTS:
+            if _returns_rows(statement):
                 _print_result(con.sql(statement.query), args)
             else:
                 con.execute(statement.query)
@@ -179,12 +194,33 @@ def _run_statements(con: Any, text: str, args: argparse.Namespace) -> None:
             raise SqlError(f"{exc}\n  in: {statement.query.strip()[:200]}") from exc
 
 
+def _returns_rows(statement: Any) -> bool:
+    """Whether a parsed statement's rows are printed: a query, or a change with a RETURNING clause."""
+    import duckdb
+
+    kind = str(statement.type).rsplit(".", 1)[-1]
+    if kind in _ROW_STATEMENTS:
+        return True
+    if kind not in _RETURNING_STATEMENTS:
+        return False
+    query = statement.query
+    # RETURNING as a keyword: not inside a string, a comment or a longer name.
+    return any(
+        token == duckdb.token_type.keyword and query[start : start + 9].upper() == "RETURNING"
+        for start, token in duckdb.tokenize(query)
+    )
+
+
 def _read_sql(path: str) -> str:
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:
             return handle.read()
     except OSError as exc:
         raise InvalidInputError(f"cannot read the SQL file {path!r}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(
+            f"the SQL file {path!r} is not UTF-8 (at byte {exc.start}); save it as UTF-8"
+        ) from exc
 
 
 def _print_result(relation: Any, args: argparse.Namespace) -> None:
