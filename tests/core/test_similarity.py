@@ -8,7 +8,7 @@ import pytest
 import polyemb
 from polyemb.options import SCORES
 from polyemb.scores import PAIR_COLUMNS, SCORE_TABLE, added_columns, score_spec
-from polyemb.similarity import cosine, join_rows, normalize_rows, top_k, top_pairs
+from polyemb.similarity import cosine, cosine_of_valid, join_rows, normalize_rows, top_k, top_pairs
 
 
 def test_cosine_rowwise_and_broadcast() -> None:
@@ -20,6 +20,21 @@ def test_cosine_rowwise_and_broadcast() -> None:
         cosine(a, np.ones((3, 3)))
     with pytest.raises(polyemb.InvalidInputError, match="3 rows with 2 rows"):
         cosine(a, np.ones((2, 2)))
+
+
+def test_cosine_of_valid_gives_a_side_without_vectors_the_other_sides_dimension() -> None:
+    vectors = normalize_rows(np.array([[3.0, 4.0], [1.0, 0.0]], dtype=np.float32))
+    nothing = np.zeros((2, 0), dtype=np.float32)  # an all-NULL list<float> column states no dimension
+    scores, ok = cosine_of_valid(vectors, np.array([True, True]), nothing, np.array([False, False]))
+    assert scores.shape == (2,) and ok.tolist() == [False, False]
+    scores, ok = cosine_of_valid(nothing[:0], np.zeros(0, dtype=bool), vectors[:1], np.ones(1, dtype=bool))
+    assert scores.shape == (0,) and ok.shape == (0,)
+    scores, ok = cosine_of_valid(vectors, np.array([True, False]), vectors[:1], np.ones(1, dtype=bool))
+    np.testing.assert_allclose(scores, [1.0, 0.6], atol=1e-6)
+    assert ok.tolist() == [True, False]
+    # Valid vectors of no dimension are not missing ones: still an error.
+    with pytest.raises(polyemb.InvalidInputError, match="dimension 0 and 2"):
+        cosine_of_valid(nothing, np.array([True, True]), vectors, np.array([True, True]))
 
 
 @pytest.mark.parametrize(
