@@ -126,6 +126,26 @@ def test_a_read_only_store_reports_bad_files_but_moves_nothing(
     assert files[3].exists() and not list(root.glob(f"model=*/{QUARANTINE}"))
 
 
+def test_a_bad_file_that_cannot_be_moved_is_skipped_in_a_store_this_user_cannot_change(
+    tiny_encoder: polyemb.Encoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another user's store: readable, but its quarantine folder cannot be made here.
+    root = tmp_path / "store"
+    files = _four_files(tiny_encoder, root)
+    files[3].write_bytes(b"not parquet at all")
+
+    def denied(path: Path) -> Path:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path.parent.parent / QUARANTINE))
+
+    # The suite may run as root, for which chmod denies nothing.
+    monkeypatch.setattr("polyemb.store.quarantine.set_aside", denied)
+    stored = open_store(root).bind(tiny_encoder)
+    with pytest.warns(RuntimeWarning, match="left where it is \\(cannot move it: Permission denied\\)"):
+        vectors = stored.encode(TEXTS)
+    np.testing.assert_allclose(vectors, tiny_encoder.encode(TEXTS), rtol=0, atol=1e-6)
+    assert files[3].exists()
+
+
 @pytest.fixture
 def unlistable(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[Path, type[OSError]]]:
     """Folders whose listing fails, as another user's umask or a folder removed meanwhile makes it."""

@@ -41,8 +41,11 @@ def test_stats_compact_and_gc(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert len(store.stats().models) == 2
     gc = store.gc([first.provenance])  # a provenance keeps every key of that content
     assert sorted(gc.kept) == sorted({first.vector_spec().key, other.vector_spec().key}) and not gc.dropped
-    gc = store.gc([first.vector_spec().key])
+    gc = store.gc(first.vector_spec().key)  # one model as a str, not a list of its characters
     assert gc.dropped == [other.vector_spec().key] and gc.bytes_freed > 0
+    # batch_size is checked when every text is found in the store too, not only when one is missing.
+    with pytest.raises(polyemb.InvalidInputError, match="batch_size"):
+        store.encode(TEXTS[:2], encoder=first, batch_size=0)
 
 
 def test_gc_keeps_a_model_whose_description_names_no_model(

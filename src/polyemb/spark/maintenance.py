@@ -429,7 +429,8 @@ def _remove_leftovers(fs: LakeFs, root: str) -> int:
 def gc_store(spark: SparkSession, path: str, keep: Sequence[str]) -> GcReport:
     """Drop the vectors of every model but ``keep``, through Spark: :meth:`VectorStore.gc` on a lake.
 
-    ``keep`` holds provenances (``id@fingerprint``), fingerprints or model keys; a model whose
+    ``keep`` holds provenances (``id@fingerprint``), fingerprints or model keys (one may be given
+    as a str); a model whose
     description names no model is kept. Do not run it while a job writes a model it drops.
 
     Raises:

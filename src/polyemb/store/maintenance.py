@@ -250,6 +250,8 @@ def plan_gc(
     Raises:
         InvalidInputError: ``keep`` is empty, or an item names no model (a typo would drop the model meant).
     """
+    if isinstance(keep, str):  # one model, not its characters
+        keep = [keep]
     if not keep:
         raise InvalidInputError("gc needs at least one model to keep (a provenance or a model key)")
     wanted = {item.strip() for item in keep}

@@ -71,11 +71,17 @@ class BadFiles:
 
     def bad(self, path: Path, exc: BaseException) -> bool:
         """A file whose content is bad: set it aside (if allowed) and warn once; True if it moved."""
-        target = set_aside(path) if self.move else None
+        refused: OSError | None = None
+        try:
+            target = set_aside(path) if self.move else None
+        except OSError as error:  # a store this process may read but not change (another user's)
+            target, refused = None, error
         if target is not None:
             with self._lock:
                 self.moved.append(target)
             where = f"set aside in {target.parent}"
+        elif refused is not None:
+            where = f"left where it is (cannot move it: {refused.strerror or refused})"
         elif self.move:
             return False  # someone else set it aside (and said so) or compacted it meanwhile
         else:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from polyemb.batching import check_batch_size
 from polyemb.embedder import Embedder, TextEncoder
 from polyemb.errors import InvalidInputError
 from polyemb.progress import progress_bar
@@ -62,6 +63,7 @@ class StoredEncoder(TextEncoder):
     def _encode(
         self, items: list[str], *, batch_size: int | None, normalize: bool, show_progress: bool | None
     ) -> np.ndarray:
+        check_batch_size(batch_size)  # here, not only when a text is missing from the store
         spec = self.encoder.vector_spec(normalize=normalize)
         index: dict[str, int] = {}
         inverse = np.fromiter(

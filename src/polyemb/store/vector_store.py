@@ -314,10 +314,10 @@ class VectorStore:
     def gc(self, keep: Sequence[str]) -> maintenance.GcReport:
         """Drop the vectors of every model but ``keep`` (provenances ``id@fingerprint``, or model keys).
 
-        A provenance keeps every key of that model content (any precision or length); a bare
-        fingerprint (``sha256:...`` or a hub commit) does too. A model folder whose description
-        cannot be read, or names no model, is kept. Do not run it while a job writes a model it
-        drops.
+        One model may be given as a str. A provenance keeps every key of that model content (any
+        precision or length); a bare fingerprint (``sha256:...`` or a hub commit) does too. A
+        model folder whose description cannot be read, or names no model, is kept. Do not run it
+        while a job writes a model it drops.
 
         Raises:
             StoreError: The store was opened read-only.
