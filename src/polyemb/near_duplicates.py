@@ -26,15 +26,24 @@ if TYPE_CHECKING:
 __all__ = ["check_threshold", "connected_groups", "first_of_groups", "pairs_above"]
 
 
+IDENTICAL = 1.0 - 1e-5
+"""The cosine from which two unit vectors count as identical: float32 rounding puts an identical
+pair's computed cosine just below 1 (0.99999994 for all-MiniLM-L6-v2's vectors)."""
+
+
 def check_threshold(threshold: object) -> float:
-    """A near-duplicate threshold: a cosine between -1 and 1."""
+    """A near-duplicate threshold, a cosine between -1 and 1, as the pairs are compared with it.
+
+    A threshold above :data:`IDENTICAL` is taken as :data:`IDENTICAL`: ``threshold=1.0`` finds
+    the texts whose vectors are identical, which rounding would otherwise miss.
+    """
     if (
         isinstance(threshold, bool)
         or not isinstance(threshold, numbers.Real)
         or not -1 <= float(threshold) <= 1
     ):
         raise InvalidInputError(f"threshold must be a cosine between -1 and 1, got {threshold!r}")
-    return float(threshold)
+    return min(float(threshold), IDENTICAL)
 
 
 def pairs_above(

@@ -69,6 +69,15 @@ def test_bad_settings_are_refused(settings: dict[str, object]) -> None:
         Ivf(**settings)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("method", ["exact", Ivf(nlist=4, nprobe=4)], ids=["exact", "ivf"])
+def test_threshold_one_finds_every_identical_pair(method: object) -> None:
+    # float32 rounding puts an identical pair's cosine just below 1 (0.99999994): it still counts.
+    base = normalize_rows(np.random.default_rng(0).standard_normal((60, 384)).astype(np.float32))
+    i, j, scores = pairs_above(np.vstack([base, base]), 1.0, method=method)  # type: ignore[arg-type]
+    assert sorted(zip(i.tolist(), j.tolist(), strict=True)) == [(row, row + 60) for row in range(60)]
+    assert scores.min() < 1.0  # the rounding the threshold allows for
+
+
 def test_methods_by_name() -> None:
     assert method_settings("exact") is None
     assert method_settings("ivf") == Ivf()
