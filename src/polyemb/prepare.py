@@ -62,9 +62,43 @@ def prepare(
             f"the tokenizer in {spec.transformer_folder} has {vocab} tokens but the model's "
             f"embedding table only {config.vocab_size}: tokenizer and weights do not belong together"
         )
-    limit = min(tokenizer_limit, int(getattr(config, "max_position_embeddings", tokenizer_limit)))
+    limit = min(tokenizer_limit, position_limit(config, tokenizer_limit))
     length = choose_length(max_seq_length, spec.max_seq_length, limit)
     return Prepared(files, spec, tokenizer, pad_id, config, dim, length)
+
+
+# Model types whose position ids start after the padding token's id (transformers'
+# create_position_ids_from_input_ids), so that pad_token_id + 1 of their positions are never read.
+_POSITIONS_AFTER_PADDING = frozenset(
+    {
+        "camembert",
+        "data2vec-text",
+        "ibert",
+        "longformer",
+        "luke",
+        "mpnet",
+        "roberta",
+        "roberta-prelayernorm",
+        "xlm-roberta",
+        "xlm-roberta-xl",
+        "xmod",
+    }
+)
+
+
+def position_limit(config: Any, default: int) -> int:
+    """The tokens a transformer's position table lets it read: ``default`` where the config says nothing.
+
+    ``max_position_embeddings``, less ``pad_token_id + 1`` for RoBERTa-like models (514 - 2 =
+    512 for XLM-RoBERTa base): without that, a text of 513 or 514 tokens indexes past the table.
+    """
+    positions = getattr(config, "max_position_embeddings", None)
+    if not isinstance(positions, int):
+        return default
+    pad = getattr(config, "pad_token_id", None)
+    if getattr(config, "model_type", None) in _POSITIONS_AFTER_PADDING and isinstance(pad, int):
+        positions -= pad + 1
+    return positions
 
 
 def choose_length(asked: int | None, configured: int | None, limit: int) -> int:

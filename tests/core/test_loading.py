@@ -57,6 +57,26 @@ def test_max_seq_length_override_and_limit(tiny_model_dir: Path) -> None:
         polyemb.load(tiny_model_dir, max_seq_length=0)
 
 
+def test_a_roberta_like_model_reads_no_more_tokens_than_its_positions_hold(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # With no tokenizer or sentence-transformers limit, the config's 130 positions less
+    # XLM-RoBERTa's padding offset (pad_token_id + 1 = 2) are the limit: 129 or 130 tokens index
+    # past the position table (a raw torch error on any long text).
+    folder = copy_model(tiny_model_dir, tmp_path / "no-limits")
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+    tokenizer_config.pop("model_max_length", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    sentence_config = json.loads((folder / "sentence_bert_config.json").read_text())
+    sentence_config.pop("max_seq_length", None)
+    (folder / "sentence_bert_config.json").write_text(json.dumps(sentence_config))
+    encoder = polyemb.load(folder)
+    assert encoder.max_seq_length == 128
+    assert encoder.encode(["a long text " * 200]).shape == (1, 32)
+    with pytest.raises(polyemb.InvalidInputError, match="exceeds what this model takes \\(128 tokens\\)"):
+        polyemb.load(folder, max_seq_length=129)
+
+
 def test_without_modules_json_is_plain_mean_pooling(tiny_model_dir: Path, tmp_path: Path) -> None:
     folder = copy_model(tiny_model_dir, tmp_path / "plain")
     for name in ("modules.json", "sentence_bert_config.json"):
