@@ -62,6 +62,36 @@ def test_stats_and_compact_skip_and_set_aside_bad_files(
     assert (stored.stats.found, stored.stats.embedded) == (20, 20)
 
 
+def test_a_file_this_user_cannot_open_is_unreadable_not_bad(
+    tiny_encoder: polyemb.Encoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another user's file with a strict mode: nothing is wrong with it, so compact cannot help.
+    root = tmp_path / "store"
+    files = _four_files(tiny_encoder, root)
+    import polyemb.store.index as index
+    import polyemb.store.maintenance as maintenance
+
+    real = index.open_parquet
+
+    def guarded(source: Any) -> Any:
+        if source == files[0]:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(source))
+        return real(source)
+
+    # The suite may run as root, for which chmod denies nothing.
+    monkeypatch.setattr(index, "open_parquet", guarded)
+    monkeypatch.setattr(maintenance, "open_parquet", guarded)
+    [model] = open_store(root).stats().models
+    assert (model.files, model.bad_files, model.unreadable_files, model.entries) == (4, 0, 1, 30)
+    assert "bad files" not in model.advice
+    assert "1 files could not be opened (permissions)" in open_store(root).stats().format()
+    with pytest.warns(RuntimeWarning, match="cannot list or read"):
+        report = open_store(root).compact()
+    # The three others merged into one; the unreadable one is still there, and counted.
+    assert (report.files_before, report.files_after, report.quarantined) == (4, 2, 0)
+    assert files[0].exists() and len(_files(root)) == 2
+
+
 def test_a_footer_naming_a_column_in_bytes_that_are_not_utf8_is_a_bad_file(
     tiny_encoder: polyemb.Encoder, tmp_path: Path
 ) -> None:

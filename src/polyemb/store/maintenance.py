@@ -123,17 +123,22 @@ def _compact_model(
         if index is not None
     ]
     if len(indexes) < 2 or not isinstance(dim, int):
-        counts.after += len(rows) - len(small) + len(indexes)
+        counts.after += _data_file_count(folder)
         return
     run = run_dir(folder, f"compact-{run_id()}")
     merged = [index.path for index in indexes]
-    written, kept, dropped = _merge(indexes, run, store_schema(dim, description), limit, bad_files, counts)
+    _, kept, dropped = _merge(indexes, run, store_schema(dim, description), limit, bad_files, counts)
     # The merged files are on disk (synced) before the small ones go: a reader never misses a text.
     for path in merged:
         path.unlink(missing_ok=True)
     counts.kept += kept
     counts.dropped += dropped
-    counts.after += len(rows) - len(small) + written
+    counts.after += _data_file_count(folder)
+
+
+def _data_file_count(folder: Path) -> int:
+    """The data files there now, with those compaction left in place (unreadable, or not movable)."""
+    return sum(1 for _ in data_files(folder, []))
 
 
 def _guarded(path: Path, read: Any, bad_files: BadFiles, counts: _Counts) -> Any:

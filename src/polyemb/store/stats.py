@@ -26,6 +26,7 @@ from polyemb.store.layout import (
     model_dir,
     quarantine_dir,
 )
+from polyemb.store.quarantine import is_bad_content
 
 __all__ = [
     "COMPACT_ADVICE_FILES",
@@ -68,6 +69,8 @@ class ModelStats:
         bad_files: Data files that cannot be read as store files (``compact`` sets them aside).
         quarantined: Files already set aside in its ``_quarantine/`` folder.
         unlisted_folders: Run folders that could not be listed (permissions): not counted above.
+        unreadable_files: Data files that could not be opened (permissions): counted in ``files``,
+            not bad (``compact`` leaves them where they are).
     """
 
     key: str
@@ -82,6 +85,7 @@ class ModelStats:
     bad_files: int = 0
     quarantined: int = 0
     unlisted_folders: int = 0
+    unreadable_files: int = 0
 
     @property
     def mean_file_bytes(self) -> float:
@@ -122,10 +126,10 @@ class StoreStats:
                 f"{m.key:<18}{m.entries:>11,}{m.distinct:>11,}{m.files:>7}{_size(m.mean_file_bytes):>12}"
                 f"{_size(m.bytes):>12}  {m.provenance} (dim {m.dim})"
             )
-            if m.quarantined or m.unlisted_folders:
+            if m.quarantined or m.unlisted_folders or m.unreadable_files:
                 lines.append(
                     f"  {m.quarantined} files set aside in _quarantine/; {m.unlisted_folders} run folders "
-                    "could not be listed"
+                    f"could not be listed; {m.unreadable_files} files could not be opened (permissions)"
                 )
             if m.advice:
                 lines.append(f"  compact advised: {m.advice} (polyemb store compact)")
@@ -154,6 +158,7 @@ def model_stats(
     unlisted_folders: int,
     folder_bytes: int,
     target_mb: float = COMPACT_TARGET_MB,
+    unreadable_files: int = 0,
 ) -> ModelStats:
     """One model's stats from what was read: the one definition Python's and Spark's stats share.
 
@@ -168,6 +173,7 @@ def model_stats(
         unlisted_folders: Run folders that could not be listed.
         folder_bytes: Everything under its folder.
         target_mb: The compaction target (which files are small).
+        unreadable_files: Data files that could not be opened (permissions).
     """
     dim = description.get("dim")
     dim = dim if isinstance(dim, int) and not isinstance(dim, bool) else None
@@ -185,14 +191,16 @@ def model_stats(
         bad_files=bad_files,
         quarantined=quarantined,
         unlisted_folders=unlisted_folders,
+        unreadable_files=unreadable_files,
     )
 
 
 def stats(root: Path, *, target_mb: float = COMPACT_TARGET_MB) -> StoreStats:
     """Entries, distinct texts, files and sizes per model of the store at ``root``; moves nothing.
 
-    Reads every data file's footer and hashes: a file that fails there counts as bad (its vectors
-    are checked when read, and by ``compact``).
+    Reads every data file's footer and hashes: a file whose content fails there counts as bad
+    (its vectors are checked when read, and by ``compact``); one this process may not open
+    (permissions) as unreadable, not bad.
     """
     models = []
     for key, description in model_descriptions(root):
@@ -200,15 +208,18 @@ def stats(root: Path, *, target_mb: float = COMPACT_TARGET_MB) -> StoreStats:
         unlisted: list[tuple[Path, OSError]] = []
         files: list[FileIndex] = []
         sizes: list[int] = []
-        bad = 0
+        bad = unreadable = 0
         for path in data_files(folder, unlisted):
             try:
                 size = path.stat().st_size
                 files.append(FileIndex.read(path))
             except FileNotFoundError:  # compacted away meanwhile
                 continue
-            except (StoreError, pa.ArrowException, OSError):
-                bad += 1
+            except (StoreError, pa.ArrowException, OSError) as exc:
+                if is_bad_content(exc):
+                    bad += 1
+                else:
+                    unreadable += 1
             sizes.append(size)
         models.append(
             model_stats(
@@ -222,6 +233,7 @@ def stats(root: Path, *, target_mb: float = COMPACT_TARGET_MB) -> StoreStats:
                 unlisted_folders=len(unlisted),
                 folder_bytes=tree_bytes(folder),
                 target_mb=target_mb,
+                unreadable_files=unreadable,
             )
         )
     return StoreStats(root, models, tree_bytes(root))
