@@ -125,6 +125,22 @@ def test_job_glob_input_without_partitions_and_errors(
         == 2
     )
     assert "column 'titel' is not in the input" in capsys.readouterr().err
+    # Said before any work, exit 2: the job keeps every input column, so it overwrites none
+    # (these replaced 'other' and exited 0), and it embeds only text.
+    other = [*argv[:3], str(tmp_path / "other"), *argv[4:]]
+    for taken in (
+        ["--vector-column", "other"],
+        ["--similarity-query", "q", "--similarity-column", "title"],
+        ["--pair-columns", "title", "title", "--pair-similarity-column", "embedding"],
+    ):
+        assert job.main([*other, *taken]) == 2
+        assert "is taken (the input's columns, or another new one)" in capsys.readouterr().err
+    assert job.main([*other[:5], "id", *other[6:]]) == 2
+    assert "column 'id' is bigint: give a text (string) column" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
+    with pytest.raises(SystemExit) as info:
+        job.main([*other, "--batch-size", "0"])
+    assert info.value.code == 2
     with pytest.raises(SystemExit) as info:
         job.main(["--help"])
     assert info.value.code == 0

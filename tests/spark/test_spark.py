@@ -265,6 +265,15 @@ def test_delivery_follows_the_session(spark: SparkSession, tiny_model_dir: Path)
         )
 
 
+def test_a_bad_batch_size_is_refused_on_the_driver(spark: SparkSession, tiny_model_dir: Path) -> None:
+    # Not in every task, as a 19-line PythonException, after the model has been shipped.
+    for bad in (0, -1, "8"):
+        with pytest.raises(polyemb.InvalidInputError, match="batch_size must be a positive int"):
+            polyemb.spark.embed_udf(tiny_model_dir, spark=spark, batch_size=bad)  # type: ignore[arg-type]
+        with pytest.raises(polyemb.InvalidInputError, match="batch_size must be a positive int"):
+            polyemb.spark.register(spark, tiny_model_dir, batch_size=bad)  # type: ignore[arg-type]
+
+
 def test_register_checks_the_prefix_as_duckdb_does(spark: SparkSession, tiny_model_dir: Path) -> None:
     for bad in ("1st_", "naïve_", "a-b", "a b"):
         with pytest.raises(

@@ -150,6 +150,9 @@ def test_wrong_column_names_are_clear(spark: SparkSession, tiny_model_dir: Path,
         polyemb.spark.embed_incremental(df, "txt", str(tmp_path / "s"), tiny_model_dir)
     with pytest.raises(polyemb.InvalidInputError, match="already has a column 'id'"):
         polyemb.spark.embed_incremental(df, "text", str(tmp_path / "s"), tiny_model_dir, vector_column="id")
+    # Not a raw AnalysisException about sha2(id, 256), an expression the user never wrote.
+    with pytest.raises(polyemb.InvalidInputError, match="column 'id' is bigint: give a text"):
+        polyemb.spark.embed_incremental(df, "id", str(tmp_path / "s"), tiny_model_dir)
 
 
 def test_a_model_that_changes_after_the_key_is_made_is_refused(

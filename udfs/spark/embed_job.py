@@ -26,6 +26,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 import polyemb.spark
+from polyemb.cli.shared import positive_int
 from polyemb.encoder import describe
 from polyemb.errors import ColumnNotFoundError
 from polyemb.options import DELIVERIES, PRECISIONS
@@ -71,12 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="how executors get the model (auto: broadcast on classic Spark, artifact on Spark Connect)",
     )
     parser.add_argument("--precision", choices=PRECISIONS, default="auto")
-    parser.add_argument("--batch-size", type=int, default=None, help="texts per forward pass on executors")
     parser.add_argument(
-        "--arrow-batch-rows", type=int, default=None, help="spark.sql.execution.arrow.maxRecordsPerBatch"
+        "--batch-size", type=positive_int, default=None, help="texts per forward pass on executors"
     )
     parser.add_argument(
-        "--repartition", type=int, default=None, help="repartition the input into N partitions first"
+        "--arrow-batch-rows",
+        type=positive_int,
+        default=None,
+        help="spark.sql.execution.arrow.maxRecordsPerBatch",
+    )
+    parser.add_argument(
+        "--repartition", type=positive_int, default=None, help="repartition the input into N partitions first"
     )
     parser.add_argument(
         "--partition-by",
@@ -150,6 +156,28 @@ def add_columns(spark: SparkSession, df: DataFrame, args: argparse.Namespace) ->
     return df
 
 
+def _column_problem(df: DataFrame, args: argparse.Namespace) -> str | None:
+    """Why the input's columns do not fit the job (a text column that is not text, an output name
+    taken), or None: said before any work, as the job keeps every input column as it is."""
+    for column in [args.text_column, *(args.pair_columns or [])]:
+        kind = df.schema[column].dataType.simpleString()
+        if kind != "string":
+            return f"column {column!r} is {kind}: give a text (string) column"
+    added = [
+        (args.vector_column, "--vector-column", not args.no_vectors),
+        (args.similarity_column, "--similarity-column", bool(args.similarity_query)),
+        (args.pair_similarity_column, "--pair-similarity-column", bool(args.pair_columns)),
+    ]
+    names: list[str] = []
+    for name, option, used in added:
+        if not used:
+            continue
+        if name in df.columns or name in names:
+            return f"{option} {name!r} is taken (the input's columns, or another new one): choose another"
+        names.append(name)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the job; returns 0 on success."""
     args = build_parser().parse_args(argv)
@@ -165,6 +193,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
+    problem = _column_problem(df, args)
+    if problem:
+        print(f"embed_job: {problem}", file=sys.stderr)
+        return 2
     if args.repartition:
         df = df.repartition(args.repartition)
     df = add_columns(spark, df, args)

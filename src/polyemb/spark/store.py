@@ -153,7 +153,8 @@ def embed_incremental(
 
     Raises:
         ColumnNotFoundError: ``column`` is not in ``df``.
-        InvalidInputError: ``vector_column`` is already a column of ``df``.
+        InvalidInputError: ``column`` is not a string column, or ``vector_column`` is already a
+            column of ``df``.
         ModelMismatchError: The model changed between computing the key and shipping it (a
             folder rewritten, a hub branch moved): nothing was stored.
         StoreError: The store's marker is malformed or of a newer polyemb.
@@ -165,6 +166,9 @@ def embed_incremental(
     started = time.perf_counter()
     if column not in df.columns:
         raise ColumnNotFoundError.from_missing(column, df.columns, "the DataFrame")
+    kind = df.schema[column].dataType.simpleString()
+    if kind != "string":
+        raise InvalidInputError(f"column {column!r} is {kind}: give a text (string) column")
     if vector_column in df.columns:
         raise InvalidInputError(f"the DataFrame already has a column {vector_column!r}; choose another")
     session = active_session(spark)

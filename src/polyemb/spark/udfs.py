@@ -17,6 +17,7 @@ from pyspark.sql.functions import pandas_udf
 from pyspark.sql.types import ArrayType, FloatType, IntegerType, StructField, StructType
 
 from polyemb.arrow import texts_from_arrow
+from polyemb.batching import check_batch_size
 from polyemb.chunks import Chunks, chunks_of_table
 from polyemb.errors import InvalidInputError
 from polyemb.options import Delivery, LongTexts, Precision, check_sql_prefix
@@ -241,6 +242,7 @@ def _chunk_series(found: Chunks, tokens: np.ndarray, rows: int) -> pd.Series:
 
 def embed_with(source: ModelSource, batch_size: int | None) -> Callable[..., Any]:
     """The ``embed`` pandas UDF for a model already shipped (errors name the column)."""
+    check_batch_size(batch_size)  # on the driver: not in every task, after the model shipped
 
     def make(labels: tuple[str, ...]) -> Callable[..., Any]:
         @pandas_udf(ArrayType(FloatType()))  # type: ignore[untyped-decorator]
@@ -257,6 +259,7 @@ def embed_with(source: ModelSource, batch_size: int | None) -> Callable[..., Any
 
 def chunks_with(source: ModelSource, batch_size: int | None) -> Callable[..., Any]:
     """The ``embed_chunks`` pandas UDF for a model already shipped (the source's stride)."""
+    check_batch_size(batch_size)  # on the driver: not in every task, after the model shipped
 
     def make(labels: tuple[str, ...]) -> Callable[..., Any]:
         @pandas_udf(CHUNKS_TYPE)  # type: ignore[untyped-decorator]
@@ -272,6 +275,8 @@ def chunks_with(source: ModelSource, batch_size: int | None) -> Callable[..., An
 
 
 def _similarity_with(source: ModelSource, batch_size: int | None) -> Callable[..., Any]:
+    check_batch_size(batch_size)  # on the driver: not in every task, after the model shipped
+
     def make(labels: tuple[str, ...]) -> Callable[..., Any]:
         @pandas_udf(FloatType())  # type: ignore[untyped-decorator]
         def semantic_similarity(left: pd.Series, right: pd.Series) -> pd.Series:
