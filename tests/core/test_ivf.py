@@ -78,6 +78,20 @@ def test_threshold_one_finds_every_identical_pair(method: object) -> None:
     assert scores.min() < 1.0  # the rounding the threshold allows for
 
 
+@pytest.mark.parametrize("rows", [1, 200])
+def test_a_recall_target_with_no_pair_to_calibrate_on_finds_no_pairs(
+    rows: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its log line had a None estimate to format: a TypeError instead of no pairs.
+    vectors = np.random.default_rng(0).standard_normal((rows, 16)).astype(np.float32)
+    report = IvfReport()
+    with caplog.at_level(logging.INFO, logger="polyemb.ivf"):
+        i, j, scores = pairs_above(vectors, 0.95, method=Ivf(recall=0.9), report=report)
+    assert len(i) == len(j) == len(scores) == 0
+    assert report.recall_estimate is None and any("no pair of the" in note for note in report.notes)
+    assert "calibrated: recall none" in caplog.text
+
+
 def test_methods_by_name() -> None:
     assert method_settings("exact") is None
     assert method_settings("ivf") == Ivf()

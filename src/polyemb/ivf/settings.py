@@ -166,9 +166,9 @@ class IvfReport:
 
     def log(self) -> None:
         """One line of what was chosen, at INFO."""
+        estimate = "none" if self.recall_estimate is None else f"{self.recall_estimate:.3f}"  # no pair met
         calibrated = (
-            f", calibrated: recall {self.recall_estimate:.3f} on {self.calibration_rows} rows "
-            f"(target {self.recall_target})"
+            f", calibrated: recall {estimate} on {self.calibration_rows} rows (target {self.recall_target})"
             if self.recall_target is not None
             else ""
         )
