@@ -371,7 +371,8 @@ def _first_best(block: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Ten
     """Each row's ``keep`` highest values and their columns; among equal values the lower column.
 
     ``torch.topk`` alone may keep any of several tied columns; rows where a tie crosses the
-    cut are sorted stably instead (ties are rare, but duplicate vectors make them exact).
+    cut are sorted stably instead. Duplicate vectors do not always tie: the product may round
+    their scores differently in the last bit.
     """
     values, columns = block.topk(keep, dim=1)
     last = values[:, -1:]
