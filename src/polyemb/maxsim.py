@@ -235,7 +235,8 @@ def _ranked(
                 scores = scored.numpy()
             found = _best_of_block(scores, qw, cw, ca, keep)
             best = found if best is None else _merge(best, found, keep)
-        rows[qa:qb], values[qa:qb], q_arg[qa:qb], c_arg[qa:qb] = best  # type: ignore[misc]
+        # topk keeps the right columns but not in row order among equal scores: order them.
+        rows[qa:qb], values[qa:qb], q_arg[qa:qb], c_arg[qa:qb] = _ordered(best, keep)  # type: ignore[arg-type]
     return rows, values, q_arg, c_arg
 
 
@@ -308,9 +309,13 @@ def _best_of_block(
 
 def _merge(best: tuple[np.ndarray, ...], found: tuple[np.ndarray, ...], keep: int) -> tuple[np.ndarray, ...]:
     """Two candidate lists per query row as one: the ``keep`` best by score, ties to the lower row."""
-    joined = [np.concatenate([a, b], axis=1) for a, b in zip(best, found, strict=True)]
-    order = np.lexsort((joined[0], -joined[1]), axis=1)[:, :keep]
-    return tuple(np.take_along_axis(part, order, axis=1) for part in joined)
+    return _ordered(tuple(np.concatenate([a, b], axis=1) for a, b in zip(best, found, strict=True)), keep)
+
+
+def _ordered(candidates: tuple[np.ndarray, ...], keep: int) -> tuple[np.ndarray, ...]:
+    """``(rows, scores, ...)`` per query row: the ``keep`` best by score, ties to the lower row."""
+    order = np.lexsort((candidates[0], -candidates[1]), axis=1)[:, :keep]
+    return tuple(np.take_along_axis(part, order, axis=1) for part in candidates)
 
 
 # ---------------------------------------------------------------------- joins

@@ -71,15 +71,22 @@ def test_top_chunk_pairs_is_the_brute_force(
         np.testing.assert_allclose(got, pairs.score[mine], atol=1e-5)  # the windows give the score
 
 
-def test_ties_go_to_the_lower_row_and_the_first_window() -> None:
+@pytest.mark.parametrize("block_rows", [2, 4_096])  # several blocks, and the default: one
+def test_ties_go_to_the_lower_row_and_the_first_window(block_rows: int) -> None:
     corpus = np.array([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.5, 0.5]], dtype=np.float32)
     rows = np.array([0, 0, 1, 1, 2])
     pairs = top_chunk_pairs(
-        np.array([[1.0, 0.0]], dtype=np.float32), corpus, 3, corpus_rows=rows, block_rows=2
+        np.array([[1.0, 0.0]], dtype=np.float32), corpus, 3, corpus_rows=rows, block_rows=block_rows
     )
     assert pairs.corpus.tolist() == [0, 1, 2]
     assert pairs.corpus_chunk.tolist() == [1, 2, 4]
     np.testing.assert_allclose(pairs.score, [1.0, 1.0, np.sqrt(0.5)], atol=1e-6)
+    # Five rows of one score: in row order, whatever order topk found them in (it gave 2, 4, 3,
+    # 0, 1 here in one block).
+    corpus = np.array([[1, 0], [0.6, 0.8], [1, 0], [0.6, 0.8], [1, 0], [1, 0], [1, 0]], dtype=np.float32)
+    rows = np.array([0, 0, 1, 1, 2, 3, 4])
+    tied = top_chunk_pairs(corpus[:1], corpus, 5, corpus_rows=rows, block_rows=block_rows)
+    assert tied.corpus.tolist() == [0, 1, 2, 3, 4]
 
 
 @pytest.mark.parametrize("score", ["cosine", "margin", "csls"])

@@ -342,6 +342,22 @@ def test_chunks_of_another_stride_get_an_encoder_of_their_own(
     assert delivery.worker_encoder(default) is first  # and each is still loaded once
 
 
+def test_near_duplicates_read_long_texts_as_asked(spark: SparkSession, tiny_model_dir: Path) -> None:
+    # The same first 32 tokens (the tiny model's max_seq_length), then different words: cut,
+    # the two are identical; read whole (the mean of their windows), they are not.
+    start = "the cat sits on the mat " * 8
+    texts = [start + "and the dog runs through the snow " * 6, start + "while stocks fell sharply today " * 6]
+    df = frame(spark, texts)
+    cut = polyemb.spark.near_duplicates(df, "text", 1.0, model=str(tiny_model_dir))
+    assert cut.count() == 1
+    whole = polyemb.spark.near_duplicates(
+        df, "text", 1.0, model=str(tiny_model_dir), long_texts="mean", stride=4
+    )
+    assert whole.count() == 0
+    vectors = polyemb.load(tiny_model_dir, long_texts="mean", stride=4).encode(texts)
+    assert float(vectors[0] @ vectors[1]) < 0.999
+
+
 def test_embed_chunks_and_the_mean_setting_in_spark_sql(spark: SparkSession, tiny_model_dir: Path) -> None:
     mean = polyemb.load(tiny_model_dir, long_texts="mean", stride=4)
     texts = ["猫がマットの上に座っている。" * 5, None, "", "a short one"]

@@ -23,7 +23,7 @@ from polyemb.errors import ColumnNotFoundError, InvalidInputError
 from polyemb.ivf import Ivf, IvfReport, method_settings
 from polyemb.ivf.index import fixed_nprobe
 from polyemb.near_duplicates import check_threshold, connected_groups, first_of_groups
-from polyemb.options import Delivery, Keep, Method, Precision, check_keep, check_positive_int
+from polyemb.options import Delivery, Keep, LongTexts, Method, Precision, check_keep, check_positive_int
 from polyemb.spark._pairs import PAIR_L, PAIR_R, PAIR_SCORE, corpus_shape, kept
 from polyemb.spark.cells import (
     Cells,
@@ -64,6 +64,8 @@ def near_duplicates(
     precision: Precision = "auto",
     max_seq_length: int | None = None,
     revision: str | None = None,
+    long_texts: LongTexts = "truncate",
+    stride: int | None = None,
 ) -> DataFrame:
     """Rows of ``df`` whose ``column`` values have a cosine similarity of at least ``threshold``.
 
@@ -91,6 +93,9 @@ def near_duplicates(
         precision: For text columns.
         max_seq_length: For text columns.
         revision: For text columns.
+        long_texts: For text columns: a text over ``max_seq_length`` tokens is cut
+            (``"truncate"``) or the mean of its windows (``"mean"``), as in ``polyemb.load``.
+        stride: For text columns with ``long_texts="mean"``: tokens consecutive windows share.
 
     Returns:
         Pairs (default): each pair once, the earlier row first: its columns with ``suffixes``,
@@ -116,7 +121,18 @@ def near_duplicates(
     if column not in df.columns:
         raise ColumnNotFoundError.from_missing(column, df.columns, "the DataFrame")
     session = active_session(spark)
-    embed = Embedding(session, model, store, delivery, batch_size, precision, max_seq_length, revision)
+    embed = Embedding(
+        session,
+        model,
+        store,
+        delivery,
+        batch_size,
+        precision,
+        max_seq_length,
+        revision,
+        long_texts=long_texts,
+        stride=stride,
+    )
     rows, _ = embed(df.withColumn(LEFT_ID, F.monotonically_increasing_id()), column)
     rows = kept(rows)
     vectors = rows.where(F.col(VECTOR).isNotNull()).select(
