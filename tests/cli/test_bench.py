@@ -11,6 +11,7 @@ import pytest
 
 from polyemb.bench.texts import load_texts, scenario_texts
 from polyemb.cli import main
+from polyemb.errors import InvalidInputError
 
 
 @pytest.mark.parametrize("against", ["sentence-transformers", "duckdb"])
@@ -141,6 +142,52 @@ def test_bad_scenarios_and_sizes(tiny_model_dir: Path, capsys: pytest.CaptureFix
     assert "does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["bench", "--rounds", "0"],
+        ["bench", "--size", "-5"],
+        ["bench-memory", "--rounds", "0"],
+        ["bench-memory", "--size", "0"],
+        ["bench-memory", "--rows", "-5"],
+        ["bench-store", "lookup", "--keys", "0"],
+        ["bench-store", "incremental", "--edited", "1.5"],
+        ["bench-store", "incremental", "--appended", "-0.5"],
+        ["bench-store", "torture", "--seconds", "-5"],
+        ["bench-store", "torture", "--forked", "-1"],
+        ["bench-join", "ivf", "--exact-queries", "0"],
+        ["bench-join", "ivf", "--rows", "-5"],
+        ["bench-join", "dedup", "--threshold", "nan"],
+        ["bench-long", "--data", ".", "--rounds", "0"],
+        ["bench-long", "--data", ".", "--cost-docs", "-2"],
+    ],
+)
+def test_sizes_and_rounds_that_mean_nothing_are_usage_errors(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # They crashed later with a traceback, or ran and reported figures of nothing.
+    with pytest.raises(SystemExit) as usage:
+        main(argv)
+    assert usage.value.code == 2 and "expected a" in capsys.readouterr().err
+
+
+def test_bench_store_and_memory_refuse_what_cannot_be_measured(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["bench-store", "lookup", "--workdir", str(tmp_path / "missing")]) == 1
+    assert "is not a folder" in capsys.readouterr().err
+    assert main(["bench-store", "lookup", "--entries", "10", "--keys", "20"]) == 1
+    assert "--keys (20) cannot exceed --entries (10)" in capsys.readouterr().err
+    assert main(["bench-store", "torture", "--spawned", "0", "--forked", "0"]) == 1
+    assert "at least one worker" in capsys.readouterr().err
+    # Every precision failed: the table says why, and the exit status says it failed.
+    assert (
+        main(["bench-memory", "-m", str(tmp_path / "no-such-model"), "--precisions", "fp32", "--size", "5"])
+        == 1
+    )
+    assert "cannot run here" in capsys.readouterr().out
+
+
 def test_bench_memory_report(tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = [
         "bench-memory",
@@ -210,6 +257,12 @@ def test_bench_long_report(
                 (r["sentence1"], r["sentence2"], r["score"]) for r in sts_rows if r["lang"] == lang
             )
     documents = make_documents(tmp_path / "stsb-en-dev.csv", "en", 10)
+    # Too few sentences to fill a document: a clear error, not random.sample's ValueError.
+    small = tmp_path / "small" / "stsb-en-dev.csv"
+    small.parent.mkdir()
+    small.write_text("".join(f"sentence number {i},another one {i},4\n" for i in range(12)))
+    with pytest.raises(InvalidInputError, match="sentences to fill documents with"):
+        make_documents(small, "en", 3)
     pairs = {(r["sentence1"], r["sentence2"]): float(r["score"]) for r in sts_rows if r["lang"] == "en"}
     assert len(documents.docs) == 10
     for doc, query, (start, end) in zip(documents.docs, documents.queries, documents.targets, strict=True):

@@ -165,9 +165,22 @@ def test_check_precision_report_and_exit_codes(
         assert row["sentences"] > 150 and abs(row["drop"]) <= 0.005
         assert 0.99 < row["mean_row_cosine"] < 1.0  # bf16: close to fp32, not equal
     # A gate the precision cannot pass: exit 3 and a table that says why.
-    assert main([*base, "--min-mean-cosine", "1.01"]) == 3
+    assert main([*base, "--min-mean-cosine", "1"]) == 3
     out = capsys.readouterr().out
     assert "FAILED" in out and "mean row cosine" in out and "stsb-de-dev.csv" in out
+    # A gate that means nothing is a usage error, not a gate that always fails (NaN) or passes.
+    for option, value in (("--max-drop", "nan"), ("--max-drop", "-0.1"), ("--min-mean-cosine", "1.5")):
+        with pytest.raises(SystemExit) as usage:
+            main([*base, option, value])
+        assert usage.value.code == 2 and "expected a number" in capsys.readouterr().err
+    # A file whose Spearman is undefined (constant gold scores): null in the JSON, not NaN.
+    constant = Path(files[0]).with_name("constant.csv")
+    constant.write_text("".join(f"a text {i},another text {i},3\n" for i in range(20)))
+    assert main(
+        ["check-precision", "-m", str(tiny_model_dir), "--precision", "bf16", str(constant), "--json"]
+    ) in (0, 3)
+    report = json.loads(capsys.readouterr().out, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+    assert report["files"]["constant.csv"]["spearman"] is None
     # Nothing to compare is an error (exit 1), not a pass.
     assert main(["check-precision", "-m", str(tiny_model_dir), "--precision", "fp32", files[0]]) == 1
     assert "nothing to compare" in capsys.readouterr().err

@@ -96,6 +96,11 @@ def make_documents(path: Path, lang: str, count: int, seed: int = 0) -> Document
         for i in range(len(data.score))
         if i not in targets and len(data.sentence1[i]) > median
     ]
+    if len(fillers) < SENTENCES[1] - 1:
+        raise InvalidInputError(
+            f"{lang}: {len(fillers)} sentences to fill documents with, fewer than the {SENTENCES[1] - 1} "
+            "a document may take: give a larger split"
+        )
     docs, queries, spans = [], [], []
     for i in chosen:
         sentences = rng.sample(fillers, rng.randint(*SENTENCES) - 1)

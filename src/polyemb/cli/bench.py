@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -19,9 +20,12 @@ from polyemb.bench.store import ENGINES
 from polyemb.bench.texts import SCENARIOS
 from polyemb.cli.shared import (
     Subparsers,
+    bounded_float,
     comma_list,
     load_encoder,
     model_options,
+    non_negative_int,
+    positive_int,
     print_meta,
     print_progress,
 )
@@ -88,12 +92,15 @@ def _add_bench(commands: Subparsers) -> None:
     )
     bench.add_argument(
         "--size",
-        type=int,
+        type=positive_int,
         default=2000,
         help="rows per scenario (c uses size/10 paragraphs; default %(default)s)",
     )
     bench.add_argument(
-        "--rounds", type=int, default=encode.DEFAULT_ROUNDS, help="alternating rounds (default %(default)s)"
+        "--rounds",
+        type=positive_int,
+        default=encode.DEFAULT_ROUNDS,
+        help="alternating rounds (default %(default)s)",
     )
     bench.add_argument("--json", action="store_true", help="print a JSON report")
     bench.set_defaults(run=_bench)
@@ -175,18 +182,21 @@ def _add_bench_memory(commands: Subparsers) -> None:
         help=f"default {','.join(_PRECISIONS)}",
     )
     add_texts_options(bench_memory, "texts file (as bench --texts); default: generated sentences")
-    bench_memory.add_argument("--size", type=int, default=1000, help="texts encoded (%(default)s)")
+    bench_memory.add_argument("--size", type=positive_int, default=1000, help="texts encoded (%(default)s)")
     bench_memory.add_argument(
         "--polars-sink",
         metavar="PARQUET",
         help="stream this Parquet file's --column through a Polars query (needs polyemb[polars])",
     )
     bench_memory.add_argument(
-        "--rows", type=int, default=0, help="--polars-sink: the first ROWS rows (default: every row)"
+        "--rows",
+        type=non_negative_int,
+        default=0,
+        help="--polars-sink: the first ROWS rows (default, 0: every row)",
     )
     bench_memory.add_argument(
         "--chunk-rows",
-        type=int,
+        type=non_negative_int,
         default=0,
         help=(
             "--polars-sink: rows per streaming batch (pl.Config.set_streaming_chunk_size) and per "
@@ -194,7 +204,7 @@ def _add_bench_memory(commands: Subparsers) -> None:
         ),
     )
     bench_memory.add_argument(
-        "--rounds", type=int, default=memory.DEFAULT_ROUNDS, help="rounds (%(default)s)"
+        "--rounds", type=positive_int, default=memory.DEFAULT_ROUNDS, help="rounds (%(default)s)"
     )
     bench_memory.add_argument("--json", action="store_true", help="print a JSON report")
     bench_memory.set_defaults(run=_bench_memory)
@@ -234,7 +244,8 @@ def _bench_memory(args: argparse.Namespace) -> int:
     else:
         print_meta(meta)
         print(memory.format_footprints(report))
-    return 0
+    # A report of failures alone measured nothing: not a success (each failure is shown above).
+    return 1 if report and all("error" in figures for figures in report.values()) else 0
 
 
 def _version(package: str) -> str:
@@ -265,13 +276,16 @@ def _add_bench_store(commands: Subparsers) -> None:
     bench_store.add_argument("kind", choices=["incremental", "lookup", "torture"])
     add_texts_options(bench_store, "incremental: real sentences (as bench --texts)")
     bench_store.add_argument(
-        "--rows", type=int, default=200_000, help="incremental: rows a day (%(default)s)"
+        "--rows", type=positive_int, default=200_000, help="incremental: rows a day (%(default)s)"
     )
     bench_store.add_argument(
-        "--edited", type=float, default=0.02, help="incremental: share edited (%(default)s)"
+        "--edited", type=bounded_float(0, 1), default=0.02, help="incremental: share edited (%(default)s)"
     )
     bench_store.add_argument(
-        "--appended", type=float, default=0.02, help="incremental: share appended (%(default)s)"
+        "--appended",
+        type=bounded_float(0, 1),
+        default=0.02,
+        help="incremental: share appended (%(default)s)",
     )
     bench_store.add_argument(
         "--engines",
@@ -280,20 +294,30 @@ def _add_bench_store(commands: Subparsers) -> None:
         help=f"incremental: e.g. cli,duckdb (default {','.join(ENGINES)})",
     )
     bench_store.add_argument(
-        "--entries", type=int, default=5_000_000, help="lookup: store size (%(default)s)"
+        "--entries", type=positive_int, default=5_000_000, help="lookup: store size (%(default)s)"
     )
-    bench_store.add_argument("--keys", type=int, default=200_000, help="lookup: keys looked up (%(default)s)")
-    bench_store.add_argument("--dim", type=int, default=384, help="lookup: vector length (%(default)s)")
     bench_store.add_argument(
-        "--seconds", type=float, default=60.0, help="torture: how long the workers run (%(default)s)"
+        "--keys", type=positive_int, default=200_000, help="lookup: keys looked up (%(default)s)"
+    )
+    bench_store.add_argument(
+        "--dim", type=positive_int, default=384, help="lookup: vector length (%(default)s)"
+    )
+    bench_store.add_argument(
+        "--seconds",
+        type=bounded_float(0, math.inf, low_open=True),
+        default=60.0,
+        help="torture: how long the workers run (%(default)s)",
     )
     bench_store.add_argument("--seed", type=int, default=0, help="torture: seeds every choice (%(default)s)")
     bench_store.add_argument(
-        "--spawned", type=int, default=2, help="torture: workers started as processes (%(default)s)"
+        "--spawned",
+        type=non_negative_int,
+        default=2,
+        help="torture: workers started as processes (%(default)s)",
     )
     bench_store.add_argument(
         "--forked",
-        type=int,
+        type=non_negative_int,
         default=2,
         help="torture: workers forked from a process holding the store (%(default)s)",
     )
@@ -310,6 +334,14 @@ def _bench_store(args: argparse.Namespace) -> int:
     from polyemb.bench import store
 
     meta: dict[str, Any] = {"cpu": cpu_description(), "kind": args.kind}
+    if args.workdir is not None and not Path(args.workdir).is_dir():
+        raise InvalidInputError(f"--workdir {args.workdir!r} is not a folder")
+    if args.kind == "lookup" and args.keys > args.entries:
+        raise InvalidInputError(
+            f"--keys ({args.keys}) cannot exceed --entries ({args.entries}): keys are drawn from them"
+        )
+    if args.kind == "torture" and not args.spawned + args.forked:
+        raise InvalidInputError("torture needs at least one worker: --spawned or --forked")
     with tempfile.TemporaryDirectory(prefix="polyemb-bench-store-", dir=args.workdir) as workdir:
         if args.kind == "torture":
             return _torture(args, Path(workdir), meta)

@@ -12,7 +12,16 @@ from pathlib import Path
 from typing import Any
 
 from polyemb.cli.bench import REAL_TEXTS, add_texts_options
-from polyemb.cli.shared import Subparsers, load_encoder, model_options, print_meta, print_progress
+from polyemb.cli.shared import (
+    Subparsers,
+    bounded_float,
+    load_encoder,
+    model_options,
+    non_negative_int,
+    positive_int,
+    print_meta,
+    print_progress,
+)
 from polyemb.errors import InvalidInputError
 
 __all__ = ["add_parser"]
@@ -48,13 +57,21 @@ def add_parser(commands: Subparsers) -> None:
     add_texts_options(
         bench_join, "duckdb, spark: real sentences (as bench --texts); ivf, dedup: see --paired-texts"
     )
-    bench_join.add_argument("--size", type=int, default=20_000, help="duckdb: rows a side (%(default)s)")
-    bench_join.add_argument("--left", type=int, default=200_000, help="spark: left rows (%(default)s)")
-    bench_join.add_argument("--right", type=int, default=50_000, help="spark: right rows (%(default)s)")
-    bench_join.add_argument("-k", type=int, default=5, help="matches per left row (%(default)s)")
+    bench_join.add_argument(
+        "--size", type=positive_int, default=20_000, help="duckdb: rows a side (%(default)s)"
+    )
+    bench_join.add_argument(
+        "--left", type=positive_int, default=200_000, help="spark: left rows (%(default)s)"
+    )
+    bench_join.add_argument(
+        "--right", type=positive_int, default=50_000, help="spark: right rows (%(default)s)"
+    )
+    bench_join.add_argument("-k", type=positive_int, default=5, help="matches per left row (%(default)s)")
     bench_join.add_argument("--store", metavar="DIR", help="a vector store for the texts' vectors")
     bench_join.add_argument("--vss", action="store_true", help="duckdb: also the vss HNSW index")
-    bench_join.add_argument("--lsh-tables", type=int, default=3, help="spark: LSH hash tables (%(default)s)")
+    bench_join.add_argument(
+        "--lsh-tables", type=positive_int, default=3, help="spark: LSH hash tables (%(default)s)"
+    )
     bench_join.add_argument(
         "--lsh-timeout",
         type=float,
@@ -76,14 +93,19 @@ def _add_ivf_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--vector-column", default="embedding", help="its vector column (%(default)s)")
     group.add_argument(
         "--paired-texts",
-        type=int,
+        type=positive_int,
         metavar="N",
         help="without --vectors: N texts, each two sentences of one --texts file joined (seeded), embedded",
     )
     group.add_argument("--engine", choices=ENGINES, default="core", help="where the joins run (%(default)s)")
-    group.add_argument("--rows", type=int, default=200_000, help="right rows, or rows to dedup (%(default)s)")
     group.add_argument(
-        "--queries", type=int, default=0, help="left rows after --rows; 0: a self-join (%(default)s)"
+        "--rows", type=positive_int, default=200_000, help="right rows, or rows to dedup (%(default)s)"
+    )
+    group.add_argument(
+        "--queries",
+        type=non_negative_int,
+        default=0,
+        help="left rows after --rows; 0: a self-join (%(default)s)",
     )
     group.add_argument(
         "--nprobe",
@@ -95,16 +117,25 @@ def _add_ivf_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--recall", type=_float_list, default=[], help="recall targets, e.g. 0.9,0.95")
     group.add_argument(
-        "--nlist", type=int, help="lists (default: 4 x sqrt(rows), or rows / 128 beyond 262,144 rows)"
+        "--nlist",
+        type=positive_int,
+        help="lists (default: 4 x sqrt(rows), or rows / 128 beyond 262,144 rows)",
     )
     group.add_argument("--seed", type=int, default=0, help="the ivf seed (%(default)s)")
-    group.add_argument("--threshold", type=float, default=0.9, help="dedup: cosine (%(default)s)")
-    group.add_argument("--sample", type=int, default=2000, help="rows whose recall is measured (%(default)s)")
     group.add_argument(
-        "--exact-queries", type=int, default=2000, help="ivf: left rows exact is timed on (%(default)s)"
+        "--threshold", type=bounded_float(-1, 1), default=0.9, help="dedup: cosine (%(default)s)"
     )
     group.add_argument(
-        "--exact-rows", type=int, default=50_000, help="dedup: rows exact is timed on (%(default)s)"
+        "--sample", type=positive_int, default=2000, help="rows whose recall is measured (%(default)s)"
+    )
+    group.add_argument(
+        "--exact-queries",
+        type=positive_int,
+        default=2000,
+        help="ivf: left rows exact is timed on (%(default)s)",
+    )
+    group.add_argument(
+        "--exact-rows", type=positive_int, default=50_000, help="dedup: rows exact is timed on (%(default)s)"
     )
     group.add_argument(
         "--growth", type=_int_list, default=[], help="sizes of the growth runs, e.g. 250000,500000"

@@ -11,7 +11,15 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from polyemb.cli.shared import Subparsers, load_encoder, model_options, print_meta, print_progress
+from polyemb.cli.shared import (
+    Subparsers,
+    load_encoder,
+    model_options,
+    non_negative_int,
+    positive_int,
+    print_meta,
+    print_progress,
+)
 from polyemb.errors import InvalidInputError
 
 __all__ = ["add_parser"]
@@ -37,18 +45,20 @@ def add_parser(commands: Subparsers) -> None:
     bench_long.add_argument("--langs", default="en,de,es,zh", help="languages (%(default)s)")
     bench_long.add_argument("--split", default="train", help="the files' split (%(default)s)")
     bench_long.add_argument(
-        "--docs", type=int, default=500, help="documents (and queries) a language (%(default)s)"
+        "--docs", type=positive_int, default=500, help="documents (and queries) a language (%(default)s)"
     )
     bench_long.add_argument(
         "--seed", type=int, default=0, help="where targets go, which sentences fill (%(default)s)"
     )
     bench_long.add_argument(
         "--cost-docs",
-        type=int,
+        type=non_negative_int,
         default=300,
         help="documents of the first language timed for the cost (%(default)s; 0: none)",
     )
-    bench_long.add_argument("--rounds", type=int, default=3, help="cost: rounds in turns (%(default)s)")
+    bench_long.add_argument(
+        "--rounds", type=positive_int, default=3, help="cost: rounds in turns (%(default)s)"
+    )
     bench_long.add_argument("--json", action="store_true", help="print a JSON report")
     bench_long.set_defaults(run=_bench_long)
 

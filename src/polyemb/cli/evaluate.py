@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from polyemb.cli.shared import Subparsers, load_encoder, model_options
+from polyemb.cli.shared import Subparsers, bounded_float, load_encoder, model_options
 from polyemb.errors import InvalidInputError
 from polyemb.options import WEIGHT_PRECISIONS
 from polyemb.sts import MAX_SPEARMAN_DROP, MIN_MEAN_COSINE
@@ -53,11 +52,14 @@ def add_parser(commands: Subparsers) -> None:
     check.add_argument("paths", nargs="+", metavar="PATH", help="STS files, as eval-sts reads them")
     check.add_argument("--reference", choices=WEIGHT_PRECISIONS, default="fp32", help="default %(default)s")
     check.add_argument(
-        "--max-drop", type=float, default=MAX_SPEARMAN_DROP, help="largest Spearman drop (%(default)s)"
+        "--max-drop",
+        type=bounded_float(0, 2),
+        default=MAX_SPEARMAN_DROP,
+        help="largest Spearman drop (%(default)s)",
     )
     check.add_argument(
         "--min-mean-cosine",
-        type=float,
+        type=bounded_float(-1, 1),
         default=MIN_MEAN_COSINE,
         help="smallest mean row cosine (%(default)s)",
     )
@@ -103,5 +105,5 @@ def _check_precision(args: argparse.Namespace) -> int:
         min_mean_cosine=args.min_mean_cosine,
         batch_size=args.batch_size,
     )
-    print(json.dumps(report) if args.json else sts.format_precision_check(report))
+    print(sts.to_json(report) if args.json else sts.format_precision_check(report))
     return 0 if report["passed"] else GATE_FAILED

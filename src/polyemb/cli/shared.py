@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -17,7 +18,9 @@ __all__ = [
     "Subparsers",
     "comma_list",
     "load_encoder",
+    "bounded_float",
     "model_options",
+    "non_negative_int",
     "positive_int",
     "print_meta",
     "print_progress",
@@ -88,13 +91,39 @@ def load_encoder(args: argparse.Namespace) -> Encoder:
 
 def positive_int(value: str) -> int:
     """An argparse ``type``: an int of at least 1 (a count or a size), else a usage error."""
+    return _whole(value, 1, "a positive whole number")
+
+
+def non_negative_int(value: str) -> int:
+    """An argparse ``type``: an int of at least 0 (where 0 means none, all or the default)."""
+    return _whole(value, 0, "a whole number of at least 0")
+
+
+def _whole(value: str, least: int, what: str) -> int:
     try:
         number = int(value)
     except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {value!r}")
+        number = least - 1
+    if number < least:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}")
     return number
+
+
+def bounded_float(low: float, high: float, *, low_open: bool = False) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number from ``low`` to ``high`` (above ``low`` if ``low_open``)."""
+
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        inside = (low < number if low_open else low <= number) and number <= high
+        if not inside:  # NaN is never inside
+            bound = f"above {low:g}" if low_open else f"from {low:g}"
+            raise argparse.ArgumentTypeError(f"expected a number {bound} to {high:g}, got {value!r}")
+        return number
+
+    return parse
 
 
 def comma_list(what: str, choices: Sequence[str], *, ordered: bool = False) -> Callable[[str], list[str]]:
