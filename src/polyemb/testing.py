@@ -3,7 +3,10 @@
 The suite's fixture, and a tool for users' own tests: the folder it writes has the same files
 as a real sentence-transformers model (config, tokenizer, safetensors weights, ``modules.json``,
 ``sentence_bert_config.json``, ``1_Pooling/config.json``), so it exercises the real loading
-code. Its vectors mean nothing; they are deterministic for a given seed.
+code. Its vectors mean nothing. Its weights are the same for a given seed; its tokenizer is
+trained by the `tokenizers` library, whose Unigram trainer does not always pick the same pieces
+from one process to the next, so texts' token counts and vectors may differ between processes
+(never within one).
 """
 
 from __future__ import annotations

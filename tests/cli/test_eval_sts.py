@@ -156,13 +156,18 @@ def test_check_precision_report_and_exit_codes(
             for row in (r for r in sts_rows if r["lang"] == lang):
                 writer.writerow([row["sentence1"], row["sentence2"], row["score"]])
         files.append(str(path))
-    base = ["check-precision", "-m", str(tiny_model_dir), "--precision", "bf16", *files]
+    # The tiny model is random and its tokenizer, trained by `tokenizers` in each test process,
+    # is not the same from one process to the next: bf16's Spearman drop on these 200 sentences
+    # ranged from -0.002 to 0.0055 over processes on an AMD Zen 3, so the default gate (0.005)
+    # would fail now and then. This test is about the report and the exit codes: a gate with
+    # room, and below one that cannot pass.
+    base = ["check-precision", "-m", str(tiny_model_dir), "--precision", "bf16", "--max-drop", "0.02", *files]
     assert main([*base, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["candidate"] == "bf16" and report["reference"] == "fp32" and report["passed"]
     assert list(report["files"]) == ["stsb-de-dev.csv", "stsb-en-dev.csv"]
     for row in report["files"].values():
-        assert row["sentences"] > 150 and abs(row["drop"]) <= 0.005
+        assert row["sentences"] > 150 and abs(row["drop"]) <= 0.02
         assert 0.99 < row["mean_row_cosine"] < 1.0  # bf16: close to fp32, not equal
     # A gate the precision cannot pass: exit 3 and a table that says why.
     assert main([*base, "--min-mean-cosine", "1"]) == 3
