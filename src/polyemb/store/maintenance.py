@@ -127,7 +127,7 @@ def _compact_model(
         return
     run = run_dir(folder, f"compact-{run_id()}")
     merged = [index.path for index in indexes]
-    _, kept, dropped = _merge(indexes, run, store_schema(dim, description), limit, bad_files, counts)
+    kept, dropped = _merge(indexes, run, store_schema(dim, description), limit, bad_files, counts)
     # The merged files are on disk (synced) before the small ones go: a reader never misses a text.
     for path in merged:
         path.unlink(missing_ok=True)
@@ -179,10 +179,10 @@ def _merge(
     target: int,
     bad_files: BadFiles,
     counts: _Counts,
-) -> tuple[int, int, int]:
+) -> tuple[int, int]:
     """Copy ``files`` (checked) into files of about ``target`` rows in ``run``, each hash once.
 
-    Holds one output file's rows at a time. Returns ``(files written, rows kept, duplicates dropped)``.
+    Holds one output file's rows at a time. Returns ``(rows kept, duplicates dropped)``.
 
     Raises:
         _Vanished: An input vanished, or turned bad, since it was checked: no input may be removed.
@@ -211,7 +211,7 @@ def _merge(
         if sum(t.num_rows for t in pending) >= target:
             flush()
     flush()
-    return written, kept, len(keep_all) - kept
+    return kept, len(keep_all) - kept
 
 
 def _as_store_table(table: pa.Table, schema: pa.Schema, source: Path) -> pa.Table:
