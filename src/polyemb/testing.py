@@ -3,10 +3,10 @@
 The suite's fixture, and a tool for users' own tests: the folder it writes has the same files
 as a real sentence-transformers model (config, tokenizer, safetensors weights, ``modules.json``,
 ``sentence_bert_config.json``, ``1_Pooling/config.json``), so it exercises the real loading
-code. Its vectors mean nothing. Its weights are the same for a given seed; its tokenizer is
-trained by the `tokenizers` library, whose Unigram trainer does not always pick the same pieces
-from one process to the next, so texts' token counts and vectors may differ between processes
-(never within one).
+code. Its vectors mean nothing. For a given seed it is the same model in every process: the
+weights are seeded, and the tokenizer's vocabulary (trained by the `tokenizers` library, whose
+Unigram trainer orders and scores its pieces a little differently from one process to the next)
+is put in one order with rounded scores.
 """
 
 from __future__ import annotations
@@ -120,7 +120,8 @@ def build_tiny_model(
         vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>", show_progress=False
     )
     trainee.train_from_iterator(_training_corpus(seed), trainer)
-    vocab = [(piece, float(score)) for piece, score in json.loads(trainee.to_str())["model"]["vocab"]]
+    trained = [entry for entry in json.loads(trainee.to_str())["model"]["vocab"] if entry[0] not in specials]
+    vocab = [(piece, 0.0) for piece in specials] + _settled(trained)
     tokenizer = XLMRobertaTokenizer(vocab=[*vocab, ("<mask>", 0.0)])
     tokenizer.model_max_length = 128
     tokenizer.save_pretrained(out)
@@ -165,6 +166,18 @@ def build_tiny_model(
     )
     _write_json(out / "config_sentence_transformers.json", {"similarity_fn_name": "cosine"})
     return out
+
+
+def _settled(trained: list[list[object]]) -> list[tuple[str, float]]:
+    """The trained pieces in one order, with scores that are the same in every process.
+
+    From one process to the next the Unigram trainer's scores differ in their last bits, and
+    pieces with equal scores come out in another order: other token ids, other vectors. Rounded
+    to 8 decimals (far above those bits, far below the gaps that decide a segmentation) and
+    sorted by score then piece, the vocabulary is the same in every process.
+    """
+    pieces = [(str(piece), round(float(score), 8)) for piece, score in trained]  # type: ignore[arg-type]
+    return sorted(pieces, key=lambda entry: (-entry[1], entry[0]))
 
 
 def _write_json(path: Path, data: object) -> None:

@@ -89,6 +89,24 @@ def test_without_modules_json_is_plain_mean_pooling(tiny_model_dir: Path, tmp_pa
     np.testing.assert_allclose(encoder.encode(texts), reference.encode(texts), atol=1e-6)
 
 
+def test_the_tiny_model_is_the_same_in_every_process(tiny_model_dir: Path, tmp_path: Path) -> None:
+    # Tests in different processes (and users' fixtures) must see one model: the tokenizer's
+    # trainer orders and scores its pieces differently from run to run, and other token ids
+    # would mean other vectors. Three fresh processes build it; every file matches this one's.
+    build = "import sys; from polyemb.testing import build_tiny_model; build_tiny_model(sys.argv[1])"
+    folders = [tmp_path / f"run{i}" for i in range(3)]
+    workers = [subprocess.Popen([sys.executable, "-c", build, str(folder)]) for folder in folders]
+    assert [worker.wait(timeout=300) for worker in workers] == [0, 0, 0]
+    expected = _files(tiny_model_dir)
+    assert Path("tokenizer.json") in expected and Path("model.safetensors") in expected
+    for folder in folders:
+        assert _files(folder) == expected, folder
+
+
+def _files(folder: Path) -> dict[Path, bytes]:
+    return {path.relative_to(folder): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+
 def test_normalize_module_makes_unit_vectors(tmp_path: Path) -> None:
     from polyemb.testing import build_tiny_model
 
