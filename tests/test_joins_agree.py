@@ -88,3 +88,69 @@ def test_same_top_k_everywhere(engine: Any, score: str, request: pytest.FixtureR
     best = np.argsort(-full, axis=1, kind="stable")[:, :K]
     expected = {(i, int(j)) for i in range(len(LEFT)) for j in best[i]}
     assert engine(score, request) == expected
+
+
+def suffixed_pandas(
+    left: dict[str, list[Any]], right: dict[str, list[Any]], suffixes: Any, request: Any
+) -> list[str]:
+    joined = pd.DataFrame(left).emb.join(pd.DataFrame(right), "v", k=1, suffixes=suffixes)
+    return [str(c) for c in joined.columns]
+
+
+def suffixed_polars(
+    left: dict[str, list[Any]], right: dict[str, list[Any]], suffixes: Any, request: Any
+) -> list[str]:
+    def frame(columns: dict[str, list[Any]]) -> pl.DataFrame:
+        return pl.DataFrame(
+            {
+                name: pl.Series(values, dtype=pl.Array(pl.Float32, 24)) if name == "v" else values
+                for name, values in columns.items()
+            }
+        )
+
+    return frame(left).emb.join(frame(right), "v", k=1, suffixes=suffixes).columns
+
+
+def suffixed_spark(
+    left: dict[str, list[Any]], right: dict[str, list[Any]], suffixes: Any, request: Any
+) -> list[str]:
+    spark = request.getfixturevalue("spark")
+
+    def frame(columns: dict[str, list[Any]]) -> Any:
+        rows = [
+            tuple(v.tolist() if name == "v" else v for name, v in zip(columns, row, strict=True))
+            for row in zip(*columns.values(), strict=True)
+        ]
+        schema = ", ".join(f"{name} array<float>" if name == "v" else f"{name} long" for name in columns)
+        return spark.createDataFrame(rows, schema)
+
+    joined = polyemb.spark.semantic_join(
+        frame(left), frame(right), "v", k=1, suffixes=suffixes, broadcast_mb=0.0
+    )
+    return list(joined.columns)
+
+
+SUFFIXED: dict[str, Any] = {
+    "pandas": suffixed_pandas,
+    "polars": suffixed_polars,
+    "spark": pytest.param(suffixed_spark, marks=pytest.mark.spark),
+}
+
+
+@pytest.mark.parametrize("engine", list(SUFFIXED.values()), ids=list(SUFFIXED))
+def test_suffixes_that_leave_a_name_twice_are_refused(engine: Any, request: pytest.FixtureRequest) -> None:
+    # merge's naming, and merge's refusal: a joined table with two columns of one name cannot be
+    # read by name (Spark failed later on an ambiguous reference, Polars on a duplicate, pandas
+    # returned it).
+    left = {"id": [0, 1], "v": list(LEFT[:2])}
+    right = {"id": [7, 8, 9], "v": list(RIGHT[:3])}
+    assert engine(left, right, ("", "_r"), request) == ["id", "v", "id_r", "v_r", "score"]
+    for suffixes in [("", ""), ("_a", "_a")]:
+        with pytest.raises(polyemb.InvalidInputError, match=r"leave two columns named 'id(_a)?'"):
+            engine(left, right, suffixes, request)
+    # A suffixed name that the left table already has.
+    with pytest.raises(polyemb.InvalidInputError, match=r"leave two columns named 'id_x'"):
+        engine({**left, "id_x": [5, 6]}, right, ("_x", "_y"), request)
+    for suffixes in ["_x", ("_x",), ("_x", None)]:
+        with pytest.raises(polyemb.InvalidInputError, match="suffixes must be two strings"):
+            engine(left, right, suffixes, request)

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from polyemb.arrow import vector_model, vectors_from_arrow, vectors_to_arrow
 from polyemb.errors import ColumnNotFoundError, InvalidInputError
-from polyemb.scores import check_free
+from polyemb.scores import check_free, joined_names
 
 __all__ = [
     "align",
@@ -140,9 +140,9 @@ def assemble_join(
     """Left rows, right rows (-1: all NA) and the ``added`` columns side by side, as ``merge`` names them."""
     left_part = left.iloc[left_rows].reset_index(drop=True)
     right_part = right.reset_index(drop=True).reindex(right_rows).reset_index(drop=True)
-    clash = set(left_part.columns) & set(right_part.columns)
-    left_part = left_part.rename(columns={c: f"{c}{suffixes[0]}" for c in clash})
-    right_part = right_part.rename(columns={c: f"{c}{suffixes[1]}" for c in clash})
+    left_names, right_names = joined_names(list(left_part.columns), list(right_part.columns), suffixes)
+    left_part.columns = pd.Index([left_names[c] for c in left_part.columns])
+    right_part.columns = pd.Index([right_names[c] for c in right_part.columns])
     result = pd.concat([left_part, right_part], axis=1)
     check_free(set(result.columns), list(added))
     for name, values in added.items():

@@ -9,9 +9,10 @@ can read the table for its help.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections import Counter
+from collections.abc import Callable, Collection, Hashable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -21,7 +22,18 @@ from polyemb.options import SCORES, Score, check_choice
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["PAIR_COLUMNS", "SCORE_TABLE", "ScoreSpec", "added_columns", "check_free", "score_spec"]
+__all__ = [
+    "PAIR_COLUMNS",
+    "SCORE_TABLE",
+    "ScoreSpec",
+    "added_columns",
+    "check_free",
+    "joined_names",
+    "score_spec",
+]
+
+Name = TypeVar("Name", bound=Hashable)
+"""A column name: a string in Spark and Polars, any hashable label in pandas."""
 
 Rescore = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 """``(cosines, query_r, corpus_r) -> scores`` for a (queries x corpus) block."""
@@ -130,3 +142,39 @@ def check_free(taken: Collection[str], added: Sequence[str]) -> None:
                 else f"rename it (the join adds {', '.join(added)})"
             )
             raise InvalidInputError(f"the joined tables already have a column {name!r}: {fix}")
+
+
+def joined_names(
+    left: Sequence[Name], right: Sequence[Name], suffixes: Any
+) -> tuple[dict[Name, Name | str], dict[Name, Name | str]]:
+    """How a join names the left and the right columns: ``suffixes`` added to names found in both.
+
+    Returns:
+        Two mappings, from each side's column names to the joined table's.
+
+    Raises:
+        InvalidInputError: ``suffixes`` is not two strings, or they leave a name twice in the
+            joined table (both empty, or a suffixed name that one side already has).
+
+    Example:
+        >>> joined_names(["id", "text"], ["id", "label"], ("_x", "_y"))
+        ({'id': 'id_x', 'text': 'text'}, {'id': 'id_y', 'label': 'label'})
+    """
+    if (
+        not isinstance(suffixes, (tuple, list))
+        or len(suffixes) != 2
+        or not all(isinstance(suffix, str) for suffix in suffixes)
+    ):
+        raise InvalidInputError(f"suffixes must be two strings, like ('_x', '_y'); got {suffixes!r}")
+    clash = set(left) & set(right)
+    left_names = {c: f"{c}{suffixes[0]}" if c in clash else c for c in left}
+    right_names = {c: f"{c}{suffixes[1]}" if c in clash else c for c in right}
+    joined = Counter([*(left_names[c] for c in left), *(right_names[c] for c in right)])
+    for c in sorted(clash, key=str):
+        for name in (left_names[c], right_names[c]):
+            if joined[name] > 1:
+                raise InvalidInputError(
+                    f"suffixes {tuple(suffixes)!r} leave two columns named {name!r} in the joined "
+                    "table: choose suffixes that tell the two sides' columns apart"
+                )
+    return left_names, right_names

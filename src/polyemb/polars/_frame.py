@@ -22,7 +22,7 @@ from polyemb.polars._columns import (
     matrix_of,
     rows_with_nulls,
 )
-from polyemb.scores import added_columns, check_free
+from polyemb.scores import added_columns, check_free, joined_names
 from polyemb.similarity import check_join, join_rows
 from polyemb.store.stored import default_encoder_or
 
@@ -184,10 +184,8 @@ def _assemble(
     suffixes: tuple[str, str],
 ) -> pl.DataFrame:
     """Left rows, right rows (-1: all NULL) and the ``added`` columns side by side, named as pandas does."""
-    clash = set(left.columns) & set(right.columns)
-    left_part = left.select(pl.all().gather(rows_with_nulls(left_rows)))
-    right_part = right.select(pl.all().gather(rows_with_nulls(right_rows)))
-    left_part = left_part.rename({c: f"{c}{suffixes[0]}" for c in clash})
-    right_part = right_part.rename({c: f"{c}{suffixes[1]}" for c in clash})
+    left_names, right_names = joined_names(left.columns, right.columns, suffixes)
+    left_part = left.select(pl.all().gather(rows_with_nulls(left_rows))).rename(left_names)
+    right_part = right.select(pl.all().gather(rows_with_nulls(right_rows))).rename(right_names)
     check_free({*left_part.columns, *right_part.columns}, [column.name for column in added])
     return pl.concat([left_part, right_part, pl.DataFrame(added)], how="horizontal")

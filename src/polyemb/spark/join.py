@@ -34,7 +34,7 @@ from polyemb.errors import ColumnNotFoundError, InvalidInputError
 from polyemb.ivf import Ivf, IvfReport, method_settings
 from polyemb.maxsim import CHUNK_COLUMNS
 from polyemb.options import Delivery, JoinHow, LongTexts, Method, Precision, Score, check_positive_int
-from polyemb.scores import added_columns, check_free, score_spec
+from polyemb.scores import added_columns, check_free, joined_names, score_spec
 from polyemb.similarity import check_join
 from polyemb.spark._pairs import (
     PAIR_END,
@@ -308,9 +308,7 @@ def assemble(
     """Left columns, right columns, then ``added`` (the score, the score's own), named as ``merge`` does."""
     left_cols = [c for c in left_rows.columns if c not in (LEFT_ID, VECTOR)]
     right_cols = [c for c in right_rows.columns if c not in (RIGHT_ID, VECTOR, CHUNKS)]
-    clash = set(left_cols) & set(right_cols)
-    left_names = {c: f"{c}{suffixes[0]}" if c in clash else c for c in left_cols}
-    right_names = {c: f"{c}{suffixes[1]}" if c in clash else c for c in right_cols}
+    left_names, right_names = joined_names(left_cols, right_cols, suffixes)
     check_free({*left_names.values(), *right_names.values()}, added)
     left_part = left_rows.select(
         F.col(LEFT_ID).alias(PAIR_L), *[col_named(c).alias(n) for c, n in left_names.items()]
