@@ -90,15 +90,15 @@ def test_same_top_k_everywhere(engine: Any, score: str, request: pytest.FixtureR
     assert engine(score, request) == expected
 
 
-def suffixed_pandas(
-    left: dict[str, list[Any]], right: dict[str, list[Any]], suffixes: Any, request: Any
+def columns_pandas(
+    left: dict[str, list[Any]], right: dict[str, list[Any]], request: Any, **options: Any
 ) -> list[str]:
-    joined = pd.DataFrame(left).emb.join(pd.DataFrame(right), "v", k=1, suffixes=suffixes)
+    joined = pd.DataFrame(left).emb.join(pd.DataFrame(right), "v", k=1, **options)
     return [str(c) for c in joined.columns]
 
 
-def suffixed_polars(
-    left: dict[str, list[Any]], right: dict[str, list[Any]], suffixes: Any, request: Any
+def columns_polars(
+    left: dict[str, list[Any]], right: dict[str, list[Any]], request: Any, **options: Any
 ) -> list[str]:
     def frame(columns: dict[str, list[Any]]) -> pl.DataFrame:
         return pl.DataFrame(
@@ -108,11 +108,11 @@ def suffixed_polars(
             }
         )
 
-    return frame(left).emb.join(frame(right), "v", k=1, suffixes=suffixes).columns
+    return frame(left).emb.join(frame(right), "v", k=1, **options).columns
 
 
-def suffixed_spark(
-    left: dict[str, list[Any]], right: dict[str, list[Any]], suffixes: Any, request: Any
+def columns_spark(
+    left: dict[str, list[Any]], right: dict[str, list[Any]], request: Any, **options: Any
 ) -> list[str]:
     spark = request.getfixturevalue("spark")
 
@@ -125,32 +125,51 @@ def suffixed_spark(
         return spark.createDataFrame(rows, schema)
 
     joined = polyemb.spark.semantic_join(
-        frame(left), frame(right), "v", k=1, suffixes=suffixes, broadcast_mb=0.0
+        frame(left), frame(right), "v", k=1, **{"broadcast_mb": 0.0, **options}
     )
     return list(joined.columns)
 
 
-SUFFIXED: dict[str, Any] = {
-    "pandas": suffixed_pandas,
-    "polars": suffixed_polars,
-    "spark": pytest.param(suffixed_spark, marks=pytest.mark.spark),
+JOINED_COLUMNS: dict[str, Any] = {
+    "pandas": columns_pandas,
+    "polars": columns_polars,
+    "spark": pytest.param(columns_spark, marks=pytest.mark.spark),
 }
+SMALL_LEFT = {"id": [0, 1], "v": list(LEFT[:2])}
+SMALL_RIGHT = {"id": [7, 8, 9], "v": list(RIGHT[:3])}
 
 
-@pytest.mark.parametrize("engine", list(SUFFIXED.values()), ids=list(SUFFIXED))
+@pytest.mark.parametrize("engine", list(JOINED_COLUMNS.values()), ids=list(JOINED_COLUMNS))
 def test_suffixes_that_leave_a_name_twice_are_refused(engine: Any, request: pytest.FixtureRequest) -> None:
     # merge's naming, and merge's refusal: a joined table with two columns of one name cannot be
     # read by name (Spark failed later on an ambiguous reference, Polars on a duplicate, pandas
     # returned it).
-    left = {"id": [0, 1], "v": list(LEFT[:2])}
-    right = {"id": [7, 8, 9], "v": list(RIGHT[:3])}
-    assert engine(left, right, ("", "_r"), request) == ["id", "v", "id_r", "v_r", "score"]
+    left, right = SMALL_LEFT, SMALL_RIGHT
+    assert engine(left, right, request, suffixes=("", "_r")) == ["id", "v", "id_r", "v_r", "score"]
     for suffixes in [("", ""), ("_a", "_a")]:
         with pytest.raises(polyemb.InvalidInputError, match=r"leave two columns named 'id(_a)?'"):
-            engine(left, right, suffixes, request)
+            engine(left, right, request, suffixes=suffixes)
     # A suffixed name that the left table already has.
     with pytest.raises(polyemb.InvalidInputError, match=r"leave two columns named 'id_x'"):
-        engine({**left, "id_x": [5, 6]}, right, ("_x", "_y"), request)
+        engine({**left, "id_x": [5, 6]}, right, request, suffixes=("_x", "_y"))
     for suffixes in ["_x", ("_x",), ("_x", None)]:
         with pytest.raises(polyemb.InvalidInputError, match="suffixes must be two strings"):
-            engine(left, right, suffixes, request)
+            engine(left, right, request, suffixes=suffixes)
+
+
+@pytest.mark.parametrize("engine", list(JOINED_COLUMNS.values()), ids=list(JOINED_COLUMNS))
+def test_a_threshold_that_means_nothing_is_refused(engine: Any, request: pytest.FixtureRequest) -> None:
+    # NaN compares false with every score: the join came back empty, without a word.
+    for bad in (float("nan"), True, "0.5"):
+        with pytest.raises(polyemb.InvalidInputError, match="threshold must be a number"):
+            engine(SMALL_LEFT, SMALL_RIGHT, request, threshold=bad)
+    assert len(engine(SMALL_LEFT, SMALL_RIGHT, request, threshold=-1.0)) == 5
+
+
+@pytest.mark.spark
+def test_spark_refuses_a_broadcast_size_that_means_nothing(request: pytest.FixtureRequest) -> None:
+    for bad in (-1, float("nan"), "64"):
+        with pytest.raises(
+            polyemb.InvalidInputError, match="broadcast_mb must be a number of MiB, 0 or more"
+        ):
+            columns_spark(SMALL_LEFT, SMALL_RIGHT, request, broadcast_mb=bad)

@@ -7,6 +7,8 @@ torch or an engine, so ``polyemb --help`` stays fast.
 
 from __future__ import annotations
 
+import math
+import numbers
 import re
 from typing import Any, Literal, get_args
 
@@ -31,6 +33,7 @@ __all__ = [
     "WeightPrecision",
     "check_choice",
     "check_keep",
+    "check_mib",
     "check_positive_int",
     "check_sql_name",
     "check_sql_prefix",
@@ -85,6 +88,24 @@ def check_positive_int(name: str, value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise InvalidInputError(f"{name} must be a positive int, got {value!r}")
     return value
+
+
+def check_mib(name: str, value: Any, *, zero: bool = False) -> float:
+    """Return ``value`` as a float if it is a finite number of MiB above 0 (or 0, where ``zero``).
+
+    A size that means nothing (a string, NaN, a negative) is an error here, not a TypeError
+    deep in the work or a setting that silently does nothing.
+    """
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or value < 0
+        or (value == 0 and not zero)
+    ):
+        bound = "a number of MiB, 0 or more" if zero else "a number of MiB above 0"
+        raise InvalidInputError(f"{name} must be {bound}, got {value!r}")
+    return float(value)
 
 
 def check_sql_name(what: str, name: Any) -> str:

@@ -6,6 +6,7 @@ function every engine's join calls.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -251,8 +252,10 @@ def check_join(k: int, threshold: float | None, how: str, score: str, method: ob
     check_choice("how", how, JOIN_HOWS)
     score_spec(score)
     method_settings(method)
-    if threshold is not None and not isinstance(threshold, (int, float)):
-        raise InvalidInputError(f"threshold must be a number or None, got {threshold!r}")
+    if threshold is not None and (
+        isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or math.isnan(threshold)
+    ):
+        raise InvalidInputError(f"threshold must be a number (not NaN) or None, got {threshold!r}")
 
 
 def _unit_pair(queries: np.ndarray, corpus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

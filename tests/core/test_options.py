@@ -45,6 +45,16 @@ def test_check_positive_int_returns_the_int() -> None:
     assert options.check_positive_int("k", 1) == 1
 
 
+def test_check_mib_takes_a_finite_size_and_zero_only_where_allowed() -> None:
+    assert options.check_mib("target_mb", 64) == 64.0 and isinstance(options.check_mib("t", 1), float)
+    assert options.check_mib("broadcast_mb", 0, zero=True) == 0.0
+    with pytest.raises(InvalidInputError, match="target_mb must be a number of MiB above 0, got 0"):
+        options.check_mib("target_mb", 0)
+    for bad in ("64", float("nan"), float("inf"), -1, -0.5, True, None):
+        with pytest.raises(InvalidInputError, match="broadcast_mb must be a number of MiB, 0 or more"):
+            options.check_mib("broadcast_mb", bad, zero=True)
+
+
 @pytest.mark.parametrize("name", ["products", "_x", "a1_b2", "Z"])
 def test_sql_names_are_identifiers(name: str) -> None:
     assert options.check_sql_name("name", name) == name

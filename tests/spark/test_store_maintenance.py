@@ -102,6 +102,11 @@ def test_spark_stats_compact_and_gc_agree_with_python(
 
     with pytest.warns(RuntimeWarning, match="set aside"):
         python_report = open_store(python).compact()
+    for bad in ("64", float("nan"), -1):
+        with pytest.raises(polyemb.InvalidInputError, match="target_mb must be a number of MiB above 0"):
+            polyemb.spark.compact_store(spark, lake, target_mb=bad)  # type: ignore[arg-type]
+        with pytest.raises(polyemb.InvalidInputError, match="target_mb must be a number of MiB above 0"):
+            polyemb.spark.store_stats(spark, lake, target_mb=bad)  # type: ignore[arg-type]
     spark_report = polyemb.spark.compact_store(spark, lake)
     assert spark_report == python_report
     assert (python_report.quarantined, python_report.duplicates_dropped) == (2, 4)

@@ -29,6 +29,10 @@ def test_stats_compact_and_gc(tiny_model_dir: Path, tmp_path: Path) -> None:
     main = stats[first.vector_spec().key]
     assert (main.entries, main.distinct, main.files) == (63, 60, 7)
     assert stats[other.vector_spec().key].entries == 5 and main.provenance == first.provenance
+    for bad in ("64", float("nan"), 0, -1):  # refused before any file is read or moved
+        with pytest.raises(polyemb.InvalidInputError, match="target_mb must be a number of MiB above 0"):
+            store.compact(target_mb=bad)  # type: ignore[arg-type]
+    assert store.stats().models == list(stats.values())
     report = store.compact()
     assert report.duplicates_dropped == 3 and report.files_after == 2
     main = {m.key: m for m in store.stats().models}[first.vector_spec().key]

@@ -33,7 +33,16 @@ from polyemb.encoder import describe
 from polyemb.errors import ColumnNotFoundError, InvalidInputError
 from polyemb.ivf import Ivf, IvfReport, method_settings
 from polyemb.maxsim import CHUNK_COLUMNS
-from polyemb.options import Delivery, JoinHow, LongTexts, Method, Precision, Score, check_positive_int
+from polyemb.options import (
+    Delivery,
+    JoinHow,
+    LongTexts,
+    Method,
+    Precision,
+    Score,
+    check_mib,
+    check_positive_int,
+)
 from polyemb.scores import added_columns, check_free, joined_names, score_spec
 from polyemb.similarity import check_join
 from polyemb.spark._pairs import (
@@ -139,12 +148,15 @@ def semantic_join(
     Raises:
         ColumnNotFoundError: A key column is missing.
         ModelMismatchError: Two vector columns made by different models.
+        InvalidInputError: An option that means nothing (k, threshold NaN, block_rows,
+            broadcast_mb, how, score, method), or suffixes that leave two columns of one name.
 
     Example:
         >>> polyemb.spark.semantic_join(orders, products, "description", "name", k=3, score="margin")
     """
     check_join(k, threshold, how, score, method)
     check_positive_int("block_rows", block_rows)
+    broadcast_mb = check_mib("broadcast_mb", broadcast_mb, zero=True)
     settings = method_settings(method)
     if chunks and settings is not None:
         raise InvalidInputError("chunks=True scores every window exactly: use method='exact' with it")

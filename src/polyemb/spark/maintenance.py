@@ -30,6 +30,7 @@ from pyspark.errors import AnalysisException
 from pyspark.sql import functions as F
 
 from polyemb.errors import InvalidInputError, StoreError
+from polyemb.options import check_mib
 from polyemb.spark.lakefs import LakeFs
 from polyemb.spark.store import STORE_SCHEMA, check_lake_marker, read_options, write_options
 from polyemb.store.index import FileIndex, check_store_table, open_parquet
@@ -221,11 +222,13 @@ def store_stats(spark: SparkSession, path: str, *, target_mb: float = COMPACT_TA
         The stats, as Python's.
 
     Raises:
+        InvalidInputError: ``target_mb`` is not a number of MiB above 0.
         StoreError: ``path`` holds no store.
 
     Example:
         >>> print(polyemb.spark.store_stats(spark, "s3a://lake/vectors").format())
     """
+    target_mb = check_mib("target_mb", target_mb)
     root = path.rstrip("/")
     fs = LakeFs.of(spark, root)
     check_lake_marker(spark, root)
@@ -319,12 +322,14 @@ def compact_store(spark: SparkSession, path: str, *, target_mb: float = COMPACT_
     before they were removed reads them as missing and embeds their texts again.
 
     Raises:
-        InvalidInputError: ``spark`` is a Spark Connect session (it cannot delete files).
+        InvalidInputError: ``spark`` is a Spark Connect session (it cannot delete files), or
+            ``target_mb`` is not a number of MiB above 0.
         StoreError: ``path`` holds no store.
 
     Example:
         >>> polyemb.spark.compact_store(spark, "s3a://lake/vectors")
     """
+    target_mb = check_mib("target_mb", target_mb)
     root, fs = _lake(spark, path, "compact_store")
     counts = _Counts()
     for _, folder in _models(spark, fs, root):

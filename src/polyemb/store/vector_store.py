@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 
 from polyemb.embedder import VectorSpec
 from polyemb.errors import InvalidInputError, StoreError
+from polyemb.options import check_mib
 from polyemb.store import maintenance, writer
 from polyemb.store import stats as store_stats
 from polyemb.store.index import FileIndex, ModelIndex, RowGroupCache, group_starts
@@ -305,8 +306,10 @@ class VectorStore:
 
         Raises:
             StoreError: The store was opened read-only.
+            InvalidInputError: ``target_mb`` is not a number of MiB above 0.
         """
         self._check_writable("compact")
+        target_mb = check_mib("target_mb", target_mb)
         report = maintenance.compact(self.path, target_mb=target_mb, bad_files=self._bad_files)
         self._forget_index()
         return report
