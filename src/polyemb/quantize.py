@@ -15,18 +15,24 @@ Zen 4, the 7-bit weights on a Zen 3; docs/performance.md has the commands and fi
   63 = 32,130 fits there, where 8-bit weights saturate (an all-positive product, 2,048 x 384 x
   384, was off by 7% of its scale with 8 bits on an AMD EPYC Zen 3, 0.2% with 7;
   :func:`weight_steps`). int8 is refused on CPUs without AVX2.
-- Kept int8 between layers: a feed-forward block whose down-projection is int8 writes its
-  output as u8 over a range fixed at load time (:func:`calibrate`, on 88 sentences written for
-  it in 11 languages, :mod:`polyemb._calibration`), which the down-projection reads as it is:
-  no float32 output of 4 bytes a value, no range pass, no rounding pass (1.08x end to end, 1,500
-  English sentences, AMD EPYC Zen 4; same mean row cosine to fp32).
-- Kept in float: the feed-forward down-projections (``output.dense``) of the first
-  :data:`FLOAT_LAYERS` layers. Quantizing one layer at a time, these two cost the most (mean row
-  cosine 0.9961 and 0.9979 alone; every other layer 0.9983 or better). With everything
-  quantized the gate of ``polyemb check-precision`` failed on the 11 dev files (Spearman drops of
-  0.0057 on ja and 0.0056 on zh); with these two in float it passed (largest drop 0.0042 with
-  the first int8 on a Zen 5, 0.0033 with the u8s8 products on a Zen 4, 0.0046 there with the
-  fixed ranges above).
+- Kept int8 between layers: each feed-forward block writes its output as u8 over a range fixed
+  at load time (:func:`calibrate`, on 88 sentences written for it in 11 languages,
+  :mod:`polyemb._calibration`), which its down-projection reads as it is: no float32 output of
+  4 bytes a value, no range pass, no rounding pass (1.08x end to end, 1,500 English sentences,
+  AMD EPYC Zen 4; same mean row cosine to fp32).
+- Outlier channels in float (:class:`FloatChannels`): in all-MiniLM-L6-v2's first four layers,
+  one or two of a feed-forward block's 1,536 outputs reach 13.8 to 24.7 (on about 3% of the
+  tokens of 440 sentences in 11 languages), where every other output stays below 5.9. One range
+  for all outputs spends most of u8's steps on those few values: that is why the first two
+  layers' down-projections had to stay float (with them in int8 the gate failed: Spearman drops
+  of 0.0057 on ja and 0.0056 on zh on a Zen 5; mean row cosine 0.98942 on a Zen 3). Now the
+  channels whose calibration maximum exceeds :data:`OUTLIER_FACTOR` times the 99th percentile
+  of the channels' maxima are computed in float32 beside the int8 products (a few dot products
+  per token), the down-projection's int8 weights leave them out, and the u8 range covers the
+  other channels only; every down-projection is int8. On an AMD EPYC Zen 3 (7-bit weights) the
+  gate passed, its largest Spearman drop 0.0049 (ru) and mean row cosine 0.99399 (with the two
+  float down-projections: 0.0022, zh, and 0.99290), at 1.08x their speed on STS English and
+  1.07x on 11 languages.
 - Never quantized: the embedding tables (a lookup costs nothing), LayerNorm, attention's own
   products, softmax and pooling.
 
@@ -65,8 +71,9 @@ from polyemb.kernels import Activation, gelu_dense, probe_linear, replace_module
 from polyemb.similarity import cosine
 
 __all__ = [
-    "FLOAT_LAYERS",
     "LINKED_MIN_COSINE",
+    "OUTLIER_FACTOR",
+    "FloatChannels",
     "Int8Linear",
     "SharedInput",
     "activation_dtype",
@@ -74,6 +81,7 @@ __all__ = [
     "check_int8_supported",
     "link",
     "linked_pairs",
+    "outlier_channels",
     "quantize_linears",
     "quantize_rows",
     "weight_steps",
@@ -244,14 +252,61 @@ class SharedInput:
         return -1 if x.is_inference() else x._version
 
 
+class FloatChannels:
+    """A feed-forward block's outlier channels, computed in float32 beside its int8 products.
+
+    The block (``up``, its GELU fused) and its down-projection (``down``) run in int8 with these
+    channels left out: out of the range the block hands its output on in, and out of the
+    down-projection's int8 weights (:meth:`Int8Linear.leave_out`). What they add to the
+    down-projection's output, ``gelu(x @ up[c].T + b[c]) @ down[:, c].T``, the block computes in
+    float32 from its own input and hands on with the u8 tensor it returns (:meth:`hand`); the
+    down-projection adds it to its product (:meth:`take`). One call at a time: the Encoder runs
+    its model from one thread at a time (its lock).
+    """
+
+    def __init__(
+        self,
+        up_weight: torch.Tensor,
+        up_bias: torch.Tensor | None,
+        down_weight: torch.Tensor,
+        channels: torch.Tensor,
+    ) -> None:
+        self.channels = channels
+        self._up_weight = up_weight[channels].float()
+        self._up_bias = None if up_bias is None else up_bias[channels].float()
+        self._down_weight = down_weight[:, channels].float().contiguous()
+        self._handed: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def hand(self, rows: torch.Tensor, handed: torch.Tensor) -> None:
+        """Keep the channels' part of the down-projection's output, from the block's input (2-D float32)."""
+        hidden = torch.nn.functional.gelu(torch.nn.functional.linear(rows, self._up_weight, self._up_bias))
+        self._handed = (handed, torch.nn.functional.linear(hidden, self._down_weight))
+
+    def take(self, handed: torch.Tensor) -> torch.Tensor:
+        """The part kept with ``handed``, once.
+
+        Raises:
+            InvalidInputError: ``handed`` is not the tensor the block returned last (something
+                came between the block and its down-projection).
+        """
+        kept, self._handed = self._handed, None
+        if kept is None or kept[0] is not handed:
+            raise InvalidInputError(
+                "an int8 down-projection with outlier channels in float must read its feed-forward "
+                "block's output as the block returned it"
+            )
+        return kept[1]
+
+
 class Int8Linear(torch.nn.Module):
     """``activation(x @ weight.T + bias)``: int8 weights per output channel, ``x`` as u8 per call.
 
     Takes any float dtype, of any leading shape, or u8 over ``input_range`` (a linked block's
     output, see :func:`link`); returns ``out_dtype``, or u8 over ``output_range`` once linked.
     The weights are rounded to ``steps`` steps each side of 0 (:func:`weight_steps` for this CPU
-    when None). The original layer is not kept: its weight lives on only in oneDNN's packed int8
-    form.
+    when None). The original weight is kept as ``float_weight`` only with ``keep_float`` (for
+    :meth:`leave_out` and :class:`FloatChannels`, until :func:`calibrate` drops it); else it
+    lives on only in oneDNN's packed int8 form.
     """
 
     def __init__(
@@ -262,17 +317,18 @@ class Int8Linear(torch.nn.Module):
         rows: int,
         out_dtype: torch.dtype,
         steps: int | None = None,
+        keep_float: bool = False,
     ) -> None:
         super().__init__()
-        weight = linear.weight.detach().float()
         steps = weight_steps() if steps is None else steps
         if steps is None:
             raise InvalidInputError("precision='int8' needs a CPU with AVX2; see check_int8_supported")
         self.steps = steps
-        self._scales = (weight.abs().amax(dim=1) / steps).clamp(min=1e-12)
-        quantized = torch.round(weight / self._scales[:, None]).clamp(-steps, steps).to(torch.int8)
-        # oneDNN picks the packed layout for products of about this many rows.
-        self._packed = torch.ops.onednn.qlinear_prepack(quantized, [rows, linear.in_features])
+        self._rows = rows
+        self._quantize(linear.weight.detach().float())
+        # A plain tensor attribute, not the layer: a submodule would be seen (and packed) by
+        # kernels.use_onednn, and saved with the model.
+        self.float_weight = linear.weight.detach() if keep_float else None
         self._zero_points = torch.zeros(linear.out_features, dtype=torch.long)
         self._bias = None if linear.bias is None else linear.bias.detach().float()
         self._activation = activation
@@ -284,6 +340,28 @@ class Int8Linear(torch.nn.Module):
         # (scale, zero point) of a u8 output, and of a u8 input: see link().
         self.output_range: tuple[float, int] | None = None
         self.input_range: tuple[float, int] | None = None
+        # A block's outlier channels in float, handed on (out) or added (in): see FloatChannels.
+        self.outliers_out: FloatChannels | None = None
+        self.outliers_in: FloatChannels | None = None
+
+    def _quantize(self, weight: torch.Tensor) -> None:
+        self._scales = (weight.abs().amax(dim=1) / self.steps).clamp(min=1e-12)
+        quantized = torch.round(weight / self._scales[:, None]).clamp(-self.steps, self.steps).to(torch.int8)
+        # oneDNN picks the packed layout for products of about this many rows.
+        self._packed = torch.ops.onednn.qlinear_prepack(quantized, [self._rows, weight.shape[1]])
+
+    def leave_out(self, channels: torch.Tensor) -> None:
+        """Quantize the weights again with the input ``channels``' columns as 0 (none: as loaded).
+
+        Raises:
+            InvalidInputError: The layer was made without ``keep_float``, or its float weight was
+                dropped since.
+        """
+        if self.float_weight is None:
+            raise InvalidInputError(f"{type(self).__name__}: no float weights kept to quantize again")
+        weight = self.float_weight.float().clone()
+        weight[:, channels] = 0.0
+        self._quantize(weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The product of ``x`` (quantized over its own range unless it is u8) with the int8 weights."""
@@ -291,14 +369,17 @@ class Int8Linear(torch.nn.Module):
         out_scale, out_zero_point = self.output_range or (1.0, 0)
         if not x.numel():  # no range to quantize over
             return x.new_empty(*x.shape[:-1], self.out_features, dtype=out_dtype or torch.uint8)
+        rows = x.reshape(-1, self.in_features)
         if x.dtype == torch.uint8:  # a linked block's output, over its fixed range
             if self.input_range is None:
                 raise InvalidInputError(f"{type(self).__name__}: a u8 input needs a range; see link()")
-            quantized: Quantized | None = (x.reshape(-1, self.in_features), *self.input_range)
+            quantized: Quantized | None = (rows, *self.input_range)
         else:
+            if self.outliers_out is not None:
+                rows = rows.float()  # read by the float channels too; quantize_rows takes it as it is
             quantized = None if self.shared is None else self.shared.lookup(x)
         if quantized is None:
-            quantized = quantize_rows(x.reshape(-1, self.in_features))
+            quantized = quantize_rows(rows)
             if self.shared is not None:
                 self.shared.keep(x, quantized)
         u8, scale, zero_point = quantized
@@ -317,19 +398,23 @@ class Int8Linear(torch.nn.Module):
             [],
             self._algorithm,
         )
-        return out.reshape(*x.shape[:-1], self.out_features)
+        if self.outliers_in is not None:
+            out += self.outliers_in.take(x)
+        result = out.reshape(*x.shape[:-1], self.out_features)
+        if self.outliers_out is not None:
+            self.outliers_out.hand(rows, result)
+        return result
 
     def extra_repr(self) -> str:
         """Shown by ``print(model)``."""
         out = "u8 over a fixed range" if self.output_range is not None else self.out_dtype
+        outliers = self.outliers_out or self.outliers_in
+        in_float = f", {len(outliers.channels)} outlier channels in float" if outliers is not None else ""
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, int8 per channel, "
-            f"activation={self._activation}, out={out}"
+            f"activation={self._activation}, out={out}{in_float}"
         )
 
-
-FLOAT_LAYERS = 2
-"""The first layers whose feed-forward down-projection stays float (see the module docstring)."""
 
 _DOWN_PROJECTION = re.compile(r"(?:^|\.)layer\.(\d+)\.output\.dense$")
 _FEED_FORWARD = re.compile(r"(?:^|\.)layer\.(\d+)\.intermediate$")
@@ -337,6 +422,24 @@ _FEED_FORWARD = re.compile(r"(?:^|\.)layer\.(\d+)\.intermediate$")
 
 LINKED_MIN_COSINE = 0.99
 """The mean row cosine, linked against per call, below which :func:`calibrate` undoes its links."""
+
+OUTLIER_FACTOR = 1.5
+"""A feed-forward output channel is an outlier where its largest calibration value exceeds this
+times the 99th percentile of the channels' largest values (:func:`outlier_channels`)."""
+
+
+def outlier_channels(peaks: torch.Tensor) -> torch.Tensor:
+    """The channels whose largest value (``peaks``, one per channel) is an outlier: at most 1% of them.
+
+    On all-MiniLM-L6-v2's 88 calibration sentences: one channel in layers 1, 2 and 4 (24.7,
+    20.5 and 13.8, where the rest reach 5.9, 5.6 and 5.3), two in layer 3 (17.6 and 14.7, the
+    rest 5.3), four in layer 5 (6.4 to 7.8, the rest 6.2), one in layer 6 (7.0, the rest 4.5).
+    """
+    peaks = peaks.float()
+    cut = OUTLIER_FACTOR * torch.quantile(peaks, 0.99)
+    if not cut > 0:
+        return torch.zeros(0, dtype=torch.long)
+    return torch.nonzero(peaks > cut).flatten()
 
 
 def link(block: Int8Linear, down: Int8Linear, low: float, high: float) -> None:
@@ -373,68 +476,125 @@ def linked_pairs(model: torch.nn.Module) -> list[tuple[Int8Linear, Int8Linear]]:
 
 
 def calibrate(model: torch.nn.Module, run: Callable[[], np.ndarray]) -> int:
-    """Fix the range of each feed-forward block's output into an int8 down-projection: u8 between them.
+    """Fix the range of each feed-forward block's output into its down-projection: u8 between them.
 
     ``run`` encodes calibration texts (:mod:`polyemb._calibration` at load time) through the
-    model as quantized by :func:`quantize_linears`; each block's smallest and largest outputs
-    over it become the range its output is handed on in (:func:`link`), and larger values are
-    clipped to it. That block then writes u8 instead of float32 (a quarter of the bytes) and its
+    model as quantized by :func:`quantize_linears`, its down-projections computing in float32
+    for this first call. Over it, each block's outlier channels (:func:`outlier_channels`) move
+    to float (:class:`FloatChannels`), and its smallest output and the largest of its other
+    channels become the range its output is handed on in (:func:`link`); larger values are
+    clipped to it. The block then writes u8 instead of float32 (a quarter of the bytes) and its
     down-projection skips quantizing. ``run`` is called again once linked, and where its vectors
-    moved (a mean row cosine below :data:`LINKED_MIN_COSINE`: a model whose down-projection is
-    not the first thing its output module does, or ranges that clip too much), every link is
-    undone, with a warning. Returns how many blocks were linked.
+    moved from the first call's (a mean row cosine below :data:`LINKED_MIN_COSINE`: a model whose
+    down-projection is not the first thing its output module does, or ranges that clip too
+    much), or where a down-projection does not read its block's output as the block returned it,
+    every link is undone, with a warning. Either way the float weights that
+    :func:`quantize_linears` kept for this are dropped. Returns how many blocks were linked.
 
-    On all-MiniLM-L6-v2 the texts' largest outputs per block were 17.6, 13.8, 7.9 and 7.5, where
-    1,500 sentences of the 11 languages' train files reached 17.7, 13.9, 8.2 and 9.4. Widening
-    the ranges to spare those few values did not pay: mean row cosine to fp32 on those sentences
-    0.99378 with the ranges as seen, 0.99413 with them 10% wider, 0.99314 25% wider (per call:
-    0.99381); the gate's largest Spearman drop 0.0046 as seen, 0.0050 10% wider.
+    On all-MiniLM-L6-v2 the texts' largest outputs per block of the last four layers were 17.6,
+    13.8, 7.9 and 7.5 (before the outlier channels went to float), where 1,500 sentences of the
+    11 languages' train files reached 17.7, 13.9, 8.2 and 9.4. Widening the ranges to spare
+    those few values did not pay: mean row cosine to fp32 on those sentences 0.99378 with the
+    ranges as seen, 0.99413 with them 10% wider, 0.99314 25% wider (per call: 0.99381); the
+    gate's largest Spearman drop 0.0046 as seen, 0.0050 10% wider.
     """
+    try:
+        return _calibrate(model, run)
+    finally:
+        for module in model.modules():
+            if isinstance(module, Int8Linear):
+                module.float_weight = None
+
+
+def _calibrate(model: torch.nn.Module, run: Callable[[], np.ndarray]) -> int:
     pairs = linked_pairs(model)
-    ranges = {id(block): [math.inf, -math.inf] for block, _ in pairs}
+    if not pairs:
+        return 0
+    unlinked, seen = _outputs_seen(pairs, run)
+    for block, down in pairs:
+        if id(block) in seen:
+            _split_and_link(block, down, *seen[id(block)])
+    try:
+        moved = float(cosine(unlinked, run()).mean())
+        why = f"fixed ranges moved the calibration texts' vectors (mean row cosine {moved:.4f})"
+    except InvalidInputError as exc:
+        moved, why = math.nan, str(exc)
+    if not moved >= LINKED_MIN_COSINE:
+        for block, down in pairs:
+            block.output_range = down.input_range = None
+            if down.outliers_in is not None:
+                down.leave_out(torch.zeros(0, dtype=torch.long))
+            block.outliers_out = down.outliers_in = None
+        logger.warning("int8: %s: every activation is quantized per call instead", why)
+        return 0
+    linked = sum(block.output_range is not None for block, _ in pairs)
+    in_float = sum(len(block.outliers_out.channels) for block, _ in pairs if block.outliers_out is not None)
+    logger.info(
+        "int8: %d feed-forward blocks hand their down-projection u8 over a fixed range; "
+        "%d outlier channels in float",
+        linked,
+        in_float,
+    )
+    return linked
+
+
+def _outputs_seen(
+    pairs: list[tuple[Int8Linear, Int8Linear]], run: Callable[[], np.ndarray]
+) -> tuple[np.ndarray, dict[int, tuple[float, torch.Tensor]]]:
+    """``run()``'s vectors, and each block's smallest output and largest per channel over it (finite ones).
+
+    The down-projections compute in float32 meanwhile (from the weights kept for calibration):
+    the vectors are the reference that linking must not move.
+    """
+    seen: dict[int, tuple[float, torch.Tensor]] = {}
 
     def record(block: torch.nn.Module, _: object, out: torch.Tensor) -> None:
         if out.numel() and out.is_floating_point():
-            low, high = (bound.item() for bound in torch.aminmax(out))
-            seen = ranges[id(block)]
-            seen[0], seen[1] = min(seen[0], low), max(seen[1], high)
+            rows = out.reshape(-1, out.shape[-1])
+            low, peak = rows.min().item(), rows.amax(dim=0).float()
+            if id(block) in seen:
+                low, peak = min(seen[id(block)][0], low), torch.maximum(seen[id(block)][1], peak)
+            seen[id(block)] = (low, peak)
 
-    if not pairs:
-        return 0
+    def in_float(down: torch.nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor:
+        if not isinstance(down, Int8Linear) or down.float_weight is None or not args[0].is_floating_point():
+            return out
+        weight = down.float_weight.float()
+        return torch.nn.functional.linear(args[0].float(), weight, down._bias).to(out.dtype)
+
     hooks = [block.register_forward_hook(record) for block, _ in pairs]
+    hooks += [down.register_forward_hook(in_float) for _, down in pairs]
     try:
-        unlinked = run()
+        vectors = run()
     finally:
         for hook in hooks:
             hook.remove()
-    for block, down in pairs:
-        low, high = ranges[id(block)]
-        if math.isfinite(low) and math.isfinite(high):
-            link(block, down, low, high)
-    linked_vectors = run()
-    cosines = cosine(unlinked, linked_vectors)
-    if not cosines.mean() >= LINKED_MIN_COSINE:
-        for block, down in pairs:
-            block.output_range = down.input_range = None
-        logger.warning(
-            "int8: fixed ranges moved the calibration texts' vectors (mean row cosine %.4f): "
-            "every activation is quantized per call instead",
-            cosines.mean(),
+    return vectors, {
+        key: (low, peak) for key, (low, peak) in seen.items() if math.isfinite(low) and peak.isfinite().all()
+    }
+
+
+def _split_and_link(block: Int8Linear, down: Int8Linear, low: float, peak: torch.Tensor) -> None:
+    """Put the block's outlier channels in float, and link the two over the other channels' range."""
+    channels = outlier_channels(peak)
+    if len(channels) and block.float_weight is not None and down.float_weight is not None:
+        down.leave_out(channels)
+        block.outliers_out = down.outliers_in = FloatChannels(
+            block.float_weight, block._bias, down.float_weight, channels
         )
-        return 0
-    linked = sum(block.output_range is not None for block, _ in pairs)
-    logger.info("int8: %d feed-forward blocks hand their down-projection u8 over a fixed range", linked)
-    return linked
+        peak = peak.clone()
+        peak[channels] = -math.inf
+    link(block, down, low, peak.max().item())
 
 
 def quantize_linears(model: torch.nn.Module, *, rows: int) -> int:
     """Replace, in place, the ``nn.Linear`` layers under the model's ``encoder`` by :class:`Int8Linear`.
 
-    All but the feed-forward down-projections of the first :data:`FLOAT_LAYERS` layers; a
-    feed-forward block that is exactly ``erf_gelu(dense(x))`` becomes one fused layer. The model
-    must be on the CPU, in eval mode; the layers return its dtype. ``rows``: the typical rows per
-    product (tokens per batch), for the weights' packed layout. Returns how many layers now run
-    in int8.
+    A feed-forward block that is exactly ``erf_gelu(dense(x))`` becomes one fused layer, which
+    hands its down-projection float32 until :func:`calibrate` links them; those two keep their
+    float layer for :func:`calibrate`, which drops it. The model must be on the CPU, in eval
+    mode; the other layers return its dtype. ``rows``: the typical rows per product (tokens per
+    batch), for the weights' packed layout. Returns how many layers now run in int8.
 
     Raises:
         InvalidInputError: The model has no ``encoder`` module of Linear layers.
@@ -450,16 +610,15 @@ def quantize_linears(model: torch.nn.Module, *, rows: int) -> int:
     for name, module in body.named_modules():
         if any(name.startswith(done + ".") for done in replacements):
             continue  # inside a block already fused
-        down = _DOWN_PROJECTION.search(name)
-        block = _FEED_FORWARD.search(name)
-        dense = gelu_dense(module) if block else None
-        if dense is not None and block is not None:
-            # A down-projection in int8 quantizes from float32: hand it that, not bf16 to convert.
-            quantized_down = int(block.group(1)) >= FLOAT_LAYERS
-            out_dtype = torch.float32 if quantized_down else dtype
-            replacements[name] = Int8Linear(dense, "gelu", rows=rows, out_dtype=out_dtype)
-        elif isinstance(module, torch.nn.Linear) and not (down and int(down.group(1)) < FLOAT_LAYERS):
-            replacements[name] = Int8Linear(module, rows=rows, out_dtype=dtype)
+        dense = gelu_dense(module) if _FEED_FORWARD.search(name) else None
+        if dense is not None:
+            # The down-projection quantizes from float32: hand it that, not bf16 to convert.
+            replacements[name] = Int8Linear(
+                dense, "gelu", rows=rows, out_dtype=torch.float32, keep_float=True
+            )
+        elif isinstance(module, torch.nn.Linear):
+            down = _DOWN_PROJECTION.search(name) is not None
+            replacements[name] = Int8Linear(module, rows=rows, out_dtype=dtype, keep_float=down)
     if not replacements:
         raise InvalidInputError(f"precision='int8': no Linear layers in {type(model).__name__}.encoder")
     parents = collections.Counter(name.rpartition(".")[0] for name in replacements)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -45,16 +47,17 @@ def test_int8_quantizes_the_layers_and_keeps_the_embeddings(tiny_model_dir: Path
     model = int8._model
     kinds = {name: type(m).__name__ for name, m in model.encoder.named_modules()}
     layers = model.config.num_hidden_layers
-    # Every Linear is int8 but the first FLOAT_LAYERS layers' feed-forward down-projections.
-    kept = [name for name, kind in kinds.items() if kind in ("Linear", "OneDnnLinear")]
-    assert kept == [f"layer.{i}.output.dense" for i in range(min(layers, quantize.FLOAT_LAYERS))]
-    assert list(kinds.values()).count("Int8Linear") == 6 * layers - len(kept)
-    # Each feed-forward block is one product with its GELU fused; it hands an int8
-    # down-projection float32 (until calibrate links them: u8) and a float one the model's dtype.
-    for i, layer in enumerate(model.encoder.layer):
-        block = layer.intermediate
+    # Every Linear is int8: Q, K, V, the attention output, the feed-forward block (its GELU
+    # fused: one product) and its down-projection.
+    assert not [name for name, kind in kinds.items() if kind in ("Linear", "OneDnnLinear")]
+    assert list(kinds.values()).count("Int8Linear") == 6 * layers
+    for layer in model.encoder.layer:
+        block, down = layer.intermediate, layer.output.dense
         assert isinstance(block, quantize.Int8Linear) and block._activation == "gelu"
-        assert block.out_dtype == (torch.float32 if i >= quantize.FLOAT_LAYERS else int8.dtype)
+        # Unlinked, a block hands its down-projection float32, which quantizes without converting.
+        assert block.out_dtype == torch.float32 and isinstance(down, quantize.Int8Linear)
+        # The float weights kept for calibration are gone once it is done.
+        assert block.float_weight is None and down.float_weight is None
     # The embedding table is not quantized: the fp32 model's weights in the activations' dtype.
     table = model.embeddings.word_embeddings.weight
     assert table.dtype == int8.dtype
@@ -94,6 +97,10 @@ def test_int8_passes_the_gate_on_minilm(
     # with the batching alone, up to 0.017 (pt) padded and 0.023 (es) unpadded; a broken int8
     # moves it by tenths, which the bound of 0.03 still catches.)
     int8 = polyemb.load(minilm_dir, precision="int8")
+    # Its first layer's feed-forward output 856, which reaches 24.7 where the others stay below
+    # 6, runs in float beside the int8 products (quantize.outlier_channels).
+    first = int8._model.encoder.layer[0].intermediate.outliers_out
+    assert first is not None and 856 in first.channels.tolist()
     pooled = check_precision(int8, minilm_encoder, {"all": merge(sample_files(sts_rows).values())})
     assert pooled["passed"], pooled["failures"]
     per_language = check_precision(int8, minilm_encoder, sample_files(sts_rows), max_drop=0.03)
@@ -362,23 +369,18 @@ def test_a_u8_input_needs_a_range_and_an_empty_range_links_nothing() -> None:
 
 @needs_int8
 def test_int8_fixes_the_feed_forward_ranges_at_load(
-    tiny_encoder: polyemb.Encoder,
-    tiny_model_dir: Path,
-    sts_sentences: list[str],
-    monkeypatch: pytest.MonkeyPatch,
+    tiny_encoder: polyemb.Encoder, tiny_model_dir: Path, sts_sentences: list[str]
 ) -> None:
-    # The tiny model has 2 layers, both within FLOAT_LAYERS: quantize the second's down-projection.
-    monkeypatch.setattr(quantize, "FLOAT_LAYERS", 1)
     int8 = polyemb.load(tiny_model_dir, precision="int8")
     pairs = quantize.linked_pairs(int8._model)
-    assert len(pairs) == 1
-    block, down = pairs[0]
-    assert block is int8._model.encoder.layer[1].intermediate
-    assert down is int8._model.encoder.layer[1].output.dense
-    assert block.output_range is not None and block.output_range == down.input_range
-    assert "u8 over a fixed range" in repr(block)
+    layers = int8._model.encoder.layer
+    assert [(block, down) for block, down in pairs] == [(la.intermediate, la.output.dense) for la in layers]
+    for block, down in pairs:
+        assert block.output_range is not None and block.output_range == down.input_range
+        assert "u8 over a fixed range" in repr(block)
     handed: list[torch.dtype] = []
-    block.register_forward_hook(lambda module, args, out: handed.append(out.dtype))
+    for block, _ in pairs:
+        block.register_forward_hook(lambda module, args, out: handed.append(out.dtype))
     texts = sts_sentences[:100]
     vectors = int8.encode(texts)
     assert set(handed) == {torch.uint8}
@@ -386,7 +388,9 @@ def test_int8_fixes_the_feed_forward_ranges_at_load(
     assert cosines.mean() > 0.99 and cosines.min() > 0.95
     # The calibration texts are fixed: another load gives the same ranges and vectors.
     again = polyemb.load(tiny_model_dir, precision="int8")
-    assert quantize.linked_pairs(again._model)[0][0].output_range == block.output_range
+    assert [b.output_range for b, _ in quantize.linked_pairs(again._model)] == [
+        b.output_range for b, _ in pairs
+    ]
     np.testing.assert_array_equal(again.encode(texts), vectors)
 
 
@@ -394,13 +398,116 @@ def test_int8_fixes_the_feed_forward_ranges_at_load(
 def test_calibration_undoes_links_that_move_the_vectors(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(quantize, "FLOAT_LAYERS", 1)
     monkeypatch.setattr(quantize, "LINKED_MIN_COSINE", 1.5)  # no link can keep a cosine of 1.5
     with caplog.at_level("WARNING"):
         int8 = polyemb.load(tiny_model_dir, precision="int8")
-    ((block, down),) = quantize.linked_pairs(int8._model)
-    assert block.output_range is None and down.input_range is None
+    pairs = quantize.linked_pairs(int8._model)
+    assert len(pairs) == 2
+    for block, down in pairs:
+        assert block.output_range is None and down.input_range is None
     assert "every activation is quantized per call" in caplog.text
     # The calibration texts longer than the tiny model's 32 tokens were cut without a warning.
     assert "truncated" not in caplog.text
     assert int8.encode(["still encodes"]).shape == (1, int8.dim)
+
+
+def test_outlier_channels_are_the_few_far_above_the_rest() -> None:
+    peaks = torch.linspace(1.0, 5.0, 1_000)
+    assert quantize.outlier_channels(peaks).tolist() == []  # a smooth spread has none
+    peaks[[17, 400]] = torch.tensor([24.0, 9.0])
+    assert quantize.outlier_channels(peaks).tolist() == [17, 400]
+    # At most 1% of the channels: a range that many reach is the range.
+    assert quantize.outlier_channels(torch.cat([torch.ones(980), torch.full((20,), 30.0)])).tolist() == []
+    assert quantize.outlier_channels(torch.zeros(64)).tolist() == []
+
+
+def planted_outlier(tmp_path: Path, tiny_model_dir: Path, channel: int) -> Path:
+    """The tiny model with one feed-forward output of its first layer far above the others.
+
+    As in all-MiniLM-L6-v2, whose first layer's channel 856 reaches 24.7 where the rest stay
+    below 6: here the channel's bias puts it near 20 on every token.
+    """
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "outlier"
+    shutil.copytree(tiny_model_dir, folder)
+    weights = load_file(folder / "model.safetensors")
+    (name,) = [n for n in weights if n.endswith("layer.0.intermediate.dense.bias")]
+    weights[name][channel] = 20.0
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+@needs_int8
+def test_outlier_channels_run_in_float_beside_the_int8_products(
+    tiny_model_dir: Path, tmp_path: Path, sts_sentences: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = planted_outlier(tmp_path, tiny_model_dir, channel=5)
+    texts = sts_sentences[:200]
+    fp32 = polyemb.load(folder, precision="fp32").encode(texts)
+    int8 = polyemb.load(folder, precision="int8")
+    first = int8._model.encoder.layer[0]
+    block, down = first.intermediate, first.output.dense
+    assert block.outliers_out is down.outliers_in is not None
+    assert block.outliers_out.channels.tolist() == [5]
+    assert "1 outlier channels in float" in repr(down)
+    # The u8 range covers the other channels: about a quarter of what channel 5 reaches.
+    scale, zero_point = block.output_range  # type: ignore[misc]
+    assert scale * (255 - zero_point) < 10
+    split = (fp32 * int8.encode(texts)).sum(axis=1)
+    # The same model with the channel inside the range, as before outliers went to float.
+    monkeypatch.setattr(quantize, "OUTLIER_FACTOR", math.inf)
+    together = polyemb.load(folder, precision="int8")
+    assert together._model.encoder.layer[0].intermediate.outliers_out is None
+    one_range = (fp32 * together.encode(texts)).sum(axis=1)
+    assert split.mean() > 0.99 and split.mean() > one_range.mean()
+    assert 1 - split.mean() < (1 - one_range.mean()) / 2  # at least half the error gone
+
+
+@needs_int8
+def test_float_channels_are_read_as_the_block_handed_them(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = planted_outlier(tmp_path, tiny_model_dir, channel=5)
+    up, down_linear = probe_linear(8, 16), probe_linear(16, 8)
+    channels = quantize.FloatChannels(up.weight, up.bias, down_linear.weight, torch.tensor([3]))
+    handed = torch.zeros(2, 16)
+    channels.hand(torch.randn(2, 8), handed)
+    with pytest.raises(InvalidInputError, match="as the block returned it"):
+        channels.take(handed.clone())  # another tensor than the one handed
+    channels.hand(torch.randn(2, 8), handed)
+    assert channels.take(handed).shape == (2, 8)
+    with pytest.raises(InvalidInputError, match="as the block returned it"):
+        channels.take(handed)  # once only
+    # A model where something comes between a block and its down-projection: calibration
+    # undoes every link and the float channels, with a warning, and the model still encodes.
+    real = quantize.FloatChannels.hand
+    monkeypatch.setattr(quantize.FloatChannels, "hand", lambda self, rows, out: real(self, rows, out.clone()))
+    with caplog.at_level("WARNING"):
+        int8 = polyemb.load(folder, precision="int8")
+    assert "as the block returned it: every activation is quantized per call" in caplog.text
+    for block, down in quantize.linked_pairs(int8._model):
+        assert block.output_range is None and block.outliers_out is None and down.outliers_in is None
+    vectors = int8.encode(["still encodes", "and well"])
+    reference = polyemb.load(folder, precision="fp32").encode(["still encodes", "and well"])
+    assert (vectors * reference).sum(axis=1).min() > 0.9
+
+
+@needs_int8
+def test_leave_out_quantizes_again_without_the_channels() -> None:
+    assert quantize._supported()
+    linear = probe_linear(16, 8)
+    x = torch.randn(5, 16, generator=torch.Generator().manual_seed(3))
+    layer = quantize.Int8Linear(linear, rows=5, out_dtype=torch.float32, keep_float=True)
+    full = layer(x)
+    layer.leave_out(torch.tensor([2, 7]))
+    without = linear.weight.detach().clone()
+    without[:, [2, 7]] = 0
+    expected = x @ without.T + linear.bias.detach()
+    got = layer(x)
+    assert (got - expected).abs().max() / expected.abs().max() < 0.03
+    assert not torch.allclose(got, full, atol=1e-3)
+    layer.leave_out(torch.zeros(0, dtype=torch.long))  # none: as loaded
+    np.testing.assert_array_equal(layer(x).numpy(), full.numpy())
+    with pytest.raises(InvalidInputError, match="no float weights kept"):
+        quantize.Int8Linear(linear, rows=5, out_dtype=torch.float32).leave_out(torch.tensor([1]))
