@@ -21,11 +21,12 @@ Zen 4, the 7-bit weights on a Zen 3; docs/performance.md has the commands and fi
   4 bytes a value, no range pass, no rounding pass (1.08x end to end, 1,500 English sentences,
   AMD EPYC Zen 4; same mean row cosine to fp32).
 - Outlier channels in float (:class:`FloatChannels`): in all-MiniLM-L6-v2's first four layers,
-  one or two of a feed-forward block's 1,536 outputs reach 13.8 to 24.7 (on about 3% of the
-  tokens of 440 sentences in 11 languages), where every other output stays below 5.9. One range
-  for all outputs spends most of u8's steps on those few values: that is why the first two
-  layers' down-projections had to stay float (with them in int8 the gate failed: Spearman drops
-  of 0.0057 on ja and 0.0056 on zh on a Zen 5; mean row cosine 0.98942 on a Zen 3). Now the
+  one or two of a feed-forward block's 1,536 outputs reach 13.8 to 24.7 on the calibration
+  sentences, where every other output stays below 5.9 (on 440 sentences in 11 languages, about
+  3% of the tokens took them above half their largest value). One range for all outputs
+  spends most of u8's steps on those few values: that is why the first two layers'
+  down-projections had to stay float (with them in int8 the gate failed: Spearman drops of
+  0.0057 on ja and 0.0056 on zh on a Zen 5; mean row cosine 0.98942 on a Zen 3). Now the
   channels whose calibration maximum exceeds :data:`OUTLIER_FACTOR` times the 99th percentile
   of the channels' maxima are computed in float32 beside the int8 products (a few dot products
   per token), the down-projection's int8 weights leave them out, and the u8 range covers the
