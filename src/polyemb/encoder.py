@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from polyemb import _calibration, chunks, finding, kernels, loading, quantize, windows
+from polyemb import chunks, finding, kernels, loading, quantize, windows
 from polyemb._platform import available_cpus, has_bf16_units, keep_heap_between_batches, release_free_memory
 from polyemb.batching import (
     MAX_ROWS,
@@ -35,6 +35,7 @@ from polyemb.embedder import TextEncoder, VectorSpec, check_texts
 from polyemb.options import LongTexts, Precision, WeightPrecision
 from polyemb.prepare import describe, long_text_setting, precision_of, prepare
 from polyemb.progress import ProgressBar, progress_bar
+from polyemb.quantize.sentences import SENTENCES as CALIBRATION_SENTENCES
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -467,9 +468,11 @@ def load(
     if precision == "int8":
         # Ranges of the activations int8 keeps as u8 between layers, from texts written for it
         # (a model with a short max_seq_length cuts some: no warning for that here).
-        texts = _calibration.SENTENCES
+        def run() -> np.ndarray:
+            return encoder.encode(CALIBRATION_SENTENCES, show_progress=False)
+
         with _quiet_in_this_thread(logger):
-            quantize.calibrate(transformer, lambda: encoder.encode(texts, show_progress=False))
+            quantize.calibrate(transformer, run)
     if torch_device.type == "cpu":
         release_free_memory()  # the float weights that packing and quantizing replaced
     return encoder

@@ -16,6 +16,8 @@ from polyemb import quantize
 from polyemb._platform import cpu_flags
 from polyemb.errors import InvalidInputError
 from polyemb.kernels import probe_linear
+from polyemb.quantize import calibration
+from polyemb.quantize import linear as int8_layer
 from polyemb.sts import StsData, check_precision
 
 needs_int8 = pytest.mark.skipif(
@@ -119,7 +121,7 @@ def merge(parts: Iterable[StsData]) -> StsData:
 
 
 def test_int8_is_refused_without_avx2(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(quantize, "cpu_flags", lambda: frozenset({"sse4_2", "avx"}))
+    monkeypatch.setattr(int8_layer, "cpu_flags", lambda: frozenset({"sse4_2", "avx"}))
     with pytest.raises(InvalidInputError, match="needs a CPU with AVX2.*Use 'bf16' or 'fp32'"):
         polyemb.load(tiny_model_dir, precision="int8")
 
@@ -159,8 +161,8 @@ def test_an_all_positive_product_does_not_saturate(steps: int | None) -> None:
 def test_int8_is_refused_where_torch_lacks_the_operators(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(quantize, "cpu_flags", lambda: frozenset({"avx512f", "avx512_vnni"}))
-    monkeypatch.setattr(quantize, "_supported", lambda: False)
+    monkeypatch.setattr(int8_layer, "cpu_flags", lambda: frozenset({"avx512f", "avx512_vnni"}))
+    monkeypatch.setattr(int8_layer, "_supported", lambda: False)
     with pytest.raises(InvalidInputError, match="oneDNN int8 operators.*Use 'bf16' or 'fp32'"):
         polyemb.load(tiny_model_dir, precision="int8")
 
@@ -175,7 +177,7 @@ def test_int8_computes_in_bf16_only_where_the_cpu_has_bf16_units() -> None:
 @pytest.mark.parametrize("activation", ["none", "gelu"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_an_int8_product_is_the_float_one_within_int8_rounding(activation: str, dtype: torch.dtype) -> None:
-    assert quantize._supported()  # the probe load runs (it also takes torch's deprecation warning)
+    assert int8_layer._supported()  # the probe load runs (it also takes torch's deprecation warning)
     generator = torch.Generator().manual_seed(1)
     linear = torch.nn.Linear(64, 48)
     x = torch.randn(3, 7, 64, generator=generator)
@@ -209,7 +211,7 @@ def test_int8_without_bf16_units_computes_the_rest_in_fp32(
 ) -> None:
     # This CPU without its bf16 units (its int8 units as they are: weight_steps reads the same flags).
     flags = cpu_flags() - {"avx512_bf16", "amx_bf16"}
-    monkeypatch.setattr(quantize, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(int8_layer, "cpu_flags", lambda: flags)
     int8 = polyemb.load(tiny_model_dir, precision="int8")
     assert int8.dtype == torch.float32
     assert int8._model.embeddings.word_embeddings.weight.dtype == torch.float32
@@ -257,7 +259,7 @@ def test_the_gate_fails_what_it_should(tiny_encoder: polyemb.Encoder, sts_rows: 
 def test_quantize_rows_steps_through_the_range_and_zero(
     values: list[float], scale: float, zero_point: int
 ) -> None:
-    assert quantize._supported()  # takes torch's deprecation warning
+    assert int8_layer._supported()  # takes torch's deprecation warning
     rows = torch.tensor([values]).bfloat16().float()  # what bf16 activations hold
     u8, got_scale, got_zero = quantize.quantize_rows(rows.bfloat16())
     assert u8.dtype == torch.uint8 and u8.shape == rows.shape
@@ -271,7 +273,7 @@ def test_quantize_rows_steps_through_the_range_and_zero(
 
 @needs_int8
 def test_quantize_rows_agrees_with_torchs_dynamic_quantizer() -> None:
-    assert quantize._supported()
+    assert int8_layer._supported()
     rows = torch.randn(64, 96, generator=torch.Generator().manual_seed(3)) * 3 + 0.5
     u8, scale, zero_point = quantize.quantize_rows(rows)
     reference = torch.quantize_per_tensor_dynamic(rows, torch.quint8, False)
@@ -292,7 +294,7 @@ def test_q_k_and_v_quantize_their_input_once(tiny_model_dir: Path, monkeypatch: 
         calls.append(tuple(rows.shape))
         return real(rows)
 
-    monkeypatch.setattr(quantize, "quantize_rows", counted)
+    monkeypatch.setattr(int8_layer, "quantize_rows", counted)
     np.testing.assert_array_equal(int8.encode(["one sentence, and another", "two"]), reference)
     layers = int8._model.encoder.layer
     # Per layer: Q, K and V once (not thrice), the attention output, the feed-forward block, and
@@ -306,7 +308,7 @@ def test_q_k_and_v_quantize_their_input_once(tiny_model_dir: Path, monkeypatch: 
 
 @needs_int8
 def test_a_shared_input_is_reused_only_for_the_same_unchanged_tensor() -> None:
-    assert quantize._supported()
+    assert int8_layer._supported()
     shared = quantize.SharedInput()
     x = torch.randn(4, 8)
     quantized = quantize.quantize_rows(x)
@@ -326,7 +328,7 @@ def test_a_shared_input_is_reused_only_for_the_same_unchanged_tensor() -> None:
 
 @needs_int8
 def test_a_linked_block_hands_its_down_projection_u8_over_a_fixed_range() -> None:
-    assert quantize._supported()
+    assert int8_layer._supported()
     generator = torch.Generator().manual_seed(5)
     up, down_linear = probe_linear(32, 64), probe_linear(64, 24)
     x = torch.randn(9, 32, generator=generator)
@@ -358,7 +360,7 @@ def test_a_linked_block_hands_its_down_projection_u8_over_a_fixed_range() -> Non
 
 @needs_int8
 def test_a_u8_input_needs_a_range_and_an_empty_range_links_nothing() -> None:
-    assert quantize._supported()
+    assert int8_layer._supported()
     block = quantize.Int8Linear(torch.nn.Linear(8, 16), "gelu", rows=4, out_dtype=torch.float32)
     down = quantize.Int8Linear(torch.nn.Linear(16, 8), rows=4, out_dtype=torch.float32)
     quantize.link(block, down, 0.0, 0.0)
@@ -398,7 +400,7 @@ def test_int8_fixes_the_feed_forward_ranges_at_load(
 def test_calibration_undoes_links_that_move_the_vectors(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(quantize, "LINKED_MIN_COSINE", 1.5)  # no link can keep a cosine of 1.5
+    monkeypatch.setattr(calibration, "LINKED_MIN_COSINE", 1.5)  # no link can keep a cosine of 1.5
     with caplog.at_level("WARNING"):
         int8 = polyemb.load(tiny_model_dir, precision="int8")
     pairs = quantize.linked_pairs(int8._model)
@@ -456,7 +458,7 @@ def test_outlier_channels_run_in_float_beside_the_int8_products(
     assert scale * (255 - zero_point) < 10
     split = (fp32 * int8.encode(texts)).sum(axis=1)
     # The same model with the channel inside the range, as before outliers went to float.
-    monkeypatch.setattr(quantize, "OUTLIER_FACTOR", math.inf)
+    monkeypatch.setattr(calibration, "OUTLIER_FACTOR", math.inf)
     together = polyemb.load(folder, precision="int8")
     assert together._model.encoder.layer[0].intermediate.outliers_out is None
     one_range = (fp32 * together.encode(texts)).sum(axis=1)
@@ -495,7 +497,7 @@ def test_float_channels_are_read_as_the_block_handed_them(
 
 @needs_int8
 def test_leave_out_quantizes_again_without_the_channels() -> None:
-    assert quantize._supported()
+    assert int8_layer._supported()
     linear = probe_linear(16, 8)
     x = torch.randn(5, 16, generator=torch.Generator().manual_seed(3))
     layer = quantize.Int8Linear(linear, rows=5, out_dtype=torch.float32, keep_float=True)
