@@ -47,7 +47,7 @@ from polyemb.ivf import Ivf, IvfReport, method_settings
 from polyemb.near_duplicates import check_threshold, connected_groups, first_of_groups, pairs_above
 from polyemb.options import JoinHow, Keep, Method, Score, check_keep
 from polyemb.scores import added_columns
-from polyemb.similarity import check_join, cosine_of_valid, join_rows, top_k
+from polyemb.similarity import check_join, cosine_of_valid, join_rows, query_row, top_k
 from polyemb.store import VectorStore, embedder_for
 from polyemb.store.stored import default_encoder_or
 
@@ -208,7 +208,9 @@ class EmbSeriesAccessor:
             the best window's ``start`` and ``end``. NA rows never match.
 
         Raises:
-            InvalidInputError: The Series is named as one of those other columns.
+            InvalidInputError: The query is neither a text nor one vector of finite numbers
+                (:func:`polyemb.similarity.query_row`), or the Series is named as one of those
+                other columns.
         """
         column = self._s.name if self._s.name is not None else "value"
         taken = ("score", "start", "end") if chunks else ("score",)
@@ -217,15 +219,16 @@ class EmbSeriesAccessor:
                 f"search names its columns {column!r} (the Series' name) and {', '.join(taken)}: "
                 f"rename the Series first"
             )
+        checked = query if isinstance(query, str) else query_row(query)  # before any encoding
         embedder = _lazy_embedder(encoder, store)
         options = {"batch_size": batch_size, "show_progress": show_progress}
         added: dict[str, Any] = {}
         if chunks:
-            query_vector = _query_vector(query, embedder, embedder().provenance)
+            query_vector = _query_vector(checked, embedder, embedder().provenance)
             rows, scores, added = search_by_chunks(self._chunk_table(encoder, **options), query_vector, k)
         else:
             matrix, valid, model = self._vectors(embedder, **options)
-            query_vector = _query_vector(query, embedder, model)
+            query_vector = _query_vector(checked, embedder, model)
             positions = np.flatnonzero(valid)
             indices, best = top_k(query_vector, matrix[positions], k)
             rows, scores = positions[indices[0]], best[0]
@@ -484,14 +487,12 @@ def _encode_labelled(
     return _labelled(series, texts, lambda: embedder.encode_nullable(texts, **options))
 
 
-def _query_vector(
-    query: str | np.ndarray | list[float], embedder: Callable[[], Embedder], model: str | None
-) -> np.ndarray:
-    """A search's query as one row: a text encoded (by the model of the rows searched), or a vector."""
-    if isinstance(query, str):
-        check_same_model(model, embedder().provenance, "search")
-        return embedder().encode([query])
-    return np.asarray(query, dtype=np.float32).reshape(1, -1)
+def _query_vector(query: str | np.ndarray, embedder: Callable[[], Embedder], model: str | None) -> np.ndarray:
+    """A search's query as one row: a text encoded (by the model of the rows searched), or a checked row."""
+    if not isinstance(query, str):
+        return query
+    check_same_model(model, embedder().provenance, "search")
+    return embedder().encode([query])
 
 
 _pandas_dtypes.install()

@@ -31,6 +31,7 @@ __all__ = [
     "neighbourhood",
     "normalize_rows",
     "paired_cosines",
+    "query_row",
     "top_k",
     "top_pairs",
 ]
@@ -116,6 +117,34 @@ def neighbourhood(
 
 Neighbourhoods: TypeAlias = tuple[np.ndarray | None, np.ndarray | None]
 """``(r of each query row over the corpus, r of each corpus row over the queries)``."""
+
+
+def query_row(query: object) -> np.ndarray:
+    """A search's query vector as one float32 row ``(1, dim)``.
+
+    Takes a 1-D sequence or array of numbers, or one row of a matrix (shape ``(1, dim)``).
+
+    Raises:
+        InvalidInputError: The query is missing (None), is not numbers, is not one vector (a
+            scalar, two rows), or holds NaN or infinity.
+    """
+    if query is None:
+        raise InvalidInputError("a search needs a query: a text or one vector; got None")
+    try:
+        row = np.asarray(query, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(
+            f"a search's query is a text or one vector of numbers; got {type(query).__name__}"
+        ) from exc
+    if row.ndim == 2 and len(row) == 1:
+        row = row[0]
+    if row.ndim != 1 or not row.size:
+        raise InvalidInputError(
+            f"a search's query vector must be one vector (1-D, or one row); got shape {row.shape}"
+        )
+    if not np.isfinite(row).all():
+        raise InvalidInputError("a search's query vector holds NaN or infinity")
+    return row.reshape(1, -1)
 
 
 def top_k(

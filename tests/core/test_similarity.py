@@ -8,7 +8,15 @@ import pytest
 import polyemb
 from polyemb.options import SCORES
 from polyemb.scores import PAIR_COLUMNS, SCORE_TABLE, added_columns, score_spec
-from polyemb.similarity import cosine, cosine_of_valid, join_rows, normalize_rows, top_k, top_pairs
+from polyemb.similarity import (
+    cosine,
+    cosine_of_valid,
+    join_rows,
+    normalize_rows,
+    query_row,
+    top_k,
+    top_pairs,
+)
 
 
 def test_cosine_rowwise_and_broadcast() -> None:
@@ -175,3 +183,27 @@ def test_join_rows_keep_the_score_columns_with_nan_where_unmatched() -> None:
     np.testing.assert_allclose(rows.columns["cosine"], [1, 1, np.nan], atol=1e-6)
     assert rows.score.dtype == rows.columns["cosine"].dtype == np.float64
     assert join_rows(QUERIES, left_valid, CORPUS, everything, 1).columns == {}
+
+
+def test_a_query_vector_is_one_row_of_finite_numbers() -> None:
+    assert query_row([1, 2, 3]).tolist() == [[1.0, 2.0, 3.0]]
+    assert query_row(np.ones((1, 4))).shape == (1, 4)  # one row of a matrix, as encode() gives it
+    assert query_row(np.ones(4)).dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        (None, "needs a query"),
+        (123, "one vector"),  # a scalar: not a vector of the corpus' dimension 1
+        (np.zeros((2, 16)), "one vector"),  # two rows: flattened, they looked like one 32-d query
+        (["the cat"], "vector of numbers"),
+        ([[1.0, 2.0], [3.0]], "vector of numbers"),  # ragged
+        ([], "one vector"),
+        ([1.0, float("nan")], "NaN or infinity"),
+        (object(), "vector of numbers"),
+    ],
+)
+def test_a_query_that_is_not_one_vector_is_refused(query: object, message: str) -> None:
+    with pytest.raises(polyemb.InvalidInputError, match=message):
+        query_row(query)

@@ -140,6 +140,14 @@ def test_search_refuses_a_series_named_as_one_of_its_columns(name: str, chunks: 
         assert list(series.emb.search("cat", k=1).columns) == [name, "score"]
 
 
+@pytest.mark.parametrize("chunks", [False, True])
+@pytest.mark.parametrize("query", [None, pd.NA, 123, ["the cat"], np.zeros((2, 16))])
+def test_search_refuses_a_query_that_is_not_a_text_or_one_vector(query: object, chunks: bool) -> None:
+    # Refused before anything is encoded: the ints in the Series would be refused second.
+    with pytest.raises(polyemb.InvalidInputError, match="query"):
+        pd.Series([1, 2]).emb.search(query, k=1, chunks=chunks)  # type: ignore[arg-type]
+
+
 def test_near_duplicates_pairs_and_groups() -> None:
     series = pd.Series(["a cat", "A CAT!", "a dog", "a cat", None, "stock prices"], index=list("abcdef"))
     pairs = series.emb.near_duplicates(0.999)

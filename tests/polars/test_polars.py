@@ -344,6 +344,14 @@ def test_two_models_where_the_adapter_knows_both(tiny_encoder: polyemb.Encoder, 
     assert mixed.null_count() == 1 and not np.allclose(mixed.drop_nulls(), 1.0, atol=1e-3)
 
 
+@pytest.mark.parametrize("chunks", [False, True])
+@pytest.mark.parametrize("query", [None, 123, ["the cat"], np.zeros((2, 16))])
+def test_search_refuses_a_query_that_is_not_a_text_or_one_vector(query: object, chunks: bool) -> None:
+    # Refused before anything is encoded: the ints in the Series would be refused second.
+    with pytest.raises(polyemb.InvalidInputError, match="query"):
+        pl.Series([1, 2]).emb.search(query, k=1, chunks=chunks)  # type: ignore[arg-type]
+
+
 def test_chunks_search_and_join_by_best_window_as_pandas(tiny_encoder: polyemb.Encoder) -> None:
     import polyemb.pandas  # the reference answers
     from polyemb.testing import SAMPLE_SENTENCES

@@ -30,7 +30,7 @@ from polyemb.polars._columns import (
     kind_of,
     matrix_of,
 )
-from polyemb.similarity import cosine_of_valid, top_k
+from polyemb.similarity import cosine_of_valid, query_row, top_k
 
 if TYPE_CHECKING:
     from typing import Unpack
@@ -180,6 +180,11 @@ class EmbSeriesNamespace:
             numbers them), their values (in a column named as the Series, else ``value``) and a
             Float64 ``score`` (then ``start`` and ``end`` with ``chunks``). NULL rows never match.
 
+        Raises:
+            InvalidInputError: The query is neither a text nor one vector of finite numbers
+                (:func:`polyemb.similarity.query_row`), or the Series is named as one of the
+                other columns.
+
         Example:
             >>> df["title"].emb.search("frog species", k=5)
         """
@@ -191,23 +196,20 @@ class EmbSeriesNamespace:
                 f"search names its columns {column!r} (the Series' name) and {', '.join(taken)}: "
                 f"rename the Series first"
             )
+        checked = query if isinstance(query, str) else query_row(query)  # before any encoding
         if chunks:
             found = chunks_of_table(chunk_table(self._s, encoder, options))
-            query_vector = (
-                encoding.query(query)
-                if isinstance(query, str)
-                else np.asarray(query, np.float32).reshape(1, -1)
-            )
+            query_vector = encoding.query(checked) if isinstance(checked, str) else checked
             pairs = top_chunk_pairs(query_vector, found.vectors, k, corpus_rows=found.row)
             rows, score_values = pairs.corpus, pairs.score
             added = offsets(found, pairs.corpus_chunk)
         else:
             matrix, valid, model = matrix_of(self._s, encoding)
-            if isinstance(query, str):
+            if isinstance(checked, str):
                 check_same_model(model, encoding.embedder.provenance, "search")
-                query_vector = encoding.query(query)
+                query_vector = encoding.query(checked)
             else:
-                query_vector = np.asarray(query, dtype=np.float32).reshape(1, -1)
+                query_vector = checked
             positions = np.flatnonzero(valid)
             indices, scores = top_k(query_vector, matrix[positions], k)
             rows, score_values, added = positions[indices[0]], scores[0], []
