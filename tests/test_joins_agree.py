@@ -167,6 +167,48 @@ def test_a_threshold_that_means_nothing_is_refused(engine: Any, request: pytest.
     assert engine(SMALL_LEFT, SMALL_RIGHT, request, threshold=-1.0) == ["id_x", "v_x", "id_y", "v_y", "score"]
 
 
+# Rows whose float32 cosine with themselves comes out just below 1 (0.99999994): rounding.
+SAME = LEFT[:40]
+
+
+def self_matches_pandas(request: Any, **options: Any) -> set[tuple[int, int]]:
+    side = pd.DataFrame({"id": range(len(SAME)), "v": list(SAME)})
+    joined = side.emb.join(side, "v", k=1, **options)
+    return set(zip(joined["id_x"], joined["id_y"], strict=True))
+
+
+def self_matches_polars(request: Any, **options: Any) -> set[tuple[int, int]]:
+    side = pl.DataFrame({"id": range(len(SAME)), "v": pl.Series(SAME, dtype=pl.Array(pl.Float32, 24))})
+    return set(side.emb.join(side, "v", k=1, **options).select("id_x", "id_y").iter_rows())
+
+
+def self_matches_spark(request: Any, **options: Any) -> set[tuple[int, int]]:
+    spark = request.getfixturevalue("spark")
+    side = spark.createDataFrame([(i, v.tolist()) for i, v in enumerate(SAME)], "id long, v array<float>")
+    joined = polyemb.spark.semantic_join(side, side, "v", k=1, broadcast_mb=0.0, **options)
+    return {(row["id_x"], row["id_y"]) for row in joined.collect()}
+
+
+SELF_MATCHES: dict[str, Any] = {
+    "pandas": self_matches_pandas,
+    "polars": self_matches_polars,
+    "spark": pytest.param(self_matches_spark, marks=pytest.mark.spark),
+}
+
+
+@pytest.mark.parametrize("engine", list(SELF_MATCHES.values()), ids=list(SELF_MATCHES))
+def test_threshold_one_keeps_identical_vectors(engine: Any, request: pytest.FixtureRequest) -> None:
+    unit = SAME / np.linalg.norm(SAME, axis=1, keepdims=True)
+    assert (np.einsum("ij,ij->i", unit, unit) < 1).any()  # else this test could not fail
+    everyone = {(i, i) for i in range(len(SAME))}
+    # A cosine threshold above 1 - 1e-5 is taken as 1 - 1e-5, as near-duplicates take it: a
+    # quarter of identical texts' matches were dropped.
+    assert engine(request, threshold=1.0) == everyone
+    assert engine(request, threshold=2.0) == everyone
+    # Margin's scores of identical rows pass 1: its threshold is taken as given.
+    assert engine(request, threshold=1e6, score="margin") == set()
+
+
 @pytest.mark.spark
 def test_spark_refuses_a_broadcast_size_that_means_nothing(request: pytest.FixtureRequest) -> None:
     for bad in (-1, float("nan"), "64"):

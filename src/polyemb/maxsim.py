@@ -367,7 +367,7 @@ def join_chunk_rows(
     Returns:
         The pairs and each pair's best right chunk.
     """
-    check_join(k, threshold, how, score)
+    cut = check_join(k, threshold, how, score)
     lpos = np.flatnonzero(left_valid)
     pairs = top_chunk_pairs(
         left[lpos],
@@ -381,8 +381,8 @@ def join_chunk_rows(
     left_rows, right_out = lpos[pairs.query], pairs.corpus
     # One row per value (score, the added columns, the chunk), one column per pair.
     values = np.vstack([pairs.score, *pairs.columns.values(), pairs.corpus_chunk]).astype(np.float64)
-    if threshold is not None:
-        kept = values[0] >= threshold
+    if cut is not None:
+        kept = values[0] >= cut
         left_rows, right_out, values = left_rows[kept], right_out[kept], values[:, kept]
     if how == "left":
         left_rows, right_out, values = _with_unmatched(len(left), left_rows, right_out, values)

@@ -16,6 +16,7 @@ import numpy as np
 
 from polyemb.errors import InvalidInputError
 from polyemb.options import Method
+from polyemb.scores import IDENTICAL
 from polyemb.similarity import BLOCK_ROWS, normalize_rows
 
 if TYPE_CHECKING:
@@ -24,11 +25,6 @@ if TYPE_CHECKING:
     from polyemb.ivf.search import Progress
 
 __all__ = ["check_threshold", "connected_groups", "first_of_groups", "pairs_above"]
-
-
-IDENTICAL = 1.0 - 1e-5
-"""The cosine from which two unit vectors count as identical: float32 rounding puts an identical
-pair's computed cosine just below 1 (0.99999994 for all-MiniLM-L6-v2's vectors)."""
 
 
 def check_threshold(threshold: object) -> float:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "IDENTICAL",
     "PAIR_COLUMNS",
     "SCORE_TABLE",
     "ScoreSpec",
@@ -34,6 +35,10 @@ __all__ = [
 
 Name = TypeVar("Name", bound=Hashable)
 """A column name: a string in Spark and Polars, any hashable label in pandas."""
+
+IDENTICAL = 1.0 - 1e-5
+"""The cosine from which two unit vectors count as identical: float32 rounding puts an identical
+pair's computed cosine just below 1 (0.99999994 for all-MiniLM-L6-v2's vectors)."""
 
 Rescore = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 """``(cosines, query_r, corpus_r) -> scores`` for a (queries x corpus) block."""
@@ -50,12 +55,15 @@ class ScoreSpec:
         columns: The columns a join adds beside the score, each a key of :data:`PAIR_COLUMNS`.
         rescore: Turns a (queries x corpus) block of cosines into this score, given the block's
             query r and corpus r (empty tensors when ``neighbourhoods`` is False).
+        threshold_cap: A join threshold above this is taken as this; None: as given. Cosine's
+            is :data:`IDENTICAL`, so that ``threshold=1.0`` keeps identical texts.
     """
 
     name: Score
     neighbourhoods: bool
     columns: tuple[str, ...]
     rescore: Rescore
+    threshold_cap: float | None = None
 
 
 def _pair_cosine(queries: np.ndarray, corpus: np.ndarray) -> np.ndarray:
@@ -85,7 +93,7 @@ SCORE_TABLE: dict[Score, ScoreSpec] = {
     spec.name: spec
     for spec in (
         # Plain cosine of the two unit vectors.
-        ScoreSpec("cosine", neighbourhoods=False, columns=(), rescore=_cosine),
+        ScoreSpec("cosine", neighbourhoods=False, columns=(), rescore=_cosine, threshold_cap=IDENTICAL),
         # Ratio margin (Artetxe & Schwenk, 2019): cos(x, y) / ((r(x) + r(y)) / 2).
         ScoreSpec("margin", neighbourhoods=True, columns=("cosine",), rescore=_margin),
         # CSLS (Conneau et al., 2018): 2 cos(x, y) - r(x) - r(y).

@@ -273,18 +273,26 @@ def top_pairs(
     return Pairs(rows, chosen, scores[taken], columns)
 
 
-def check_join(k: int, threshold: float | None, how: str, score: str, method: object = "exact") -> None:
-    """Check a join's options (before the engines spend time encoding)."""
+def check_join(
+    k: int, threshold: float | None, how: str, score: str, method: object = "exact"
+) -> float | None:
+    """Check a join's options (before the engines spend time encoding); the threshold to compare scores with.
+
+    That is ``threshold`` itself, or the score's ``threshold_cap`` where it is lower: for cosine
+    :data:`polyemb.scores.IDENTICAL`, so that ``threshold=1.0`` keeps identical texts, whose
+    float32 cosine can fall just below 1 (as near-duplicates take it).
+    """
     from polyemb.ivf import method_settings
 
     check_positive_int("k", k)
     check_choice("how", how, JOIN_HOWS)
-    score_spec(score)
+    spec = score_spec(score)
     method_settings(method)
-    if threshold is not None and (
-        isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or math.isnan(threshold)
-    ):
+    if threshold is None:
+        return None
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or math.isnan(threshold):
         raise InvalidInputError(f"threshold must be a number (not NaN) or None, got {threshold!r}")
+    return float(threshold) if spec.threshold_cap is None else min(float(threshold), spec.threshold_cap)
 
 
 def _unit_pair(queries: np.ndarray, corpus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -450,7 +458,7 @@ def join_rows(
     over the valid rows only. ``how="left"`` keeps every left row once it has no match.
     ``method`` and ``report`` are :func:`top_pairs`'.
     """
-    check_join(k, threshold, how, score, method)
+    cut = check_join(k, threshold, how, score, method)
     lpos, rpos = np.flatnonzero(left_valid), np.flatnonzero(right_valid)
     pairs = top_pairs(
         left[lpos],
@@ -465,8 +473,8 @@ def join_rows(
     left_rows, right_rows = lpos[pairs.query], rpos[pairs.corpus]
     # One row per value (the score, then the added columns), one column per pair.
     values = np.vstack([pairs.score, *pairs.columns.values()]).astype(np.float64)
-    if threshold is not None:
-        keep = values[0] >= threshold
+    if cut is not None:
+        keep = values[0] >= cut
         left_rows, right_rows, values = left_rows[keep], right_rows[keep], values[:, keep]
     if how == "left":
         left_rows, right_rows, values = _with_unmatched(len(left), left_rows, right_rows, values)

@@ -156,3 +156,12 @@ def test_chunk_lists_round_trip(tiny_encoder) -> None:  # type: ignore[no-untype
     np.testing.assert_array_equal(back.vectors, direct.vectors)
     with pytest.raises(InvalidInputError, match="not a list of chunk structs"):
         chunks_from_lists(pa.array([[1.0]]))
+
+
+def test_a_chunk_join_at_threshold_one_keeps_identical_vectors() -> None:
+    # Float32 rounding puts some identical rows' cosine just below 1; threshold=1.0 keeps them,
+    # as near-duplicates and the other joins do.
+    vectors = normalize_rows(np.random.default_rng(4).standard_normal((40, 24)).astype(np.float32))
+    rows = np.arange(40)
+    joined = join_chunk_rows(vectors, np.ones(40, dtype=bool), vectors, rows, 1, threshold=1.0)
+    assert joined.left.tolist() == joined.right.tolist() == list(range(40))

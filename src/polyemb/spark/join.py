@@ -154,7 +154,7 @@ def semantic_join(
     Example:
         >>> polyemb.spark.semantic_join(orders, products, "description", "name", k=3, score="margin")
     """
-    check_join(k, threshold, how, score, method)
+    cut = check_join(k, threshold, how, score, method)
     check_positive_int("block_rows", block_rows)
     broadcast_mb = check_mib("broadcast_mb", broadcast_mb, zero=True)
     settings = method_settings(method)
@@ -206,8 +206,8 @@ def semantic_join(
             lvec = kept(lvec.join(left_r, "id"))
             rvec = kept(rvec.join(right_r, "id"))
         pairs = exact_pairs(lvec, rvec, k, score, block_rows, broadcast_mb)
-    if threshold is not None:
-        pairs = pairs.where(F.col(PAIR_SCORE) >= threshold)
+    if cut is not None:
+        pairs = pairs.where(F.col(PAIR_SCORE) >= cut)
     return assemble(left_rows, right_rows, pairs, how, added, suffixes)
 
 
