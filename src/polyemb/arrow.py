@@ -92,10 +92,12 @@ def vectors_from_arrow(
 ) -> tuple[np.ndarray, np.ndarray]:
     """A vector column (fixed-size or variable lists of floats) as ``(matrix, valid)``.
 
-    NULL rows are all-zero in the matrix and False in ``valid``.
+    NULL rows are all-zero in the matrix and False in ``valid``; so is a row of NaN only (or of
+    NULL elements only), as ``to_numpy`` writes a NULL row and pandas reads NaN.
 
     Raises:
-        InvalidInputError: Not a list-of-float column, or rows of different lengths.
+        InvalidInputError: Not a list-of-float column, rows of different lengths, or a vector
+            that holds NaN, infinity or a NULL element among its numbers.
     """
     if isinstance(array, pa.ChunkedArray):
         array = array.combine_chunks() if array.num_chunks != 1 else array.chunk(0)
@@ -117,19 +119,39 @@ def vectors_from_arrow(
             raise InvalidInputError(f"{name} has vectors of different lengths: {sizes.tolist()}")
         dim = int(sizes[0])
     if valid.all():
-        return _float_matrix(array.flatten(), len(array), dim), valid
-    # Slow path only when NULLs are present: place each valid row.
-    matrix = np.zeros((len(array), dim), dtype=np.float32)
-    present = array.filter(pa.array(valid))
-    matrix[valid] = vectors_from_arrow(present, name=name)[0]
-    return matrix, valid
+        matrix = _float_matrix(array.flatten(), len(array), dim)
+    else:  # place each valid row
+        matrix = np.zeros((len(array), dim), dtype=np.float32)
+        matrix[valid] = _float_matrix(array.filter(pa.array(valid)).flatten(), int(valid.sum()), dim)
+    return _undefined_as_null(matrix, valid, name)
 
 
 def _float_matrix(values: pa.Array, rows: int, dim: int) -> np.ndarray:
-    if values.null_count:
-        raise InvalidInputError("a vector holds a NULL element; vectors must be fully defined")
+    """The flat values as a float32 matrix; a NULL element reads as NaN."""
     flat = values.to_numpy(zero_copy_only=False)
     return np.ascontiguousarray(flat, dtype=np.float32).reshape(rows, dim)
+
+
+def _undefined_as_null(matrix: np.ndarray, valid: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of NaN only as NULL rows; any other NaN or infinity refused."""
+    suspect = np.flatnonzero(~np.isfinite(matrix.sum(axis=1)))  # one pass; NaN and inf carry through
+    if not len(suspect):
+        return matrix, valid
+    rows = matrix[suspect]
+    undefined = np.isnan(rows).all(axis=1) & (rows.shape[1] > 0)
+    broken = suspect[~undefined & ~np.isfinite(rows).all(axis=1)]
+    if len(broken):
+        raise InvalidInputError(
+            f"{name}: the vector at position {int(broken[0])} holds NaN, infinity or a NULL element "
+            f"among its numbers ({len(broken)} such rows); a missing vector is NULL (or all NaN)"
+        )
+    nulls = suspect[undefined]
+    if not matrix.flags.writeable:  # read in place from Arrow's buffer
+        matrix = matrix.copy()
+    valid = valid.copy()
+    valid[nulls] = False
+    matrix[nulls] = 0.0
+    return matrix, valid
 
 
 def encode_arrow(

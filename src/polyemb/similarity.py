@@ -51,10 +51,29 @@ def _matrix(values: np.ndarray, name: str) -> np.ndarray:
 
 
 def normalize_rows(vectors: np.ndarray) -> np.ndarray:
-    """Scale each row to unit length; all-zero rows stay zero (their cosines come out 0)."""
+    """Scale each row to unit length; all-zero rows stay zero (their cosines come out 0).
+
+    Raises:
+        InvalidInputError: A row holds NaN or infinity (no direction to compare: a missing
+            vector is NULL, which the engines leave out before they get here).
+    """
     matrix = _matrix(vectors, "vectors")
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    unit: np.ndarray = np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0)
+    with np.errstate(over="ignore"):  # huge rows are handled below
+        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    finite = np.isfinite(norms)
+    unit: np.ndarray = np.divide(matrix, norms, out=np.zeros_like(matrix), where=finite & (norms > 0))
+    odd = np.flatnonzero(~finite[:, 0])
+    if len(odd):
+        rows = matrix[odd]
+        defined = np.isfinite(rows).all(axis=1)
+        if not defined.all():
+            raise InvalidInputError(
+                f"the vector at position {int(odd[~defined][0])} holds NaN or infinity "
+                f"({int((~defined).sum())} such rows): it cannot be compared; a missing vector is NULL"
+            )
+        # Finite values whose squares overflow float32: scaled down first.
+        scaled = rows / np.abs(rows).max(axis=1, keepdims=True)
+        unit[odd] = scaled / np.linalg.norm(scaled, axis=1, keepdims=True)
     return unit
 
 

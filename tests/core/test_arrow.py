@@ -61,5 +61,25 @@ def test_ragged_or_non_float_vectors_are_errors() -> None:
         vectors_from_arrow(pa.array([[1.0, 2.0], [1.0]]))
     with pytest.raises(polyemb.InvalidInputError, match="not a list of floats"):
         vectors_from_arrow(pa.array(["a"]))
-    with pytest.raises(polyemb.InvalidInputError, match="NULL element"):
-        vectors_from_arrow(pa.array([[1.0, None]]))
+    with pytest.raises(polyemb.InvalidInputError, match="position 1 holds NaN, infinity or a NULL element"):
+        vectors_from_arrow(pa.array([[1.0, 2.0], [1.0, None]]))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("kind", [pa.list_(pa.float32()), pa.list_(pa.float32(), 2), pa.list_(pa.float64())])
+def test_a_vector_with_nan_or_infinity_among_its_numbers_is_refused(bad: float, kind: pa.DataType) -> None:
+    # It used to become a zero vector: every cosine with it 0.0, a match like any other.
+    with pytest.raises(polyemb.InvalidInputError, match="position 2 holds NaN, infinity"):
+        vectors_from_arrow(pa.array([[1.0, 2.0], None, [bad, 2.0]], type=kind))
+
+
+@pytest.mark.parametrize("kind", [pa.list_(pa.float32()), pa.list_(pa.float32(), 2)])
+def test_a_row_of_nan_only_reads_as_null(kind: pa.DataType) -> None:
+    # As to_numpy writes a NULL row, and pandas' NaN (Arrow's from_pandas makes NULL elements).
+    nan = float("nan")
+    for rows in ([[1.0, 2.0], [nan, nan], [3.0, 4.0]], [[1.0, 2.0], [None, None], [3.0, 4.0]]):
+        matrix, valid = vectors_from_arrow(pa.array(rows, type=kind))
+        assert valid.tolist() == [True, False, True]
+        assert matrix.tolist() == [[1.0, 2.0], [0.0, 0.0], [3.0, 4.0]]  # NULL rows are zero rows
+    matrix, valid = vectors_from_arrow(pa.array([None, [nan, nan], [1.0, 0.0]], type=kind))
+    assert valid.tolist() == [False, False, True] and not matrix[:2].any()

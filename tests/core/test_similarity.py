@@ -207,3 +207,14 @@ def test_a_query_vector_is_one_row_of_finite_numbers() -> None:
 def test_a_query_that_is_not_one_vector_is_refused(query: object, message: str) -> None:
     with pytest.raises(polyemb.InvalidInputError, match=message):
         query_row(query)
+
+
+def test_rows_with_nan_or_infinity_are_refused_and_huge_ones_normalized() -> None:
+    # A NaN row became a zero row: every cosine with it 0.0, and top_k matched it like any other.
+    with pytest.raises(polyemb.InvalidInputError, match="position 1 holds NaN or infinity"):
+        normalize_rows(np.array([[1.0, 0.0], [np.nan, 1.0]], dtype=np.float32))
+    with pytest.raises(polyemb.InvalidInputError, match="NaN or infinity"):
+        top_k(np.array([[1.0, 0.0]]), np.array([[np.inf, 1.0]]), 1)
+    # Finite values whose squares overflow float32 keep their direction (they became zero rows).
+    huge = normalize_rows(np.array([[3e30, 4e30], [0.0, 0.0]], dtype=np.float32))
+    np.testing.assert_allclose(huge, [[0.6, 0.8], [0.0, 0.0]], rtol=1e-6)

@@ -80,6 +80,16 @@ def test_nan_and_none_strings_are_texts_but_missing_values_are_na() -> None:
     assert vectors.isna().tolist() == [False, False, True, True]
 
 
+def test_to_numpy_round_trip_keeps_na_rows_na() -> None:
+    vectors = pd.Series(["a cat", None, "a dog"]).emb.encode()
+    back = pd.Series(list(vectors.emb.to_numpy()))
+    assert back.emb.similarity("a cat").isna().tolist() == [False, True, False]
+    with_nan = vectors.emb.to_numpy()
+    with_nan[2, 0] = np.nan
+    with pytest.raises(polyemb.InvalidInputError, match="position 2 holds NaN"):
+        pd.Series(list(with_nan)).emb.similarity("a cat")
+
+
 def test_similarity_with_query_and_series(tiny_encoder: polyemb.Encoder) -> None:
     series = text_series()
     scores = series.emb.similarity("a cat")

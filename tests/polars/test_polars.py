@@ -91,6 +91,19 @@ def test_null_and_nan_are_missing_and_the_strings_are_texts(tiny_encoder: polyem
     assert pl.Series("t", [None, None]).emb.encode().null_count() == 2  # an all-NULL column (type Null)
 
 
+def test_to_numpy_round_trip_keeps_null_rows_null(tiny_encoder: polyemb.Encoder) -> None:
+    # to_numpy writes a NULL row as NaN; read back, it was a zero vector: a score of 0.0 and a
+    # match like any other, where the row had been NULL.
+    vectors = pl.Series("v", ["a cat", None, "a dog"]).emb.encode()
+    back = pl.Series("v", vectors.emb.to_numpy())
+    assert back.emb.similarity("a cat").is_null().to_list() == [False, True, False]
+    assert back.emb.search("a cat", k=5)["index"].to_list() == [0, 2]
+    with_nan = vectors.emb.to_numpy()
+    with_nan[0, 0] = np.nan
+    with pytest.raises(polyemb.InvalidInputError, match="position 0 holds NaN"):
+        pl.Series("v", with_nan).emb.similarity("a cat")
+
+
 def test_similarity_with_text_series_and_expressions(tiny_encoder: polyemb.Encoder) -> None:
     series = pl.Series("title", TEXTS)
     scores = series.emb.similarity("a cat")
