@@ -167,14 +167,21 @@ def _check_columns(names: list[str], columns: Sequence[str], source: Path) -> No
 
 
 def check_output(path: str | os.PathLike[str]) -> Path:
-    """``path`` as a Path, checked before any work: a file that can be written where a folder exists.
+    """``path`` as a Path, checked before any work: a Parquet file that can be written where a folder exists.
 
     Raises:
-        InvalidInputError: Its folder does not exist, or it names a folder.
+        InvalidInputError: Its folder does not exist, it names a folder, or its name says another
+            format (``.csv``, ``.tsv``, ``.txt``, ``.json``, a compression suffix): Parquet under
+            such a name is read wrongly by the next tool.
     """
     target = Path(path)
     if target.is_dir():
         raise InvalidInputError(f"the output {str(target)!r} is a folder; name a file")
+    last = target.suffix.lower()
+    if last in _DELIMITED or last in _LINES or last in _COMPRESSED or last in (".json", ".jsonl"):
+        raise InvalidInputError(
+            f"the output {str(target)!r} would be Parquet under a {last} name; name it .parquet"
+        )
     if not target.parent.is_dir():
         raise InvalidInputError(f"the output's folder {str(target.parent)!r} does not exist; create it first")
     return target

@@ -150,6 +150,10 @@ def test_embed_errors_are_clear_and_leave_no_output(
         assert "the output's folder" in capsys.readouterr().err
         assert main([command, str(source), "-c", "title", "-o", str(tmp_path), *model]) == 1
         assert "is a folder; name a file" in capsys.readouterr().err
+        for name in ("out.csv", "out.TSV", "out.txt", "out.json", "out.csv.gz"):  # Parquet, misnamed
+            assert main([command, str(source), "-c", "title", "-o", str(tmp_path / name), *model]) == 1
+            assert "name it .parquet" in capsys.readouterr().err
+            assert not (tmp_path / name).exists()
     for rows in ("0", "-5"):  # -5 used to write an empty file and exit 0
         with pytest.raises(SystemExit) as usage:
             main(["embed", str(source), "-c", "title", "-o", str(output), "--chunk-rows", rows, *model])

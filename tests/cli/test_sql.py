@@ -30,6 +30,35 @@ def test_json_and_csv(
     assert lines[0] == "t,s,v" and lines[1].startswith("a cat,")
 
 
+def test_json_is_strict_and_blobs_read_as_duckdb_writes_them(
+    tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # json.dumps wrote NaN and Infinity (not JSON: strict parsers refuse the whole output) and
+    # BLOBs as Python's b'...' repr.
+    query = (
+        "SELECT 'nan'::DOUBLE AS x, ['inf'::DOUBLE, 1.5] AS y, {'z': '-inf'::FLOAT} AS z, "
+        "'\\xAAa''\\x00'::BLOB AS b"
+    )
+    assert main(["sql", "--json", "-m", str(tiny_model_dir), query]) == 0
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    [row] = json.loads(capsys.readouterr().out, parse_constant=refuse)
+    assert row == {"x": None, "y": [None, 1.5], "z": {"z": None}, "b": "\\xAAa\\x27\\x00"}
+    assert main(["sql", "--csv", "-m", str(tiny_model_dir), query]) == 0
+    assert capsys.readouterr().out.splitlines()[1].endswith(",\\xAAa\\x27\\x00")
+
+
+def test_help_names_every_function_registered(capsys: pytest.CaptureFixture[str]) -> None:
+    from polyemb.duckdb import FUNCTIONS
+
+    with pytest.raises(SystemExit):
+        main(["sql", "--help"])
+    described = " ".join(capsys.readouterr().out.split())
+    assert [name for name in FUNCTIONS if f"{name}(" not in described] == []
+
+
 def test_file_with_several_statements_and_a_database(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import shutil
 import sys
 from typing import TYPE_CHECKING, Any
@@ -34,8 +35,9 @@ def add_parser(commands: Subparsers) -> None:
         help="run SQL on embedded DuckDB with embed() and semantic_similarity()",
         description=(
             "Run SQL on an embedded DuckDB (in memory, or --db FILE) with polyemb's functions "
-            "registered: embed(text) -> FLOAT[dim], semantic_similarity(a, b), embedding_model(), "
-            "embedding_cache_stats(), embedding_cache_clear(). Files named in the query are read by "
+            "registered: embed(text) -> FLOAT[dim], embed_chunks(text), semantic_similarity(a, b), "
+            "embedding_model(), embedding_cache_stats(), embedding_cache_clear(), "
+            "embedding_store_stats(). Files named in the query are read by "
             "DuckDB itself ('data.csv', read_parquet('*.parquet')). Each statement that returns rows "
             "(queries, and INSERT, UPDATE and DELETE with RETURNING) is printed."
         ),
@@ -237,20 +239,37 @@ def _print_result(relation: Any, args: argparse.Namespace) -> None:
         writer.writerow(columns)
         writer.writerows([_plain(v) for v in row] for row in rows)
     else:
-        print(
-            json.dumps(
-                [dict(zip(columns, row, strict=True)) for row in rows],
-                default=_json_default,
-                ensure_ascii=False,
-            )
-        )
+        print(_json([dict(zip(columns, row, strict=True)) for row in rows]))
 
 
 def _plain(value: Any) -> Any:
-    return json.dumps(value, default=_json_default) if isinstance(value, (list, tuple, dict)) else value
+    """A CSV cell: lists and structs as JSON, BLOBs as DuckDB writes them, the rest as it is."""
+    if isinstance(value, (list, tuple, dict)):
+        return _json(value)
+    return _blob_text(value) if isinstance(value, bytes) else value
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return list(value)
-    return str(value)
+def _json(value: Any) -> str:
+    """Strict JSON (RFC 8259): NaN and infinities as null, BLOBs as DuckDB writes them, other types as str."""
+    return json.dumps(_json_safe(value), default=str, ensure_ascii=False, allow_nan=False)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, bytes):
+        return _blob_text(value)
+    if isinstance(value, dict):
+        return {str(key): _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def _blob_text(value: bytes) -> str:
+    """A BLOB as DuckDB casts it to text: printable ASCII as it is, other bytes as an escape."""
+    return "".join(chr(b) if 0x20 <= b < 0x7F and b not in _ESCAPED else f"\\x{b:02X}" for b in value)
+
+
+# The printable bytes DuckDB escapes too: the quotes and the backslash.
+_ESCAPED = frozenset(b"\"'\\")
