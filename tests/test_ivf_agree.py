@@ -192,6 +192,30 @@ def test_recall_chooses_the_same_nprobe_everywhere(
     assert found == set(zip(expected.query.tolist(), expected.corpus.tolist(), strict=True))
 
 
+@pytest.mark.parametrize("score", ["cosine", "margin"])
+@pytest.mark.parametrize("engine", ["core", "pandas", pytest.param("spark", marks=pytest.mark.spark)])
+def test_recall_with_no_left_rows_estimates_nothing(
+    engine: str, score: str, request: pytest.FixtureRequest
+) -> None:
+    # It reported recall 1.0 measured on 0 calibration rows.
+    empty: Sides = (LEFT[:0], RIGHT)
+    report = IvfReport()
+    if engine == "core":
+        found = top_pairs(*empty, K, score=score, method=Ivf(recall=0.9, seed=5), report=report)  # type: ignore[arg-type]
+        assert len(found.query) == 0
+    elif engine == "pandas":
+        # Typed as vectors: an empty object column could be texts as well.
+        vectors = pd.arrays.ArrowExtensionArray(pa.array([], pa.list_(pa.float32(), 24)))
+        left = pd.DataFrame({"i": pd.Series([], dtype="int64"), "v": pd.Series(vectors)})
+        right = pd.DataFrame({"j": range(len(RIGHT)), "v": list(RIGHT)})
+        method = Ivf(recall=0.9, seed=5)
+        assert left.emb.join(right, "v", k=K, score=score, method=method, report=report).empty  # type: ignore[arg-type]
+    else:
+        assert spark_join(0.0)(score, Ivf(recall=0.9, seed=5), request, report, sides=empty) == set()
+    assert report.recall_estimate is None and not report.calibration_rows
+    assert any("needs the left rows" in note for note in report.notes)
+
+
 # ---------------------------------------------------------------------- near-duplicates
 
 

@@ -100,10 +100,10 @@ class IvfIndex:
         index = cls(corpus, centroids, nearest_lists(corpus, centroids, 1)[:, 0], 0)
         if settings.recall is not None and threshold is not None:
             nprobe = index.calibrate_pairs(threshold, settings, report)
-        elif settings.recall is not None and queries is not None:
+        elif settings.recall is not None and queries is not None and len(queries):
             nprobe = index.calibrate(queries, k, settings, report)
         else:
-            if settings.recall is not None:
+            if settings.recall is not None:  # no recall to estimate: the report's estimate stays None
                 report.note("recall= needs the left rows to calibrate on; the default nprobe is used")
             nprobe = fixed_nprobe(settings, len(centroids), report, pairs=threshold is not None)
         report.nprobe = nprobe

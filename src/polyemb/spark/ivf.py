@@ -213,6 +213,11 @@ def _calibrated(
     it, and the estimate is of that score's top-k.
     """
     _, sample = smallest_keys(queries, settings.seed + 1, CALIBRATION_ROWS, cells.dim)
+    if not len(sample):  # no recall to estimate: the report's estimate stays None
+        if sizes is not None:  # the score's pass, after the cosine pass said so
+            return cells.nprobe
+        report.note("recall= needs the left rows to calibrate on; the default nprobe is used")
+        return fixed_nprobe(settings, len(cells.centroids), report)
     spark = queries.sparkSession
     rows = spark.createDataFrame(
         pd.DataFrame({"id": np.arange(len(sample), dtype=np.int64), "vector": list(sample)}),
