@@ -163,8 +163,10 @@ def test_a_threshold_that_means_nothing_is_refused(engine: Any, request: pytest.
     for bad in (float("nan"), True, "0.5"):
         with pytest.raises(polyemb.InvalidInputError, match="threshold must be a number"):
             engine(SMALL_LEFT, SMALL_RIGHT, request, threshold=bad)
-    # A threshold every score meets is accepted.
-    assert engine(SMALL_LEFT, SMALL_RIGHT, request, threshold=-1.0) == ["id_x", "v_x", "id_y", "v_y", "score"]
+    # A threshold every score meets is accepted, numpy's float32 too (as near-duplicates take it).
+    for accepted in (-1.0, np.float32(-1.0), -1):
+        columns = engine(SMALL_LEFT, SMALL_RIGHT, request, threshold=accepted)
+        assert columns == ["id_x", "v_x", "id_y", "v_y", "score"]
 
 
 # Rows whose float32 cosine with themselves comes out just below 1 (0.99999994): rounding.

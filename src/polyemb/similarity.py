@@ -7,6 +7,7 @@ function every engine's join calls.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -309,7 +310,8 @@ def check_join(
     method_settings(method)
     if threshold is None:
         return None
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or math.isnan(threshold):
+    # numbers.Real: numpy's float32 too, as near-duplicates take it.
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or math.isnan(threshold):
         raise InvalidInputError(f"threshold must be a number (not NaN) or None, got {threshold!r}")
     return float(threshold) if spec.threshold_cap is None else min(float(threshold), spec.threshold_cap)
 
