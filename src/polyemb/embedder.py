@@ -82,7 +82,10 @@ def check_texts(texts: Iterable[Any], *, allow_none: bool) -> list[Any]:
         raise InvalidInputError(
             f"texts is a single {type(texts).__name__}; pass a list of texts, e.g. encode([text])"
         )
-    items = list(texts)
+    try:
+        items = list(texts)
+    except TypeError as exc:  # None, a number: not a sequence of texts at all
+        raise InvalidInputError(f"texts is {type(texts).__name__}, not a list of texts") from exc
     for position, text in enumerate(items):
         if isinstance(text, str) or (text is None and allow_none):
             continue

@@ -173,6 +173,10 @@ def resolve_device(device: str | torch.device) -> torch.device:
         raise InvalidInputError(
             f"device {device!r} is not a device; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
         ) from exc
+    if chosen.type not in ("cpu", "cuda", "mps"):  # xla, meta...: failed later, in torch's words
+        raise InvalidInputError(
+            f"device {device!r} is not one polyemb runs on; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+        )
     if chosen.type == "cuda" and not torch.cuda.is_available():
         raise InvalidInputError(f"device {device!r} asked for, but torch sees no CUDA GPU")
     if chosen.type == "mps" and not torch.backends.mps.is_available():

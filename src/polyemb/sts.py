@@ -85,6 +85,13 @@ def read_sts(path: str | os.PathLike[str]) -> StsData:
         scores = np.array([float(columns["score"][i]) for i in keep], dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"a score in {os.fspath(path)!r} is not a number: {exc}") from exc
+    undefined = np.flatnonzero(~np.isfinite(scores))
+    if len(undefined):  # NaN ranks as the largest score: a made-up Spearman
+        row = keep[int(undefined[0])]
+        raise InvalidInputError(
+            f"the score of pair {row + 1} in {os.fspath(path)!r} is {columns['score'][row]!r}, not a "
+            f"finite number ({len(undefined)} such pairs); leave it empty to skip the pair"
+        )
     return StsData(
         sentence1=[str(columns["sentence1"][i]) for i in keep],
         sentence2=[str(columns["sentence2"][i]) for i in keep],
@@ -115,8 +122,16 @@ def _ranks(values: np.ndarray) -> np.ndarray:
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman rank correlation: Pearson of the average ranks."""
+    """Spearman rank correlation: Pearson of the average ranks (NaN where either side holds NaN)."""
+    if np.isnan(np.asarray(x, dtype=np.float64)).any() or np.isnan(np.asarray(y, dtype=np.float64)).any():
+        return float("nan")
     return pearson(_ranks(x), _ranks(y))
+
+
+def _has_spearman(data: StsData) -> bool:
+    """Whether some task of ``data`` has 2 pairs or more and scores that are not all the same."""
+    tasks = np.array(data.task, dtype=object)
+    return any(np.ptp(data.score[tasks == task]) > 0 for task in set(data.task))
 
 
 def fisher_mean(correlations: Sequence[float]) -> float:
@@ -205,6 +220,10 @@ def check_precision(
     for name, data in files.items():
         if not data.score.size:
             raise InvalidInputError(f"{name}: no sentence pairs to evaluate")
+        if not _has_spearman(data):  # the file's fault, not the precision's: no exit 3 for it
+            raise InvalidInputError(
+                f"{name}: no task has a defined Spearman (each has fewer than 2 pairs, or one score for all)"
+            )
         texts = [*data.sentence1, *data.sentence2]
         ours = candidate.encode(texts, batch_size=batch_size)
         theirs = reference.encode(texts, batch_size=batch_size)
@@ -212,6 +231,8 @@ def check_precision(
         row_cosines = cosine(ours[distinct], theirs[distinct])
         all_cosines.append(row_cosines)
         spearman_ref = _correlate(theirs, data)["mean_spearman"]
+        if math.isnan(spearman_ref):
+            raise InvalidInputError(f"{name}: the {reference.precision} reference's Spearman is undefined")
         spearman_ours = _correlate(ours, data)["mean_spearman"]
         drop = spearman_ref - spearman_ours
         rows[name] = {

@@ -73,8 +73,9 @@ def read_table_batches(
     - CSV and TSV, optionally compressed (``.gz``, ``.bz2``, ``.zst``, ``.lz4``): ``columns`` are
       read as text whatever they look like; an empty unquoted cell is NULL, a quoted empty cell
       ``""`` is the empty string (as DuckDB reads CSV). A file whose first row does not name
-      ``columns`` has no header if ``headerless`` is given and the row has that many cells: its
-      columns are then called ``headerless``.
+      ``columns`` has no header if ``headerless`` is given, the row has that many cells and its
+      last is a number (an STS file's score): its columns are then called ``headerless``. A
+      first row of other names is a header, and a missing column is named in the error.
     - ``.txt`` (UTF-8, a byte order mark ignored): one text per line, in a column ``text``; a
       line ends at ``\n`` (or ``\r\n``) only, so a form feed or a Unicode line separator stays
       inside its text; blank lines are skipped.
@@ -146,6 +147,10 @@ def _header_names(
     first = next(csv.reader(io.StringIO(head), delimiter=delimiter), [])
     if all(column in first for column in columns) or len(first) != len(headerless):
         return None
+    try:
+        float(first[-1])
+    except ValueError:
+        return None  # a header of other names: the missing columns are reported by name
     return list(headerless)
 
 

@@ -186,6 +186,11 @@ def test_bench_store_and_memory_refuse_what_cannot_be_measured(
         == 1
     )
     assert "cannot run here" in capsys.readouterr().out
+    # A sink file that is not there: one line, before any child process (a traceback from each).
+    missing = str(tmp_path / "none.parquet")
+    sink = ["bench-memory", "--precisions", "fp32", "--polars-sink", missing, "--column", "t"]
+    assert main(sink) == 1
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_bench_memory_report(tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -135,6 +135,28 @@ def test_bad_files(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureF
         read_sts(tmp_path / "missing.csv")
 
 
+def test_undefined_scores_and_other_headers_are_refused(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A literal nan ranked as the largest score: eval-sts printed a made-up Spearman, and
+    # check-precision passed a file whose Spearman was -1.0 on both sides.
+    nan = tmp_path / "nan.csv"
+    nan.write_text("a cat,a dog,nan\nx,y,1\nu,v,2\np,q,3\n")
+    for command in ("eval-sts", "check-precision"):
+        assert main([command, str(nan), "-m", str(tiny_model_dir)]) == 1
+        assert "score of pair 1" in capsys.readouterr().err
+    assert np.isnan(spearman(np.array([np.nan, 1.0, 2.0]), np.array([1.0, 2.0, 3.0])))
+    # A header of other names was read as a data row (or failed on 'similarity' as a score).
+    for header in ("text_a,text_b,similarity", "text_a,text_b,5"):
+        other = tmp_path / "other.csv"
+        other.write_text(f"{header}\nx,y,1\n")
+        if header.endswith("5"):  # a header-less file after all: its first row is a pair
+            assert read_sts(other).sentence1 == ["text_a", "x"]
+            continue
+        assert main(["eval-sts", str(other), "-m", str(tiny_model_dir)]) == 1
+        assert "column 'sentence1' is not in" in capsys.readouterr().err
+
+
 def test_statistics_match_scipy() -> None:
     rng = np.random.default_rng(3)
     x = rng.integers(0, 6, size=300).astype(float)  # many ties, as gold scores have
@@ -178,14 +200,12 @@ def test_check_precision_report_and_exit_codes(
         with pytest.raises(SystemExit) as usage:
             main([*base, option, value])
         assert usage.value.code == 2 and "expected a number" in capsys.readouterr().err
-    # A file whose Spearman is undefined (constant gold scores): null in the JSON, not NaN.
+    # A file whose Spearman is undefined (constant gold scores) is the file's fault: exit 1 and
+    # why, not exit 3 with "Spearman nan is nan below nan".
     constant = Path(files[0]).with_name("constant.csv")
     constant.write_text("".join(f"a text {i},another text {i},3\n" for i in range(20)))
-    assert main(
-        ["check-precision", "-m", str(tiny_model_dir), "--precision", "bf16", str(constant), "--json"]
-    ) in (0, 3)
-    report = json.loads(capsys.readouterr().out, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
-    assert report["files"]["constant.csv"]["spearman"] is None
+    assert main(["check-precision", "-m", str(tiny_model_dir), "--precision", "bf16", str(constant)]) == 1
+    assert "constant.csv: no task has a defined Spearman" in capsys.readouterr().err
     # Nothing to compare is an error (exit 1), not a pass.
     assert main(["check-precision", "-m", str(tiny_model_dir), "--precision", "fp32", files[0]]) == 1
     assert "nothing to compare" in capsys.readouterr().err

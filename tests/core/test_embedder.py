@@ -32,6 +32,13 @@ def test_check_texts_refuses_a_single_text(single: object) -> None:
         check_texts(single, allow_none=False)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("nothing", [None, 5])
+def test_check_texts_refuses_what_is_not_a_sequence(nothing: object) -> None:
+    # A TypeError ("'NoneType' object is not iterable"), not a PolyembError.
+    with pytest.raises(InvalidInputError, match="not a list of texts"):
+        check_texts(nothing, allow_none=True)  # type: ignore[arg-type]
+
+
 def test_check_texts_names_the_position_and_type_of_a_bad_item() -> None:
     with pytest.raises(InvalidInputError, match=r"texts\[2\] is int \(42\), not a str") as caught:
         check_texts(["a", "b", 42], allow_none=True)

@@ -345,6 +345,9 @@ def test_device_and_precision_errors(tiny_model_dir: Path) -> None:
         polyemb.load(tiny_model_dir, precision="fp8")  # type: ignore[arg-type]
     with pytest.raises(polyemb.InvalidInputError, match="device"):
         polyemb.load(tiny_model_dir, device="tpu9")
+    for elsewhere in ("meta", "xla"):  # torch devices polyemb does not run on (a RuntimeError later)
+        with pytest.raises(polyemb.InvalidInputError, match="not one polyemb runs on"):
+            polyemb.load(tiny_model_dir, device=elsewhere)
     if not torch.cuda.is_available():
         with pytest.raises(polyemb.InvalidInputError, match="no CUDA"):
             polyemb.load(tiny_model_dir, device="cuda")

@@ -220,6 +220,10 @@ def _bench_memory(args: argparse.Namespace) -> int:
     if args.polars_sink:
         if not args.column:
             raise InvalidInputError("--polars-sink needs --column: the text column of the Parquet file")
+        from polyemb.tables import read_table_batches
+
+        # A missing file or column: one line here, not a traceback from each child process.
+        read_table_batches(args.polars_sink, [args.column])
         report = memory.sink_footprints(
             model,
             args.precisions,
