@@ -36,6 +36,12 @@ __all__ = [
 Name = TypeVar("Name", bound=Hashable)
 """A column name: a string in Spark and Polars, any hashable label in pandas."""
 
+
+def _same(name: Any) -> Any:
+    """Names as they are: two names are one only if equal (pandas, Polars)."""
+    return name
+
+
 IDENTICAL = 1.0 - 1e-5
 """The cosine from which two unit vectors count as identical: float32 rounding puts an identical
 pair's computed cosine just below 1 (0.99999994 for all-MiniLM-L6-v2's vectors)."""
@@ -135,15 +141,20 @@ def added_columns(score: Any, score_column: str) -> tuple[str, ...]:
     return (score_column, *spec.columns)
 
 
-def check_free(taken: Collection[str], added: Sequence[str]) -> None:
+def check_free(
+    taken: Collection[str], added: Sequence[str], *, fold: Callable[[str], Hashable] = _same
+) -> None:
     """Refuse a join whose added columns (``added``, the score column first) would overwrite one of ``taken``.
+
+    ``fold``: how the engine tells names apart (Spark: case-folded by default).
 
     Raises:
         InvalidInputError: A column of the tables has the name of one the join adds; the
             message says which fix applies.
     """
+    folded = {fold(name) for name in taken}
     for position, name in enumerate(added):
-        if name in taken:
+        if fold(name) in folded:
             fix = (
                 "rename it, or choose another score_column"
                 if position == 0
@@ -153,9 +164,12 @@ def check_free(taken: Collection[str], added: Sequence[str]) -> None:
 
 
 def joined_names(
-    left: Sequence[Name], right: Sequence[Name], suffixes: Any
+    left: Sequence[Name], right: Sequence[Name], suffixes: Any, *, fold: Callable[[Any], Hashable] = _same
 ) -> tuple[dict[Name, Name | str], dict[Name, Name | str]]:
     """How a join names the left and the right columns: ``suffixes`` added to names found in both.
+
+    ``fold``: how the engine tells names apart (Spark: case-folded by default, so ``ID`` and
+    ``id`` are found in both).
 
     Returns:
         Two mappings, from each side's column names to the joined table's.
@@ -174,15 +188,18 @@ def joined_names(
         or not all(isinstance(suffix, str) for suffix in suffixes)
     ):
         raise InvalidInputError(f"suffixes must be two strings, like ('_x', '_y'); got {suffixes!r}")
-    clash = set(left) & set(right)
-    left_names = {c: f"{c}{suffixes[0]}" if c in clash else c for c in left}
-    right_names = {c: f"{c}{suffixes[1]}" if c in clash else c for c in right}
-    joined = Counter([*(left_names[c] for c in left), *(right_names[c] for c in right)])
-    for c in sorted(clash, key=str):
-        for name in (left_names[c], right_names[c]):
-            if joined[name] > 1:
-                raise InvalidInputError(
-                    f"suffixes {tuple(suffixes)!r} leave two columns named {name!r} in the joined "
-                    "table: choose suffixes that tell the two sides' columns apart"
-                )
+    clash = {fold(c) for c in left} & {fold(c) for c in right}
+    left_names = {c: f"{c}{suffixes[0]}" if fold(c) in clash else c for c in left}
+    right_names = {c: f"{c}{suffixes[1]}" if fold(c) in clash else c for c in right}
+    joined = Counter([*(fold(left_names[c]) for c in left), *(fold(right_names[c]) for c in right)])
+    renamed = [
+        *(left_names[c] for c in left if fold(c) in clash),
+        *(right_names[c] for c in right if fold(c) in clash),
+    ]
+    for name in sorted(renamed, key=str):
+        if joined[fold(name)] > 1:
+            raise InvalidInputError(
+                f"suffixes {tuple(suffixes)!r} leave two columns named {name!r} in the joined "
+                "table: choose suffixes that tell the two sides' columns apart"
+            )
     return left_names, right_names

@@ -130,7 +130,9 @@ def test_job_glob_input_without_partitions_and_errors(
     other = [*argv[:3], str(tmp_path / "other"), *argv[4:]]
     for taken in (
         ["--vector-column", "other"],
+        ["--vector-column", "Other"],  # one name to Spark: it replaced 'other' without a word
         ["--similarity-query", "q", "--similarity-column", "title"],
+        ["--similarity-query", "q", "--similarity-column", "TITLE"],
         ["--pair-columns", "title", "title", "--pair-similarity-column", "embedding"],
     ):
         assert job.main([*other, *taken]) == 2
@@ -144,6 +146,14 @@ def test_job_glob_input_without_partitions_and_errors(
     with pytest.raises(SystemExit) as info:
         job.main(["--help"])
     assert info.value.code == 0
+    # A dot in the text column's name is part of the name, not a struct path.
+    dotted = tmp_path / "dotted"
+    dotted.mkdir()
+    pq.write_table(pa.table({"my.title": ["a cat", None]}), dotted / "part-0.parquet")
+    out = tmp_path / "dotted-out"
+    argv = ["--input", str(dotted), "--output", str(out), "--text-column", "my.title"]
+    assert job.main([*argv, "--model", str(tiny_model_dir)]) == 0
+    assert [v is None for v in pq.read_table(out).column("embedding").to_pylist()] == [False, True]
 
 
 def test_job_with_a_store_embeds_only_new_texts(

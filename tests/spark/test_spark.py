@@ -379,3 +379,22 @@ def test_embed_chunks_and_the_mean_setting_in_spark_sql(spark: SparkSession, tin
         np.array(table.column("vector").to_pylist()),
         atol=1e-5,
     )
+
+
+def test_names_that_differ_only_in_case_are_one_name_to_spark(
+    spark: SparkSession, tiny_model_dir: Path
+) -> None:
+    # With spark.sql.caseSensitive false (Spark's default), "Group" and "group" are one column:
+    # adding one beside the other gave an AMBIGUOUS_REFERENCE error, not polyemb's message.
+    texts = ["a cat", "a cat", "a dog"]
+    with_group = frame(spark, texts).withColumn("Group", F.lit(1))
+    with pytest.raises(polyemb.InvalidInputError, match="already has a column 'group'"):
+        polyemb.spark.near_duplicates(with_group, "text", 0.99, groups=True, model=str(tiny_model_dir))
+    left = frame(spark, texts).withColumnRenamed("id", "ID").withColumn("Score", F.lit(0))
+    with pytest.raises(polyemb.InvalidInputError, match="already have a column 'score'"):
+        polyemb.spark.semantic_join(left, frame(spark, texts), "text", model=str(tiny_model_dir))
+    # "ID" and "id" are found on both sides: suffixed, as "id" and "id" are.
+    right = frame(spark, texts)
+    joined = polyemb.spark.semantic_join(left.drop("Score"), right, "text", model=str(tiny_model_dir))
+    assert joined.columns == ["ID_x", "text_x", "id_y", "text_y", "score"]
+    assert joined.count() == 3

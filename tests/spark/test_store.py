@@ -150,6 +150,9 @@ def test_wrong_column_names_are_clear(spark: SparkSession, tiny_model_dir: Path,
         polyemb.spark.embed_incremental(df, "txt", str(tmp_path / "s"), tiny_model_dir)
     with pytest.raises(polyemb.InvalidInputError, match="already has a column 'id'"):
         polyemb.spark.embed_incremental(df, "text", str(tmp_path / "s"), tiny_model_dir, vector_column="id")
+    # Spark takes "ID" for "id" (spark.sql.caseSensitive is false): an ambiguous reference later.
+    with pytest.raises(polyemb.InvalidInputError, match="already has a column 'ID'"):
+        polyemb.spark.embed_incremental(df, "text", str(tmp_path / "s"), tiny_model_dir, vector_column="ID")
     # Not a raw AnalysisException about sha2(id, 256), an expression the user never wrote.
     with pytest.raises(polyemb.InvalidInputError, match="column 'id' is bigint: give a text"):
         polyemb.spark.embed_incremental(df, "id", str(tmp_path / "s"), tiny_model_dir)

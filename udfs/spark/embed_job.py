@@ -30,6 +30,7 @@ from polyemb.cli.shared import positive_int
 from polyemb.encoder import describe
 from polyemb.errors import ColumnNotFoundError
 from polyemb.options import DELIVERIES, PRECISIONS
+from polyemb.spark.udfs import col_named, name_fold
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,7 +141,7 @@ def add_columns(spark: SparkSession, df: DataFrame, args: argparse.Namespace) ->
         )
     if not args.no_vectors and not args.store:
         provenance = describe(args.model).provenance
-        vectors = F.call_function("polyemb_embed", F.col(args.text_column))
+        vectors = F.call_function("polyemb_embed", col_named(args.text_column))
         df = df.withColumn(args.vector_column, vectors).withMetadata(
             args.vector_column, {"polyemb.model": provenance}
         )
@@ -148,10 +149,10 @@ def add_columns(spark: SparkSession, df: DataFrame, args: argparse.Namespace) ->
         query = F.lit(args.similarity_query)
         df = df.withColumn(
             args.similarity_column,
-            F.call_function("polyemb_semantic_similarity", F.col(args.text_column), query),
+            F.call_function("polyemb_semantic_similarity", col_named(args.text_column), query),
         )
     if args.pair_columns:
-        a, b = (F.col(name) for name in args.pair_columns)
+        a, b = (col_named(name) for name in args.pair_columns)  # a dot is part of the name
         df = df.withColumn(args.pair_similarity_column, F.call_function("polyemb_semantic_similarity", a, b))
     return df
 
@@ -168,13 +169,14 @@ def _column_problem(df: DataFrame, args: argparse.Namespace) -> str | None:
         (args.similarity_column, "--similarity-column", bool(args.similarity_query)),
         (args.pair_similarity_column, "--pair-similarity-column", bool(args.pair_columns)),
     ]
-    names: list[str] = []
+    fold = name_fold(df.sparkSession)  # Spark takes "Embedding" for "embedding" by default
+    names = {fold(column) for column in df.columns}
     for name, option, used in added:
         if not used:
             continue
-        if name in df.columns or name in names:
+        if fold(name) in names:
             return f"{option} {name!r} is taken (the input's columns, or another new one): choose another"
-        names.append(name)
+        names.add(fold(name))
     return None
 
 

@@ -35,7 +35,7 @@ from polyemb.spark.cells import (
 )
 from polyemb.spark.delivery import active_session
 from polyemb.spark.join import BLOCK_ROWS, LEFT_ID, RIGHT_ID, VECTOR, Embedding, assemble
-from polyemb.spark.udfs import col_named
+from polyemb.spark.udfs import col_named, has_column
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -176,7 +176,7 @@ def _grouped(
     df: DataFrame, rows: DataFrame, pairs: DataFrame, group_column: str, first_only: bool
 ) -> DataFrame:
     """``df`` with each row's group (connected components of the pairs, on the driver), or its kept rows."""
-    if group_column in df.columns and not first_only:
+    if has_column(df, group_column) and not first_only:
         raise InvalidInputError(
             f"the DataFrame already has a column {group_column!r}; choose another group_column"
         )

@@ -58,7 +58,7 @@ from polyemb.spark._pairs import (
 )
 from polyemb.spark.delivery import active_session, model_source
 from polyemb.spark.ivf import ivf_top_pairs
-from polyemb.spark.udfs import chunks_with, col_named, embed_with
+from polyemb.spark.udfs import chunks_with, col_named, embed_with, name_fold
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -320,8 +320,9 @@ def assemble(
     """Left columns, right columns, then ``added`` (the score, the score's own), named as ``merge`` does."""
     left_cols = [c for c in left_rows.columns if c not in (LEFT_ID, VECTOR)]
     right_cols = [c for c in right_rows.columns if c not in (RIGHT_ID, VECTOR, CHUNKS)]
-    left_names, right_names = joined_names(left_cols, right_cols, suffixes)
-    check_free({*left_names.values(), *right_names.values()}, added)
+    fold = name_fold(left_rows.sparkSession)
+    left_names, right_names = joined_names(left_cols, right_cols, suffixes, fold=fold)
+    check_free({*left_names.values(), *right_names.values()}, added, fold=fold)
     left_part = left_rows.select(
         F.col(LEFT_ID).alias(PAIR_L), *[col_named(c).alias(n) for c, n in left_names.items()]
     )

@@ -31,7 +31,7 @@ from polyemb.errors import ColumnNotFoundError, InvalidInputError
 from polyemb.options import Delivery, LongTexts, Precision
 from polyemb.spark.delivery import active_session, model_source
 from polyemb.spark.lakefs import LakeFs
-from polyemb.spark.udfs import col_named, embed_with
+from polyemb.spark.udfs import col_named, embed_with, has_column
 from polyemb.store import stored
 from polyemb.store.layout import (
     HASH_COLUMN,
@@ -169,7 +169,7 @@ def embed_incremental(
     kind = df.schema[column].dataType.simpleString()
     if kind != "string":
         raise InvalidInputError(f"column {column!r} is {kind}: give a text (string) column")
-    if vector_column in df.columns:
+    if has_column(df, vector_column):
         raise InvalidInputError(f"the DataFrame already has a column {vector_column!r}; choose another")
     session = active_session(spark)
     root = os.fspath(store)

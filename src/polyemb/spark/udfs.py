@@ -25,9 +25,18 @@ from polyemb.similarity import paired_cosines
 from polyemb.spark.delivery import ModelSource, model_source, worker_encoder
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["CHUNKS_TYPE", "col_named", "embed_chunks_udf", "embed_udf", "register", "similarity_udf"]
+__all__ = [
+    "CHUNKS_TYPE",
+    "col_named",
+    "embed_chunks_udf",
+    "embed_udf",
+    "has_column",
+    "name_fold",
+    "register",
+    "similarity_udf",
+]
 
 CHUNKS_TYPE = ArrayType(
     StructType(
@@ -47,6 +56,22 @@ def col_named(name: str) -> Any:
     from pyspark.sql import functions as F
 
     return F.col("`" + name.replace("`", "``") + "`")
+
+
+def name_fold(spark: SparkSession) -> Callable[[str], str]:
+    """How the session tells column names apart: case-folded, unless ``spark.sql.caseSensitive`` is true.
+
+    Spark resolves ``Score`` and ``score`` as one name by default, so a check that they differ
+    must fold them too (else the new column is an ambiguous reference, or replaces the other).
+    """
+    sensitive = str(spark.conf.get("spark.sql.caseSensitive", "false")).strip().lower() == "true"
+    return str if sensitive else str.casefold
+
+
+def has_column(df: DataFrame, name: str) -> bool:
+    """Whether ``df`` has a column that its session takes ``name`` for (:func:`name_fold`)."""
+    fold = name_fold(df.sparkSession)
+    return fold(name) in {fold(column) for column in df.columns}
 
 
 def embed_udf(
