@@ -19,15 +19,8 @@ import torch
 from polyemb.errors import InvalidInputError
 from polyemb.options import JoinHow, Score
 from polyemb.scores import PAIR_COLUMNS, ScoreSpec, score_spec
-from polyemb.similarity import (
-    BLOCK_ROWS,
-    NEIGHBOURS,
-    _first_best,
-    _per_query_k,
-    _unit_pair,
-    _with_unmatched,
-    check_join,
-)
+from polyemb.similarity.joins import check_join, with_unmatched
+from polyemb.similarity.ranking import BLOCK_ROWS, NEIGHBOURS, first_best, per_query_k, unit_pair
 
 __all__ = [
     "CHUNK_COLUMNS",
@@ -134,7 +127,7 @@ def top_chunk_pairs(
     """
     spec = score_spec(score)
     q, c = _sides(queries, query_rows, corpus, corpus_rows)
-    ks = _per_query_k(k, len(q))
+    ks = per_query_k(k, len(q))
     query_r, corpus_r = _neighbourhoods(q, c, spec, neighbourhoods, neighbours, block_rows)
     rows, values, q_arg, c_arg = _ranked(q, c, int(ks.max(initial=1)), spec, query_r, corpus_r, block_rows)
     taken = np.arange(rows.shape[1]) < ks[:, None]
@@ -171,7 +164,7 @@ def _sides(
 ) -> tuple[_Side, _Side]:
     if not (np.isfinite(queries).all() and np.isfinite(corpus).all()):
         raise InvalidInputError("the vectors hold NaN or infinite values; they cannot be compared")
-    q_unit, c_unit = _unit_pair(queries, corpus)
+    q_unit, c_unit = unit_pair(queries, corpus)
     return _Side.of(q_unit, query_rows, "query"), _Side.of(c_unit, corpus_rows, "corpus")
 
 
@@ -297,7 +290,7 @@ def _best_of_block(
     scores: np.ndarray, q_arg: np.ndarray, c_arg: np.ndarray, offset: int, keep: int
 ) -> tuple[np.ndarray, ...]:
     """Each query row's ``keep`` best columns of a block: rows, scores, query and corpus windows."""
-    values, columns = _first_best(torch.from_numpy(scores), min(keep, scores.shape[1]))
+    values, columns = first_best(torch.from_numpy(scores), min(keep, scores.shape[1]))
     picked = columns.numpy()
     return (
         picked + offset,
@@ -385,7 +378,7 @@ def join_chunk_rows(
         kept = values[0] >= cut
         left_rows, right_out, values = left_rows[kept], right_out[kept], values[:, kept]
     if how == "left":
-        left_rows, right_out, values = _with_unmatched(len(left), left_rows, right_out, values)
+        left_rows, right_out, values = with_unmatched(len(left), left_rows, right_out, values)
     chunk = np.where(np.isnan(values[-1]), -1, values[-1]).astype(np.int64)
     columns = dict(zip(pairs.columns, values[1:-1], strict=True))
     return ChunkJoinRows(left_rows.astype(np.int64), right_out.astype(np.int64), values[0], columns, chunk)

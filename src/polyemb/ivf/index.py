@@ -22,7 +22,8 @@ from polyemb.ivf.cells import list_sizes, nearest_lists, probe, row_keys, train,
 from polyemb.ivf.search import Progress, search_above, search_top_k
 from polyemb.ivf.settings import Ivf, IvfReport, default_nlist, default_nprobe
 from polyemb.scores import PAIR_COLUMNS, ScoreSpec, score_spec
-from polyemb.similarity import NEIGHBOURS, Neighbourhoods, Pairs, _per_query_k, normalize_rows, top_k
+from polyemb.similarity import NEIGHBOURS, Neighbourhoods, Pairs, normalize_rows, top_k
+from polyemb.similarity.ranking import per_query_k
 
 __all__ = ["IvfIndex", "choose_nlist", "fixed_nprobe", "train_centroids", "unique_pairs"]
 
@@ -251,7 +252,7 @@ class IvfIndex:
         """
         spec = score_spec(score)
         queries = normalize_rows(queries)
-        k = _per_query_k(k, len(queries))
+        k = per_query_k(k, len(queries))
         query_r, corpus_r = neighbourhoods if neighbourhoods is not None else (None, None)
         index = self
         if spec.neighbourhoods:

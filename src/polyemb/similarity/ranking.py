@@ -1,13 +1,12 @@
-"""Cosine similarity, top-k search and join pairs on float32 matrices (no engine types here).
+"""Each query row's best corpus rows, block by block: :func:`top_k`, and :func:`top_pairs` for joins.
 
 How a pair is scored comes from the table in :mod:`polyemb.scores`; :func:`top_pairs` is the one
-function every engine's join calls.
+function every engine's join calls. The helpers without ``__all__`` entries are shared with
+:mod:`polyemb.maxsim` and :mod:`polyemb.ivf`, which rank the same way.
 """
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -15,112 +14,21 @@ import numpy as np
 import torch
 
 from polyemb.errors import InvalidInputError
-from polyemb.options import JOIN_HOWS, JoinHow, Method, Score, check_choice, check_positive_int
+from polyemb.options import Method, Score, check_positive_int
 from polyemb.scores import PAIR_COLUMNS, ScoreSpec, score_spec
+from polyemb.similarity.vectors import normalize_rows
 
 if TYPE_CHECKING:
     # polyemb.ivf builds on this module, so it is imported where the ivf method is asked for.
     from polyemb.ivf import Ivf, IvfReport
 
-__all__ = [
-    "JoinRows",
-    "Pairs",
-    "check_join",
-    "cosine",
-    "cosine_of_valid",
-    "join_rows",
-    "neighbourhood",
-    "normalize_rows",
-    "paired_cosines",
-    "query_row",
-    "top_k",
-    "top_pairs",
-]
+__all__ = ["BLOCK_ROWS", "NEIGHBOURS", "Neighbourhoods", "Pairs", "neighbourhood", "top_k", "top_pairs"]
 
 # Rows of the (query block x corpus block) score matrix computed at once: 4096 x 4096 float32
 # is 64 MiB, which bounds top_k's memory whatever the table sizes.
 BLOCK_ROWS = 4_096
 # Neighbours in the margin and CSLS neighbourhoods: the k of LASER's bitext mining.
 NEIGHBOURS = 4
-
-
-def _matrix(values: np.ndarray, name: str) -> np.ndarray:
-    matrix = np.asarray(values, dtype=np.float32)
-    if matrix.ndim != 2:
-        raise InvalidInputError(f"{name} must be a 2-D (rows, dim) matrix, got shape {matrix.shape}")
-    return matrix
-
-
-def normalize_rows(vectors: np.ndarray) -> np.ndarray:
-    """Scale each row to unit length; all-zero rows stay zero (their cosines come out 0).
-
-    Raises:
-        InvalidInputError: A row holds NaN or infinity (no direction to compare: a missing
-            vector is NULL, which the engines leave out before they get here).
-    """
-    matrix = _matrix(vectors, "vectors")
-    with np.errstate(over="ignore"):  # huge rows are handled below
-        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    finite = np.isfinite(norms)
-    unit: np.ndarray = np.divide(matrix, norms, out=np.zeros_like(matrix), where=finite & (norms > 0))
-    odd = np.flatnonzero(~finite[:, 0])
-    if len(odd):
-        rows = matrix[odd]
-        defined = np.isfinite(rows).all(axis=1)
-        if not defined.all():
-            raise InvalidInputError(
-                f"the vector at position {int(odd[~defined][0])} holds NaN or infinity "
-                f"({int((~defined).sum())} such rows): it cannot be compared; a missing vector is NULL"
-            )
-        # Finite values whose squares overflow float32: scaled down first.
-        scaled = rows / np.abs(rows).max(axis=1, keepdims=True)
-        unit[odd] = scaled / np.linalg.norm(scaled, axis=1, keepdims=True)
-    return unit
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise cosine similarity of two ``(n, dim)`` matrices (or one row against n).
-
-    Returns:
-        float32 array of n cosines; 0 where either row is all zeros.
-    """
-    left = normalize_rows(np.atleast_2d(a))
-    right = normalize_rows(np.atleast_2d(b))
-    if left.shape[1] != right.shape[1]:
-        raise InvalidInputError(
-            f"vectors of dimension {left.shape[1]} and {right.shape[1]} cannot be compared"
-        )
-    if len(left) != len(right) and 1 not in (len(left), len(right)):
-        raise InvalidInputError(f"cannot compare {len(left)} rows with {len(right)} rows")
-    scores: np.ndarray = np.einsum("ij,ij->i", *np.broadcast_arrays(left, right)).astype(np.float32)
-    return scores
-
-
-def cosine_of_valid(
-    a: np.ndarray, a_valid: np.ndarray, b: np.ndarray, b_valid: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`cosine` of two vector columns whose invalid (NULL) rows are zero rows; ``(scores, ok)``.
-
-    ``ok`` is where both rows are valid (elsewhere a score means nothing: NULL). A side with no
-    valid row may not know its dimension (an empty or all-NULL variable-length list column reads
-    as ``(n, 0)``): it takes the other side's, and none of its scores is ok.
-    """
-    left, right = np.atleast_2d(a), np.atleast_2d(b)
-    if left.shape[1] == 0 and not np.any(a_valid):
-        left = np.zeros((len(left), right.shape[1]), dtype=np.float32)
-    if right.shape[1] == 0 and not np.any(b_valid):
-        right = np.zeros((len(right), left.shape[1]), dtype=np.float32)
-    return cosine(left, right), np.asarray(a_valid, dtype=bool) & np.asarray(b_valid, dtype=bool)
-
-
-def paired_cosines(vectors: np.ndarray, valid: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Cosines of rows ``i`` and ``n + i`` of unit vectors, as from encoding ``a + b`` in one call.
-
-    Encoding both sides together encodes a text shared by them once. Returns ``(scores, ok)``:
-    float32 cosines, and where both sides were valid (elsewhere the score is meaningless: NULL).
-    """
-    scores = np.einsum("ij,ij->i", vectors[:n], vectors[n : 2 * n]).astype(np.float32)
-    return scores, valid[:n] & valid[n : 2 * n]
 
 
 def neighbourhood(
@@ -137,34 +45,6 @@ def neighbourhood(
 
 Neighbourhoods: TypeAlias = tuple[np.ndarray | None, np.ndarray | None]
 """``(r of each query row over the corpus, r of each corpus row over the queries)``."""
-
-
-def query_row(query: object) -> np.ndarray:
-    """A search's query vector as one float32 row ``(1, dim)``.
-
-    Takes a 1-D sequence or array of numbers, or one row of a matrix (shape ``(1, dim)``).
-
-    Raises:
-        InvalidInputError: The query is missing (None), is not numbers, is not one vector (a
-            scalar, two rows), or holds NaN or infinity.
-    """
-    if query is None:
-        raise InvalidInputError("a search needs a query: a text or one vector; got None")
-    try:
-        row = np.asarray(query, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInputError(
-            f"a search's query is a text or one vector of numbers; got {type(query).__name__}"
-        ) from exc
-    if row.ndim == 2 and len(row) == 1:
-        row = row[0]
-    if row.ndim != 1 or not row.size:
-        raise InvalidInputError(
-            f"a search's query vector must be one vector (1-D, or one row); got shape {row.shape}"
-        )
-    if not np.isfinite(row).all():
-        raise InvalidInputError("a search's query vector holds NaN or infinity")
-    return row.reshape(1, -1)
 
 
 def top_k(
@@ -204,7 +84,7 @@ def top_k(
     """
     check_positive_int("k", k)
     spec = score_spec(score)
-    q, c = _unit_pair(queries, corpus)
+    q, c = unit_pair(queries, corpus)
     return _ranked(q, c, k, spec, neighbourhoods, neighbours, block_rows)
 
 
@@ -272,8 +152,8 @@ def top_pairs(
 
     spec = score_spec(score)
     settings = method_settings(method)
-    q, c = _unit_pair(queries, corpus)
-    ks = _per_query_k(k, len(q))
+    q, c = unit_pair(queries, corpus)
+    ks = per_query_k(k, len(q))
     if settings is not None:
         report = report or IvfReport()
         index = IvfIndex.build(c, settings, report, queries=q, k=int(ks.max(initial=1)))
@@ -293,30 +173,7 @@ def top_pairs(
     return Pairs(rows, chosen, scores[taken], columns)
 
 
-def check_join(
-    k: int, threshold: float | None, how: str, score: str, method: object = "exact"
-) -> float | None:
-    """Check a join's options (before the engines spend time encoding); the threshold to compare scores with.
-
-    That is ``threshold`` itself, or the score's ``threshold_cap`` where it is lower: for cosine
-    :data:`polyemb.scores.IDENTICAL`, so that ``threshold=1.0`` keeps identical texts, whose
-    float32 cosine can fall just below 1 (as near-duplicates take it).
-    """
-    from polyemb.ivf import method_settings
-
-    check_positive_int("k", k)
-    check_choice("how", how, JOIN_HOWS)
-    spec = score_spec(score)
-    method_settings(method)
-    if threshold is None:
-        return None
-    # numbers.Real: numpy's float32 too, as near-duplicates take it.
-    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or math.isnan(threshold):
-        raise InvalidInputError(f"threshold must be a number (not NaN) or None, got {threshold!r}")
-    return float(threshold) if spec.threshold_cap is None else min(float(threshold), spec.threshold_cap)
-
-
-def _unit_pair(queries: np.ndarray, corpus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def unit_pair(queries: np.ndarray, corpus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Both sides as unit rows of one dimension.
 
     An engine may not know the dimension of an empty side (an empty Arrow list column is
@@ -332,7 +189,7 @@ def _unit_pair(queries: np.ndarray, corpus: np.ndarray) -> tuple[np.ndarray, np.
     return q, c
 
 
-def _per_query_k(k: int | np.ndarray, rows: int) -> np.ndarray:
+def per_query_k(k: int | np.ndarray, rows: int) -> np.ndarray:
     """``k`` as one int64 per query row, checked."""
     if np.ndim(k) == 0:
         return np.full(rows, check_positive_int("k", k), dtype=np.int64)
@@ -417,7 +274,7 @@ def _best_in_corpus(
         block = spec.rescore(
             q_block @ corpus[c0 : c0 + block_rows].T, query_r, corpus_r[c0 : c0 + block_rows]
         )
-        val, idx = _first_best(block, min(keep, block.shape[1]))
+        val, idx = first_best(block, min(keep, block.shape[1]))
         best_val = torch.cat([best_val, val], dim=1)
         best_idx = torch.cat([best_idx, idx + c0], dim=1)
         if best_val.shape[1] > keep:  # a few candidates: order them fully, ties by index
@@ -428,7 +285,7 @@ def _best_in_corpus(
     return best_idx, best_val
 
 
-def _first_best(block: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+def first_best(block: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's ``keep`` highest values and their columns; among equal values the lower column.
 
     ``torch.topk`` alone may keep any of several tied columns; rows where a tie crosses the
@@ -442,74 +299,3 @@ def _first_best(block: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Ten
         order = block[tied].argsort(dim=1, descending=True, stable=True)[:, :keep]
         values[tied], columns[tied] = block[tied].gather(1, order), order
     return values, columns
-
-
-@dataclass(frozen=True)
-class JoinRows:
-    """The pairs of a semantic join, as row positions: what every engine's join assembles.
-
-    Ordered by left row, then by decreasing score, then by right row (so ties go to the earlier
-    right row). Unmatched left rows of a ``how="left"`` join have right row -1 and NaN scores.
-    """
-
-    left: np.ndarray  # int64 left row positions
-    right: np.ndarray  # int64 right row positions, -1 where unmatched
-    score: np.ndarray  # float64 score of the pair
-    columns: dict[str, np.ndarray]  # float64 columns the score adds (Pairs.columns), by name
-
-
-def join_rows(
-    left: np.ndarray,
-    left_valid: np.ndarray,
-    right: np.ndarray,
-    right_valid: np.ndarray,
-    k: int,
-    *,
-    threshold: float | None = None,
-    how: JoinHow = "inner",
-    score: Score = "cosine",
-    neighbours: int = NEIGHBOURS,
-    block_rows: int = BLOCK_ROWS,
-    method: Method | Ivf = "exact",
-    report: IvfReport | None = None,
-) -> JoinRows:
-    """The ``k`` best right rows of each valid left row, by ``score``, at or above ``threshold``.
-
-    Rows whose ``valid`` is False (NULL) never match; margin and CSLS neighbourhoods are taken
-    over the valid rows only. ``how="left"`` keeps every left row once it has no match.
-    ``method`` and ``report`` are :func:`top_pairs`'.
-    """
-    cut = check_join(k, threshold, how, score, method)
-    lpos, rpos = np.flatnonzero(left_valid), np.flatnonzero(right_valid)
-    pairs = top_pairs(
-        left[lpos],
-        right[rpos],
-        k,
-        score=score,
-        neighbours=neighbours,
-        block_rows=block_rows,
-        method=method,
-        report=report,
-    )
-    left_rows, right_rows = lpos[pairs.query], rpos[pairs.corpus]
-    # One row per value (the score, then the added columns), one column per pair.
-    values = np.vstack([pairs.score, *pairs.columns.values()]).astype(np.float64)
-    if cut is not None:
-        keep = values[0] >= cut
-        left_rows, right_rows, values = left_rows[keep], right_rows[keep], values[:, keep]
-    if how == "left":
-        left_rows, right_rows, values = _with_unmatched(len(left), left_rows, right_rows, values)
-    columns = dict(zip(pairs.columns, values[1:], strict=True))
-    return JoinRows(left_rows.astype(np.int64), right_rows.astype(np.int64), values[0], columns)
-
-
-def _with_unmatched(
-    n_left: int, left_rows: np.ndarray, right_rows: np.ndarray, values: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The pairs plus each left row without one (right row -1, NaN values), in left row order."""
-    unmatched = np.setdiff1d(np.arange(n_left), left_rows)
-    left_rows = np.concatenate([left_rows, unmatched])
-    right_rows = np.concatenate([right_rows, np.full(len(unmatched), -1)])
-    values = np.concatenate([values, np.full((len(values), len(unmatched)), np.nan)], axis=1)
-    order = np.argsort(left_rows, kind="stable")
-    return left_rows[order], right_rows[order], values[:, order]
