@@ -13,10 +13,23 @@ import pandas as pd
 import pyarrow as pa
 
 from polyemb.chunks import Chunks, chunks_of_table
+from polyemb.encoder import Encoder
+from polyemb.errors import InvalidInputError
 from polyemb.maxsim import CHUNK_COLUMNS, join_chunk_rows, top_chunk_pairs
 from polyemb.options import JoinHow, Score
+from polyemb.pandas._columns import holds_vectors, labelled, series_name, texts_of
+from polyemb.store.stored import default_encoder_or
 
-__all__ = ["chunk_frame", "join_by_chunks", "search_by_chunks"]
+__all__ = ["chunk_frame", "chunk_table", "join_by_chunks", "search_by_chunks"]
+
+
+def chunk_table(series: pd.Series, encoder: Encoder | None, **options: Any) -> pa.Table:
+    """The chunk table of a Series of texts (:meth:`polyemb.Encoder.encode_chunks`), errors naming the row."""
+    if holds_vectors(series):
+        raise InvalidInputError(f"{series_name(series)} holds vectors; chunks are cut from texts")
+    texts = texts_of(series)
+    model = default_encoder_or(encoder)
+    return labelled(series, texts, lambda: model.encode_chunks(texts, **options))
 
 
 def chunk_frame(table: pa.Table, index: pd.Index) -> pd.DataFrame:

@@ -1,6 +1,7 @@
 """pandas columns as texts or vectors: what the ``.emb`` accessor reads and returns, and its errors.
 
-Also the frame a join returns: both sides' rows and the added columns, as ``merge`` names them.
+Also both sides of a comparison encoded in one call, and the frame a join returns: both sides'
+rows and the added columns, as ``merge`` names them.
 
 Conversions only (the core does the rest): a Series holds texts or vectors; a vector Series is
 ``pd.ArrowDtype(fixed_size_list<float32>[dim])``; an error on a bad value names its row label.
@@ -8,6 +9,7 @@ Conversions only (the core does the rest): a Series holds texts or vectors; a ve
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -15,18 +17,26 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from polyemb.arrow import vector_model, vectors_from_arrow, vectors_to_arrow
+from polyemb.arrow import vector_model, vector_type, vectors_from_arrow, vectors_to_arrow
+from polyemb.embedder import Embedder, check_same_model
+from polyemb.encoder import Encoder
 from polyemb.errors import ColumnNotFoundError, InvalidInputError
 from polyemb.scores import check_free, joined_names
+from polyemb.store import VectorStore, embedder_for
 
 __all__ = [
     "align",
     "assemble_join",
+    "both_sides",
     "column",
     "holds_vectors",
     "is_vector_dtype",
     "labelled",
+    "lazy_embedder",
+    "matrix_of",
     "series_name",
+    "texts_of",
+    "vector_dtype",
     "vector_series",
     "vectors_of",
 ]
@@ -91,12 +101,74 @@ def vectors_of(series: pd.Series) -> tuple[np.ndarray, np.ndarray, str | None]:
     return matrix, valid, vector_model(array.type)
 
 
+def vector_dtype(dim: int, model: str | None = None) -> pd.ArrowDtype:
+    """The dtype of a vector Series: ``pd.ArrowDtype(pa.list_(pa.float32(), dim))``.
+
+    ``model`` (a provenance) rides in the type's metadata; the dtype equals the plain one.
+    """
+    return pd.ArrowDtype(vector_type(dim, model))
+
+
 def vector_series(
     matrix: np.ndarray, valid: np.ndarray, index: pd.Index, name: Any, model: str | None
 ) -> pd.Series:
     """A matrix as a vector Series (NA where not ``valid``) recording the model's provenance."""
     array = vectors_to_arrow(matrix, valid, model)
     return pd.Series(pd.arrays.ArrowExtensionArray(array), index=index, name=name, copy=False)
+
+
+def texts_of(series: pd.Series) -> list[str | None]:
+    """A Series' values as a list, None where NA (None, NaN, pd.NA, NaT)."""
+    na = series.isna().to_numpy(dtype=bool)
+    values = series.to_numpy(dtype=object, copy=True)
+    values[na] = None
+    return values.tolist()  # type: ignore[no-any-return]
+
+
+def lazy_embedder(encoder: Encoder | None, store: VectorStore | None) -> Callable[[], Embedder]:
+    """The embedder to encode with, made on first call (a Series of vectors needs none)."""
+    return functools.cache(lambda: embedder_for(encoder, store))
+
+
+def matrix_of(
+    series: pd.Series, embedder: Callable[[], Embedder], **options: Any
+) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """``(matrix, valid, model)``: encoded if the Series holds texts, read if vectors."""
+    if holds_vectors(series):
+        return vectors_of(series)
+    texts = texts_of(series)
+    encoding = embedder()
+    matrix, valid = labelled(series, texts, lambda: encoding.encode_nullable(texts, **options))
+    return matrix, valid, encoding.provenance
+
+
+def both_sides(
+    left: pd.Series, right: pd.Series, embedder: Callable[[], Embedder], what: str, options: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(left matrix, left valid, right matrix, right valid)`` of two Series of texts or vectors.
+
+    Two Series of texts go through one encode call, so a text found on both sides is encoded once.
+
+    Raises:
+        ModelMismatchError: The two sides' vectors come from different models.
+    """
+    if not holds_vectors(left) and not holds_vectors(right):
+        both = pd.concat([left, right], ignore_index=True)
+        try:
+            matrix, valid, _ = matrix_of(both, embedder, **options)
+        except InvalidInputError as exc:
+            if exc.position is None:
+                raise
+            # Named by the side it came from and its label there, not by a place in ``both``.
+            side, position = (
+                (left, exc.position) if exc.position < len(left) else (right, exc.position - len(left))
+            )
+            raise not_a_text(side, position, side.iloc[position]) from exc
+        return matrix[: len(left)], valid[: len(left)], matrix[len(left) :], valid[len(left) :]
+    lvec, lvalid, left_model = matrix_of(left, embedder, **options)
+    rvec, rvalid, right_model = matrix_of(right, embedder, **options)
+    check_same_model(left_model, right_model, what)
+    return lvec, lvalid, rvec, rvalid
 
 
 def align(series: pd.Series, other: pd.Series) -> pd.Series:
