@@ -23,7 +23,7 @@ from polyemb.arrow import texts_from_arrow, vectors_from_arrow
 from polyemb.errors import InvalidInputError
 from polyemb.near_duplicates import check_threshold, connected_groups, first_of_groups, pairs_above
 from polyemb.options import Keep, Method, check_keep
-from polyemb.tables import check_output, read_table
+from polyemb.tables import check_output, check_unique_names, publishing, read_table
 
 if TYPE_CHECKING:
     from polyemb.embedder import Embedder
@@ -113,6 +113,7 @@ def dedup_file(
         check_keep(keep)
     target = check_output(output)
     table = read_table(source, [column])
+    check_unique_names(table.column_names, source)
     if keep is None and group_column in table.column_names:
         raise InvalidInputError(
             f"the input already has a column {group_column!r}; choose another group column"
@@ -128,16 +129,11 @@ def dedup_file(
         written = table.filter(pa.array(first_of_groups(groups)))
     else:
         written = table.append_column(group_column, pa.array(groups, pa.int64(), mask=groups < 0))
-    partial = target.with_name(target.name + ".partial")
-    try:
-        pq.write_table(written, partial)
-        os.replace(partial, target)
-    except OSError as exc:  # permission denied, a full or read-only disk
-        partial.unlink(missing_ok=True)
-        raise InvalidInputError(f"cannot write {str(target)!r}: {exc}") from exc
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    with publishing(target) as partial:
+        try:
+            pq.write_table(written, partial)
+        except OSError as exc:  # a full disk
+            raise InvalidInputError(f"cannot write {str(target)!r}: {exc}") from exc
     return DedupReport(
         output=target,
         rows=len(valid),

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
+import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,16 @@ from polyemb.progress import progress_bar
 if TYPE_CHECKING:
     from polyemb.embedder import Embedder
 
-__all__ = ["EmbedReport", "check_output", "embed_file", "read_table", "read_table_batches", "table_format"]
+__all__ = [
+    "EmbedReport",
+    "check_output",
+    "check_unique_names",
+    "embed_file",
+    "publishing",
+    "read_table",
+    "read_table_batches",
+    "table_format",
+]
 
 CHUNK_ROWS = 16_384
 _PARQUET = (".parquet", ".pq", ".parq")
@@ -109,19 +120,7 @@ def read_table_batches(
             table = pa.table({"text": pa.array(lines, pa.string())})
             _check_columns(table.column_names, columns, source)
             return table.schema, table.num_rows, iter(table.to_batches(max_chunksize=rows))
-        delimiter = _DELIMITED[kind]
-        names = _header_names(source, delimiter, columns, headerless)
-        reader = pacsv.open_csv(
-            source,
-            read_options=pacsv.ReadOptions(block_size=1 << 24, column_names=names),
-            parse_options=pacsv.ParseOptions(delimiter=delimiter),
-            convert_options=pacsv.ConvertOptions(
-                column_types={column: pa.string() for column in columns},
-                strings_can_be_null=True,
-                null_values=[""],
-                quoted_strings_can_be_null=False,
-            ),
-        )
+        reader = _open_delimited(source, _DELIMITED[kind], columns, headerless)
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
         raise InvalidInputError(f"cannot read {str(source)!r} as {kind.lstrip('.')}: {exc}") from exc
     _check_columns(reader.schema.names, columns, source)
@@ -134,6 +133,38 @@ def read_table(
     """A whole table file in memory (see :func:`read_table_batches` for formats and options)."""
     schema, _, batches = read_table_batches(path, columns, headerless=headerless)
     return pa.Table.from_batches(list(_guarded(batches, path)), schema=schema)
+
+
+def _open_delimited(
+    source: Path, delimiter: str, columns: Sequence[str], headerless: Sequence[str] | None
+) -> pacsv.CSVStreamingReader:
+    """A CSV or TSV file as a stream of batches whose every column is text, as written.
+
+    pyarrow would guess the other columns' types from the first block: ``01234`` became 1234, and
+    a column that turns non-numeric after the first block failed the run. So the names are read
+    first (from the first block), and every column is then read as a string. Quoted values may
+    hold newlines, also across pyarrow's blocks.
+    """
+    names = _header_names(source, delimiter, columns, headerless)
+    parse = pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True)
+    if names is None:
+        head = pacsv.open_csv(source, read_options=pacsv.ReadOptions(block_size=1 << 24), parse_options=parse)
+        names = head.schema.names
+        head.close()
+        skip = 1
+    else:
+        skip = 0
+    return pacsv.open_csv(
+        source,
+        read_options=pacsv.ReadOptions(block_size=1 << 24, column_names=names, skip_rows=skip),
+        parse_options=parse,
+        convert_options=pacsv.ConvertOptions(
+            column_types=dict.fromkeys(names, pa.string()),
+            strings_can_be_null=True,
+            null_values=[""],
+            quoted_strings_can_be_null=False,
+        ),
+    )
 
 
 def _header_names(
@@ -175,13 +206,17 @@ def check_output(path: str | os.PathLike[str]) -> Path:
     """``path`` as a Path, checked before any work: a Parquet file that can be written where a folder exists.
 
     Raises:
-        InvalidInputError: Its folder does not exist, it names a folder, or its name says another
+        InvalidInputError: Its folder does not exist, it names a folder or something else that is
+            not a file (a device such as ``/dev/stdout``, a pipe), or its name says another
             format (``.csv``, ``.tsv``, ``.txt``, ``.json``, a compression suffix): Parquet under
             such a name is read wrongly by the next tool.
     """
     target = Path(path)
     if target.is_dir():
         raise InvalidInputError(f"the output {str(target)!r} is a folder; name a file")
+    if target.exists() and not target.is_file():
+        # /dev/stdout, /dev/null, a pipe: the finished file would replace it, not be written to it.
+        raise InvalidInputError(f"the output {str(target)!r} exists and is not a file; name a file")
     last = target.suffix.lower()
     if last in _DELIMITED or last in _LINES or last in _COMPRESSED or last in (".json", ".jsonl"):
         raise InvalidInputError(
@@ -193,10 +228,10 @@ def check_output(path: str | os.PathLike[str]) -> Path:
 
 
 def _guarded(batches: Iterator[pa.RecordBatch], source: str | os.PathLike[str]) -> Iterator[pa.RecordBatch]:
-    """Re-raise a parse error met mid-file (a CSV cell that breaks a column's type) as ours."""
+    """Re-raise an error met mid-file (a CSV row of too many cells, a damaged Parquet page) as ours."""
     try:
         yield from batches
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:  # OSError: a damaged Parquet page
         raise InvalidInputError(f"cannot read {os.fspath(source)!r}: {exc}") from exc
 
 
@@ -214,17 +249,17 @@ def embed_file(
     """Write ``source``'s columns plus a vector column to the Parquet file ``output``.
 
     Streams ``chunk_rows`` rows at a time, so memory does not grow with the file. The output
-    appears only when complete: it is written to ``output.partial`` and renamed at the end, and
-    the partial file is removed if anything fails or the run is interrupted. The model's
-    provenance is stored in the file's schema metadata under ``polyemb``.
+    appears only when complete (:func:`publishing`). The model's provenance is stored in the
+    file's schema metadata under ``polyemb``.
 
     Raises:
-        InvalidInputError: Unreadable input, a missing column, an existing ``vector_column``, or
-            an output that cannot be written (checked before any embedding where its folder is
-            missing).
+        InvalidInputError: Unreadable input, a missing column, two columns of one name, an
+            existing ``vector_column``, or an output that cannot be written (checked before any
+            embedding where its folder is missing).
     """
     target = check_output(output)
     schema, total, batches = read_table_batches(source, [column], rows=chunk_rows)
+    check_unique_names(schema.names, source)
     if vector_column in schema.names:
         raise InvalidInputError(
             f"the input already has a column {vector_column!r}; choose another --vector-column"
@@ -240,29 +275,65 @@ def embed_file(
     ).encode()
     out_schema = schema.append(pa.field(vector_column, vector_type(encoder.dim, encoder.provenance)))
     out_schema = out_schema.with_metadata(metadata)
-    partial = target.with_name(target.name + ".partial")
     rows = nulls = 0
+    with (
+        publishing(target) as partial,
+        _writer(partial, out_schema) as writer,
+        progress_bar(desc="embedding", unit="row", total=total, show=show_progress) as bar,
+    ):
+        for batch in _guarded(batches, source):
+            try:
+                vectors = encode_arrow(encoder, batch.column(column), name=f"column {column!r}")
+            except PolyembError as exc:
+                exc.add_context(after=f" (in rows {rows}..{rows + batch.num_rows - 1})")
+                raise
+            table = pa.Table.from_batches([batch]).append_column(vector_column, vectors)
+            writer.write_table(table.cast(out_schema))
+            rows += batch.num_rows
+            nulls += vectors.null_count
+            bar.update(batch.num_rows)
+    return EmbedReport(output=target, rows=rows, null_texts=nulls, model=encoder.provenance)
+
+
+def check_unique_names(names: Sequence[str], source: str | os.PathLike[str]) -> None:
+    """Refuse a table to be written with two columns of one name: pyarrow and pandas cannot read it back."""
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise InvalidInputError(
+            f"{os.fspath(source)!r} has several columns named {', '.join(map(repr, twice))}: rename them "
+            "first (the output would hold them twice, which pyarrow and pandas refuse to read)"
+        )
+
+
+@contextlib.contextmanager
+def publishing(target: Path) -> Iterator[Path]:
+    """A new file beside ``target`` to write, renamed to ``target`` once the block ends without error.
+
+    Each run writes its own ``TARGET.<random>.partial``, removed if anything fails or the run is
+    interrupted; so ``target`` is always a whole file, also when two runs write it at once (the
+    last to finish wins). The file is created as ``open`` would create it (the umask applies).
+
+    Raises:
+        InvalidInputError: The folder cannot be written, or the rename fails.
+    """
+    while True:
+        partial = target.with_name(f"{target.name}.{secrets.token_hex(4)}.partial")
+        try:
+            os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:
+            continue
+        except OSError as exc:  # permission denied, a read-only disk
+            raise InvalidInputError(f"cannot write {str(target)!r}: {exc}") from exc
     try:
-        with (
-            _writer(partial, out_schema) as writer,
-            progress_bar(desc="embedding", unit="row", total=total, show=show_progress) as bar,
-        ):
-            for batch in _guarded(batches, source):
-                try:
-                    vectors = encode_arrow(encoder, batch.column(column), name=f"column {column!r}")
-                except PolyembError as exc:
-                    exc.add_context(after=f" (in rows {rows}..{rows + batch.num_rows - 1})")
-                    raise
-                table = pa.Table.from_batches([batch]).append_column(vector_column, vectors)
-                writer.write_table(table.cast(out_schema))
-                rows += batch.num_rows
-                nulls += vectors.null_count
-                bar.update(batch.num_rows)
+        yield partial
         os.replace(partial, target)
+    except OSError as exc:  # a full disk, the target made a folder meanwhile
+        partial.unlink(missing_ok=True)
+        raise InvalidInputError(f"cannot write {str(target)!r}: {exc}") from exc
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    return EmbedReport(output=target, rows=rows, null_texts=nulls, model=encoder.provenance)
 
 
 def _writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:

@@ -84,7 +84,7 @@ def test_embed_csv_keeps_columns_and_nulls(
     assert "5 rows (1 NULL texts" in capsys.readouterr().err
     table = pq.read_table(output)
     assert table.column_names == ["id", "text", "score", "embedding"]
-    assert table.column("id").to_pylist() == [1, 2, 3, 4, 5]
+    assert table.column("id").to_pylist() == ["1", "2", "3", "4", "5"]  # CSV columns are text, as written
     # An empty unquoted cell is NULL; a quoted "" is the empty string; 123 stays the text "123".
     assert table.column("text").to_pylist() == ["hello world", None, "", "123", "a, quoted text"]
     assert table.schema.field("embedding").type == pa.list_(pa.float32(), tiny_encoder.dim)
@@ -144,6 +144,11 @@ def test_embed_errors_are_clear_and_leave_no_output(
     pq.write_table(pa.table({"n": [1, 2]}), numbers)
     assert main(["embed", str(numbers), "-c", "n", "-o", str(output), *model]) == 1
     assert "column 'n' has Arrow type int64" in capsys.readouterr().err
+    twice = tmp_path / "twice.csv"
+    twice.write_text("id,title,id\n1,hello,2\n")
+    for command in ("embed", "dedup"):  # wrote a file pyarrow and pandas cannot read back
+        assert main([command, str(twice), "-c", "title", "-o", str(output), *model]) == 1
+        assert "several columns named 'id'" in capsys.readouterr().err
     nowhere = tmp_path / "no" / "such" / "out.parquet"
     for command in ("embed", "dedup"):  # told before any text is embedded
         assert main([command, str(source), "-c", "title", "-o", str(nowhere), *model]) == 1

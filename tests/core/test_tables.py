@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -10,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from polyemb.errors import ColumnNotFoundError, InvalidInputError
-from polyemb.tables import read_table, read_table_batches, table_format
+from polyemb.tables import check_output, publishing, read_table, read_table_batches, table_format
 
 
 @pytest.mark.parametrize(
@@ -142,3 +143,66 @@ def test_a_broken_row_mid_file_is_a_clear_error(tmp_path: Path) -> None:
     path.write_text("text,n\n" + "a,1\n" * 5 + "b,1,extra\n", encoding="utf-8")
     with pytest.raises(InvalidInputError, match="cannot read"):
         read_table(path, ["text"])
+
+
+def test_every_csv_column_reads_as_written_also_past_the_first_block(tmp_path: Path) -> None:
+    # Over pyarrow's 16 MiB block: a column that looks numeric in the first block turns into text
+    # later (it failed the run), quoted texts hold newlines across blocks (a parse error), and
+    # zip codes kept their leading zeros only in the text column.
+    path = tmp_path / "big.csv"
+    body = "x" * 100_000
+    rows = [f'{i if i < 190 else f"A{i}"},0{i:04d},"line one\nline two {i} {body}"' for i in range(200)]
+    path.write_text("id,zip,text\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    assert path.stat().st_size > 1 << 24
+    table = read_table(path, ["text"])
+    assert table.schema == pa.schema([("id", pa.string()), ("zip", pa.string()), ("text", pa.string())])
+    assert table.column("id").to_pylist() == [str(i) if i < 190 else f"A{i}" for i in range(200)]
+    assert table.column("zip").to_pylist()[:2] == ["00000", "00001"]
+    assert table.column("text").to_pylist()[199] == f"line one\nline two 199 {body}"
+
+
+def test_a_header_only_csv_is_an_empty_table_of_text_columns(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("id,text\n", encoding="utf-8")
+    table = read_table(path, ["text"])
+    assert table.num_rows == 0 and table.schema == pa.schema([("id", pa.string()), ("text", pa.string())])
+
+
+def test_a_damaged_parquet_page_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "t.parquet"
+    table = pa.table({"id": list(range(300)), "text": [f"text number {i}" for i in range(300)]})
+    pq.write_table(table, path, row_group_size=50, compression="none")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = b"\xff" * 64  # the footer stays readable
+    path.write_bytes(bytes(data))
+    with pytest.raises(InvalidInputError, match="cannot read"):
+        read_table(path, ["text"])
+
+
+def test_each_writer_publishes_its_own_whole_file(tmp_path: Path) -> None:
+    target = tmp_path / "out.parquet"
+    with publishing(target) as first, publishing(target) as second:
+        assert first != second and first.parent == second.parent == tmp_path
+        pq.write_table(pa.table({"run": [1] * 1000}), first)
+        pq.write_table(pa.table({"run": [2] * 10}), second)
+    # The second finished first, then the first replaced it: a whole file either way.
+    assert pq.read_table(target).column("run").to_pylist() == [1] * 1000
+    with pytest.raises(KeyError), publishing(target) as failed:
+        failed.write_bytes(b"half")
+        raise KeyError("stop")
+    assert pq.read_table(target).num_rows == 1000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.parquet"]
+
+
+def test_an_output_that_is_not_a_file_is_refused(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.parquet"
+    os.mkfifo(fifo)
+    with pytest.raises(InvalidInputError, match="exists and is not a file"):
+        check_output(fifo)
+    assert check_output(tmp_path / "new.parquet") == tmp_path / "new.parquet"
+
+
+def test_a_folder_that_cannot_take_the_file_is_a_clear_error(tmp_path: Path) -> None:
+    target = tmp_path / "gone" / "out.parquet"
+    with pytest.raises(InvalidInputError, match="cannot write"), publishing(target):
+        pass
