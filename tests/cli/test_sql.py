@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -139,6 +143,58 @@ def test_changes_with_returning_print_their_rows(
     outputs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     # Changes without RETURNING (the word in a string or a comment does not count) print nothing.
     assert outputs == [[{"a": 3}], [{"a": 13}], [{"note": "x"}], [{"a": 13}]]
+
+
+def test_merge_with_returning_and_execute_print_their_rows(
+    tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Both ran and printed nothing: PREPARE and EXECUTE are how a script takes parameters.
+    script = (
+        "CREATE TABLE t(a INT, b TEXT); INSERT INTO t VALUES (1, 'x');"
+        "MERGE INTO t USING (SELECT 1 AS a, 'y' AS b) s ON t.a = s.a WHEN MATCHED THEN UPDATE SET b = s.b "
+        "RETURNING b; MERGE INTO t USING (SELECT 2 AS a, 'z' AS b) s ON t.a = s.a "
+        "WHEN NOT MATCHED THEN INSERT VALUES (s.a, s.b);"
+        "PREPARE q AS SELECT $1 + 1 AS r; EXECUTE q(41)"
+    )
+    assert main(["sql", "--json", "-m", str(tiny_model_dir), script]) == 0
+    outputs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert outputs == [[{"b": "y"}], [{"r": 42}]]
+
+
+def test_json_keeps_columns_of_one_name(tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A SELECT * over a join printed the last 'name' only: the first was lost.
+    query = (
+        "SELECT * FROM (SELECT 1 AS id, 'left' AS name) a "
+        "JOIN (SELECT 1 AS id, 'right' AS name, 5 AS name_1) b ON a.id = b.id"
+    )
+    assert main(["sql", "--json", "-m", str(tiny_model_dir), query]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    # As DuckDB names the columns of a table made from this query.
+    assert row == {"id": 1, "name": "left", "id_1": 1, "name_1": "right", "name_1_1": 5}
+
+
+def test_ctrl_c_during_a_statement_ends_as_interrupted(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # DuckDB turned Ctrl-C into "RuntimeError: Query interrupted" (a traceback, exit 1), or into
+    # a failed UDF (exit 1).
+    original = polyemb.Encoder.encode
+    ctrl_c = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))  # from outside the query
+
+    def slow(self: polyemb.Encoder, *args: object, **kwargs: object) -> object:
+        if not ctrl_c.is_alive() and not ctrl_c.finished.is_set():
+            ctrl_c.start()
+        time.sleep(0.2)
+        return original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(polyemb.Encoder, "encode", slow)
+    query = "SELECT count(embed('text ' || i)) FROM range(200000) t(i)"
+    try:
+        assert main(["sql", "-m", str(tiny_model_dir), query]) == 130
+    finally:
+        ctrl_c.cancel()
+    assert "interrupted" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
 
 
 def test_sql_with_an_index_runs_the_semantic_join_recipe(

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
 import shutil
+import signal
 import sys
+import threading
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from polyemb.cache import DEFAULT_CACHE_MB
@@ -22,9 +26,9 @@ if TYPE_CHECKING:
 __all__ = ["add_parser"]
 
 # Statement types whose rows are printed; the others are only executed, but for these with a
-# RETURNING clause.
-_ROW_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA", "CALL", "RELATION"}
-_RETURNING_STATEMENTS = {"INSERT", "UPDATE", "DELETE"}
+# RETURNING clause. EXECUTE prints what its prepared statement returns (rows, or a change's count).
+_ROW_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA", "CALL", "RELATION", "EXECUTE"}
+_RETURNING_STATEMENTS = {"INSERT", "UPDATE", "DELETE", "MERGE_INTO"}
 
 
 def add_parser(commands: Subparsers) -> None:
@@ -186,14 +190,44 @@ def _run_statements(con: Any, text: str, args: argparse.Namespace) -> None:
         statements = con.extract_statements(text)
     except duckdb.Error as exc:
         raise InvalidInputError(f"cannot parse the SQL: {exc}") from exc
-    for statement in statements:
-        try:
-            if _returns_rows(statement):
-                _print_result(con.sql(statement.query), args)
-            else:
-                con.execute(statement.query)
-        except duckdb.Error as exc:
-            raise SqlError(f"{exc}\n  in: {statement.query.strip()[:200]}") from exc
+    with _interruptible(con) as interrupted:
+        for statement in statements:
+            try:
+                if _returns_rows(statement):
+                    _print_result(con.sql(statement.query), args)
+                else:
+                    con.execute(statement.query)
+            except Exception as exc:
+                if interrupted():  # DuckDB reports Ctrl-C as its own error ("Query interrupted")
+                    raise KeyboardInterrupt from exc
+                if not isinstance(exc, duckdb.Error):
+                    raise
+                raise SqlError(f"{exc}\n  in: {statement.query.strip()[:200]}") from exc
+
+
+@contextlib.contextmanager
+def _interruptible(con: Any) -> Iterator[Callable[[], bool]]:
+    """Ctrl-C stops the running statement (``con.interrupt()``); yields whether it came.
+
+    DuckDB turns the KeyboardInterrupt into an error of its own, a RuntimeError or an
+    InterruptException by version: the flag tells it from a failed statement, so the command
+    ends as interrupted (exit 130). Off the main thread (no signal handlers there), nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    came = threading.Event()
+
+    def on_interrupt(signum: int, frame: object) -> None:
+        came.set()
+        con.interrupt()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield came.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _returns_rows(statement: Any) -> bool:
@@ -239,7 +273,22 @@ def _print_result(relation: Any, args: argparse.Namespace) -> None:
         writer.writerow(columns)
         writer.writerows([_plain(v) for v in row] for row in rows)
     else:
-        print(_json([dict(zip(columns, row, strict=True)) for row in rows]))
+        names = _unique_names(columns)
+        print(_json([dict(zip(names, row, strict=True)) for row in rows]))
+
+
+def _unique_names(columns: list[str]) -> list[str]:
+    """Column names made unique for JSON objects, as DuckDB names a table's: ``name``, ``name_1``, ..."""
+    taken: set[str] = set()
+    names = []
+    for column in columns:
+        name, n = column, 0
+        while name in taken:
+            n += 1
+            name = f"{column}_{n}"
+        taken.add(name)
+        names.append(name)
+    return names
 
 
 def _plain(value: Any) -> Any:
