@@ -14,6 +14,7 @@ import numpy as np
 
 from polyemb._platform import has_amx
 from polyemb.errors import InvalidInputError
+from polyemb.options import is_int
 
 __all__ = [
     "AMX_MULTIPLE",
@@ -51,12 +52,13 @@ PADDED = frozenset({("cpu", "bf16"), ("cpu", "fp32")})
 AMX_MULTIPLE = {"bf16": 16, "fp32": 8}
 
 
-def check_batch_size(batch_size: Any) -> None:
-    """Refuse a ``batch_size`` that is neither None nor a positive int."""
-    if batch_size is not None and (
-        not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1
-    ):
+def check_batch_size(batch_size: Any) -> int | None:
+    """``batch_size`` as an int, or None; refuse what is neither None nor a positive whole number."""
+    if batch_size is None:
+        return None
+    if not is_int(batch_size) or batch_size < 1:
         raise InvalidInputError(f"batch_size must be a positive int or None, got {batch_size!r}")
+    return int(batch_size)
 
 
 def pad_multiple(device_type: str, precision: str, flags: frozenset[str] | None = None) -> int | None:

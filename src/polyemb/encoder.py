@@ -244,7 +244,7 @@ class Encoder(TextEncoder):
             >>> [article[s:e] for s, e in zip(table["start"].to_pylist(), table["end"].to_pylist())]
         """
         items = check_texts(texts, allow_none=True)
-        check_batch_size(batch_size)
+        batch_size = check_batch_size(batch_size)
         chosen = windows.check_stride(
             self.stride if stride is None else stride, self.max_seq_length, self._specials
         )
@@ -278,7 +278,7 @@ class Encoder(TextEncoder):
         normalize: bool,
         show_progress: bool | None,
     ) -> np.ndarray:
-        check_batch_size(batch_size)
+        batch_size = check_batch_size(batch_size)
         index: dict[str, int] = {}
         inverse = np.fromiter(
             (index.setdefault(text, len(index)) for text in items), dtype=np.intp, count=len(items)

@@ -83,11 +83,16 @@ def check_keep(keep: Any) -> Keep:
     return chosen
 
 
+def is_int(value: Any) -> bool:
+    """Whether ``value`` is a whole number: an int or a numpy integer (as read from a frame), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def check_positive_int(name: str, value: Any) -> int:
-    """Return ``value`` if it is an int >= 1 (not a bool), else raise an error naming ``name``."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    """``value`` as an int if it is a whole number >= 1 (:func:`is_int`), else an error naming ``name``."""
+    if not is_int(value) or value < 1:
         raise InvalidInputError(f"{name} must be a positive int, got {value!r}")
-    return value
+    return int(value)
 
 
 def check_mib(name: str, value: Any, *, zero: bool = False) -> float:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import get_args
 
+import numpy as np
 import pytest
+from pandas.testing import assert_frame_equal
 
+import polyemb
 from polyemb import options
 from polyemb.errors import InvalidInputError
+from polyemb.ivf import Ivf
 
 
 @pytest.mark.parametrize(
@@ -35,7 +39,7 @@ def test_check_choice_returns_the_value_or_lists_the_choices() -> None:
             options.check_choice("score", bad, options.SCORES)
 
 
-@pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True, None])
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True, None, np.int64(0), np.float64(2.0), np.bool_(True)])
 def test_check_positive_int_refuses_what_is_not_an_int_of_at_least_one(bad: object) -> None:
     with pytest.raises(InvalidInputError, match="k must be a positive int"):
         options.check_positive_int("k", bad)
@@ -43,6 +47,25 @@ def test_check_positive_int_refuses_what_is_not_an_int_of_at_least_one(bad: obje
 
 def test_check_positive_int_returns_the_int() -> None:
     assert options.check_positive_int("k", 1) == 1
+    # A numpy integer (a count computed with numpy, a frame's cell) is a whole number too.
+    for value in (np.int64(3), np.int32(3), np.uint8(3)):
+        taken = options.check_positive_int("k", value)
+        assert taken == 3 and type(taken) is int
+
+
+def test_numpy_integers_are_taken_wherever_a_whole_number_is(tiny_encoder: polyemb.Encoder) -> None:
+    import pandas as pd
+
+    import polyemb.pandas  # noqa: F401
+
+    texts = pd.Series(["a cat", "a dog", "the sea", "a cat sat"])
+    found = texts.emb.search("a cat", k=np.int64(2), encoder=tiny_encoder, batch_size=np.int64(2))
+    assert_frame_equal(found, texts.emb.search("a cat", k=2, encoder=tiny_encoder))
+    frame = texts.to_frame("t")
+    joined = frame.emb.join(frame, "t", k=np.int64(2), encoder=tiny_encoder)
+    assert_frame_equal(joined, frame.emb.join(frame, "t", k=2, encoder=tiny_encoder))
+    settings = Ivf(nlist=np.int64(2), nprobe=np.int32(1))
+    assert (type(settings.nlist), type(settings.nprobe)) == (int, int)
 
 
 def test_check_mib_takes_a_finite_size_and_zero_only_where_allowed() -> None:

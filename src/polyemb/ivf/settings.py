@@ -86,7 +86,7 @@ class Ivf:
         for name in ("nlist", "nprobe"):
             value = getattr(self, name)
             if value is not None:
-                check_positive_int(name, value)
+                object.__setattr__(self, name, check_positive_int(name, value))
         if self.recall is not None:
             if isinstance(self.recall, bool) or not isinstance(self.recall, (int, float)):
                 raise InvalidInputError(f"recall must be a number in (0, 1], got {self.recall!r}")

@@ -155,7 +155,7 @@ def semantic_join(
         >>> polyemb.spark.semantic_join(orders, products, "description", "name", k=3, score="margin")
     """
     cut = check_join(k, threshold, how, score, method)
-    check_positive_int("block_rows", block_rows)
+    k, block_rows = check_positive_int("k", k), check_positive_int("block_rows", block_rows)
     broadcast_mb = check_mib("broadcast_mb", broadcast_mb, zero=True)
     settings = method_settings(method)
     if chunks and settings is not None:

@@ -267,7 +267,7 @@ def _chunk_series(found: Chunks, tokens: np.ndarray, rows: int) -> pd.Series:
 
 def embed_with(source: ModelSource, batch_size: int | None) -> Callable[..., Any]:
     """The ``embed`` pandas UDF for a model already shipped (errors name the column)."""
-    check_batch_size(batch_size)  # on the driver: not in every task, after the model shipped
+    batch_size = check_batch_size(batch_size)  # on the driver: not in every task, after the model shipped
 
     def make(labels: tuple[str, ...]) -> Callable[..., Any]:
         @pandas_udf(ArrayType(FloatType()))  # type: ignore[untyped-decorator]
@@ -284,7 +284,7 @@ def embed_with(source: ModelSource, batch_size: int | None) -> Callable[..., Any
 
 def chunks_with(source: ModelSource, batch_size: int | None) -> Callable[..., Any]:
     """The ``embed_chunks`` pandas UDF for a model already shipped (the source's stride)."""
-    check_batch_size(batch_size)  # on the driver: not in every task, after the model shipped
+    batch_size = check_batch_size(batch_size)  # on the driver: not in every task, after the model shipped
 
     def make(labels: tuple[str, ...]) -> Callable[..., Any]:
         @pandas_udf(CHUNKS_TYPE)  # type: ignore[untyped-decorator]
@@ -300,7 +300,7 @@ def chunks_with(source: ModelSource, batch_size: int | None) -> Callable[..., An
 
 
 def _similarity_with(source: ModelSource, batch_size: int | None) -> Callable[..., Any]:
-    check_batch_size(batch_size)  # on the driver: not in every task, after the model shipped
+    batch_size = check_batch_size(batch_size)  # on the driver: not in every task, after the model shipped
 
     def make(labels: tuple[str, ...]) -> Callable[..., Any]:
         @pandas_udf(FloatType())  # type: ignore[untyped-decorator]

@@ -63,7 +63,7 @@ class StoredEncoder(TextEncoder):
     def _encode(
         self, items: list[str], *, batch_size: int | None, normalize: bool, show_progress: bool | None
     ) -> np.ndarray:
-        check_batch_size(batch_size)  # here, not only when a text is missing from the store
+        batch_size = check_batch_size(batch_size)  # here, not only when a text is missing from the store
         spec = self.encoder.vector_spec(normalize=normalize)
         index: dict[str, int] = {}
         inverse = np.fromiter(
