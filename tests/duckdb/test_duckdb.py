@@ -340,6 +340,28 @@ def test_register_index_errors(tiny_encoder: polyemb.Encoder) -> None:
         polyemb.duckdb.register_index(con, "p", query, key="id", text="name", method="hnsw")  # type: ignore[arg-type]
 
 
+def test_register_index_refuses_keys_arrow_would_change_and_names_given_twice(
+    tiny_encoder: polyemb.Encoder,
+) -> None:
+    # A TIMETZ key came back at another instant (its offset lost) and a BIT key as other bits.
+    con = duckdb.connect()
+    polyemb.duckdb.register(con, tiny_encoder)
+
+    def index(query: str, key: str) -> None:
+        polyemb.duckdb.register_index(con, "p", query, key=key, text="name", encoder=tiny_encoder)
+
+    for cast in ("'10:00:00+02'::TIMETZ", "'0101'::BIT", "['0101'::BIT]", "{'t': '10:00+02'::TIMETZ}"):
+        with pytest.raises(polyemb.InvalidInputError, match="would come back changed.*cast it"):
+            index(f"SELECT {cast} AS k, 'a cat' AS name", "k")
+    for cast in ("'10:00:00'::TIME", "'2026-12-05 10:00:00+02'::TIMESTAMPTZ", "'0101'::BLOB"):
+        index(f"SELECT {cast} AS k, 'a cat' AS name", "k")
+        assert con.sql("SELECT p_nearest('cat', 1)[1].key = (SELECT " + cast + ")").fetchall() == [(True,)]
+    # A raw pyarrow KeyError before.
+    twice = "SELECT 1 AS id, 'x' AS name, 'y' AS name"
+    with pytest.raises(polyemb.InvalidInputError, match="2 columns named 'name'"):
+        index(twice, "id")
+
+
 def test_an_ivf_index_reports_what_it_chose_and_answers_in_sql() -> None:
     con = duckdb.connect()
     rng = np.random.default_rng(4)

@@ -223,8 +223,35 @@ def _index_rows(con: duckdb.DuckDBPyConnection, query: str, key: str, column: st
     for wanted in (key, column):
         if wanted not in relation.columns:
             raise ColumnNotFoundError.from_missing(wanted, relation.columns, "the index query")
+        if relation.columns.count(wanted) > 1:
+            raise InvalidInputError(
+                f"the index query has {relation.columns.count(wanted)} columns named {wanted!r}: "
+                "name the one to use once (AS ...)"
+            )
     key_type = relation.types[relation.columns.index(key)]
+    changed = _changed_by_arrow(key_type)
+    if changed:
+        raise InvalidInputError(
+            f"the key column {key!r} is of type {key_type}, whose {changed} values would come back "
+            "changed (the keys pass through Arrow); cast it in the query, e.g. to VARCHAR"
+        )
     return relation.to_arrow_table().select([key, column]).rename_columns(["key", "value"]), key_type
+
+
+def _changed_by_arrow(duck_type: Any) -> str | None:
+    """The type inside ``duck_type`` that DuckDB's Arrow export changes, if any: TIMETZ, BIT.
+
+    A TIMETZ leaves without its offset (another instant comes back) and a BIT as bytes.
+    """
+    name = str(duck_type.id).lower()
+    if name in ("time with time zone", "bit"):
+        return str(duck_type)
+    if name in ("list", "array", "struct", "map", "union"):
+        for _, child in duck_type.children:
+            found = _changed_by_arrow(child) if hasattr(child, "id") else None  # not an array size
+            if found:
+                return found
+    return None
 
 
 def _build_index(name: str, table: pa.Table, column: str, spec: ScoreSpec, reader: _Reader) -> SemanticIndex:
