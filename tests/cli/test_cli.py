@@ -219,7 +219,7 @@ def test_embed_with_a_store_and_the_store_commands(
         )
         == 0
     )
-    assert "2 distinct texts, 0 found, 2 embedded, 2 written" in capsys.readouterr().err
+    assert "2 texts looked up, 0 found, 2 embedded, 2 written" in capsys.readouterr().err
     source.write_text("id,text\n1,hello world\n2,an edited text\n3,another text\n")
     assert (
         main(
@@ -227,7 +227,14 @@ def test_embed_with_a_store_and_the_store_commands(
         )
         == 0
     )
-    assert "3 distinct texts, 2 found, 1 embedded, 1 written" in capsys.readouterr().err
+    assert "3 texts looked up, 2 found, 1 embedded, 1 written" in capsys.readouterr().err
+    # Chunk by chunk, a repeated text is looked up again: the message says so (it said 'distinct').
+    output, chunked = str(tmp_path / "c.parquet"), ["--chunk-rows", "2"]
+    assert main(["embed", str(source), "-c", "text", "-o", output, "--store", store, *chunked, *model]) == 0
+    assert (
+        "3 texts looked up (distinct within each chunk of 2 rows), 3 found, 0 embedded"
+        in capsys.readouterr().err
+    )
     table = pq.read_table(tmp_path / "b.parquet")
     matrix, _ = vectors_from_arrow(table.column("embedding"))
     np.testing.assert_allclose(

@@ -79,8 +79,11 @@ def _embed(args: argparse.Namespace) -> int:
     )
     if isinstance(source, StoredEncoder):
         stats = source.stats
+        # Counted chunk by chunk: a text seen in an earlier chunk is looked up again, and found.
+        chunked = report.rows > args.chunk_rows
+        within = f" (distinct within each chunk of {args.chunk_rows} rows)" if chunked else ""
         print(
-            f"store {args.store}: {stats.looked_up} distinct texts, {stats.found} found, "
+            f"store {args.store}: {stats.looked_up} texts looked up{within}, {stats.found} found, "
             f"{stats.embedded} embedded, {stats.written} written",
             file=sys.stderr,
         )

@@ -28,7 +28,10 @@ _QUIET_BELOW = 5_000
 
 @dataclass
 class RunStats:
-    """Counters of a :class:`StoredEncoder`: distinct texts looked up, found, embedded, written."""
+    """Counters of a :class:`StoredEncoder`: texts looked up (distinct in a call), found, embedded, written.
+
+    Summed over calls: a text that two calls encode is looked up twice, and found the second time.
+    """
 
     looked_up: int = 0
     found: int = 0
