@@ -206,6 +206,33 @@ def test_missing_model_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFi
     assert "does not exist" in err and "POLYEMB_MODEL" in err
 
 
+def test_a_store_that_cannot_be_written_can_be_used_read_only(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The error told users to open the store with on_write_error='warn', which no command took.
+    from polyemb.store import writer
+
+    source = tmp_path / "in.csv"
+    source.write_text("id,text\n1,hello world\n2,another text\n")
+    store = str(tmp_path / "store")
+    argv = ["embed", str(source), "-c", "text", "--store", store, "-m", str(tiny_model_dir)]
+
+    def denied(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied", store)  # chmod denies root nothing
+
+    monkeypatch.setattr(writer, "write_table", denied)
+    assert main([*argv, "-o", str(tmp_path / "a.parquet")]) == 1
+    assert "--store-on-write-error warn" in capsys.readouterr().err
+    with pytest.warns(RuntimeWarning, match="writes are skipped"):
+        assert main([*argv, "-o", str(tmp_path / "b.parquet"), "--store-on-write-error", "warn"]) == 0
+    assert "2 embedded, 0 written" in capsys.readouterr().err
+    assert pq.read_table(tmp_path / "b.parquet").column("embedding").null_count == 0
+    for command in ("sql", "dedup"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "--store-on-write-error" in capsys.readouterr().out
+
+
 def test_embed_with_a_store_and_the_store_commands(
     tiny_model_dir: Path, tiny_encoder: polyemb.Encoder, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

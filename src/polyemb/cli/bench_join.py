@@ -14,6 +14,7 @@ from typing import Any
 from polyemb.cli.bench import REAL_TEXTS, add_texts_options
 from polyemb.cli.shared import (
     Subparsers,
+    add_store_options,
     bounded_float,
     load_encoder,
     model_options,
@@ -21,6 +22,7 @@ from polyemb.cli.shared import (
     positive_int,
     print_meta,
     print_progress,
+    store_of,
 )
 from polyemb.errors import InvalidInputError
 
@@ -67,7 +69,7 @@ def add_parser(commands: Subparsers) -> None:
         "--right", type=positive_int, default=50_000, help="spark: right rows (%(default)s)"
     )
     bench_join.add_argument("-k", type=positive_int, default=5, help="matches per left row (%(default)s)")
-    bench_join.add_argument("--store", metavar="DIR", help="a vector store for the texts' vectors")
+    add_store_options(bench_join, "a vector store for the texts' vectors")
     bench_join.add_argument("--vss", action="store_true", help="duckdb: also the vss HNSW index")
     bench_join.add_argument(
         "--lsh-tables", type=positive_int, default=3, help="spark: LSH hash tables (%(default)s)"
@@ -169,10 +171,9 @@ def _bench_join(args: argparse.Namespace) -> int:
         return _bench_ivf(args, meta)
     from polyemb.bench import join
     from polyemb.bench.texts import load_texts
-    from polyemb.store import open_store
 
     encoder = load_encoder(args)
-    store = open_store(args.store) if args.store else None
+    store = store_of(args)
     meta["model"] = encoder.provenance
     if args.kind == "retrieval":
         if not args.data:
@@ -232,12 +233,12 @@ def _bench_vectors(args: argparse.Namespace, count: int, meta: dict[str, Any]) -
             "give --vectors FILE, or --texts GLOB --paired-texts N (embedded through --store)"
         )
     from polyemb.bench.texts import paired_texts
-    from polyemb.store import embedder_for, open_store
+    from polyemb.store import embedder_for
 
     encoder = load_encoder(args)
     meta.update(model=encoder.provenance, texts=f"{args.paired_texts} paired texts of {args.texts}")
     texts = paired_texts(args.texts, args.paired_texts)[:count]
-    store = open_store(args.store) if args.store else None
+    store = store_of(args)
     return embedder_for(encoder, store).encode(texts, show_progress=True)
 
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from polyemb.cli.shared import Subparsers, load_encoder, model_options
+from polyemb.cli.shared import Subparsers, add_store_options, load_encoder, model_options, store_of
 from polyemb.options import METHODS
 from polyemb.progress import progress_bar
 
@@ -74,7 +74,7 @@ def add_parser(commands: Subparsers) -> None:
         "--keep", choices=_KEEPS, default="first", help="first (default) or all rows, with a group column"
     )
     dedup.add_argument("--group-column", default="group", help="--keep all: its name (default: %(default)s)")
-    dedup.add_argument("--store", metavar="DIR", help="a vector store for the texts' vectors")
+    add_store_options(dedup, "a vector store for the texts' vectors")
     dedup.add_argument("--no-progress", action="store_true", help="no progress bars")
     ivf_options(dedup)
     dedup.set_defaults(run=_dedup)
@@ -83,10 +83,10 @@ def add_parser(commands: Subparsers) -> None:
 def _dedup(args: argparse.Namespace) -> int:
     from polyemb.dedup import dedup_file
     from polyemb.ivf import IvfReport
-    from polyemb.store import embedder_for, open_store
+    from polyemb.store import embedder_for
 
     def embedder() -> Embedder:
-        return embedder_for(load_encoder(args), open_store(args.store) if args.store else None)
+        return embedder_for(load_encoder(args), store_of(args))
 
     method, report = method_from(args), IvfReport()
     with progress_bar(desc="near-duplicates", unit="step", show=False if args.no_progress else None) as bar:

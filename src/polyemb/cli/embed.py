@@ -6,7 +6,14 @@ import argparse
 import json
 import sys
 
-from polyemb.cli.shared import Subparsers, load_encoder, model_options, positive_int
+from polyemb.cli.shared import (
+    Subparsers,
+    add_store_options,
+    load_encoder,
+    model_options,
+    positive_int,
+    store_of,
+)
 from polyemb.tables import CHUNK_ROWS
 
 __all__ = ["add_parser"]
@@ -36,10 +43,8 @@ def add_parser(commands: Subparsers) -> None:
         default=CHUNK_ROWS,
         help="rows read and encoded at a time (default: %(default)s)",
     )
-    embed.add_argument(
-        "--store",
-        metavar="DIR",
-        help="a vector store: texts it holds for this model are read, not embedded; new ones are added",
+    add_store_options(
+        embed, "a vector store: texts it holds for this model are read, not embedded; new ones are added"
     )
     embed.add_argument("--no-progress", action="store_true", help="no progress bar")
     embed.set_defaults(run=_embed)
@@ -57,10 +62,10 @@ def add_parser(commands: Subparsers) -> None:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from polyemb.store import StoredEncoder, embedder_for, open_store
+    from polyemb.store import StoredEncoder, embedder_for
     from polyemb.tables import embed_file
 
-    store = open_store(args.store) if args.store else None
+    store = store_of(args)
     source = embedder_for(load_encoder(args), store)
     report = embed_file(
         source,

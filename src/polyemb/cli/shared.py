@@ -12,10 +12,12 @@ from polyemb.options import LONG_TEXTS, PRECISIONS
 
 if TYPE_CHECKING:
     from polyemb.encoder import Encoder
+    from polyemb.store import VectorStore
 
 __all__ = [
     "Command",
     "Subparsers",
+    "add_store_options",
     "comma_list",
     "load_encoder",
     "bounded_float",
@@ -24,6 +26,7 @@ __all__ = [
     "positive_int",
     "print_meta",
     "print_progress",
+    "store_of",
 ]
 
 Command = Callable[[argparse.Namespace], int]
@@ -87,6 +90,25 @@ def load_encoder(args: argparse.Namespace) -> Encoder:
         long_texts=args.long_texts,
         stride=args.stride,
     )
+
+
+def add_store_options(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--store DIR`` (described by ``help``) and what to do when it cannot be written."""
+    parser.add_argument("--store", metavar="DIR", help=help)
+    parser.add_argument(
+        "--store-on-write-error",
+        choices=("raise", "warn"),
+        default="raise",
+        help="a store that cannot be written (a shared, read-only one): fail (raise, the default) or "
+        "warn once and use it read-only, new vectors computed but not stored (warn)",
+    )
+
+
+def store_of(args: argparse.Namespace) -> VectorStore | None:
+    """The store that ``--store`` names, opened as ``--store-on-write-error`` says; None without one."""
+    from polyemb.store import open_store
+
+    return open_store(args.store, on_write_error=args.store_on_write_error) if args.store else None
 
 
 def positive_int(value: str) -> int:

@@ -15,7 +15,14 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from polyemb.cache import DEFAULT_CACHE_MB
-from polyemb.cli.shared import Subparsers, load_encoder, model_options, positive_int
+from polyemb.cli.shared import (
+    Subparsers,
+    add_store_options,
+    load_encoder,
+    model_options,
+    positive_int,
+    store_of,
+)
 from polyemb.errors import InvalidInputError, SqlError
 from polyemb.options import SCORES
 
@@ -64,9 +71,7 @@ def add_parser(commands: Subparsers) -> None:
         default=None,
         help=f"embedding cache size in MiB (default {DEFAULT_CACHE_MB:g})",
     )
-    sql.add_argument(
-        "--store", metavar="DIR", help="a vector store behind embed(): embeds only texts it lacks"
-    )
+    add_store_options(sql, "a vector store behind embed(): embeds only texts it lacks")
     _add_index_options(sql)
     sql.set_defaults(run=_sql)
 
@@ -121,13 +126,12 @@ def _sql(args: argparse.Namespace) -> int:
     # Before duckdb itself: without duckdb installed, polyemb.duckdb raises the error that says
     # how to get it.
     from polyemb.duckdb import load_extension, register
-    from polyemb.store import open_store
 
     con = _connect(args.db)
     try:
         for extension in args.extension:
             load_extension(con, extension)
-        store = open_store(args.store) if args.store else None
+        store = store_of(args)
         encoder = load_encoder(args)
         register(con, encoder, store=store, cache_mb=args.cache_mb, batch_size=args.batch_size)
         _register_indexes(con, args, encoder, store)

@@ -212,8 +212,8 @@ class WriteGuard:
         except OSError as exc:
             message = (
                 f"cannot write to the vector store at {self.path} ({type(exc).__name__}: {exc}). "
-                "Open it with on_write_error='warn' to use it read-only (new vectors are computed "
-                "but not stored), or give a writable folder"
+                "Open it with on_write_error='warn' (on the command line: --store-on-write-error warn) "
+                "to use it read-only (new vectors are computed but not stored), or give a writable folder"
             )
             if self.on_write_error == "raise":
                 raise StoreError(message) from exc
