@@ -29,6 +29,7 @@ __all__ = [
     "ScoreSpec",
     "added_columns",
     "check_free",
+    "join_names",
     "joined_names",
     "score_spec",
 ]
@@ -202,4 +203,23 @@ def joined_names(
                 f"suffixes {tuple(suffixes)!r} leave two columns named {name!r} in the joined "
                 "table: choose suffixes that tell the two sides' columns apart"
             )
+    return left_names, right_names
+
+
+def join_names(
+    left: Sequence[Name],
+    right: Sequence[Name],
+    suffixes: Any,
+    added: Sequence[str],
+    *,
+    fold: Callable[[Any], Hashable] = _same,
+) -> tuple[dict[Name, Name | str], dict[Name, Name | str]]:
+    """:func:`joined_names`, checked against the ``added`` columns (:func:`check_free`).
+
+    What every engine's join names its columns by; cheap, so a join calls it before it embeds
+    anything, and again when it assembles the result.
+    """
+    left_names, right_names = joined_names(left, right, suffixes, fold=fold)
+    taken: set[Any] = {*left_names.values()} | {*right_names.values()}
+    check_free(taken, added, fold=fold)
     return left_names, right_names

@@ -21,7 +21,7 @@ from polyemb.arrow import vector_model, vector_type, vectors_from_arrow, vectors
 from polyemb.embedder import Embedder, check_same_model
 from polyemb.encoder import Encoder
 from polyemb.errors import ColumnNotFoundError, InvalidInputError
-from polyemb.scores import check_free, joined_names
+from polyemb.scores import join_names
 from polyemb.store import VectorStore, embedder_for
 
 __all__ = [
@@ -212,11 +212,10 @@ def assemble_join(
     """Left rows, right rows (-1: all NA) and the ``added`` columns side by side, as ``merge`` names them."""
     left_part = left.iloc[left_rows].reset_index(drop=True)
     right_part = right.reset_index(drop=True).reindex(right_rows).reset_index(drop=True)
-    left_names, right_names = joined_names(list(left_part.columns), list(right_part.columns), suffixes)
+    left_names, right_names = join_names(list(left.columns), list(right.columns), suffixes, list(added))
     left_part.columns = pd.Index([left_names[c] for c in left_part.columns])
     right_part.columns = pd.Index([right_names[c] for c in right_part.columns])
     result = pd.concat([left_part, right_part], axis=1)
-    check_free(set(result.columns), list(added))
     for name, values in added.items():
         result[name] = values
     return result

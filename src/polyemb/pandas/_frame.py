@@ -8,10 +8,11 @@ from polyemb.embedder import check_same_model
 from polyemb.encoder import Encoder
 from polyemb.errors import InvalidInputError
 from polyemb.ivf import Ivf, IvfReport, method_settings
+from polyemb.maxsim import CHUNK_COLUMNS
 from polyemb.options import JoinHow, Method, Score
 from polyemb.pandas._chunks import chunk_table, join_by_chunks
 from polyemb.pandas._columns import assemble_join, both_sides, column, lazy_embedder, matrix_of
-from polyemb.scores import added_columns
+from polyemb.scores import added_columns, join_names
 from polyemb.similarity import check_join, join_rows
 from polyemb.store import VectorStore
 from polyemb.store.stored import default_encoder_or
@@ -88,6 +89,13 @@ class EmbDataFrameAccessor:
             raise InvalidInputError(f"right must be a DataFrame, got {type(right).__name__}")
         check_join(k, threshold, how, score, method)
         names = added_columns(score, score_column)
+        # Before anything is embedded: a clash of names would only show once the join is done.
+        join_names(
+            list(self._df.columns),
+            list(right.columns),
+            suffixes,
+            [*names, *CHUNK_COLUMNS] if chunks else names,
+        )
         right_on = left_on if right_on is None else right_on
         options = {"batch_size": batch_size, "show_progress": show_progress}
         left_column, right_column = column(self._df, left_on, "left"), column(right, right_on, "right")

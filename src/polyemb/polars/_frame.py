@@ -11,7 +11,7 @@ from polyemb.chunks import chunks_of_table
 from polyemb.embedder import check_same_model
 from polyemb.errors import ColumnNotFoundError, InvalidInputError
 from polyemb.ivf import Ivf, IvfReport, method_settings
-from polyemb.maxsim import join_chunk_rows
+from polyemb.maxsim import CHUNK_COLUMNS, join_chunk_rows
 from polyemb.options import JoinHow, Method, Score
 from polyemb.polars._chunks import chunk_table, offsets
 from polyemb.polars._columns import (
@@ -22,7 +22,7 @@ from polyemb.polars._columns import (
     matrix_of,
     rows_with_nulls,
 )
-from polyemb.scores import added_columns, check_free, joined_names
+from polyemb.scores import added_columns, join_names
 from polyemb.similarity import check_join, join_rows
 from polyemb.store.stored import default_encoder_or
 
@@ -107,6 +107,8 @@ class EmbFrameNamespace:
             raise InvalidInputError(f"right must be a DataFrame, got {type(right).__name__}{hint}")
         check_join(k, threshold, how, score, method)
         names = added_columns(score, score_column)
+        # Before anything is embedded: a clash of names would only show once the join is done.
+        join_names(self._df.columns, right.columns, suffixes, [*names, *CHUNK_COLUMNS] if chunks else names)
         right_on = left_on if right_on is None else right_on
         encoding = Encoding(encoder, store, options)
         if chunks:
@@ -184,8 +186,9 @@ def _assemble(
     suffixes: tuple[str, str],
 ) -> pl.DataFrame:
     """Left rows, right rows (-1: all NULL) and the ``added`` columns side by side, named as pandas does."""
-    left_names, right_names = joined_names(left.columns, right.columns, suffixes)
+    left_names, right_names = join_names(
+        left.columns, right.columns, suffixes, [column.name for column in added]
+    )
     left_part = left.select(pl.all().gather(rows_with_nulls(left_rows))).rename(left_names)
     right_part = right.select(pl.all().gather(rows_with_nulls(right_rows))).rename(right_names)
-    check_free({*left_part.columns, *right_part.columns}, [column.name for column in added])
     return pl.concat([left_part, right_part, pl.DataFrame(added)], how="horizontal")

@@ -43,7 +43,7 @@ from polyemb.options import (
     check_mib,
     check_positive_int,
 )
-from polyemb.scores import added_columns, check_free, joined_names, score_spec
+from polyemb.scores import added_columns, join_names, score_spec
 from polyemb.similarity import check_join
 from polyemb.spark._pairs import (
     PAIR_END,
@@ -321,8 +321,7 @@ def assemble(
     left_cols = [c for c in left_rows.columns if c not in (LEFT_ID, VECTOR)]
     right_cols = [c for c in right_rows.columns if c not in (RIGHT_ID, VECTOR, CHUNKS)]
     fold = name_fold(left_rows.sparkSession)
-    left_names, right_names = joined_names(left_cols, right_cols, suffixes, fold=fold)
-    check_free({*left_names.values(), *right_names.values()}, added, fold=fold)
+    left_names, right_names = join_names(left_cols, right_cols, suffixes, added, fold=fold)
     left_part = left_rows.select(
         F.col(LEFT_ID).alias(PAIR_L), *[col_named(c).alias(n) for c, n in left_names.items()]
     )
