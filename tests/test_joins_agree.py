@@ -218,3 +218,19 @@ def test_spark_refuses_a_broadcast_size_that_means_nothing(request: pytest.Fixtu
             polyemb.InvalidInputError, match="broadcast_mb must be a number of MiB, 0 or more"
         ):
             columns_spark(SMALL_LEFT, SMALL_RIGHT, request, broadcast_mb=bad)
+
+
+@pytest.mark.parametrize("frame", [pd.DataFrame, pl.DataFrame], ids=["pandas", "polars"])
+@pytest.mark.parametrize(("clash", "chunks"), [("score", False), ("start", True), ("text_y", False)])
+def test_a_clash_of_names_is_refused_before_anything_is_embedded(
+    tiny_encoder: polyemb.Encoder, monkeypatch: pytest.MonkeyPatch, frame: Any, clash: str, chunks: bool
+) -> None:
+    # The clash was found once both sides were embedded and joined: minutes on a large table.
+    def embedded(*args: object, **kwargs: object) -> None:
+        raise AssertionError("embedded before the names were checked")
+
+    for method in ("encode", "encode_nullable", "encode_chunks"):
+        monkeypatch.setattr(polyemb.Encoder, method, embedded)
+    left, right = frame({"text": ["a cat"], clash: [1]}), frame({"text": ["a dog"]})
+    with pytest.raises(polyemb.InvalidInputError, match=f"columns? (named )?'{clash}'"):
+        left.emb.join(right, "text", chunks=chunks, encoder=tiny_encoder)

@@ -248,22 +248,6 @@ def test_join_errors() -> None:
         left.assign(score=1).emb.join(left, "text")
 
 
-@pytest.mark.parametrize(("clash", "chunks"), [("score", False), ("start", True), ("text_y", False)])
-def test_join_refuses_a_clash_of_names_before_it_embeds(
-    tiny_encoder: polyemb.Encoder, monkeypatch: pytest.MonkeyPatch, clash: str, chunks: bool
-) -> None:
-    # The clash was found once both sides were embedded and joined: minutes on a large table.
-    def embedded(*args: object, **kwargs: object) -> None:
-        raise AssertionError("embedded before the names were checked")
-
-    for method in ("encode", "encode_nullable", "encode_chunks"):
-        monkeypatch.setattr(polyemb.Encoder, method, embedded)
-    left = pd.DataFrame({"text": ["a cat"], clash: [1]})
-    right = pd.DataFrame({"text": ["a dog"]})
-    with pytest.raises(polyemb.InvalidInputError, match=f"columns? (named )?'{clash}'"):
-        left.emb.join(right, "text", chunks=chunks, encoder=tiny_encoder)
-
-
 @pytest.mark.slow
 def test_join_finds_real_paraphrases(minilm_encoder: polyemb.Encoder, sts_rows: list[dict[str, str]]) -> None:
     pairs = [r for r in sts_rows if r["lang"] == "en" and float(r["score"]) >= 3.5]

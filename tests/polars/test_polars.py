@@ -251,22 +251,6 @@ def test_join_errors() -> None:
         left.emb.join(left.lazy(), "text")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("clash", "chunks"), [("score", False), ("start", True), ("text_y", False)])
-def test_join_refuses_a_clash_of_names_before_it_embeds(
-    tiny_encoder: polyemb.Encoder, monkeypatch: pytest.MonkeyPatch, clash: str, chunks: bool
-) -> None:
-    # The clash was found once both sides were embedded and joined: minutes on a large table.
-    def embedded(*args: object, **kwargs: object) -> None:
-        raise AssertionError("embedded before the names were checked")
-
-    for method in ("encode", "encode_nullable", "encode_chunks"):
-        monkeypatch.setattr(polyemb.Encoder, method, embedded)
-    left = pl.DataFrame({"text": ["a cat"], clash: [1]})
-    right = pl.DataFrame({"text": ["a dog"]})
-    with pytest.raises(polyemb.InvalidInputError, match=f"columns? (named )?'{clash}'"):
-        left.emb.join(right, "text", chunks=chunks, encoder=tiny_encoder)
-
-
 def test_empty_frames() -> None:
     empty = pl.Series("t", [], dtype=pl.String)
     assert empty.emb.encode().dtype == pl.Array(pl.Float32, 32) and len(empty.emb.encode()) == 0
