@@ -173,13 +173,10 @@ def test_json_keeps_columns_of_one_name(tiny_model_dir: Path, capsys: pytest.Cap
     assert row == {"id": 1, "name": "left", "id_1": 1, "name_1": "right", "name_1_1": 5}
 
 
-def test_ctrl_c_during_a_statement_ends_as_interrupted(
-    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # DuckDB turned Ctrl-C into "RuntimeError: Query interrupted" (a traceback, exit 1), or into
-    # a failed UDF (exit 1).
+def slow_encoding(monkeypatch: pytest.MonkeyPatch, seconds: float) -> threading.Timer:
+    """Encoder.encode made slow, and a Ctrl-C (SIGINT from another thread) after ``seconds`` of it."""
     original = polyemb.Encoder.encode
-    ctrl_c = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))  # from outside the query
+    ctrl_c = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGINT))
 
     def slow(self: polyemb.Encoder, *args: object, **kwargs: object) -> object:
         if not ctrl_c.is_alive() and not ctrl_c.finished.is_set():
@@ -188,13 +185,44 @@ def test_ctrl_c_during_a_statement_ends_as_interrupted(
         return original(self, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(polyemb.Encoder, "encode", slow)
-    query = "SELECT count(embed('text ' || i)) FROM range(200000) t(i)"
+    return ctrl_c
+
+
+@pytest.mark.parametrize("where", ["statement", "index"])
+def test_ctrl_c_ends_as_interrupted(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    # DuckDB turned Ctrl-C into "RuntimeError: Query interrupted" (a traceback, exit 1), or into
+    # a failed UDF (exit 1); also while an --index was being built.
+    before = signal.getsignal(signal.SIGINT)
+    ctrl_c = slow_encoding(monkeypatch, 0.5)
+    # The index's query runs embed() inside DuckDB, as the statement does.
+    query = "SELECT i AS key, 'text ' || i AS text FROM range(200000) t(i) WHERE embed(text) IS NOT NULL"
+    argv = ["sql", "-m", str(tiny_model_dir)]
+    argv += ["--index", "p", query, "SELECT 1"] if where == "index" else [f"SELECT count(*) FROM ({query})"]
     try:
-        assert main(["sql", "-m", str(tiny_model_dir), query]) == 130
+        assert main(argv) == 130
     finally:
         ctrl_c.cancel()
     assert "interrupted" in capsys.readouterr().err
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    assert signal.getsignal(signal.SIGINT) is before  # put back
+
+
+def test_ctrl_c_is_left_alone_where_it_is_ignored(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A shell's background job starts with SIGINT ignored: a Ctrl-C meant for the foreground
+    # job stopped it (the handler replaced the ignore).
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        ctrl_c = slow_encoding(monkeypatch, 0.1)
+        query = "SELECT count(embed('text ' || i)) AS n FROM range(5000) t(i)"
+        assert main(["sql", "--csv", "-m", str(tiny_model_dir), query]) == 0
+        ctrl_c.join()
+        assert capsys.readouterr().out.splitlines() == ["n", "5000"]
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_sql_with_an_index_runs_the_semantic_join_recipe(

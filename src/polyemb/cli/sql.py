@@ -50,7 +50,7 @@ def add_parser(commands: Subparsers) -> None:
             "embedding_model(), embedding_cache_stats(), embedding_cache_clear(), "
             "embedding_store_stats(). Files named in the query are read by "
             "DuckDB itself ('data.csv', read_parquet('*.parquet')). Each statement that returns rows "
-            "(queries, and INSERT, UPDATE and DELETE with RETURNING) is printed."
+            "(queries; INSERT, UPDATE, DELETE and MERGE with RETURNING; EXECUTE) is printed."
         ),
     )
     sql.add_argument("query", nargs="?", help="the SQL (or use -f)")
@@ -134,8 +134,14 @@ def _sql(args: argparse.Namespace) -> int:
         store = store_of(args)
         encoder = load_encoder(args)
         register(con, encoder, store=store, cache_mb=args.cache_mb, batch_size=args.batch_size)
-        _register_indexes(con, args, encoder, store)
-        _run_statements(con, text, args)
+        with _interruptible(con) as interrupted:
+            try:
+                _register_indexes(con, args, encoder, store)
+            except Exception as exc:
+                if interrupted():  # DuckDB reports Ctrl-C as its own error ("Query interrupted")
+                    raise KeyboardInterrupt from exc
+                raise
+            _run_statements(con, text, args, interrupted)
     finally:
         con.close()
     return 0
@@ -186,27 +192,30 @@ def _register_indexes(
             raise SqlError(f"--index {name}: {exc}") from exc
 
 
-def _run_statements(con: Any, text: str, args: argparse.Namespace) -> None:
-    """Run each statement of ``text``, printing the rows of those that return rows."""
+def _run_statements(con: Any, text: str, args: argparse.Namespace, interrupted: Callable[[], bool]) -> None:
+    """Run each statement of ``text``, printing the rows of those that return rows.
+
+    ``interrupted``: whether Ctrl-C came (:func:`_interruptible`), which a failed statement is
+    then taken for.
+    """
     import duckdb
 
     try:
         statements = con.extract_statements(text)
     except duckdb.Error as exc:
         raise InvalidInputError(f"cannot parse the SQL: {exc}") from exc
-    with _interruptible(con) as interrupted:
-        for statement in statements:
-            try:
-                if _returns_rows(statement):
-                    _print_result(con.sql(statement.query), args)
-                else:
-                    con.execute(statement.query)
-            except Exception as exc:
-                if interrupted():  # DuckDB reports Ctrl-C as its own error ("Query interrupted")
-                    raise KeyboardInterrupt from exc
-                if not isinstance(exc, duckdb.Error):
-                    raise
-                raise SqlError(f"{exc}\n  in: {statement.query.strip()[:200]}") from exc
+    for statement in statements:
+        try:
+            if _returns_rows(statement):
+                _print_result(con.sql(statement.query), args)
+            else:
+                con.execute(statement.query)
+        except Exception as exc:
+            if interrupted():  # DuckDB reports Ctrl-C as its own error ("Query interrupted")
+                raise KeyboardInterrupt from exc
+            if not isinstance(exc, duckdb.Error):
+                raise
+            raise SqlError(f"{exc}\n  in: {statement.query.strip()[:200]}") from exc
 
 
 @contextlib.contextmanager
@@ -215,9 +224,13 @@ def _interruptible(con: Any) -> Iterator[Callable[[], bool]]:
 
     DuckDB turns the KeyboardInterrupt into an error of its own, a RuntimeError or an
     InterruptException by version: the flag tells it from a failed statement, so the command
-    ends as interrupted (exit 130). Off the main thread (no signal handlers there), nothing changes.
+    ends as interrupted (exit 130). Off the main thread (no signal handlers there), or where
+    SIGINT is ignored (a shell's background job), nothing changes.
     """
-    if threading.current_thread() is not threading.main_thread():
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # a background job: Ctrl-C is not for it
+    ):
         yield lambda: False
         return
     came = threading.Event()
