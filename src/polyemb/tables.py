@@ -138,28 +138,33 @@ def read_table(
 def _open_delimited(
     source: Path, delimiter: str, columns: Sequence[str], headerless: Sequence[str] | None
 ) -> pacsv.CSVStreamingReader:
-    """A CSV or TSV file as a stream of batches whose every column is text, as written.
+    """A CSV or TSV file as a stream of batches whose columns are text, as written.
 
     pyarrow would guess the other columns' types from the first block: ``01234`` became 1234, and
-    a column that turns non-numeric after the first block failed the run. So the names are read
-    first (from the first block), and every column is then read as a string. Quoted values may
-    hold newlines, also across pyarrow's blocks.
+    a column that turns non-numeric after the first block failed the run. So a first pass reads
+    the names (pyarrow reads the header: blank lines before it, a quoted newline in it) and its
+    guesses from the first block, and every column is then read as a string; but for a column
+    other than ``columns`` whose bytes are not UTF-8 in that block, which stays bytes. Quoted
+    values may hold newlines, also across pyarrow's blocks.
     """
     names = _header_names(source, delimiter, columns, headerless)
+    read = pacsv.ReadOptions(block_size=1 << 24, column_names=names)
     parse = pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True)
-    if names is None:
-        head = pacsv.open_csv(source, read_options=pacsv.ReadOptions(block_size=1 << 24), parse_options=parse)
-        names = head.schema.names
-        head.close()
-        skip = 1
-    else:
-        skip = 0
+    head = pacsv.open_csv(source, read_options=read, parse_options=parse)
+    guessed, wanted = head.schema, set(columns)
+    head.close()
+    types = {
+        field.name: pa.binary()
+        if field.name not in wanted and pa.types.is_binary(field.type)
+        else pa.string()
+        for field in guessed
+    }
     return pacsv.open_csv(
         source,
-        read_options=pacsv.ReadOptions(block_size=1 << 24, column_names=names, skip_rows=skip),
+        read_options=read,
         parse_options=parse,
         convert_options=pacsv.ConvertOptions(
-            column_types=dict.fromkeys(names, pa.string()),
+            column_types=types,
             strings_can_be_null=True,
             null_values=[""],
             quoted_strings_can_be_null=False,
@@ -175,7 +180,10 @@ def _header_names(
         return None
     with pa.input_stream(source, compression="detect") as stream:
         head = stream.read(1 << 16).decode("utf-8-sig", errors="replace")
-    first = next(csv.reader(io.StringIO(head), delimiter=delimiter), [])
+    try:
+        first = next(csv.reader(io.StringIO(head), delimiter=delimiter), [])
+    except csv.Error:  # lines ended by a lone \r (old Mac files): pyarrow reads those
+        return None
     if all(column in first for column in columns) or len(first) != len(headerless):
         return None
     try:

@@ -206,3 +206,29 @@ def test_a_folder_that_cannot_take_the_file_is_a_clear_error(tmp_path: Path) -> 
     target = tmp_path / "gone" / "out.parquet"
     with pytest.raises(InvalidInputError, match="cannot write"), publishing(target):
         pass
+
+
+def test_a_header_after_blank_lines_or_with_a_quoted_newline_is_the_header(tmp_path: Path) -> None:
+    # Both came back with (part of) the header as a data row.
+    for name, content in [
+        ("blank.csv", "\r\n\ntext,id\nhello world,1\nbonjour,2\n"),
+        ("quoted.csv", '"note\n(free text)",text,id\nx,hello world,1\ny,bonjour,2\n'),
+    ]:
+        path = tmp_path / name
+        path.write_bytes(content.encode())
+        table = read_table(path, ["text"])
+        assert table.column("text").to_pylist() == ["hello world", "bonjour"], name
+        assert table.column("id").to_pylist() == ["1", "2"], name
+
+
+def test_other_columns_that_are_not_utf8_stay_bytes_and_old_mac_lines_read(tmp_path: Path) -> None:
+    # Reading every column as text failed the run on a Latin-1 city name beside the texts.
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(b"text,city\nhello world,M\xfcnchen\nbonjour,Paris\n")
+    table = read_table(path, ["text"])
+    assert table.column("text").to_pylist() == ["hello world", "bonjour"]
+    assert table.column("city").to_pylist() == [b"M\xfcnchen", b"Paris"]
+    mac = tmp_path / "mac.csv"  # lines ended by \r alone: a raw csv.Error before
+    mac.write_bytes(b"sentence1,sentence2,score\rA cat,Un gato,4.5\rDog,Perro,3\r")
+    assert read_table(mac, ["sentence1"]).column("sentence2").to_pylist() == ["Un gato", "Perro"]
+    assert read_table(mac, ["sentence1"], headerless=("sentence1", "sentence2", "score")).num_rows == 2
