@@ -11,7 +11,7 @@ import shutil
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from polyemb.cache import DEFAULT_CACHE_MB
@@ -134,14 +134,9 @@ def _sql(args: argparse.Namespace) -> int:
         store = store_of(args)
         encoder = load_encoder(args)
         register(con, encoder, store=store, cache_mb=args.cache_mb, batch_size=args.batch_size)
-        with _interruptible(con) as interrupted:
-            try:
-                _register_indexes(con, args, encoder, store)
-            except Exception as exc:
-                if interrupted():  # DuckDB reports Ctrl-C as its own error ("Query interrupted")
-                    raise KeyboardInterrupt from exc
-                raise
-            _run_statements(con, text, args, interrupted)
+        with _interruptible(con):
+            _register_indexes(con, args, encoder, store)
+            _run_statements(con, text, args)
     finally:
         con.close()
     return 0
@@ -192,12 +187,8 @@ def _register_indexes(
             raise SqlError(f"--index {name}: {exc}") from exc
 
 
-def _run_statements(con: Any, text: str, args: argparse.Namespace, interrupted: Callable[[], bool]) -> None:
-    """Run each statement of ``text``, printing the rows of those that return rows.
-
-    ``interrupted``: whether Ctrl-C came (:func:`_interruptible`), which a failed statement is
-    then taken for.
-    """
+def _run_statements(con: Any, text: str, args: argparse.Namespace) -> None:
+    """Run each statement of ``text``, printing the rows of those that return rows."""
     import duckdb
 
     try:
@@ -210,28 +201,25 @@ def _run_statements(con: Any, text: str, args: argparse.Namespace, interrupted: 
                 _print_result(con.sql(statement.query), args)
             else:
                 con.execute(statement.query)
-        except Exception as exc:
-            if interrupted():  # DuckDB reports Ctrl-C as its own error ("Query interrupted")
-                raise KeyboardInterrupt from exc
-            if not isinstance(exc, duckdb.Error):
-                raise
+        except duckdb.Error as exc:
             raise SqlError(f"{exc}\n  in: {statement.query.strip()[:200]}") from exc
 
 
 @contextlib.contextmanager
-def _interruptible(con: Any) -> Iterator[Callable[[], bool]]:
-    """Ctrl-C stops the running statement (``con.interrupt()``); yields whether it came.
+def _interruptible(con: Any) -> Iterator[None]:
+    """Ctrl-C stops the running statement (``con.interrupt()``), and the block ends interrupted.
 
     DuckDB turns the KeyboardInterrupt into an error of its own, a RuntimeError or an
-    InterruptException by version: the flag tells it from a failed statement, so the command
-    ends as interrupted (exit 130). Off the main thread (no signal handlers there), or where
-    SIGINT is ignored (a shell's background job), nothing changes.
+    InterruptException by version (which may reach here as a SqlError): an error after Ctrl-C
+    came is raised as KeyboardInterrupt, so the command ends as interrupted (exit 130). Off the
+    main thread (no signal handlers there), or where SIGINT is ignored (a shell's background
+    job), nothing changes.
     """
     if (
         threading.current_thread() is not threading.main_thread()
         or signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # a background job: Ctrl-C is not for it
     ):
-        yield lambda: False
+        yield
         return
     came = threading.Event()
 
@@ -242,7 +230,11 @@ def _interruptible(con: Any) -> Iterator[Callable[[], bool]]:
 
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
-        yield came.is_set
+        yield
+    except Exception as exc:
+        if came.is_set():
+            raise KeyboardInterrupt from exc
+        raise
     finally:
         signal.signal(signal.SIGINT, previous)
 
