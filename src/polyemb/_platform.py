@@ -70,9 +70,9 @@ def has_amx(flags: frozenset[str] | None = None) -> bool:
 
 
 def has_bf16_units(flags: frozenset[str] | None = None) -> bool:
-    """Whether the CPU computes in bfloat16 natively: AVX512-BF16 or AMX (this CPU's flags when None)."""
+    """Whether the CPU computes in bfloat16 natively: AVX512-BF16 or AMX-BF16 (this CPU's flags when None)."""
     flags = cpu_flags() if flags is None else flags
-    return "avx512_bf16" in flags or has_amx(flags)
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def available_cpus() -> int:

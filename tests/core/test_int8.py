@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import polyemb
-from polyemb import quantize
+from polyemb import batching, quantize
 from polyemb._platform import cpu_flags
 from polyemb.errors import InvalidInputError
 from polyemb.kernels import probe_linear
@@ -513,3 +513,124 @@ def test_leave_out_quantizes_again_without_the_channels() -> None:
     np.testing.assert_array_equal(layer(x).numpy(), full.numpy())
     with pytest.raises(InvalidInputError, match="no float weights kept"):
         quantize.Int8Linear(linear, rows=5, out_dtype=torch.float32).leave_out(torch.tensor([1]))
+
+
+@needs_int8
+def test_smooth_divides_the_input_and_keeps_the_product() -> None:
+    linear = probe_linear(16, 8)
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(64, 16, generator=generator)
+    x[:, 3] *= 40.0  # one input channel far beyond the rest, as after a LayerNorm
+    with torch.no_grad():
+        linear.weight[:, 3] /= 40.0  # read by small weights: it adds no more than the others
+    expected = x @ linear.weight.detach().T + linear.bias.detach()
+    layer = quantize.Int8Linear(linear, rows=64, out_dtype=torch.float32, keep_float=True)
+    plain = layer(x)
+    divisor = torch.ones(16)
+    divisor[3] = 40.0
+    layer.smooth(divisor)
+    smoothed = layer(x)
+    assert layer.smoothing is divisor and "inputs smoothed" in repr(layer)
+
+    def error(got: torch.Tensor) -> float:
+        return float((got - expected).abs().max() / expected.abs().max())
+
+    # The same product: the division and the weights' factor cancel, and the other channels
+    # get the u8 steps the outlier took.
+    assert error(smoothed) < 0.03 and error(smoothed) < error(plain) / 2
+    # Leaving channels out keeps the factors.
+    layer.leave_out(torch.tensor([5]))
+    without = linear.weight.detach().clone()
+    without[:, 5] = 0
+    assert (
+        float((layer(x) - (x @ without.T + linear.bias.detach())).abs().max() / expected.abs().max()) < 0.03
+    )
+    layer.leave_out(torch.zeros(0, dtype=torch.long))
+    layer.smooth(None)  # as loaded
+    assert layer.smoothing is None
+    np.testing.assert_array_equal(layer(x).numpy(), plain.numpy())
+    with pytest.raises(InvalidInputError, match="no float weights kept"):
+        quantize.Int8Linear(linear, rows=5, out_dtype=torch.float32).smooth(divisor)
+
+
+def planted_layer_norm_outlier(tmp_path: Path, tiny_model_dir: Path, channel: int) -> Path:
+    """The tiny model with one channel of its embeddings' LayerNorm output far above the others.
+
+    As in BERT-like models, whose LayerNorm outputs have a few such channels: the first layer's
+    Q, K and V read them.
+    """
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "layer_norm_outlier"
+    shutil.copytree(tiny_model_dir, folder)
+    weights = load_file(folder / "model.safetensors")
+    (name,) = [n for n in weights if n.endswith("embeddings.LayerNorm.weight")]
+    weights[name][channel] = 40.0
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+@needs_int8
+def test_int8_smooths_the_inputs_that_it_quantizes_per_call(
+    tiny_model_dir: Path, tmp_path: Path, sts_sentences: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = planted_layer_norm_outlier(tmp_path, tiny_model_dir, channel=7)
+    texts = sts_sentences[:200]
+    fp32 = polyemb.load(folder, precision="fp32")
+    int8 = polyemb.load(folder, precision="int8")
+    for layer in int8._model.encoder.layer:
+        attention = layer.attention
+        query, key, value = attention.self.query, attention.self.key, attention.self.value
+        # Q, K and V read one input, quantized once: one factor for the three.
+        assert query.smoothing is not None and key.smoothing is value.smoothing is query.smoothing
+        assert attention.output.dense.smoothing is not None and layer.intermediate.smoothing is not None
+        # A linked down-projection reads u8 as its block wrote it: never divided.
+        assert layer.output.dense.input_range is not None and layer.output.dense.smoothing is None
+        assert query.float_weight is None  # dropped once calibration is done
+    # The planted channel is divided the most in the first layer.
+    assert int(int8._model.encoder.layer[0].attention.self.query.smoothing.argmax()) == 7
+    assert (fp32.encode(texts) * int8.encode(texts)).sum(axis=1).mean() > 0.99
+    # The planted channel dominates the vectors, whatever int8 does to the others: compare what
+    # the first layer's query computes, on the same batches (none padded to a multiple).
+    monkeypatch.setattr(batching, "PADDED", frozenset())
+    expected = first_queries(fp32, texts)
+    smoothed = first_queries(int8, texts)
+    monkeypatch.setattr(calibration, "smooth_inputs", lambda model, run: False)
+    plain = first_queries(polyemb.load(folder, precision="int8"), texts)
+
+    def error(got: torch.Tensor) -> float:
+        return float((got - expected).norm() / expected.norm())
+
+    assert error(smoothed) < 0.05 and error(smoothed) < error(plain) / 2
+
+
+def first_queries(encoder: polyemb.Encoder, texts: list[str]) -> torch.Tensor:
+    """What the first layer's query product computes for ``texts``, every token row of every batch."""
+    rows: list[torch.Tensor] = []
+    query = encoder._model.encoder.layer[0].attention.self.query
+    hook = query.register_forward_hook(
+        lambda module, args, out: rows.append(out.float().reshape(-1, out.shape[-1]))
+    )
+    try:
+        encoder.encode(texts)
+    finally:
+        hook.remove()
+    return torch.cat(rows)
+
+
+@needs_int8
+def test_smoothing_that_moves_the_vectors_away_from_float_is_undone(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Factors that spread the input over 1e6: its small channels round to nothing.
+    def harmful(x_peak: torch.Tensor, group: list[quantize.Int8Linear]) -> torch.Tensor:
+        return torch.logspace(-3, 3, len(x_peak))
+
+    monkeypatch.setattr(calibration, "_divisor", harmful)
+    with caplog.at_level("INFO", logger="polyemb.quantize.calibration"):
+        int8 = polyemb.load(tiny_model_dir, precision="int8")
+    assert "did not bring the vectors closer to float" in caplog.text
+    layers = [m for m in int8._model.modules() if isinstance(m, quantize.Int8Linear)]
+    assert layers and all(layer.smoothing is None for layer in layers)
+    reference = polyemb.load(tiny_model_dir, precision="fp32").encode(["still encodes", "and well"])
+    assert (int8.encode(["still encodes", "and well"]) * reference).sum(axis=1).min() > 0.95

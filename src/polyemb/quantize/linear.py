@@ -44,7 +44,7 @@ def activation_dtype(flags: frozenset[str] | None = None) -> torch.dtype:
 
     ``flags``: the CPU's feature flags (this CPU's when None).
     """
-    return torch.bfloat16 if has_bf16_units(flags) else torch.float32
+    return torch.bfloat16 if has_bf16_units(cpu_flags() if flags is None else flags) else torch.float32
 
 
 def weight_steps(flags: frozenset[str] | None = None) -> int | None:
@@ -246,7 +246,7 @@ class Int8Linear(torch.nn.Module):
     output, see :func:`link`); returns ``out_dtype``, or u8 over ``output_range`` once linked.
     The weights are rounded to ``steps`` steps each side of 0 (:func:`weight_steps` for this CPU
     when None). The original weight is kept as ``float_weight`` only with ``keep_float`` (for
-    :meth:`leave_out` and :class:`FloatChannels`, until :func:`calibrate` drops it); else it
+    :meth:`leave_out`, :meth:`smooth` and :class:`FloatChannels`, until :func:`calibrate` drops it); else it
     lives on only in oneDNN's packed int8 form.
     """
 
@@ -284,6 +284,9 @@ class Int8Linear(torch.nn.Module):
         # A block's outlier channels in float, handed on (out) or added (in): see FloatChannels.
         self.outliers_out: FloatChannels | None = None
         self.outliers_in: FloatChannels | None = None
+        # Per input channel, what the input is divided by before it is quantized: see smooth().
+        self.smoothing: torch.Tensor | None = None
+        self._smoothing_inverse: torch.Tensor | None = None
 
     def _quantize(self, weight: torch.Tensor) -> None:
         self._scales = (weight.abs().amax(dim=1) / self.steps).clamp(min=1e-12)
@@ -301,8 +304,30 @@ class Int8Linear(torch.nn.Module):
         if self.float_weight is None:
             raise InvalidInputError(f"{type(self).__name__}: no float weights kept to quantize again")
         weight = self.float_weight.float().clone()
+        if self.smoothing is not None:
+            weight *= self.smoothing
         weight[:, channels] = 0.0
         self._quantize(weight)
+
+    def smooth(self, divisor: torch.Tensor | None) -> None:
+        """Quantize the weights again with input channel j times ``divisor[j]``, and divide inputs by it.
+
+        The product is the same in exact arithmetic; what changes is what int8 rounds. ``divisor``
+        (float32, one positive value per input channel) moves the range of channels that reach far
+        beyond the others into the weights (:func:`polyemb.quantize.calibration.smooth_inputs`
+        chooses it). None: the weights as loaded, inputs as they come. A u8 input (a linked
+        block's) is never divided: do not smooth a down-projection that will be linked.
+
+        Raises:
+            InvalidInputError: The layer was made without ``keep_float``, or its float weight was
+                dropped since.
+        """
+        if self.float_weight is None:
+            raise InvalidInputError(f"{type(self).__name__}: no float weights kept to quantize again")
+        weight = self.float_weight.float()
+        self._quantize(weight if divisor is None else weight * divisor)
+        self.smoothing = divisor
+        self._smoothing_inverse = None if divisor is None else 1.0 / divisor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The product of ``x`` (quantized over its own range unless it is u8) with the int8 weights."""
@@ -320,7 +345,9 @@ class Int8Linear(torch.nn.Module):
                 rows = rows.float()  # read by the float channels too; quantize_rows takes it as it is
             quantized = None if self.shared is None else self.shared.lookup(x)
         if quantized is None:
-            quantized = quantize_rows(rows)
+            # Divided (smoothed) in the pass that makes the float32 quantize_rows reads.
+            inverse = self._smoothing_inverse
+            quantized = quantize_rows(rows if inverse is None else torch.mul(rows, inverse))
             if self.shared is not None:
                 self.shared.keep(x, quantized)
         u8, scale, zero_point = quantized
@@ -351,9 +378,10 @@ class Int8Linear(torch.nn.Module):
         out = "u8 over a fixed range" if self.output_range is not None else self.out_dtype
         outliers = self.outliers_out or self.outliers_in
         in_float = f", {len(outliers.channels)} outlier channels in float" if outliers is not None else ""
+        smoothed = ", inputs smoothed" if self.smoothing is not None else ""
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, int8 per channel, "
-            f"activation={self._activation}, out={out}{in_float}"
+            f"activation={self._activation}, out={out}{in_float}{smoothed}"
         )
 
 

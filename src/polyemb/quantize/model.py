@@ -16,7 +16,6 @@ __all__ = ["linked_pairs", "quantize_linears"]
 
 logger = logging.getLogger(__name__)
 
-_DOWN_PROJECTION = re.compile(r"(?:^|\.)layer\.(\d+)\.output\.dense$")
 _FEED_FORWARD = re.compile(r"(?:^|\.)layer\.(\d+)\.intermediate$")
 
 
@@ -37,10 +36,11 @@ def quantize_linears(model: torch.nn.Module, *, rows: int) -> int:
     """Replace, in place, the ``nn.Linear`` layers under the model's ``encoder`` by :class:`Int8Linear`.
 
     A feed-forward block that is exactly ``erf_gelu(dense(x))`` becomes one fused layer, which
-    hands its down-projection float32 until :func:`calibrate` links them; those two keep their
-    float layer for :func:`calibrate`, which drops it. The model must be on the CPU, in eval
-    mode; the other layers return its dtype. ``rows``: the typical rows per product (tokens per
-    batch), for the weights' packed layout. Returns how many layers now run in int8.
+    hands its down-projection float32 until :func:`calibrate` links them. Every layer keeps its
+    float weight for :func:`calibrate` (to smooth inputs and to link), which drops it. The model
+    must be on the CPU, in eval mode; the other layers return its dtype. ``rows``: the typical
+    rows per product (tokens per batch), for the weights' packed layout. Returns how many
+    layers now run in int8.
 
     Raises:
         InvalidInputError: The model has no ``encoder`` module of Linear layers.
@@ -63,8 +63,7 @@ def quantize_linears(model: torch.nn.Module, *, rows: int) -> int:
                 dense, "gelu", rows=rows, out_dtype=torch.float32, keep_float=True
             )
         elif isinstance(module, torch.nn.Linear):
-            down = _DOWN_PROJECTION.search(name) is not None
-            replacements[name] = Int8Linear(module, rows=rows, out_dtype=dtype, keep_float=down)
+            replacements[name] = Int8Linear(module, rows=rows, out_dtype=dtype, keep_float=True)
     if not replacements:
         raise InvalidInputError(f"precision='int8': no Linear layers in {type(model).__name__}.encoder")
     parents = collections.Counter(name.rpartition(".")[0] for name in replacements)
