@@ -8,7 +8,11 @@ these products 3.8 ms; 64 rows of 32, 3.0 against 1.5; 37 rows of 55, 5.1 agains
 16 rows of 128, 6.1 against 11.9. So sequences of up to :data:`SHORT` keys go through the
 products, longer ones (and causal ones, and every other device) through SDPA as before. End
 to end, bf16, 1,500 sentences, best of 3 against SDPA in one process: 1.06x and 1.16x on
-English, 1.03x on the 11 languages (docs/performance.md). Only half precisions (bf16, fp16)
+English, 1.03x on the 11 languages (docs/performance.md). On CPUs with AMX the flash kernel is
+slow only below 16 keys (Intel Xeon, 2,048 tokens a call: 136 rows of 15, 4.12 ms against 1.61
+for the products; 64 rows of 32, 1.01 against 2.40), so there the products take up to
+:data:`SHORT_WITH_AMX` keys: bf16, padded to multiples of 16 there, never has fewer; int8,
+unpadded, ran 1.15x faster on STS English (1,991 -> 2,295 texts/s). Only half precisions (bf16, fp16)
 take this path: fp32 gained nothing end to end (893 against 898 texts/s), so fp32 keeps SDPA
 and its vectors; int8 takes it where its non-int8 work is bf16 (``quantize.activation_dtype``)
 and :func:`pays_off` says so.
@@ -28,13 +32,15 @@ from typing import Any
 
 import torch
 
-from polyemb._platform import cpu_flags, has_amx
+from polyemb._platform import cpu_flags, has_amx, has_bf16_units
 
-__all__ = ["NAME", "SHORT", "attention", "pays_off", "register"]
+__all__ = ["NAME", "SHORT", "SHORT_WITH_AMX", "attention", "pays_off", "register"]
 
 NAME = "polyemb_short"
 SHORT = 64
 """Keys per sequence up to which the products run; SDPA beyond."""
+SHORT_WITH_AMX = 15
+"""The same on CPUs with AMX, whose flash kernel is fast from 16 keys."""
 # Keys from which torch's softmax is vectorised (see _softmax_).
 _VECTOR_SOFTMAX = 16
 # Arguments the products handle (by ignoring them: they change nothing for an encoder); any
@@ -65,7 +71,8 @@ def attention(
     causal = getattr(module, "is_causal", True) if causal is None else causal
     given = {name for name, argument in kwargs.items() if argument is not None}
     plain = not dropout and causal is False and given <= _PLAIN_ARGUMENTS
-    short = key.shape[2] <= SHORT and query.shape[1] == key.shape[1]  # no grouped keys
+    limit = SHORT_WITH_AMX if has_amx(cpu_flags()) else SHORT
+    short = key.shape[2] <= limit and query.shape[1] == key.shape[1]  # no grouped keys
     half = query.dtype in (torch.bfloat16, torch.float16)
     if query.device.type != "cpu" or not (short and plain and half):
         fused: tuple[torch.Tensor, None] = sdpa_attention_forward(
@@ -101,10 +108,10 @@ def _softmax_(scores: torch.Tensor) -> torch.Tensor:
 def pays_off(device: torch.device, dtype: torch.dtype, flags: frozenset[str] | None = None) -> bool:
     """Whether to load a model with this attention: where it was measured to pay.
 
-    That is bf16 or fp16 on an x86 CPU with AVX512-BF16 and no AMX (AMD Zen 4 and 5). With AMX
-    (Intel Sapphire Rapids and later) SDPA's flash kernel measured faster: 37 rows of 55 tokens,
-    4.18 ms against 5.91 for the products (Intel Xeon, stop 29), so models keep SDPA there; fp32
-    gained nothing; other CPUs were not measured.
+    That is bf16 or fp16 on an x86 CPU with bfloat16 units: AVX512-BF16 (AMD Zen 4 and 5), or
+    AMX (Intel Sapphire Rapids and later), where only sequences below 16 keys take the products
+    (:data:`SHORT_WITH_AMX`; SDPA's flash kernel measured faster from 16: 37 rows of 55 tokens,
+    4.18 ms against 5.91 for the products). fp32 gained nothing; other CPUs were not measured.
 
     Args:
         device: Where the model runs.
@@ -116,8 +123,7 @@ def pays_off(device: torch.device, dtype: torch.dtype, flags: frozenset[str] | N
     """
     if device.type != "cpu" or dtype not in (torch.bfloat16, torch.float16):
         return False
-    flags = cpu_flags() if flags is None else flags
-    return "avx512_bf16" in flags and not has_amx(flags)
+    return has_bf16_units(cpu_flags() if flags is None else flags)
 
 
 @functools.cache

@@ -154,13 +154,31 @@ def test_where_it_pays_off(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
     zen = frozenset({"avx512f", "avx512_bf16", "avx512_vnni"})
     amx = zen | {"amx_bf16", "amx_tile"}
     assert attention.pays_off(cpu, bf16, zen) and attention.pays_off(cpu, torch.float16, zen)
-    assert not attention.pays_off(cpu, bf16, amx)  # SDPA measured faster with AMX
+    assert attention.pays_off(cpu, bf16, amx)  # below 16 keys only: see the next test
     assert not attention.pays_off(cpu, torch.float32, zen)  # fp32 gained nothing
     assert not attention.pays_off(cpu, bf16, frozenset({"avx2"}))  # not measured
     assert not attention.pays_off(torch.device("cuda"), bf16, zen)
-    monkeypatch.setattr(attention, "cpu_flags", lambda: amx)
+    monkeypatch.setattr(attention, "cpu_flags", lambda: frozenset({"avx512f", "avx512_vnni"}))
     encoder = polyemb.load(tiny_model_dir, precision="bf16")
     assert encoder._model.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("amx", [True, False], ids=["amx", "no-amx"])
+def test_with_amx_only_sequences_below_16_keys_take_the_products(
+    monkeypatch: pytest.MonkeyPatch, amx: bool
+) -> None:
+    flags = {"avx512f", "avx512_bf16"} | ({"amx_bf16", "amx_tile"} if amx else set())
+    monkeypatch.setattr(attention, "cpu_flags", lambda: frozenset(flags))
+    calls = _count_sdpa_calls(monkeypatch)
+    limit = attention.SHORT_WITH_AMX if amx else attention.SHORT
+    assert limit == (15 if amx else 64)
+    for length, to_sdpa in [(7, False), (limit, False), (limit + 1, True)]:
+        q, k, v, mask = _inputs(3, length, torch.bfloat16)
+        before = len(calls)
+        ours, _ = attention.attention(_Module(), q, k, v, mask, scaling=8**-0.5)
+        assert (len(calls) > before) == to_sdpa, length
+        theirs, _ = sdpa_attention_forward(_Module(), q, k, v, mask, scaling=8**-0.5)
+        assert (ours.float() - theirs.float()).abs().max() < 5e-2
 
 
 def test_only_classes_that_use_the_registry_take_it() -> None:
