@@ -294,8 +294,9 @@ def _split_and_link(block: Int8Linear, down: Int8Linear, low: float, peak: torch
     channels = outlier_channels(peak)
     if len(channels) and block.float_weight is not None and down.float_weight is not None:
         down.leave_out(channels)
+        # The block hands the float channels its input as it quantizes it: smoothed.
         block.outliers_out = down.outliers_in = FloatChannels(
-            block.float_weight, block._bias, down.float_weight, channels, down.out_dtype
+            block.smoothed_weight(), block._bias, down.float_weight, channels, down.out_dtype
         )
         peak = peak.clone()
         peak[channels] = -math.inf
