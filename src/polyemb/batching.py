@@ -35,21 +35,27 @@ TOKEN_BUDGET = {"cpu": 2_048, "cuda": 65_536, "mps": 16_384}
 MAX_ROWS = {"cpu": 128, "cuda": 1_024, "mps": 256}
 # Batch lengths are padded on the CPU at these precisions, so that a stream of texts meets a
 # few dozen batch shapes instead of one per length: each new shape costs oneDNN a primitive to
-# build and keep (its cache holds up to 1,024), and memory creeps up over a long stream. On CPUs
-# with AMX a length is rounded up to a multiple of the precision's AMX_MULTIPLE; elsewhere a
-# length L to a multiple of P / 8, P the largest power of two <= L (so by at most an eighth of
-# it: 40 lengths up to 128). all-MiniLM-L6-v2, 2 CPUs (docs/performance.md has the tables):
-# - Intel Xeon with AMX, 20,000 texts of two STS sentences: bf16 589 -> 652 texts/s and a peak of
-#   1,278 -> 835 MiB with 16 (AMX works on tiles of 16 rows); fp32 244 -> 229 texts/s and a peak
-#   of 1,179 -> 1,027 MiB with 8 (30,000 texts in calls of 10,000).
+# build and keep (its cache holds up to 1,024), and memory creeps up over a long stream. A length
+# L goes up to a multiple of P / 8, P the largest power of two <= L (so by at most an eighth of
+# it: 40 lengths up to 128); fp32 on CPUs with AMX goes up to a multiple of 8 instead
+# (AMX_MULTIPLE). all-MiniLM-L6-v2, 2 CPUs (docs/performance.md has the tables):
 # - AMD EPYC Zen 5 (AVX-512, no AMX): multiples of 16 and 8 cost bf16 1.3x and fp32 1.4x their
 #   speed on short English sentences (the padding is up to as many tokens as the text); eighths
 #   cost bf16 4% and fp32 nothing there, and hold the peak near the multiples' on long texts.
+# - Intel Xeon with AMX: fp32 244 -> 229 texts/s and a peak of 1,179 -> 1,027 MiB with 8 (30,000
+#   texts of two STS sentences in calls of 10,000). bf16 took multiples of 16 there (589 -> 652
+#   texts/s and a peak of 1,278 -> 835 MiB, unpadded -> 16, 20,000 such texts) while SDPA ran
+#   every length; since sequences below 16 keys take polyemb.attention's products there,
+#   eighths ran 1.17x faster than 16 on STS English sentences and 1.05x on 11 languages' (1,500
+#   each, medians of 6 in one process), as fast on 20,000 texts of two sentences (723 and 762
+#   against 751 and 755 texts/s), at a peak of 884 against 786 MiB.
 # int8 is not padded: 296 -> 247 texts/s with 16 on the Intel CPU (fbgemm's kernels); with
 # oneDNN's on an AMD EPYC Zen 4, eighths against none gave 932 against 1,033 English texts/s and
-# 495 against 475 on 11 languages (medians of 5): mixed, so unpadded as before.
+# 495 against 475 on 11 languages (medians of 5): mixed, so unpadded as before; on the Intel CPU
+# with oneDNN's, 8 and 16 against none: 2,040 and 1,968 against 1,982 on English, 1,185 and
+# 1,137 against 1,209 on 11 languages.
 PADDED = frozenset({("cpu", "bf16"), ("cpu", "fp32")})
-AMX_MULTIPLE = {"bf16": 16, "fp32": 8}
+AMX_MULTIPLE = {"fp32": 8}
 
 
 def check_batch_size(batch_size: Any) -> int | None:
@@ -70,11 +76,12 @@ def pad_multiple(device_type: str, precision: str, flags: frozenset[str] | None 
         flags: The CPU's feature flags (:func:`polyemb._platform.cpu_flags` when None).
 
     Returns:
-        None (not padded), the precision's multiple on CPUs with AMX, else 1 (eighths).
+        None (not padded), the precision's multiple where it has one on CPUs with AMX, else 1
+        (eighths).
     """
     if (device_type, precision) not in PADDED:
         return None
-    return AMX_MULTIPLE[precision] if has_amx(flags) else 1
+    return AMX_MULTIPLE.get(precision, 1) if has_amx(flags) else 1
 
 
 def padded_lengths(sorted_lengths: np.ndarray, multiple: int | None, limit: int | None) -> np.ndarray:
