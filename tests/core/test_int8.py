@@ -634,3 +634,22 @@ def test_smoothing_that_moves_the_vectors_away_from_float_is_undone(
     assert layers and all(layer.smoothing is None for layer in layers)
     reference = polyemb.load(tiny_model_dir, precision="fp32").encode(["still encodes", "and well"])
     assert (int8.encode(["still encodes", "and well"]) * reference).sum(axis=1).min() > 0.95
+
+
+@needs_int8
+def test_layers_share_a_smoothing_factor_only_where_they_read_one_input() -> None:
+    # Three layers under one parent share its quantization cache, as Q, K and V do; in MPNet the
+    # output projection sits under the same parent but reads another tensor (other peaks).
+    shared = quantize.SharedInput()
+    layers = [
+        quantize.Int8Linear(probe_linear(16, 8), rows=4, out_dtype=torch.float32, keep_float=True)
+        for _ in range(3)
+    ]
+    for layer in layers:
+        layer.shared = shared
+    same, other = torch.linspace(1.0, 2.0, 16), torch.linspace(30.0, 1.0, 16)
+    peaks = {id(layers[0]): same, id(layers[1]): same.clone(), id(layers[2]): other}
+    assert calibration._smooth_groups(layers, peaks) == layers
+    first, second, third = (layer.smoothing for layer in layers)
+    assert first is not None and second is first
+    assert third is not None and not torch.equal(third, first)

@@ -145,12 +145,25 @@ def _smooth_groups(layers: list[Int8Linear], peaks: dict[int, torch.Tensor]) -> 
 
     Returns the layers smoothed.
     """
-    groups: dict[int, list[Int8Linear]] = {}
+    groups: list[list[Int8Linear]] = []
     for layer in layers:
-        if id(layer) in peaks:
-            groups.setdefault(id(layer.shared if layer.shared is not None else layer), []).append(layer)
+        if id(layer) not in peaks:
+            continue
+        # One factor for the layers that read one input: a shared quantization (Q, K and V) and
+        # the same peaks. (MPNet's output projection shares its parent, not its input.)
+        for group in groups:
+            first = group[0]
+            if (
+                layer.shared is not None
+                and first.shared is layer.shared
+                and torch.equal(peaks[id(first)], peaks[id(layer)])
+            ):
+                group.append(layer)
+                break
+        else:
+            groups.append([layer])
     smoothed = []
-    for group in groups.values():
+    for group in groups:
         divisor = _divisor(peaks[id(group[0])], group)
         if divisor is not None:
             for layer in group:
