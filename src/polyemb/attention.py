@@ -11,11 +11,11 @@ to end, bf16, 1,500 sentences, best of 3 against SDPA in one process: 1.06x and 
 English, 1.03x on the 11 languages (docs/performance.md). On CPUs with AMX the flash kernel is
 slow only below 16 keys (Intel Xeon, 2,048 tokens a call: 136 rows of 15, 4.12 ms against 1.61
 for the products; 64 rows of 32, 1.01 against 2.40), so there the products take up to
-:data:`SHORT_WITH_AMX` keys: bf16, padded to multiples of 16 there, never has fewer; int8,
-unpadded, ran 1.15x faster on STS English (1,991 -> 2,295 texts/s). Only half precisions (bf16, fp16)
-take this path: fp32 gained nothing end to end (893 against 898 texts/s), so fp32 keeps SDPA
-and its vectors; int8 takes it where its non-int8 work is bf16 (``quantize.activation_dtype``)
-and :func:`pays_off` says so.
+:data:`SHORT_WITH_AMX` keys: int8 (unpadded) ran 1.15x faster on STS English (1,991 -> 2,295
+texts/s), and bf16, padded by eighths since (multiples of 16 before), 1.17x (``batching``). Only
+half precisions (bf16, fp16) take this path: fp32 gained nothing end to end (893 against 898
+texts/s), so fp32 keeps SDPA and its vectors; int8 takes it where its non-int8 work is bf16
+(``quantize.activation_dtype``) and :func:`pays_off` says so.
 
 The scores come from the weights' dtype; the softmax is float32 and its probabilities are cast
 back for the product with the values (``tests/core/test_attention.py`` states the tolerance).
