@@ -423,21 +423,26 @@ def test_outlier_channels_are_the_few_far_above_the_rest() -> None:
     assert quantize.outlier_channels(torch.zeros(64)).tolist() == []
 
 
+def planted(tmp_path: Path, tiny_model_dir: Path, tensor: str, channel: int, value: float) -> Path:
+    """A copy of the tiny model with element ``channel`` of the tensor named ``...tensor`` as ``value``."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / f"planted-{tensor}-{channel}"
+    shutil.copytree(tiny_model_dir, folder)
+    weights = load_file(folder / "model.safetensors")
+    (name,) = [n for n in weights if n.endswith(tensor)]
+    weights[name][channel] = value
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
 def planted_outlier(tmp_path: Path, tiny_model_dir: Path, channel: int) -> Path:
     """The tiny model with one feed-forward output of its first layer far above the others.
 
     As in all-MiniLM-L6-v2, whose first layer's channel 856 reaches 24.7 where the rest stay
     below 6: here the channel's bias puts it near 20 on every token.
     """
-    from safetensors.torch import load_file, save_file
-
-    folder = tmp_path / "outlier"
-    shutil.copytree(tiny_model_dir, folder)
-    weights = load_file(folder / "model.safetensors")
-    (name,) = [n for n in weights if n.endswith("layer.0.intermediate.dense.bias")]
-    weights[name][channel] = 20.0
-    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
-    return folder
+    return planted(tmp_path, tiny_model_dir, "layer.0.intermediate.dense.bias", channel, 20.0)
 
 
 @needs_int8
@@ -559,15 +564,7 @@ def planted_layer_norm_outlier(tmp_path: Path, tiny_model_dir: Path, channel: in
     As in BERT-like models, whose LayerNorm outputs have a few such channels: the first layer's
     Q, K and V read them.
     """
-    from safetensors.torch import load_file, save_file
-
-    folder = tmp_path / "layer_norm_outlier"
-    shutil.copytree(tiny_model_dir, folder)
-    weights = load_file(folder / "model.safetensors")
-    (name,) = [n for n in weights if n.endswith("embeddings.LayerNorm.weight")]
-    weights[name][channel] = 40.0
-    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
-    return folder
+    return planted(tmp_path, tiny_model_dir, "embeddings.LayerNorm.weight", channel, 40.0)
 
 
 @needs_int8

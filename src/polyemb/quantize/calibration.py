@@ -219,19 +219,18 @@ def _inputs_seen(
         return product.to(out.dtype)
 
     every = [module for module in model.modules() if isinstance(module, Int8Linear)]
-    hooks = [layer.register_forward_hook(in_float) for layer in every]
-    try:
-        reference = run()
-    finally:
-        for hook in hooks:
-            hook.remove()
-    hooks = [layer.register_forward_pre_hook(record) for layer in layers]
-    try:
-        plain = run()
-    finally:
-        for hook in hooks:
-            hook.remove()
+    reference = _hooked(run, [layer.register_forward_hook(in_float) for layer in every])
+    plain = _hooked(run, [layer.register_forward_pre_hook(record) for layer in layers])
     return reference, plain, {key: peak for key, peak in peaks.items() if peak.isfinite().all()}
+
+
+def _hooked(run: Callable[[], np.ndarray], hooks: list[torch.utils.hooks.RemovableHandle]) -> np.ndarray:
+    """``run()`` with ``hooks`` in place, removed after it, also when it raises."""
+    try:
+        return run()
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def _calibrate(model: torch.nn.Module, run: Callable[[], np.ndarray]) -> int:
@@ -292,11 +291,7 @@ def _outputs_seen(
 
     hooks = [block.register_forward_hook(record) for block, _ in pairs]
     hooks += [down.register_forward_hook(in_float) for _, down in pairs]
-    try:
-        vectors = run()
-    finally:
-        for hook in hooks:
-            hook.remove()
+    vectors = _hooked(run, hooks)
     return vectors, {
         key: (low, peak) for key, (low, peak) in seen.items() if math.isfinite(low) and peak.isfinite().all()
     }
