@@ -296,7 +296,7 @@ def load_transformer(
                 model = load(choice)
                 break
             except ValueError as exc:
-                if fallback is None or choice not in str(exc):
+                if fallback is None or not _refuses_attention(exc, choice):
                     raise
                 logger.info("%s takes no %s attention in transformers; using %s", folder, choice, fallback)
     except Exception as exc:  # transformers raises many types for a bad file; name it
@@ -307,6 +307,17 @@ def load_transformer(
         ) from exc
     model.eval()
     return model.to(device)
+
+
+def _refuses_attention(exc: ValueError, implementation: str) -> bool:
+    """Whether transformers refused to load with ``implementation`` (and another may do).
+
+    It names the implementation ("... does not support ... polyemb_short") or, for SDPA, says
+    "does not support an attention implementation through torch.nn.functional.
+    scaled_dot_product_attention" (MPNet and DeBERTa-v2 in transformers 5, which then take eager).
+    """
+    message = str(exc)
+    return implementation in message or "does not support an attention implementation" in message
 
 
 def _takes_registered_attention(config: Any) -> bool:
