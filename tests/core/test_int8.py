@@ -535,7 +535,8 @@ def test_smooth_divides_the_input_and_keeps_the_product() -> None:
     divisor[3] = 40.0
     layer.smooth(divisor)
     smoothed = layer(x)
-    assert layer.smoothing is divisor and "inputs smoothed" in repr(layer)
+    assert layer.smoothing is not None and torch.equal(layer.smoothing, divisor)
+    assert "inputs smoothed" in repr(layer)
 
     def error(got: torch.Tensor) -> float:
         return float((got - expected).abs().max() / expected.abs().max())
@@ -543,13 +544,15 @@ def test_smooth_divides_the_input_and_keeps_the_product() -> None:
     # The same product: the division and the weights' factor cancel, and the other channels
     # get the u8 steps the outlier took.
     assert error(smoothed) < 0.03 and error(smoothed) < error(plain) / 2
-    # Leaving channels out keeps the factors.
-    layer.leave_out(torch.tensor([5]))
+    # Leaving channels out keeps the factors, and smoothing again keeps the channels out.
     without = linear.weight.detach().clone()
     without[:, 5] = 0
-    assert (
-        float((layer(x) - (x @ without.T + linear.bias.detach())).abs().max() / expected.abs().max()) < 0.03
-    )
+    expected_without = x @ without.T + linear.bias.detach()
+    layer.leave_out(torch.tensor([5]))
+    assert float((layer(x) - expected_without).abs().max() / expected.abs().max()) < 0.03
+    layer.smooth(divisor * 2)
+    assert float((layer(x) - expected_without).abs().max() / expected.abs().max()) < 0.03
+    layer.smooth(divisor)
     layer.leave_out(torch.zeros(0, dtype=torch.long))
     layer.smooth(None)  # as loaded
     assert layer.smoothing is None
@@ -579,7 +582,8 @@ def test_int8_smooths_the_inputs_that_it_quantizes_per_call(
         attention = layer.attention
         query, key, value = attention.self.query, attention.self.key, attention.self.value
         # Q, K and V read one input, quantized once: one factor for the three.
-        assert query.smoothing is not None and key.smoothing is value.smoothing is query.smoothing
+        assert query.smoothing is not None and key.smoothing is not None and value.smoothing is not None
+        assert torch.equal(key.smoothing, query.smoothing) and torch.equal(value.smoothing, query.smoothing)
         assert attention.output.dense.smoothing is not None and layer.intermediate.smoothing is not None
         # A linked down-projection reads u8 as its block wrote it: never divided.
         assert layer.output.dense.input_range is not None and layer.output.dense.smoothing is None
@@ -634,19 +638,53 @@ def test_smoothing_that_moves_the_vectors_away_from_float_is_undone(
 
 
 @needs_int8
-def test_layers_share_a_smoothing_factor_only_where_they_read_one_input() -> None:
-    # Three layers under one parent share its quantization cache, as Q, K and V do; in MPNet the
-    # output projection sits under the same parent but reads another tensor (other peaks).
+def test_layers_that_share_a_quantization_cache_share_one_smoothing_factor() -> None:
+    # Three layers under one parent share its quantization cache, as Q, K and V do: whichever
+    # quantizes the input first hands it to the others divided by its factor, so the factor
+    # must be theirs too, even where they recorded other peaks (DeBERTa's Q and K also read
+    # its relative positions; MPNet's output projection shares the parent, not the input).
     shared = quantize.SharedInput()
-    layers = [
-        quantize.Int8Linear(probe_linear(16, 8), rows=4, out_dtype=torch.float32, keep_float=True)
-        for _ in range(3)
-    ]
-    for layer in layers:
+    linear = probe_linear(16, 8)
+    layers = [quantize.Int8Linear(linear, rows=4, out_dtype=torch.float32, keep_float=True) for _ in range(4)]
+    for layer in layers[:3]:
         layer.shared = shared
     same, other = torch.linspace(1.0, 2.0, 16), torch.linspace(30.0, 1.0, 16)
-    peaks = {id(layers[0]): same, id(layers[1]): same.clone(), id(layers[2]): other}
+    peaks = {id(layers[0]): same, id(layers[1]): same.clone(), id(layers[2]): other, id(layers[3]): other}
     assert calibration._smooth_groups(layers, peaks) == layers
-    first, second, third = (layer.smoothing for layer in layers)
-    assert first is not None and second is first
-    assert third is not None and not torch.equal(third, first)
+    first, second, third, alone = (layer.smoothing for layer in layers)
+    assert first is not None and second is not None and third is not None and alone is not None
+    assert torch.equal(first, second) and torch.equal(first, third)
+    # From the largest input over the three: the fourth, alone, saw `other` only.
+    expected = calibration._divisor(torch.maximum(same, other), layers[:3])
+    assert expected is not None and torch.equal(first, expected)
+    assert not torch.equal(alone, first)
+    # A cache hit reads the input as the first layer divided it: the same product.
+    x = torch.randn(6, 16, generator=torch.Generator().manual_seed(5)) * torch.linspace(1.0, 30.0, 16)
+    reference = linear(x).detach()
+    for layer in layers[:3]:  # the first quantizes, the next two hit the cache
+        assert float((layer(x) - reference).abs().max() / reference.abs().max()) < 0.03
+
+
+@needs_int8
+def test_the_float_channels_read_the_block_input_as_smoothed() -> None:
+    # 256 outputs: outliers are at most 1% of them (quantize.outlier_channels).
+    up, down_linear = probe_linear(16, 256), probe_linear(256, 16)
+    with torch.no_grad():
+        up.bias[3] = 20.0  # one feed-forward output far above the rest
+    block = quantize.Int8Linear(up, "gelu", rows=64, out_dtype=torch.float32, keep_float=True)
+    down = quantize.Int8Linear(down_linear, rows=64, out_dtype=torch.float32, keep_float=True)
+    block.smooth(torch.linspace(0.2, 5.0, 16))
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(6))
+    hidden = block(x)
+    calibration._split_and_link(block, down, hidden.min().item(), hidden.amax(dim=0))
+    assert block.outliers_out is not None and block.outliers_out.channels.tolist() == [3]
+    # The channel's part, as the block hands it on: from the input it quantized, divided by the
+    # factors, through the up weights that carry them.
+    with torch.no_grad():
+        expected_part = torch.nn.functional.gelu(up(x))[:, [3]] @ down_linear.weight[:, [3]].T
+        part = block.outliers_out.take(block(x))
+        assert torch.allclose(part, expected_part, rtol=1e-4, atol=1e-4)
+        # And the whole path, the other 255 channels through u8.
+        expected = down_linear(torch.nn.functional.gelu(up(x)))
+        got = down(block(x))
+    assert float((got - expected).norm() / expected.norm()) < 0.06

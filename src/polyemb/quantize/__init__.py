@@ -34,9 +34,9 @@ Zen 4, the 7-bit weights on a Zen 3; docs/performance.md has the commands and fi
   down-projections had to stay float (with them in int8 the gate failed: Spearman drops of
   0.0057 on ja and 0.0056 on zh on a Zen 5; mean row cosine 0.98942 on a Zen 3). Now the
   channels whose calibration maximum exceeds :data:`OUTLIER_FACTOR` times the 99th percentile
-  of the channels' maxima are computed in float32 beside the int8 products (a few dot products
-  per token), the down-projection's int8 weights leave them out, and the u8 range covers the
-  other channels only; every down-projection is int8. On an AMD EPYC Zen 3 (7-bit weights) the
+  of the channels' maxima are computed beside the int8 products (a few dot products per token,
+  the GELU in float32), the down-projection's int8 weights leave them out, and the u8 range
+  covers the other channels only; every down-projection is int8. On an AMD EPYC Zen 3 (7-bit weights) the
   gate passed, its largest Spearman drop 0.0049 (ru) and mean row cosine 0.99399 (with the two
   float down-projections: 0.0022, zh, and 0.99290), at 1.08x their speed on STS English and
   1.07x on 11 languages.

@@ -194,7 +194,7 @@ class SharedInput:
 
 
 class FloatChannels:
-    """A feed-forward block's outlier channels, computed in float32 beside its int8 products.
+    """A feed-forward block's outlier channels, computed beside its int8 products (their GELU in float32).
 
     The block (``up``, its GELU fused) and its down-projection (``down``) run in int8 with these
     channels left out: out of the range the block hands its output on in, and out of the
@@ -297,6 +297,8 @@ class Int8Linear(torch.nn.Module):
         self.outliers_in: FloatChannels | None = None
         # Per input channel, what the input is divided by before it is quantized: see smooth().
         self.smoothing: torch.Tensor | None = None
+        # Input columns whose weights are 0 in int8 (their part runs in float): see leave_out().
+        self._left_out = torch.zeros(0, dtype=torch.long)
         self._smoothing_inverse: torch.Tensor | None = None
 
     def _quantize(self, weight: torch.Tensor) -> None:
@@ -306,7 +308,9 @@ class Int8Linear(torch.nn.Module):
         self._packed = torch.ops.onednn.qlinear_prepack(quantized, [self._rows, weight.shape[1]])
 
     def leave_out(self, channels: torch.Tensor) -> None:
-        """Quantize the weights again with the input ``channels``' columns as 0 (none: as loaded).
+        """Quantize the weights again with the input ``channels``' columns as 0 (none: every column).
+
+        The smoothing factors (:meth:`smooth`) stay.
 
         Raises:
             InvalidInputError: The layer was made without ``keep_float``, or its float weight was
@@ -314,9 +318,8 @@ class Int8Linear(torch.nn.Module):
         """
         if self.float_weight is None:
             raise InvalidInputError(f"{type(self).__name__}: no float weights kept to quantize again")
-        weight = self.smoothed_weight().clone()
-        weight[:, channels] = 0.0
-        self._quantize(weight)
+        self._left_out = channels
+        self._quantize(self._kept_weight())
 
     def smooth(self, divisor: torch.Tensor | None) -> None:
         """Quantize the weights again with input channel j times ``divisor[j]``, and divide inputs by it.
@@ -324,8 +327,9 @@ class Int8Linear(torch.nn.Module):
         The product is the same in exact arithmetic; what changes is what int8 rounds. ``divisor``
         (float32, one positive value per input channel) moves the range of channels that reach far
         beyond the others into the weights (:func:`polyemb.quantize.calibration.smooth_inputs`
-        chooses it). None: the weights as loaded, inputs as they come. A u8 input (a linked
-        block's) is never divided: do not smooth a down-projection that will be linked.
+        chooses it; copied). None: no factors, inputs as they come. Columns left out
+        (:meth:`leave_out`) stay out. A u8 input (a linked block's) is never divided: do not
+        smooth a down-projection that will be linked.
 
         Raises:
             InvalidInputError: The layer was made without ``keep_float``, or its float weight was
@@ -333,10 +337,9 @@ class Int8Linear(torch.nn.Module):
         """
         if self.float_weight is None:
             raise InvalidInputError(f"{type(self).__name__}: no float weights kept to quantize again")
-        weight = self.float_weight.float()
-        self._quantize(weight if divisor is None else weight * divisor)
-        self.smoothing = divisor
-        self._smoothing_inverse = None if divisor is None else 1.0 / divisor
+        self.smoothing = None if divisor is None else divisor.detach().float().clone()
+        self._smoothing_inverse = None if self.smoothing is None else 1.0 / self.smoothing
+        self._quantize(self._kept_weight())
 
     def _smoothed(self, rows: torch.Tensor) -> torch.Tensor:
         """``rows`` as float32, divided by the smoothing factors where there are some; never in place."""
@@ -355,6 +358,12 @@ class Int8Linear(torch.nn.Module):
             raise InvalidInputError(f"{type(self).__name__}: no float weights kept")
         weight = self.float_weight.float()
         return weight if self.smoothing is None else weight * self.smoothing
+
+    def _kept_weight(self) -> torch.Tensor:
+        """What the int8 weights quantize: the float weight smoothed, the left-out columns 0."""
+        weight = self.smoothed_weight().clone()
+        weight[:, self._left_out] = 0.0
+        return weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The product of ``x`` (quantized over its own range unless it is u8) with the int8 weights."""
