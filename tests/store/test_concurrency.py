@@ -174,3 +174,28 @@ def test_a_file_compacted_away_right_after_it_is_published_fails_nothing(
 
     monkeypatch.setattr(writer, "sync_folder", sync_then_compact_away)
     assert store.append(_spec(), text_hashes(["published"]), np.ones((1, 4), np.float32)) is not None
+
+
+def test_a_store_another_process_creates_meanwhile_opens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two processes open one new folder: the first checks that it is no store yet, then the
+    # other publishes the marker, then the first finds the folder no longer empty (CI saw it).
+    from polyemb.store import layout, vector_store
+
+    store = tmp_path / "store"
+    open_store(store)  # "the other process": the folder now holds the marker
+    first = iter([True])
+
+    def is_store(path: Path) -> bool:  # "not yet" the first time, then the truth
+        return False if next(first, False) else layout.is_store(path)
+
+    monkeypatch.setattr(vector_store, "is_store", is_store)
+    reopened = open_store(store)
+    assert reopened.path == store and (store / layout.MARKER).is_file()
+    # A folder that holds something else is still refused.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("not a store")
+    with pytest.raises(polyemb.errors.StoreError, match="is not a polyemb store"):
+        open_store(other)

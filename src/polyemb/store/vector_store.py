@@ -110,6 +110,9 @@ class VectorStore:
                 "open_store(path) without create=False creates one in a new or empty folder"
             )
         if not can_hold_new_store(self.path):
+            if is_store(self.path):  # another process created it between the two checks
+                check_marker(self.path)
+                return
             raise StoreError(
                 f"{self.path} exists and is not a polyemb store (no {MARKER}); give an empty or new folder"
             )
