@@ -199,3 +199,59 @@ def test_the_softmax_is_torchs_on_short_and_long_rows(length: int) -> None:
     got = attention._softmax_(scores.clone())
     assert (got - expected).abs().max() < 1e-6
     assert torch.allclose(got.sum(dim=-1), torch.ones(5, 3, length))
+
+
+def _keys_seen_by_sdpa(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The key length of each call of transformers' SDPA attention."""
+    from transformers.integrations import sdpa_attention
+
+    lengths: list[int] = []
+
+    def spy(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, *args: object, **kwargs: object):
+        lengths.append(key.shape[2])
+        return sdpa_attention_forward(module, query, key, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sdpa_attention, "sdpa_attention_forward", spy)
+    return lengths
+
+
+@pytest.mark.parametrize("mask_kind", ["bool", "float", "none"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_with_amx_keys_reach_sdpa_in_whole_blocks_with_the_same_attention(
+    monkeypatch: pytest.MonkeyPatch, mask_kind: str, dtype: torch.dtype
+) -> None:
+    monkeypatch.setattr(attention, "cpu_flags", lambda: frozenset({"avx512_bf16", "amx_bf16", "amx_tile"}))
+    seen = _keys_seen_by_sdpa(monkeypatch)
+    block = attention.KEY_BLOCK_WITH_AMX
+    for length, padded in [(block + 7, 2 * block), (2 * block + 1, 2 * block + 1), (3 * block, 3 * block)]:
+        q, k, v, valid = _inputs(3, length, dtype)
+        mask = {
+            "bool": valid,
+            "float": torch.zeros(valid.shape, dtype=dtype).masked_fill_(~valid, float("-inf")),
+            "none": None,
+        }[mask_kind]
+        ours, _ = attention.attention(_Module(), q, k, v, mask, scaling=8**-0.5)
+        assert seen[-1] == padded, length  # 7 keys past a block: padded; 1 or 0: as they are
+        theirs, _ = sdpa_attention_forward(_Module(), q, k, v, mask, scaling=8**-0.5)
+        assert ours.shape == theirs.shape == (3, length, 4, 8)
+        # The same attention in another summation order: a few steps of the half precision.
+        assert (ours.float() - theirs.float()).abs().max() < 2e-2
+
+
+@pytest.mark.parametrize(
+    ("flags", "dtype"),
+    [
+        ({"avx512_bf16"}, torch.bfloat16),  # no AMX
+        ({"avx512_bf16", "amx_bf16", "amx_tile"}, torch.float32),  # fp32 does not take AMX's blocks
+    ],
+    ids=["no-amx", "fp32"],
+)
+def test_keys_are_padded_only_for_half_precisions_with_amx(
+    monkeypatch: pytest.MonkeyPatch, flags: set[str], dtype: torch.dtype
+) -> None:
+    monkeypatch.setattr(attention, "cpu_flags", lambda: frozenset(flags))
+    seen = _keys_seen_by_sdpa(monkeypatch)
+    length = attention.SHORT + 7
+    q, k, v, mask = _inputs(2, length, dtype)
+    attention.attention(_Module(), q, k, v, mask, scaling=8**-0.5)
+    assert seen == [length]
