@@ -478,14 +478,15 @@ def test_float_channels_are_read_as_the_block_handed_them(
     folder = planted_outlier(tmp_path, tiny_model_dir, channel=5)
     up, down_linear = probe_linear(8, 16), probe_linear(16, 8)
     channels = quantize.FloatChannels(up.weight, up.bias, down_linear.weight, torch.tensor([3]))
-    handed = torch.zeros(2, 16)
+    handed, out = torch.zeros(2, 16), torch.zeros(2, 8)
     channels.hand(torch.randn(2, 8), handed)
     with pytest.raises(InvalidInputError, match="as the block returned it"):
-        channels.take(handed.clone())  # another tensor than the one handed
+        channels.add_to(out, handed.clone())  # another tensor than the one handed
     channels.hand(torch.randn(2, 8), handed)
-    assert channels.take(handed).shape == (2, 8)
+    channels.add_to(out, handed)
+    assert out.abs().sum() > 0  # the channel's part, added in place
     with pytest.raises(InvalidInputError, match="as the block returned it"):
-        channels.take(handed)  # once only
+        channels.add_to(out, handed)  # once only
     # A model where something comes between a block and its down-projection: calibration
     # undoes every link and the float channels, with a warning, and the model still encodes.
     real = quantize.FloatChannels.hand
@@ -682,7 +683,8 @@ def test_the_float_channels_read_the_block_input_as_smoothed() -> None:
     # factors, through the up weights that carry them.
     with torch.no_grad():
         expected_part = torch.nn.functional.gelu(up(x))[:, [3]] @ down_linear.weight[:, [3]].T
-        part = block.outliers_out.take(block(x))
+        part = torch.zeros_like(expected_part)
+        block.outliers_out.add_to(part, block(x))
         assert torch.allclose(part, expected_part, rtol=1e-4, atol=1e-4)
         # And the whole path, the other 255 channels through u8.
         expected = down_linear(torch.nn.functional.gelu(up(x)))

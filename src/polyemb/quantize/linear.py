@@ -201,10 +201,11 @@ class FloatChannels:
     down-projection's int8 weights (:meth:`Int8Linear.leave_out`). What they add to the
     down-projection's output, ``gelu(x @ up[c].T + b[c]) @ down[:, c].T``, the block computes
     from its own input as it quantizes it (smoothed, see :meth:`Int8Linear.smooth`; ``up_weight``
-    is the block's :meth:`Int8Linear.smoothed_weight`), the GELU's input in float32 and the last
-    product in ``dtype`` (the down-projection's output dtype), and hands on with the u8 tensor
-    it returns (:meth:`hand`); the down-projection adds it to its product (:meth:`take`). One
-    call at a time: the Encoder runs its model from one thread at a time (its lock).
+    is the block's :meth:`Int8Linear.smoothed_weight`): the channels' GELU outputs, computed in
+    float32 and kept in ``dtype`` (the down-projection's output dtype), go with the u8 tensor
+    the block returns (:meth:`hand`); the down-projection adds their product with its columns
+    into its own output, in place (:meth:`add_to`). One call at a time: the Encoder runs its
+    model from one thread at a time (its lock).
     """
 
     def __init__(
@@ -218,24 +219,23 @@ class FloatChannels:
         self.channels = channels
         self._up_weight = up_weight[channels].float()
         self._up_bias = None if up_bias is None else up_bias[channels].float()
-        # In the output's dtype: adding a float32 part to a bf16 product converted it on the way,
-        # 0.6 ms a call for 2,048 x 384 on an Intel Xeon, 6% of int8's time on MiniLM.
-        self._down_weight = down_weight[:, channels].to(dtype).contiguous()
+        # In the output's dtype, (channels, out_features) as addmm_ reads it transposed: a float32
+        # part added to a bf16 product was converted on the way (0.6 ms a call for 2,048 x 384
+        # on an Intel Xeon, 6% of int8's time on MiniLM), and a product then an add wrote the
+        # whole output twice.
+        self._down_weight = down_weight[:, channels].T.to(dtype).contiguous()
         self._handed: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def hand(self, rows: torch.Tensor, handed: torch.Tensor) -> None:
-        """Keep the channels' part of the down-projection's output, from the block's input.
+        """Keep the channels' GELU outputs, from the block's input, with the block's output ``handed``.
 
         ``rows``: that input, 2-D float32, as the block quantizes it (smoothed).
         """
         hidden = torch.nn.functional.gelu(torch.nn.functional.linear(rows, self._up_weight, self._up_bias))
-        self._handed = (
-            handed,
-            torch.nn.functional.linear(hidden.to(self._down_weight.dtype), self._down_weight),
-        )
+        self._handed = (handed, hidden.to(self._down_weight.dtype))
 
-    def take(self, handed: torch.Tensor) -> torch.Tensor:
-        """The part kept with ``handed``, once.
+    def add_to(self, out: torch.Tensor, handed: torch.Tensor) -> None:
+        """Add the channels' part to the down-projection's 2-D output ``out``, in place, once.
 
         Raises:
             InvalidInputError: ``handed`` is not the tensor the block returned last (something
@@ -247,7 +247,7 @@ class FloatChannels:
                 "an int8 down-projection with outlier channels in float must read its feed-forward "
                 "block's output as the block returned it"
             )
-        return kept[1]
+        out.addmm_(kept[1], self._down_weight)
 
 
 class Int8Linear(torch.nn.Module):
@@ -402,7 +402,7 @@ class Int8Linear(torch.nn.Module):
             self._algorithm,
         )
         if self.outliers_in is not None:
-            out += self.outliers_in.take(x)
+            self.outliers_in.add_to(out, x)
         result = out.reshape(*x.shape[:-1], self.out_features)
         if self.outliers_out is not None:
             self.outliers_out.hand(rows, result)
