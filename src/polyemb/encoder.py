@@ -474,6 +474,7 @@ def load(
         with _quiet_in_this_thread(logger):
             quantize.calibrate(transformer, run)
     if torch_device.type == "cpu":
+        kernels.fuse_residuals(transformer)  # after calibration, which reads products without them
         release_free_memory()  # the float weights that packing and quantizing replaced
     return encoder
 

@@ -10,7 +10,10 @@ oneDNN's layout (1,210 against 1,515 sentences/s).
 
 What changes: every ``nn.Linear`` becomes a :class:`OneDnnLinear` that holds only its packed
 weight, and a feed-forward block that is exactly ``gelu(dense(x))`` (erf GELU, checked on the
-numbers at load time) becomes one :class:`OneDnnLinear` with the GELU fused. The result is the
+numbers at load time) becomes one :class:`OneDnnLinear` with the GELU fused. Once the model is
+ready, a block that computes ``LayerNorm(dense(x) + residual)`` (BERT's and XLM-R's attention
+and feed-forward outputs) adds the residual in its product's last step (:func:`fuse_residuals`),
+for oneDNN's float products and for int8's alike. The result is the
 same product in a different summation order, equal to torch's within float rounding
 (``test_kernels.py`` states the tolerance). When this torch lacks the oneDNN operators, or they
 give a wrong answer on a probe, the model is left as it was.
@@ -24,7 +27,17 @@ from typing import Literal
 
 import torch
 
-__all__ = ["OneDnnLinear", "gelu_dense", "probe_linear", "replace_module", "supports", "use_onednn"]
+__all__ = [
+    "DenseAddNorm",
+    "OneDnnLinear",
+    "add_norm_parts",
+    "fuse_residuals",
+    "gelu_dense",
+    "probe_linear",
+    "replace_module",
+    "supports",
+    "use_onednn",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +67,26 @@ class OneDnnLinear(torch.nn.Module):
         self._algorithm = "none" if activation == "gelu" else ""
         self.in_features = linear.in_features
         self.out_features = linear.out_features
+        self._dtype = weight.dtype
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The product, with the activation applied when one was fused."""
+    @property
+    def takes_residual(self) -> bool:
+        """Whether ``forward`` adds a residual in the product (no activation, and it probed right here)."""
+        return self._activation == "none" and _adds_residual(self._dtype)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The product, with the activation applied when one was fused; plus ``residual`` when given.
+
+        ``residual`` (the output's shape and dtype) is added in the product's last step, where
+        :attr:`takes_residual`; else after it.
+        """
+        if residual is not None:
+            if not self.takes_residual or residual.dtype != x.dtype:
+                return self.forward(x) + residual
+            added: torch.Tensor = torch.ops.mkldnn._linear_pointwise.binary(
+                x, residual, self._packed, self._bias, "add"
+            )
+            return added
         out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(
             x, self._packed, self._bias, self._activation, [], self._algorithm
         )
@@ -112,6 +142,94 @@ def supports(dtype: torch.dtype) -> bool:
         logger.info("oneDNN linear not usable in %s (%s): torch's own path is used", dtype, exc)
         return False
     return True
+
+
+@functools.cache
+def _adds_residual(dtype: torch.dtype) -> bool:
+    """Whether oneDNN's product with an added tensor exists here and agrees with a product then an add."""
+    if not supports(dtype):
+        return False
+    linear = probe_linear(48, 40).to(dtype)
+    generator = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 5, 48, generator=generator).to(dtype)
+    residual = torch.randn(3, 5, 40, generator=generator).to(dtype)
+    try:
+        with torch.inference_mode():
+            expected = (linear(x) + residual).float()
+            got = OneDnnLinear(linear, rows=_PROBE_ROWS)(x, residual).float()
+    except (RuntimeError, AttributeError, NotImplementedError) as exc:
+        # As in supports(): a torch without this operator keeps the add as a step of its own.
+        logger.info("oneDNN product with an added residual not usable in %s (%s)", dtype, exc)
+        return False
+    error = (got - expected).abs().max() / expected.abs().max()
+    if not error <= _PROBE_TOLERANCE[dtype]:
+        logger.warning("oneDNN product with an added residual off by %.2g in %s: not used", error, dtype)
+        return False
+    return True
+
+
+class DenseAddNorm(torch.nn.Module):
+    """``LayerNorm(dense(x) + residual)`` with the residual added in ``dense``'s product.
+
+    Takes the place of a block that computes exactly that (:func:`add_norm_parts`), under the
+    same names for its two parts (``dense``, ``LayerNorm``) and with the same call,
+    ``(hidden_states, input_tensor)``. ``dense`` takes the residual (``takes_residual``).
+    """
+
+    def __init__(self, dense: torch.nn.Module, layer_norm: torch.nn.LayerNorm) -> None:
+        super().__init__()
+        self.dense = dense
+        self.LayerNorm = layer_norm
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        """The block's output."""
+        out: torch.Tensor = self.LayerNorm(self.dense(hidden_states, residual=input_tensor))
+        return out
+
+
+def add_norm_parts(module: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.LayerNorm] | None:
+    """``(dense, LayerNorm)`` of a module computing exactly ``LayerNorm(dense(x) + residual)``, else None.
+
+    Transformers' attention and feed-forward outputs (BERT, XLM-RoBERTa ``*SelfOutput`` and
+    ``*Output``; their dropout does nothing in eval mode) have this shape. ``dense`` must take
+    a residual (``takes_residual``). A probe confirms the module computes nothing else: its
+    ``dense`` is swapped for a float layer for one call and the output compared exactly.
+    """
+    dense, layer_norm = getattr(module, "dense", None), getattr(module, "LayerNorm", None)
+    if not isinstance(layer_norm, torch.nn.LayerNorm) or not getattr(dense, "takes_residual", False):
+        return None
+    assert dense is not None  # takes_residual is False on None
+    dtype = layer_norm.weight.dtype if layer_norm.weight is not None else torch.float32
+    probe = probe_linear(dense.in_features, dense.out_features).to(dtype)
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, dense.in_features, generator=generator).to(dtype)
+    residual = torch.randn(2, 3, dense.out_features, generator=generator).to(dtype)
+    module.dense = probe
+    try:
+        with torch.inference_mode():
+            same = torch.equal(module(x, residual), layer_norm(probe(x) + residual))
+    except (RuntimeError, TypeError):
+        same = False
+    finally:
+        module.dense = dense
+    return (dense, layer_norm) if same else None
+
+
+def fuse_residuals(model: torch.nn.Module) -> int:
+    """Replace, in place, each block computing ``LayerNorm(dense(x) + residual)`` by :class:`DenseAddNorm`.
+
+    For a model whose products are :class:`OneDnnLinear` or int8's, ready to run (int8's
+    calibration reads its layers' outputs without the residual: fuse after it). Returns how
+    many blocks now add their residual in the product.
+    """
+    fused = 0
+    for name, module in list(model.named_modules()):
+        parts = add_norm_parts(module) if name else None
+        if parts is not None:
+            replace_module(model, name, DenseAddNorm(*parts))
+            fused += 1
+    logger.info("%d blocks add their residual in the product", fused)
+    return fused
 
 
 def _is_erf_gelu(activation: object) -> bool:

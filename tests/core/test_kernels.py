@@ -161,3 +161,87 @@ def test_probes_leave_torchs_random_state_alone() -> None:
     first, second = kernels.probe_linear(6, 3), kernels.probe_linear(6, 3)
     assert torch.equal(torch.rand(4), expected)
     assert torch.equal(first.weight, second.weight) and torch.equal(first.bias, second.bias)  # seeded
+
+
+class AddNorm(torch.nn.Module):
+    """A transformers-style output block: ``LayerNorm(dropout(dense(x)) + residual)``, or another order."""
+
+    def __init__(self, *, norm_first: bool = False) -> None:
+        super().__init__()
+        self.dense = torch.nn.Linear(16, 8)
+        self.dropout = torch.nn.Dropout(0.1)
+        self.LayerNorm = torch.nn.LayerNorm(8)
+        self.norm_first = norm_first
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        out = self.dropout(self.dense(hidden_states))
+        if self.norm_first:  # computes something else: LayerNorm(dense(x)) + residual
+            return self.LayerNorm(out) + input_tensor
+        return self.LayerNorm(out + input_tensor)
+
+
+@needs_onednn
+def test_only_a_block_computing_layernorm_of_product_plus_residual_adds_it_in_the_product() -> None:
+    model = torch.nn.ModuleDict({"block": AddNorm(), "other": AddNorm(norm_first=True)}).eval()
+    x, residual = torch.randn(2, 3, 16), torch.randn(2, 3, 8)
+    with torch.inference_mode():
+        expected = {name: block(x, residual) for name, block in model.items()}
+    assert kernels.fuse_residuals(model) == 0  # torch's own Linear takes no residual
+    kernels.use_onednn(model, rows=8)
+    assert kernels.fuse_residuals(model) == 1
+    assert isinstance(model["block"], kernels.DenseAddNorm)
+    assert isinstance(model["other"], AddNorm)  # left as it was, its own forward runs
+    with torch.inference_mode():
+        for name, block in model.items():
+            torch.testing.assert_close(block(x, residual), expected[name], atol=1e-5, rtol=1e-5)
+
+
+@needs_onednn
+def test_the_loaded_model_adds_its_residuals_in_the_products(tiny_encoder: polyemb.Encoder) -> None:
+    for layer in tiny_encoder._model.encoder.layer:
+        assert isinstance(layer.attention.output, kernels.DenseAddNorm)
+        assert isinstance(layer.output, kernels.DenseAddNorm)
+        # The names the blocks had: int8's calibration and the linked pairs look them up.
+        assert isinstance(layer.output.dense, kernels.OneDnnLinear)
+
+
+@needs_onednn
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        torch.float32,
+        pytest.param(
+            torch.bfloat16,
+            marks=pytest.mark.skipif(
+                not kernels.supports(torch.bfloat16),
+                reason="oneDNN's bf16 products need AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT, which "
+                "this CPU lacks",
+            ),
+        ),
+    ],
+)
+def test_the_residual_is_added_in_the_product_or_after_it(
+    dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 48).to(dtype)
+    layer = kernels.OneDnnLinear(linear, rows=8)
+    assert layer.takes_residual
+    x, residual = torch.randn(3, 5, 64).to(dtype), torch.randn(3, 5, 48).to(dtype)
+    with torch.inference_mode():
+        expected = linear(x).float() + residual.float()
+        fused = layer(x, residual)
+        # Another dtype than the product's: added after it, as a step of its own.
+        mixed = layer(x, residual.double())
+    assert fused.dtype == dtype and mixed.dtype == torch.float64
+    # The contract of the product (above), the add rounded once with it in bf16.
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    for got in (fused, mixed):
+        assert (got.float() - expected).abs().max() <= tolerance * expected.abs().max()
+    assert not kernels.OneDnnLinear(linear, "gelu", rows=8).takes_residual  # after the GELU: no
+    # Where the probe finds the operator missing or wrong, blocks are not fused.
+    monkeypatch.setattr(kernels, "_adds_residual", lambda dtype: False)
+    assert not layer.takes_residual
+    block = AddNorm().eval()
+    kernels.use_onednn(block, rows=8)
+    assert kernels.add_norm_parts(block) is None

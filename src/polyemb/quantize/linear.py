@@ -122,6 +122,26 @@ def _supported() -> bool:
     return True
 
 
+@functools.cache
+def _adds_residual() -> bool:
+    """Whether oneDNN's int8 product with an added tensor exists here and agrees with product, then add."""
+    if not _supported():
+        return False
+    linear = probe_linear(48, 40)
+    generator = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 5, 48, generator=generator)
+    residual = torch.randn(3, 5, 40, generator=generator)
+    layer = Int8Linear(linear, rows=16, out_dtype=torch.float32)
+    try:
+        with torch.inference_mode():
+            got, expected = layer(x, residual), layer(x) + residual
+    except (RuntimeError, AttributeError, NotImplementedError) as exc:
+        # As in _supported(): a torch without this operator keeps the add as a step of its own.
+        logger.info("oneDNN int8 product with an added residual not usable (%s)", exc)
+        return False
+    return _close(got, expected)
+
+
 def _close(got: torch.Tensor, expected: torch.Tensor) -> bool:
     error = (got.float() - expected).abs().max() / expected.abs().max()
     if not error <= _PROBE_TOLERANCE:
@@ -365,48 +385,61 @@ class Int8Linear(torch.nn.Module):
         weight[:, self._left_out] = 0.0
         return weight
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The product of ``x`` (quantized over its own range unless it is u8) with the int8 weights."""
+    @property
+    def takes_residual(self) -> bool:
+        """Whether ``forward`` adds a residual in the product (float output, no activation, probed here)."""
+        return self.output_range is None and self._activation == "none" and _adds_residual()
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The product of ``x`` (quantized over its own range unless it is u8) with the int8 weights.
+
+        ``residual`` (the output's shape and dtype) is added in the product's last step, where
+        :attr:`takes_residual`; else after it.
+        """
+        if residual is not None and (not self.takes_residual or residual.dtype != self.out_dtype):
+            return self.forward(x) + residual
         out_dtype = None if self.output_range is not None else self.out_dtype  # None: u8
         out_scale, out_zero_point = self.output_range or (1.0, 0)
         if not x.numel():  # no range to quantize over
-            return x.new_empty(*x.shape[:-1], self.out_features, dtype=out_dtype or torch.uint8)
-        rows = x.reshape(-1, self.in_features)
-        if x.dtype == torch.uint8:  # a linked block's output, over its fixed range
-            if self.input_range is None:
-                raise InvalidInputError(f"{type(self).__name__}: a u8 input needs a range; see link()")
-            quantized: Quantized | None = (rows, *self.input_range)
-        else:
-            quantized = None if self.shared is None else self.shared.lookup(x)
-            if quantized is None or self.outliers_out is not None:
-                # What quantize_rows and the float channels (their weights smoothed alike) read.
-                rows = self._smoothed(rows)
-        if quantized is None:
-            quantized = quantize_rows(rows)
-            if self.shared is not None:
-                self.shared.keep(x, quantized)
-        u8, scale, zero_point = quantized
-        out: torch.Tensor = torch.ops.onednn.qlinear_pointwise(
-            u8,
-            scale,
-            zero_point,
-            self._packed,
-            self._scales,
-            self._zero_points,
-            self._bias,
-            out_scale,
-            out_zero_point,
-            out_dtype,
-            self._activation,
-            [],
-            self._algorithm,
-        )
+            empty = x.new_empty(*x.shape[:-1], self.out_features, dtype=out_dtype or torch.uint8)
+            return empty if residual is None else empty + residual
+        rows, (u8, scale, zero_point) = self._quantized(x)
+        weights = (self._packed, self._scales, self._zero_points)
+        out: torch.Tensor
+        if residual is None:
+            out = torch.ops.onednn.qlinear_pointwise(
+                u8, scale, zero_point, *weights, self._bias, out_scale, out_zero_point, out_dtype,
+                self._activation, [], self._algorithm,
+            )  # fmt: skip
+        else:  # added as the product's last step (the residual's own scale and zero point: 1, 0)
+            out = torch.ops.onednn.qlinear_pointwise.binary(
+                u8, scale, zero_point, *weights, residual.reshape(-1, self.out_features).contiguous(),
+                self._bias, out_scale, out_zero_point, out_dtype, 1.0, 0, "add", 1.0,
+                self._activation, [], self._algorithm,
+            )  # fmt: skip
         if self.outliers_in is not None:
             self.outliers_in.add_to(out, x)
         result = out.reshape(*x.shape[:-1], self.out_features)
         if self.outliers_out is not None:
             self.outliers_out.hand(rows, result)
         return result
+
+    def _quantized(self, x: torch.Tensor) -> tuple[torch.Tensor, Quantized]:
+        """``x`` as 2-D rows (smoothed where it is float and they are read), and as u8 for the product."""
+        rows = x.reshape(-1, self.in_features)
+        if x.dtype == torch.uint8:  # a linked block's output, over its fixed range
+            if self.input_range is None:
+                raise InvalidInputError(f"{type(self).__name__}: a u8 input needs a range; see link()")
+            return rows, (rows, *self.input_range)
+        quantized = None if self.shared is None else self.shared.lookup(x)
+        if quantized is None or self.outliers_out is not None:
+            # What quantize_rows and the float channels (their weights smoothed alike) read.
+            rows = self._smoothed(rows)
+        if quantized is None:
+            quantized = quantize_rows(rows)
+            if self.shared is not None:
+                self.shared.keep(x, quantized)
+        return rows, quantized
 
     def extra_repr(self) -> str:
         """Shown by ``print(model)``."""
