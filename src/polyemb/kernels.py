@@ -80,16 +80,19 @@ class OneDnnLinear(torch.nn.Module):
         ``residual`` (the output's shape and dtype) is added in the product's last step, where
         :attr:`takes_residual`; else after it.
         """
-        if residual is not None:
-            if not self.takes_residual or residual.dtype != x.dtype:
-                return self.forward(x) + residual
-            added: torch.Tensor = torch.ops.mkldnn._linear_pointwise.binary(
-                x, residual, self._packed, self._bias, "add"
+        if residual is not None and not (self.takes_residual and residual.dtype == x.dtype):
+            return self._product(x) + residual
+        return self._product(x, residual)
+
+    def _product(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The product by oneDNN, ``residual`` added as its last step where given (unchecked: see forward)."""
+        out: torch.Tensor
+        if residual is None:
+            out = torch.ops.mkldnn._linear_pointwise(
+                x, self._packed, self._bias, self._activation, [], self._algorithm
             )
-            return added
-        out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(
-            x, self._packed, self._bias, self._activation, [], self._algorithm
-        )
+        else:
+            out = torch.ops.mkldnn._linear_pointwise.binary(x, residual, self._packed, self._bias, "add")
         return out
 
     def extra_repr(self) -> str:
@@ -156,7 +159,7 @@ def _adds_residual(dtype: torch.dtype) -> bool:
     try:
         with torch.inference_mode():
             expected = (linear(x) + residual).float()
-            got = OneDnnLinear(linear, rows=_PROBE_ROWS)(x, residual).float()
+            got = OneDnnLinear(linear, rows=_PROBE_ROWS)._product(x, residual).float()
     except (RuntimeError, AttributeError, NotImplementedError) as exc:
         # As in supports(): a torch without this operator keeps the add as a step of its own.
         logger.info("oneDNN product with an added residual not usable in %s (%s)", dtype, exc)

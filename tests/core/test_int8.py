@@ -408,6 +408,11 @@ def test_calibration_undoes_links_that_move_the_vectors(
     for block, down in pairs:
         assert block.output_range is None and down.input_range is None
     assert "every activation is quantized per call" in caplog.text
+    # The fixed input ranges are checked the same way, and undone the same way.
+    assert "fixed input ranges moved the calibration texts' vectors" in caplog.text
+    assert all(
+        layer.input_range is None for layer in int8._model.modules() if isinstance(layer, quantize.Int8Linear)
+    )
     # The calibration texts longer than the tiny model's 32 tokens were cut without a warning.
     assert "truncated" not in caplog.text
     assert int8.encode(["still encodes"]).shape == (1, int8.dim)
@@ -739,3 +744,57 @@ def test_int8_blocks_add_their_residuals_in_the_products_after_calibration(
     # One rounding fewer, in bf16 where the CPU has bf16 units: the same vectors within int8's
     # noise (the gate's mean row cosine to fp32 moved by less than 1e-5 on MiniLM).
     assert (int8.encode(texts) * unfused.encode(texts)).sum(axis=1).min() > 0.99
+
+
+@needs_int8
+def test_int8_fixes_the_range_of_every_float_input_at_load(
+    tiny_model_dir: Path, sts_sentences: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    texts = sts_sentences[:100]
+    int8 = polyemb.load(tiny_model_dir, precision="int8")
+    layers = [module for module in int8._model.modules() if isinstance(module, quantize.Int8Linear)]
+    assert layers and all(layer.input_range is not None for layer in layers)
+    assert "input over a fixed range" in repr(int8._model.encoder.layer[0].attention.self.query)
+    ranges: list[object] = []
+    real = int8_layer.quantize_rows
+    monkeypatch.setattr(
+        int8_layer, "quantize_rows", lambda rows, steps=None: ranges.append(steps) or real(rows, steps)
+    )
+    vectors = int8.encode(texts)
+    assert ranges and None not in ranges  # no range pass per call
+    monkeypatch.undo()
+    # The same model quantizing over each call's own range: the same vectors within int8's noise.
+    monkeypatch.setattr(calibration, "fix_input_ranges", lambda model, run: 0)
+    per_call = polyemb.load(tiny_model_dir, precision="int8")
+    downs = {id(down) for _, down in quantize.linked_pairs(per_call._model)}
+    for layer in per_call._model.modules():
+        if isinstance(layer, quantize.Int8Linear):
+            assert (layer.input_range is None) == (id(layer) not in downs)  # only the links' u8
+    assert (per_call.encode(texts) * vectors).sum(axis=1).min() > 0.99
+
+
+@needs_int8
+def test_quantize_rows_over_a_fixed_range_clips_beyond_it() -> None:
+    assert int8_layer._supported()
+    steps = int8_layer._steps(-1.0, 3.0)
+    assert steps is not None
+    scale, zero_point = steps
+    rows = torch.tensor([[-5.0, -1.0, 0.0, 1.5, 3.0, 9.0]])
+    u8, got_scale, got_zero = quantize.quantize_rows(rows, steps)
+    assert (got_scale, got_zero) == steps
+    assert u8[0].tolist()[0] == 0 and u8[0].tolist()[-1] == 255  # beyond the range: its ends
+    back = scale * (u8.float() - zero_point)
+    assert (back[0, 1:5] - rows[0, 1:5]).abs().max() <= scale / 2 + 1e-6
+    assert int(u8[0, 2]) == zero_point
+
+
+@needs_int8
+def test_the_residual_probes_run_once_without_recursing(caplog: pytest.LogCaptureFixture) -> None:
+    from polyemb import kernels
+
+    int8_layer._adds_residual.cache_clear()
+    kernels._adds_residual.cache_clear()
+    with caplog.at_level("INFO"):
+        assert int8_layer._adds_residual()
+        assert kernels._adds_residual(torch.float32) == kernels.supports(torch.float32)
+    assert "not usable" not in caplog.text and "recursion" not in caplog.text

@@ -19,6 +19,7 @@ __all__ = [
     "OUTLIER_FACTOR",
     "SMOOTHING",
     "calibrate",
+    "fix_input_ranges",
     "outlier_channels",
     "smooth_inputs",
 ]
@@ -77,11 +78,60 @@ def calibrate(model: torch.nn.Module, run: Callable[[], np.ndarray]) -> int:
     """
     try:
         smooth_inputs(model, run)
-        return _calibrate(model, run)
+        linked = _calibrate(model, run)
+        fix_input_ranges(model, run)
+        return linked
     finally:
         for module in model.modules():
             if isinstance(module, Int8Linear):
                 module.float_weight = None
+
+
+def fix_input_ranges(model: torch.nn.Module, run: Callable[[], np.ndarray]) -> int:
+    """Fix the u8 range of each int8 layer's float input at what ``run`` shows it: no range pass per call.
+
+    Over one ``run`` of the calibration texts, each :class:`Int8Linear` that reads a float
+    input records the smallest and largest value it quantizes (divided by its smoothing
+    factors), and that becomes its ``input_range``; values beyond it are clipped to its ends,
+    as a linked block's are. ``run`` is called again with the ranges fixed, and where its
+    vectors moved from the first call's (a mean row cosine below :data:`LINKED_MIN_COSINE`),
+    every range is undone, with a warning. Returns how many layers now quantize over a fixed
+    range.
+
+    On all-MiniLM-L6-v2 (Intel Xeon with AMX, 1,500 train sentences, in one process taking
+    turns with ranges per call): 1.05x on English and 1.06x on the 11 languages; mean row
+    cosine to fp32 0.99894 -> 0.99891 and 0.99868 -> 0.99868. Ranges 10% wider than seen:
+    0.99863 on the 11 languages.
+    """
+    layers = [module for module in model.modules() if isinstance(module, Int8Linear)]
+    seen: dict[int, tuple[float, float]] = {}
+
+    def record(layer: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        x = args[0]
+        if not (isinstance(layer, Int8Linear) and x.numel() and x.is_floating_point()):
+            return
+        rows = layer._smoothed(x.reshape(-1, layer.in_features))
+        low, high = (bound.item() for bound in torch.aminmax(rows))
+        if math.isfinite(low) and math.isfinite(high):
+            before = seen.get(id(layer), (low, high))
+            seen[id(layer)] = (min(before[0], low), max(before[1], high))
+
+    per_call = _hooked(run, [layer.register_forward_pre_hook(record) for layer in layers])
+    fixed = [layer for layer in layers if id(layer) in seen and layer.fix_input_range(*seen[id(layer)])]
+    if not fixed:
+        return 0
+    try:
+        moved = float(cosine(per_call, run()).mean())
+        why = f"fixed input ranges moved the calibration texts' vectors (mean row cosine {moved:.4f})"
+    except InvalidInputError as exc:
+        moved, why = math.nan, str(exc)
+    if not moved >= LINKED_MIN_COSINE:
+        for layer in fixed:
+            layer.input_range = None
+        logger.warning("int8: %s: inputs are quantized over their own range per call instead", why)
+        return 0
+    logger.info("int8: %d layers quantize their input over a range fixed at load", len(fixed))
+    return len(fixed)
 
 
 def smooth_inputs(model: torch.nn.Module, run: Callable[[], np.ndarray]) -> bool:

@@ -134,7 +134,7 @@ def _adds_residual() -> bool:
     layer = Int8Linear(linear, rows=16, out_dtype=torch.float32)
     try:
         with torch.inference_mode():
-            got, expected = layer(x, residual), layer(x) + residual
+            got, expected = layer._product(x, residual), layer(x) + residual
     except (RuntimeError, AttributeError, NotImplementedError) as exc:
         # As in _supported(): a torch without this operator keeps the add as a step of its own.
         logger.info("oneDNN int8 product with an added residual not usable (%s)", exc)
@@ -154,19 +154,23 @@ Quantized = tuple[torch.Tensor, float, int]
 """An activation as u8 bytes, its scale and its zero point: ``x ~ scale * (u8 - zero_point)``."""
 
 
-def quantize_rows(rows: torch.Tensor) -> Quantized:
-    """``rows`` (2-D, any float dtype, not empty) as u8 over their own range, which includes 0.
+def quantize_rows(rows: torch.Tensor, steps: tuple[float, int] | None = None) -> Quantized:
+    """``rows`` (2-D, any float dtype, not empty) as u8 over ``steps`` (scale, zero point) or their range.
 
-    One pass for the range (``aminmax``) and one to round: torch's dynamic quantizer takes the
-    minimum and the maximum in two passes (2,048 x 1,536 float32 on an AMD EPYC Zen 4: 0.55 ms
-    against 0.36). The scale follows torch's choice where the range is empty or not finite.
+    Their own range includes 0, and takes one pass (``aminmax``) before the one that rounds:
+    torch's dynamic quantizer takes the minimum and the maximum in two passes (2,048 x 1,536
+    float32 on an AMD EPYC Zen 4: 0.55 ms against 0.36). The scale follows torch's choice where
+    the range is empty or not finite. Over fixed ``steps``, values beyond the range are clipped
+    to its ends.
     """
     rows = rows.float().contiguous()
-    low, high = (bound.item() for bound in torch.aminmax(rows))
-    if not (math.isfinite(low) and math.isfinite(high)):
-        low = high = 0.0  # NaN or infinity in: no range to step through, and no crash either
-    # All zeros, or a range float32 cannot step through: torch's choice of scale.
-    scale, zero_point = _steps(low, high) or (0.1, 0)
+    if steps is None:
+        low, high = (bound.item() for bound in torch.aminmax(rows))
+        if not (math.isfinite(low) and math.isfinite(high)):
+            low = high = 0.0  # NaN or infinity in: no range to step through, and no crash either
+        # All zeros, or a range float32 cannot step through: torch's choice of scale.
+        steps = _steps(low, high) or (0.1, 0)
+    scale, zero_point = steps
     quantized = torch.quantize_per_tensor(rows, scale, zero_point, torch.quint8)
     # The quint8 tensor's bytes, read in place as the uint8 tensor the kernel takes (int_repr()
     # would copy: 0.33 ms per 2,048 x 384 call).
@@ -273,8 +277,10 @@ class FloatChannels:
 class Int8Linear(torch.nn.Module):
     """``activation(x @ weight.T + bias)``: int8 weights per output channel, ``x`` as u8 per call.
 
-    Takes any float dtype, of any leading shape, or u8 over ``input_range`` (a linked block's
-    output, see :func:`link`); returns ``out_dtype``, or u8 over ``output_range`` once linked.
+    Takes any float dtype, of any leading shape, quantized over its own range per call, or over
+    ``input_range`` once fixed (:meth:`fix_input_range`); or u8 over ``input_range`` (a linked
+    block's output, see :func:`link`). Returns ``out_dtype``, or u8 over ``output_range`` once
+    linked.
     The weights are rounded to ``steps`` steps each side of 0 (:func:`weight_steps` for this CPU
     when None). The original weight is kept as ``float_weight`` only with ``keep_float`` (for
     :meth:`leave_out`, :meth:`smooth` and :class:`FloatChannels`, until :func:`calibrate` drops it); else it
@@ -309,7 +315,8 @@ class Int8Linear(torch.nn.Module):
         self.in_features = linear.in_features
         self.out_features = linear.out_features
         self.shared: SharedInput | None = None
-        # (scale, zero point) of a u8 output, and of a u8 input: see link().
+        # (scale, zero point) of a u8 output, and of the input (a u8 one, see link(), or a
+        # float one quantized over it, see fix_input_range()).
         self.output_range: tuple[float, int] | None = None
         self.input_range: tuple[float, int] | None = None
         # A block's outlier channels in float, handed on (out) or added (in): see FloatChannels.
@@ -396,8 +403,12 @@ class Int8Linear(torch.nn.Module):
         ``residual`` (the output's shape and dtype) is added in the product's last step, where
         :attr:`takes_residual`; else after it.
         """
-        if residual is not None and (not self.takes_residual or residual.dtype != self.out_dtype):
-            return self.forward(x) + residual
+        if residual is not None and not (self.takes_residual and residual.dtype == self.out_dtype):
+            return self._product(x) + residual
+        return self._product(x, residual)
+
+    def _product(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The product, ``residual`` added as its last step where given (unchecked: see forward)."""
         out_dtype = None if self.output_range is not None else self.out_dtype  # None: u8
         out_scale, out_zero_point = self.output_range or (1.0, 0)
         if not x.numel():  # no range to quantize over
@@ -436,10 +447,20 @@ class Int8Linear(torch.nn.Module):
             # What quantize_rows and the float channels (their weights smoothed alike) read.
             rows = self._smoothed(rows)
         if quantized is None:
-            quantized = quantize_rows(rows)
+            quantized = quantize_rows(rows, self.input_range)
             if self.shared is not None:
                 self.shared.keep(x, quantized)
         return rows, quantized
+
+    def fix_input_range(self, low: float, high: float) -> bool:
+        """Quantize float inputs over ``[low, high]`` (widened to hold 0; of the inputs as smoothed).
+
+        Returns False, and changes nothing, where the range has no steps (empty, or not finite).
+        """
+        steps = _steps(low, high)
+        if steps is not None:
+            self.input_range = steps
+        return steps is not None
 
     def extra_repr(self) -> str:
         """Shown by ``print(model)``."""
@@ -447,9 +468,10 @@ class Int8Linear(torch.nn.Module):
         outliers = self.outliers_out or self.outliers_in
         in_float = f", {len(outliers.channels)} outlier channels in float" if outliers is not None else ""
         smoothed = ", inputs smoothed" if self.smoothing is not None else ""
+        fixed = ", input over a fixed range" if self.input_range is not None else ""
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, int8 per channel, "
-            f"activation={self._activation}, out={out}{in_float}{smoothed}"
+            f"activation={self._activation}, out={out}{in_float}{smoothed}{fixed}"
         )
 
 
