@@ -124,6 +124,10 @@ def _keys_in_blocks(
     padding = KEY_BLOCK_WITH_AMX - tail
     if mask is None:
         mask = torch.ones(1, 1, 1, length, dtype=torch.bool, device=key.device)
+    elif mask.shape[-1] != length:
+        if mask.shape[-1] != 1:
+            return key, value, mask  # not a mask over these keys: SDPA says what is wrong with it
+        mask = mask.expand(*mask.shape[:-1], length)  # one value for every key: spelt out first
     if mask.dtype == torch.bool:
         mask = torch.nn.functional.pad(mask, (0, padding), value=False)
     else:  # an additive float mask

@@ -215,7 +215,7 @@ def _keys_seen_by_sdpa(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return lengths
 
 
-@pytest.mark.parametrize("mask_kind", ["bool", "float", "none"])
+@pytest.mark.parametrize("mask_kind", ["bool", "float", "none", "one-for-every-key"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_with_amx_keys_reach_sdpa_in_whole_blocks_with_the_same_attention(
     monkeypatch: pytest.MonkeyPatch, mask_kind: str, dtype: torch.dtype
@@ -229,6 +229,7 @@ def test_with_amx_keys_reach_sdpa_in_whole_blocks_with_the_same_attention(
             "bool": valid,
             "float": torch.zeros(valid.shape, dtype=dtype).masked_fill_(~valid, float("-inf")),
             "none": None,
+            "one-for-every-key": valid[..., :1],  # (rows, 1, length, 1): SDPA broadcasts it
         }[mask_kind]
         ours, _ = attention.attention(_Module(), q, k, v, mask, scaling=8**-0.5)
         assert seen[-1] == padded, length  # 7 keys past a block: padded; 1 or 0: as they are

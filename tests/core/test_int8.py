@@ -290,9 +290,9 @@ def test_q_k_and_v_quantize_their_input_once(tiny_model_dir: Path, monkeypatch: 
     calls: list[tuple[int, ...]] = []
     real = quantize.quantize_rows
 
-    def counted(rows: torch.Tensor) -> quantize.Quantized:
+    def counted(rows: torch.Tensor, steps: tuple[float, int] | None = None) -> quantize.Quantized:
         calls.append(tuple(rows.shape))
-        return real(rows)
+        return real(rows, steps)
 
     monkeypatch.setattr(int8_layer, "quantize_rows", counted)
     np.testing.assert_array_equal(int8.encode(["one sentence, and another", "two"]), reference)
@@ -300,7 +300,7 @@ def test_q_k_and_v_quantize_their_input_once(tiny_model_dir: Path, monkeypatch: 
     # Per layer: Q, K and V once (not thrice), the attention output, the feed-forward block, and
     # an int8 down-projection not linked to its block (a linked one reads u8 as it is).
     quantizing_downs = sum(
-        isinstance(layer.output.dense, quantize.Int8Linear) and layer.output.dense.input_range is None
+        isinstance(layer.output.dense, quantize.Int8Linear) and layer.intermediate.output_range is None
         for layer in layers
     )
     assert len(calls) == 3 * len(layers) + quantizing_downs
