@@ -82,8 +82,8 @@ def test_int8_vectors_are_close_to_fp32(
     # NULL handling and row order are the encoder's own, whatever the precision.
     vectors, valid = int8.encode_nullable([texts[0], None, texts[1]])
     assert valid.tolist() == [True, False, True] and not vectors[1].any()
-    # Activations are quantized over each batch's range, so a text's int8 vector moves a little
-    # with the texts it is batched with (documented): close, where fp32 would agree to 1e-6.
+    # A text's int8 vector moves a little with the texts it is batched with (documented: the
+    # batch's shape changes the rounding around the products): close, where fp32 agrees to 1e-6.
     assert (vectors[[0, 2]] * ours[:2]).sum(axis=1).min() > 0.999
 
 

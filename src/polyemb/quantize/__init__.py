@@ -6,10 +6,12 @@ Zen 4, the 7-bit weights on a Zen 3; docs/performance.md has the commands and fi
 - The ``nn.Linear`` layers inside the transformer's layers: weights as int8 with one scale per
   output channel (one scale per tensor: mean row cosine to fp32 0.952 on 300 English sentences;
   per channel 0.978).
-- Activations quantized per call, one scale per call over the full 8-bit range (0.994), as u8
-  with a zero point; the three products of an attention block (Q, K, V) read one tensor and
-  quantize it once (:class:`SharedInput`).
-- Smoothed first (:func:`smooth_inputs`): the inputs quantized per call (Q, K and V, the
+- Activations as u8 with a zero point over the full 8-bit range (0.994; 7 bits: 0.978), one
+  scale per tensor; the three products of an attention block (Q, K, V) read one tensor and
+  quantize it once (:class:`SharedInput`). The range is fixed at load per layer, at what the
+  calibration sentences reach (:func:`fix_input_ranges`: no range pass per call, 1.05x on an
+  Intel Xeon, the same mean row cosine to fp32), else per call.
+- Smoothed first (:func:`smooth_inputs`): the inputs quantized from float (Q, K and V, the
   attention output, the feed-forward block) are LayerNorm outputs and attention contexts where
   a few channels reach far beyond the rest; each channel is divided by a factor fixed at load
   time and put into the weights that read it. On an Intel Xeon with AMX the gate had failed
@@ -47,16 +49,19 @@ The products run through oneDNN's u8s8 kernel (``onednn::qlinear_pointwise``, in
 wheel), the feed-forward GELU fused into its product as in :mod:`polyemb.kernels`. Everything
 that is not an int8 product runs in :func:`activation_dtype`: bfloat16 on CPUs with bfloat16
 units (with the bf16 path's attention where that pays off), float32 elsewhere. An activation is
-quantized from float32 (one pass for its range and one to round it, :func:`quantize_rows`) and
-read by the kernel in place. The weights are quantized from the loaded ones (bfloat16 where
-the activations are: its rounding moves a weight by at most half an int8 step, and the row
-cosines to fp32 measured the same as from float32 weights and activations: mean 0.99509 against
-0.99508 on 1,500 English sentences).
+quantized from float32 (one pass to round it over its fixed range, :func:`quantize_rows`) and
+read by the kernel in place. The residuals of the attention and feed-forward outputs are added
+as the products' last step (:class:`polyemb.kernels.DenseAddNorm`). The weights are quantized
+from the loaded ones (bfloat16 where the activations are: its rounding moves a weight by at
+most half an int8 step, and the row cosines to fp32 measured the same as from float32 weights
+and activations: mean 0.99509 against 0.99508 on 1,500 English sentences).
 
-Most activation ranges are per call, so a text's int8 vector moves slightly with the texts
-batched with it (cosine above 0.999 between two batchings): int8 vectors are approximate, as
-bf16 ones. The fixed ranges depend only on the model (with its ``max_seq_length``) and this
-CPU's arithmetic.
+A text's int8 vector still moves slightly with the texts batched with it, though the ranges
+are fixed: the batch's shape changes the float rounding around the products (attention's
+kernel, the padding), and int8's rounding carries it on (all-MiniLM-L6-v2, 60 English
+sentences alone against in one call with 240 others: row cosine at least 0.9988). int8
+vectors are approximate, as bf16 ones. The fixed ranges depend only on the model (with its
+``max_seq_length``) and this CPU's arithmetic.
 """
 
 from polyemb.quantize.calibration import (
@@ -64,6 +69,7 @@ from polyemb.quantize.calibration import (
     OUTLIER_FACTOR,
     SMOOTHING,
     calibrate,
+    fix_input_ranges,
     outlier_channels,
     smooth_inputs,
 )
@@ -91,6 +97,7 @@ __all__ = [
     "activation_dtype",
     "calibrate",
     "check_int8_supported",
+    "fix_input_ranges",
     "link",
     "linked_pairs",
     "outlier_channels",
