@@ -17,6 +17,19 @@ needs_onednn = pytest.mark.skipif(
     reason="this torch build has no working oneDNN linear operators (the fallback is tested below)",
 )
 
+# The dtypes oneDNN's products take here.
+FLOAT_DTYPES = [
+    torch.float32,
+    pytest.param(
+        torch.bfloat16,
+        marks=pytest.mark.skipif(
+            not kernels.supports(torch.bfloat16),
+            reason="oneDNN's bf16 products need AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT, which "
+            "this CPU lacks: bf16 runs on torch's own path (tested below)",
+        ),
+    ),
+]
+
 
 def stock_encoder(
     model_dir: Path, monkeypatch: pytest.MonkeyPatch, precision: str = "fp32"
@@ -42,20 +55,7 @@ class FeedForward(torch.nn.Module):
 
 
 @needs_onednn
-@pytest.mark.parametrize(
-    "dtype",
-    [
-        torch.float32,
-        pytest.param(
-            torch.bfloat16,
-            marks=pytest.mark.skipif(
-                not kernels.supports(torch.bfloat16),
-                reason="oneDNN's bf16 products need AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT, which "
-                "this CPU lacks: bf16 runs on torch's own path (tested below)",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("activation", ["none", "gelu"])
 @pytest.mark.parametrize("bias", [True, False])
 def test_onednn_linear_is_the_same_product(dtype: torch.dtype, activation: str, bias: bool) -> None:
@@ -206,20 +206,7 @@ def test_the_loaded_model_adds_its_residuals_in_the_products(tiny_encoder: polye
 
 
 @needs_onednn
-@pytest.mark.parametrize(
-    "dtype",
-    [
-        torch.float32,
-        pytest.param(
-            torch.bfloat16,
-            marks=pytest.mark.skipif(
-                not kernels.supports(torch.bfloat16),
-                reason="oneDNN's bf16 products need AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT, which "
-                "this CPU lacks",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_the_residual_is_added_in_the_product_or_after_it(
     dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -120,12 +120,8 @@ def fix_input_ranges(model: torch.nn.Module, run: Callable[[], np.ndarray]) -> i
     fixed = [layer for layer in layers if id(layer) in seen and layer.fix_input_range(*seen[id(layer)])]
     if not fixed:
         return 0
-    try:
-        moved = float(cosine(per_call, run()).mean())
-        why = f"fixed input ranges moved the calibration texts' vectors (mean row cosine {moved:.4f})"
-    except InvalidInputError as exc:
-        moved, why = math.nan, str(exc)
-    if not moved >= LINKED_MIN_COSINE:
+    why = _moved(per_call, run, "fixed input ranges")
+    if why is not None:
         for layer in fixed:
             layer.input_range = None
         logger.warning("int8: %s: inputs are quantized over their own range per call instead", why)
@@ -265,6 +261,20 @@ def _inputs_seen(
     return reference, plain, {key: peak for key, peak in peaks.items() if peak.isfinite().all()}
 
 
+def _moved(before: np.ndarray, run: Callable[[], np.ndarray], change: str) -> str | None:
+    """Why ``run()``'s vectors, after ``change``, are too far from ``before`` to keep it; else None.
+
+    Too far: a mean row cosine below :data:`LINKED_MIN_COSINE`, or no vectors to compare.
+    """
+    try:
+        moved = float(cosine(before, run()).mean())
+    except InvalidInputError as exc:
+        return str(exc)
+    if moved >= LINKED_MIN_COSINE:
+        return None
+    return f"{change} moved the calibration texts' vectors (mean row cosine {moved:.4f})"
+
+
 def _hooked(run: Callable[[], np.ndarray], hooks: list[torch.utils.hooks.RemovableHandle]) -> np.ndarray:
     """``run()`` with ``hooks`` in place, removed after it, also when it raises."""
     try:
@@ -282,12 +292,8 @@ def _calibrate(model: torch.nn.Module, run: Callable[[], np.ndarray]) -> int:
     for block, down in pairs:
         if id(block) in seen:
             _split_and_link(block, down, *seen[id(block)])
-    try:
-        moved = float(cosine(unlinked, run()).mean())
-        why = f"fixed ranges moved the calibration texts' vectors (mean row cosine {moved:.4f})"
-    except InvalidInputError as exc:
-        moved, why = math.nan, str(exc)
-    if not moved >= LINKED_MIN_COSINE:
+    why = _moved(unlinked, run, "fixed ranges")
+    if why is not None:
         for block, down in pairs:
             block.output_range = down.input_range = None
             if down.outliers_in is not None:
