@@ -398,7 +398,7 @@ class Int8Linear(torch.nn.Module):
         return self.output_range is None and self._activation == "none" and _adds_residual()
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """The product of ``x`` (quantized over its own range unless it is u8) with the int8 weights.
+        """The product of ``x`` (over ``input_range``, else its own range, unless u8) with the int8 weights.
 
         ``residual`` (the output's shape and dtype) is added in the product's last step, where
         :attr:`takes_residual`; else after it.
