@@ -8,9 +8,11 @@ Zen 4, the 7-bit weights on a Zen 3; docs/performance.md has the commands and fi
   per channel 0.978).
 - Activations as u8 with a zero point over the full 8-bit range (0.994; 7 bits: 0.978), one
   scale per tensor; the three products of an attention block (Q, K, V) read one tensor and
-  quantize it once (:class:`SharedInput`). The range is fixed at load per layer, at what the
-  calibration sentences reach (:func:`fix_input_ranges`: no range pass per call, 1.05x on an
-  Intel Xeon, the same mean row cosine to fp32), else per call.
+  quantize it once (:class:`SharedInput`). Where a layer reads a LayerNorm's output (Q, K, V,
+  the feed-forward block) the range is fixed at load, at what the calibration sentences reach
+  (:func:`fix_input_ranges`: no range pass per call, 1.045x on STS English on an Intel Xeon,
+  the same mean row cosine to fp32); the attention output's input, whose scale moves with the
+  text, takes its own range per call.
 - Smoothed first (:func:`smooth_inputs`): the inputs quantized from float (Q, K and V, the
   attention output, the feed-forward block) are LayerNorm outputs and attention contexts where
   a few channels reach far beyond the rest; each channel is divided by a factor fixed at load
@@ -49,15 +51,16 @@ The products run through oneDNN's u8s8 kernel (``onednn::qlinear_pointwise``, in
 wheel), the feed-forward GELU fused into its product as in :mod:`polyemb.kernels`. Everything
 that is not an int8 product runs in :func:`activation_dtype`: bfloat16 on CPUs with bfloat16
 units (with the bf16 path's attention where that pays off), float32 elsewhere. An activation is
-quantized from float32 (one pass to round it over its fixed range, :func:`quantize_rows`) and
-read by the kernel in place. The residuals of the attention and feed-forward outputs are added
-as the products' last step (:class:`polyemb.kernels.DenseAddNorm`). The weights are quantized
-from the loaded ones (bfloat16 where the activations are: its rounding moves a weight by at
-most half an int8 step, and the row cosines to fp32 measured the same as from float32 weights
-and activations: mean 0.99509 against 0.99508 on 1,500 English sentences).
+quantized from float32 (one pass to round it over its fixed range, or two with a range per call,
+:func:`quantize_rows`) and read by the kernel in place. The residuals of the attention and
+feed-forward outputs are added as the products' last step (:class:`polyemb.kernels.DenseAddNorm`).
+The weights are quantized from the loaded ones (bfloat16 where the activations are: its
+rounding moves a weight by at most half an int8 step, and the row cosines to fp32 measured the
+same as from float32 weights and activations: mean 0.99509 against 0.99508 on 1,500 English
+sentences).
 
-A text's int8 vector still moves slightly with the texts batched with it, though the ranges
-are fixed: the batch's shape changes the float rounding around the products (attention's
+A text's int8 vector moves slightly with the texts batched with it: the attention output's
+range is per call, and the batch's shape changes the float rounding around the products (attention's
 kernel, the padding), and int8's rounding carries it on (all-MiniLM-L6-v2, 60 English
 sentences alone against in one call with 240 others: row cosine at least 0.9988). int8
 vectors are approximate, as bf16 ones. The fixed ranges depend only on the model (with its

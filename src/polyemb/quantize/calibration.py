@@ -66,7 +66,9 @@ def calibrate(model: torch.nn.Module, run: Callable[[], np.ndarray]) -> int:
     moved from the first call's (a mean row cosine below :data:`LINKED_MIN_COSINE`: a model whose
     down-projection is not the first thing its output module does, or ranges that clip too
     much), or where a down-projection does not read its block's output as the block returned it,
-    every link is undone, with a warning. Either way the float weights that
+    every link is undone, with a warning. Before this the inputs are smoothed
+    (:func:`smooth_inputs`), and after it the layers that read a LayerNorm's output get fixed
+    input ranges (:func:`fix_input_ranges`). Either way the float weights that
     :func:`quantize_linears` kept for this are dropped. Returns how many blocks were linked.
 
     On all-MiniLM-L6-v2 the texts' largest outputs per block of the last four layers were 17.6,
