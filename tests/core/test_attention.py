@@ -36,15 +36,24 @@ def _inputs(rows: int, length: int, dtype: torch.dtype) -> tuple[torch.Tensor, .
 # The scores are rounded to the half precision before the softmax, so outputs (about unit scale)
 # move by up to a few of its steps from SDPA's.
 @pytest.mark.parametrize(("dtype", "tolerance"), [(torch.bfloat16, 5e-2), (torch.float16, 1e-2)])
-def test_short_sequences_match_sdpa(dtype: torch.dtype, tolerance: float) -> None:
-    q, k, v, mask = _inputs(6, 13, dtype)
+@pytest.mark.parametrize("mask_kind", ["bool", "bool-per-key", "additive", "additive-finite"])
+def test_short_sequences_match_sdpa(dtype: torch.dtype, tolerance: float, mask_kind: str) -> None:
+    q, k, v, valid = _inputs(6, 13, dtype)
+    biases = torch.randn(valid.shape, generator=torch.Generator().manual_seed(3)).to(dtype)
+    mask = {
+        "bool": valid,
+        "bool-per-key": valid[:, :, :1, :],  # one row of keys for every query
+        "additive": torch.zeros(valid.shape, dtype=dtype).masked_fill_(~valid, float("-inf")),
+        "additive-finite": biases.masked_fill_(~valid, float("-inf")),  # added to the scaled scores
+    }[mask_kind]
     ours, _ = attention.attention(_Module(), q, k, v, mask, scaling=8**-0.5)
     theirs, _ = sdpa_attention_forward(_Module(), q, k, v, mask, scaling=8**-0.5)
     assert ours.shape == theirs.shape == (6, 13, 4, 8)
     assert ours.dtype == dtype
     assert (ours.float() - theirs.float()).abs().max() < tolerance
-    unmasked, _ = attention.attention(_Module(), q, k, v, None, scaling=8**-0.5)
-    assert (unmasked[0].float() - ours[0].float()).abs().max() < tolerance  # row 0 has no padding
+    if mask_kind != "additive-finite":
+        unmasked, _ = attention.attention(_Module(), q, k, v, None, scaling=8**-0.5)
+        assert (unmasked[0].float() - ours[0].float()).abs().max() < tolerance  # row 0 has no padding
     # What transformers 5 passes every BERT-like self-attention: arguments set to None are absent.
     unused = {"position_ids": None, "encoder_hidden_states": None, "sliding_window": None}
     assert torch.equal(attention.attention(_Module(), q, k, v, mask, scaling=8**-0.5, **unused)[0], ours)
