@@ -27,6 +27,7 @@ __all__ = [
     "cpuinfo_field",
     "has_bf16_units",
     "keep_heap_between_batches",
+    "onednn_cap",
     "process_mib",
     "release_free_memory",
     "reset_peak_memory",
@@ -34,6 +35,27 @@ __all__ = [
 
 # CPU flags that decide which precisions are fast: bf16 and int8 matrix units, wide vectors.
 _SPEED_FLAGS = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx512f", "avx2")
+# The variables that cap the instruction sets torch's oneDNN kernels use, as oneDNN reads them
+# (the first set wins), and per cap the prefixes of the CPU flags above it. A kernel asked for
+# what the cap leaves out falls back to oneDNN's reference code: under AVX2_VNNI on an Intel
+# Xeon with AMX, an int8 product with a bf16 output (chosen from the avx512_bf16 flag) took
+# 7.7 s for 1,980 x 384 x 384, and under AVX2 8-bit weights saturated (the int8 probe refused
+# them). Levels not named here (DEFAULT, the AMX-FP16 ones) leave every flag.
+_ONEDNN_CAP_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+_ABOVE_ONEDNN_CAP: dict[str, tuple[str, ...]] = {
+    "SSE41": ("avx2", "avx_vnni", "avx512", "amx"),
+    "AVX": ("avx2", "avx_vnni", "avx512", "amx"),
+    "AVX2": ("avx_vnni", "avx512", "amx"),
+    "AVX2_VNNI": ("avx512", "amx"),
+    "AVX2_VNNI_2": ("avx512", "amx"),
+    "AVX512_CORE": ("avx_vnni", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx"),
+    "AVX512_CORE_VNNI": ("avx_vnni", "avx512_bf16", "avx512_fp16", "amx"),
+    "AVX512_CORE_BF16": ("avx_vnni", "avx512_fp16", "amx"),
+    "AVX10_1_512": ("amx",),
+    "AVX512_CORE_FP16": ("amx",),
+    "AVX10_1_512_AMX": ("amx_fp16",),
+    "AVX512_CORE_AMX": ("amx_fp16",),
+}
 
 
 @functools.cache
@@ -57,11 +79,33 @@ def cpuinfo_field(name: str) -> str:
 
 
 def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags (``avx512_vnni``, ``amx_bf16``, ...); empty where unknown.
+    """The CPU feature flags (``avx512_vnni``, ``amx_bf16``, ...) torch's kernels may use; empty if unknown.
 
-    Read once per process.
+    Read once per process. An instruction-set cap for oneDNN in the environment
+    (``ONEDNN_MAX_CPU_ISA=AVX2``, or ``DNNL_MAX_CPU_ISA``; see :func:`onednn_cap`) removes the
+    flags above it, so that what polyemb chooses from them (int8's weight steps, bf16
+    activations, AMX's attention) is what the kernels can run.
     """
-    return frozenset(_cpuinfo().get("flags", "").split())
+    return _flags_under(onednn_cap())
+
+
+def onednn_cap() -> str:
+    """The level the environment caps oneDNN's instruction sets at (``"AVX2"``), upper case.
+
+    ``""`` where none is set, or where the level leaves out none of the flags polyemb reads
+    (``DEFAULT``, the AMX-FP16 levels, a name oneDNN does not know).
+    """
+    for variable in _ONEDNN_CAP_VARIABLES:
+        value = os.environ.get(variable, "").strip().upper()
+        if value:
+            return value if value in _ABOVE_ONEDNN_CAP else ""
+    return ""
+
+
+@functools.cache
+def _flags_under(cap: str) -> frozenset[str]:
+    above = _ABOVE_ONEDNN_CAP.get(cap, ())
+    return frozenset(flag for flag in _cpuinfo().get("flags", "").split() if not flag.startswith(above))
 
 
 def has_amx(flags: frozenset[str] | None = None) -> bool:
@@ -95,7 +139,8 @@ def cpu_description() -> str:
 
     Names the model, family and model numbers (``lscpu`` shows the same), the CPUs this process
     may use, and the flags among ``amx_*``, ``avx512_bf16``, ``avx512_vnni``, ``avx_vnni``,
-    ``avx512f`` and ``avx2`` that the CPU has. Never fails: unknown parts are left out.
+    ``avx512f`` and ``avx2`` that the CPU has, and oneDNN's cap where one is set (the flags
+    above it are left out: :func:`cpu_flags`). Never fails: unknown parts are left out.
     """
     import platform
 
@@ -107,7 +152,8 @@ def cpu_description() -> str:
     present = [flag for flag in _SPEED_FLAGS if flag in flags]
     amx = "AMX" if has_amx(flags) else "no AMX"
     shown = ", ".join(present) if present else "flags unknown"
-    return f"{name}, {available_cpus()} CPUs: {shown}; {amx}"
+    capped = f"; oneDNN capped at {onednn_cap()}" if onednn_cap() else ""
+    return f"{name}, {available_cpus()} CPUs: {shown}; {amx}{capped}"
 
 
 def process_mib(field: str = "VmHWM", pid: int | str = "self") -> float:
