@@ -25,6 +25,7 @@ __all__ = [
     "cpu_description",
     "cpu_flags",
     "cpuinfo_field",
+    "hardware_flags",
     "has_bf16_units",
     "keep_heap_between_batches",
     "onednn_cap",
@@ -81,22 +82,29 @@ def cpuinfo_field(name: str) -> str:
 def cpu_flags() -> frozenset[str]:
     """The CPU feature flags (``avx512_vnni``, ``amx_bf16``, ...) torch's kernels may use; empty if unknown.
 
-    Read once per process. An instruction-set cap for oneDNN in the environment
-    (``ONEDNN_MAX_CPU_ISA=AVX2``, or ``DNNL_MAX_CPU_ISA``; see :func:`onednn_cap`) removes the
-    flags above it, so that what polyemb chooses from them (int8's weight steps, bf16
-    activations, AMX's attention) is what the kernels can run.
+    An instruction-set cap for oneDNN in the environment (``ONEDNN_MAX_CPU_ISA=AVX2``, or
+    ``DNNL_MAX_CPU_ISA``; see :func:`onednn_cap`) removes the flags above it, so that what
+    polyemb chooses from them (int8's weight steps, bf16 activations, AMX's attention) is what
+    the kernels can run. The CPU's own flags: :func:`hardware_flags`.
     """
     return _flags_under(onednn_cap())
 
 
+def hardware_flags() -> frozenset[str]:
+    """The CPU's own feature flags, as ``/proc/cpuinfo`` lists them, whatever oneDNN's cap; or empty."""
+    return _flags_under("")
+
+
+@functools.cache
 def onednn_cap() -> str:
     """The level the environment caps oneDNN's instruction sets at (``"AVX2"``), upper case.
 
     ``""`` where none is set, or where the level leaves out none of the flags polyemb reads
-    (``DEFAULT``, the AMX-FP16 levels, a name oneDNN does not know).
+    (``DEFAULT``, the AMX-FP16 levels, a name oneDNN does not know). Read once per process, as
+    oneDNN reads it once (at its first use): set it before the process starts.
     """
     for variable in _ONEDNN_CAP_VARIABLES:
-        value = os.environ.get(variable, "").strip().upper()
+        value = os.environ.get(variable, "").upper()
         if value:
             return value if value in _ABOVE_ONEDNN_CAP else ""
     return ""
@@ -139,8 +147,8 @@ def cpu_description() -> str:
 
     Names the model, family and model numbers (``lscpu`` shows the same), the CPUs this process
     may use, and the flags among ``amx_*``, ``avx512_bf16``, ``avx512_vnni``, ``avx_vnni``,
-    ``avx512f`` and ``avx2`` that the CPU has, and oneDNN's cap where one is set (the flags
-    above it are left out: :func:`cpu_flags`). Never fails: unknown parts are left out.
+    ``avx512f`` and ``avx2`` that the CPU has, and oneDNN's cap where it leaves some out (they
+    are not shown: :func:`cpu_flags`). Never fails: unknown parts are left out.
     """
     import platform
 
@@ -152,7 +160,7 @@ def cpu_description() -> str:
     present = [flag for flag in _SPEED_FLAGS if flag in flags]
     amx = "AMX" if has_amx(flags) else "no AMX"
     shown = ", ".join(present) if present else "flags unknown"
-    capped = f"; oneDNN capped at {onednn_cap()}" if onednn_cap() else ""
+    capped = f"; oneDNN capped at {onednn_cap()}" if flags != hardware_flags() else ""
     return f"{name}, {available_cpus()} CPUs: {shown}; {amx}{capped}"
 
 

@@ -59,6 +59,25 @@ def test_short_sequences_match_sdpa(dtype: torch.dtype, tolerance: float, mask_k
     assert torch.equal(attention.attention(_Module(), q, k, v, mask, scaling=8**-0.5, **unused)[0], ours)
 
 
+def test_a_masked_key_whose_fp16_score_overflows_gets_no_weight() -> None:
+    """fp16 scores reach inf past 65,504: a masked key's score is set to -inf, not -inf + inf (NaN)."""
+    q, k, v, mask = _inputs(6, 13, torch.float16)
+    padded = int((~mask[:, 0, 0, :]).nonzero()[0, 0]), int((~mask[:, 0, 0, :]).nonzero()[0, 1])
+    q = q.abs() + 1
+    k[padded[0], :, padded[1], :] = 60000.0  # its scores overflow; it is padding
+    ours, _ = attention.attention(_Module(), q, k, v, mask, scaling=8**-0.5)
+    theirs, _ = sdpa_attention_forward(_Module(), q, k, v, mask, scaling=8**-0.5)
+    assert torch.isfinite(ours).all()
+    assert (ours.float() - theirs.float()).abs().max() < 1e-2
+
+
+def test_a_mask_that_does_not_fit_the_scores_raises() -> None:
+    q, k, v, mask = _inputs(2, 13, torch.bfloat16)
+    for wrong in (torch.cat([mask, mask]), mask[None]):  # more rows; one dimension more
+        with pytest.raises(RuntimeError):
+            attention.attention(_Module(), q, k, v, wrong, scaling=8**-0.5)
+
+
 class _Bare(torch.nn.Module):
     """A module without an ``is_causal`` flag: SDPA takes it as causal, so must we."""
 

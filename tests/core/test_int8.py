@@ -148,6 +148,7 @@ def test_int8_is_refused_without_avx2(tiny_model_dir: Path, monkeypatch: pytest.
 def test_weights_take_8_bits_only_where_the_products_sum_in_32_bits() -> None:
     assert quantize.weight_steps(frozenset({"avx2", "avx512f", "avx512_vnni"})) == 127  # Zen 4, Cascade Lake
     assert quantize.weight_steps(frozenset({"avx2", "avx512f", "amx_int8"})) == 127
+    assert quantize.weight_steps(frozenset({"avx2", "avx_vnni"})) == 127  # AVX-VNNI: Alder Lake
     # AVX2 kernels sum each pair of u8 x s8 products in 16 bits: 2 x 255 x 63 fits, 2 x 255 x 127 not.
     assert quantize.weight_steps(frozenset({"avx2"})) == 63  # Zen 2 and 3, Haswell
     assert quantize.weight_steps(frozenset({"avx2", "avx512f", "avx512bw"})) == 63  # Skylake

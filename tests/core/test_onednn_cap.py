@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -12,23 +13,40 @@ from pathlib import Path
 import pytest
 import torch
 
+import polyemb
 from polyemb import _platform, quantize
 from polyemb.attention import pays_off
+from polyemb.bench.peak import flops_per_cycle
+from polyemb.errors import InvalidInputError
+
+_ABOVE = _platform._ABOVE_ONEDNN_CAP
 
 # An Intel Xeon with AMX (Sapphire Rapids), as /proc/cpuinfo lists its flags (those that matter).
 _XEON = "sse4_2 avx avx2 fma avx512f avx512dq avx512cd avx512bw avx512vl avx512_vnni avx512_bf16 avx_vnni "
 _XEON += "avx512_fp16 amx_tile amx_bf16 amx_int8"
 
 
+def _forget() -> None:
+    """Have polyemb read the cap and the flags afresh (it reads them once, as oneDNN does)."""
+    _platform.onednn_cap.cache_clear()
+    _platform._flags_under.cache_clear()
+
+
+def _cap(monkeypatch: pytest.MonkeyPatch, value: str, variable: str = "ONEDNN_MAX_CPU_ISA") -> None:
+    monkeypatch.setenv(variable, value)
+    _forget()
+
+
 @pytest.fixture
 def xeon(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """This process reads the Xeon's flags, no cap set; the flags read under each cap are read afresh."""
+    """This process reads the Xeon's flags, no cap set; afterwards, this CPU's again."""
     for variable in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setattr(_platform, "_cpuinfo", lambda: {"model name": "Intel Xeon", "flags": _XEON})
-    _platform._flags_under.cache_clear()
+    _forget()
     yield
-    _platform._flags_under.cache_clear()
+    monkeypatch.undo()
+    _forget()
 
 
 @pytest.mark.parametrize(
@@ -50,31 +68,65 @@ def test_a_cap_leaves_out_the_flags_above_it(
     xeon: None, monkeypatch: pytest.MonkeyPatch, cap: str, left: set[str], gone: set[str]
 ) -> None:
     if cap:
-        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        _cap(monkeypatch, cap)
     flags = _platform.cpu_flags()
     assert left <= flags and not gone & flags
     assert "sse4_2" in flags  # flags below every level stay
+    assert _platform.hardware_flags() == frozenset(_XEON.split())
     described = _platform.cpu_description()
-    assert ("oneDNN capped at" in described) == (cap not in ("", "DEFAULT"))
+    assert ("oneDNN capped at" in described) == bool(gone)  # named where it leaves flags out
 
 
 def test_the_older_variable_counts_and_the_newer_wins(xeon: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DNNL_MAX_CPU_ISA", "AVX2")
+    _cap(monkeypatch, "AVX2", "DNNL_MAX_CPU_ISA")
     assert _platform.onednn_cap() == "AVX2" and "avx512f" not in _platform.cpu_flags()
-    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    _cap(monkeypatch, "AVX512_CORE_BF16")
     assert _platform.onednn_cap() == "AVX512_CORE_BF16" and "avx512_bf16" in _platform.cpu_flags()
+
+
+def test_the_cap_is_read_once_as_onednn_reads_it(xeon: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _platform.onednn_cap() == ""
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # too late: oneDNN would not see it either
+    assert _platform.onednn_cap() == "" and "amx_int8" in _platform.cpu_flags()
+    _cap(monkeypatch, " AVX2")  # oneDNN takes no spaces
+    assert _platform.onednn_cap() == "" and "amx_int8" in _platform.cpu_flags()
 
 
 def test_what_polyemb_chooses_follows_the_cap(xeon: None, monkeypatch: pytest.MonkeyPatch) -> None:
     cpu = torch.device("cpu")
     assert quantize.weight_steps() == 127 and quantize.activation_dtype() == torch.bfloat16
     assert _platform.has_amx() and pays_off(cpu, torch.bfloat16)
-    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")  # Zen 4's instruction sets
+    _cap(monkeypatch, "AVX512_CORE_BF16")  # Zen 4's instruction sets
     assert quantize.weight_steps() == 127 and quantize.activation_dtype() == torch.bfloat16
     assert not _platform.has_amx() and pays_off(cpu, torch.bfloat16)
-    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # kernels that sum u8 x s8 pairs in 16 bits
+    _cap(monkeypatch, "AVX2_VNNI")  # 256-bit VNNI sums u8 x s8 into 32 bits too
+    assert quantize.weight_steps() == 127 and quantize.activation_dtype() == torch.float32
+    _cap(monkeypatch, "AVX2")  # kernels that sum u8 x s8 pairs in 16 bits
     assert quantize.weight_steps() == 63 and quantize.activation_dtype() == torch.float32
     assert not _platform.has_amx() and not pays_off(cpu, torch.bfloat16)
+    # The bench's peak is the CPU's: the peers' kernels (MKL, ONNX Runtime, OpenVINO) are not capped.
+    assert flops_per_cycle("int8") == 2048 and flops_per_cycle("bf16") == 1024
+
+
+def test_refusals_and_warnings_name_the_cap_where_it_is_the_cause(
+    xeon: None, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _cap(monkeypatch, "AVX")
+    with pytest.raises(InvalidInputError, match="oneDNN is capped below it here .*AVX.*Lift the cap"):
+        quantize.check_int8_supported(torch.device("cpu"))
+    _cap(monkeypatch, "AVX2")
+    with caplog.at_level(logging.WARNING, logger="polyemb.encoder"):
+        polyemb.load(tiny_model_dir, precision="bf16")
+    assert "with oneDNN capped at AVX2, below this CPU's bfloat16 units" in caplog.text
+    # A CPU without the instructions, no cap: the warning and the refusal say the CPU lacks them.
+    monkeypatch.setattr(_platform, "_cpuinfo", lambda: {"flags": "sse4_2 avx"})
+    _cap(monkeypatch, "DEFAULT")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="polyemb.encoder"):
+        polyemb.load(tiny_model_dir, precision="bf16")
+    assert "on a CPU without bfloat16 units" in caplog.text and "capped" not in caplog.text
+    with pytest.raises(InvalidInputError, match="this CPU has neither"):
+        quantize.check_int8_supported(torch.device("cpu"))
 
 
 # Loads the tiny model in fp32 and int8 in a process whose oneDNN is capped (oneDNN reads the cap
@@ -96,7 +148,7 @@ print(json.dumps({"steps": steps, "dtype": str(int8.dtype), "mean": float(np.mea
 
 
 @pytest.mark.skipif(quantize.weight_steps() is None, reason="int8 needs AVX2, which this CPU lacks")
-@pytest.mark.parametrize("cap", ["AVX2", "AVX512_CORE_BF16"])
+@pytest.mark.parametrize("cap", ["AVX2", "AVX2_VNNI", "AVX512_CORE_BF16"])
 def test_int8_runs_with_onednn_capped(
     tiny_model_dir: Path, sts_sentences: list[str], monkeypatch: pytest.MonkeyPatch, cap: str
 ) -> None:
@@ -104,8 +156,9 @@ def test_int8_runs_with_onednn_capped(
 
     Under AVX2 on a CPU with VNNI, int8 used to round its weights to 8 bits for kernels that
     sum pairs in 16 bits (the probe then refused int8, naming torch); under AVX2_VNNI it wrote
-    bf16 from oneDNN's reference kernel (7.7 s a product). AVX512_CORE_BF16 is what AMD Zen 4
-    and 5 have. On a CPU with no more than the cap, the child runs as this process does.
+    bf16 from oneDNN's reference kernel (7.7 s a product for MiniLM's shapes). AVX512_CORE_BF16
+    is what AMD Zen 4 and 5 have. On a CPU with no more than the cap, the child runs as this
+    process does.
     """
     environment = {name: value for name, value in os.environ.items() if name != "DNNL_MAX_CPU_ISA"}
     child = subprocess.run(
@@ -118,7 +171,7 @@ def test_int8_runs_with_onednn_capped(
     )
     assert child.returncode == 0, child.stderr[-3000:]
     printed = json.loads(child.stdout.strip().splitlines()[-1])
-    flags = _platform._flags_under(cap)
+    flags = frozenset(flag for flag in _platform.hardware_flags() if not flag.startswith(_ABOVE[cap]))
     assert printed["steps"] == [quantize.weight_steps(flags)]
     assert printed["dtype"] == str(quantize.activation_dtype(flags))
     # The tiny model's int8 against its fp32, as test_int8 holds it uncapped.

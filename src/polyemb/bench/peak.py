@@ -40,7 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from polyemb._platform import available_cpus, cpu_flags, cpuinfo_field
+from polyemb._platform import available_cpus, cpuinfo_field, hardware_flags
 
 if TYPE_CHECKING:
     from polyemb.bench.encode import ScenarioResult
@@ -76,8 +76,12 @@ def _fp32_per_cycle(flags: frozenset[str]) -> int:
 
 
 def flops_per_cycle(precision: str, flags: frozenset[str] | None = None) -> int:
-    """FLOPs per core per cycle for ``precision`` on a CPU with ``flags`` (this CPU's by default)."""
-    flags = cpu_flags() if flags is None else flags
+    """FLOPs per core per cycle for ``precision`` on a CPU with ``flags``.
+
+    This CPU's own flags by default, whatever oneDNN's cap (``ONEDNN_MAX_CPU_ISA``): the peak
+    is the CPU's, and the peers' kernels (MKL, ONNX Runtime, OpenVINO) are not capped by it.
+    """
+    flags = hardware_flags() if flags is None else flags
     fp32 = _fp32_per_cycle(flags)
     if precision in ("bf16", "fp16"):
         amx, vector = ("amx_bf16", "avx512_bf16") if precision == "bf16" else ("amx_fp16", "avx512_fp16")

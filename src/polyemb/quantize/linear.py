@@ -12,7 +12,7 @@ import warnings
 
 import torch
 
-from polyemb._platform import cpu_flags, has_bf16_units
+from polyemb._platform import cpu_flags, hardware_flags, has_bf16_units, onednn_cap
 from polyemb.errors import InvalidInputError
 from polyemb.kernels import Activation, probe_linear
 
@@ -50,12 +50,13 @@ def activation_dtype(flags: frozenset[str] | None = None) -> torch.dtype:
 def weight_steps(flags: frozenset[str] | None = None) -> int | None:
     """The largest int8 weight this CPU's products take without saturating; None where int8 cannot run.
 
-    127 with AVX-512 VNNI or AMX (u8 x s8 summed into 32 bits); 63 with AVX2 alone (each pair
-    of u8 x s8 products summed in 16 bits first: 2 x 255 x 63 = 32,130 <= 32,767); None
-    without AVX2. ``flags``: the CPU's feature flags (this CPU's when None).
+    127 with AVX-512 VNNI, AVX-VNNI or AMX (u8 x s8 summed into 32 bits); 63 with AVX2 alone
+    (each pair of u8 x s8 products summed in 16 bits first: 2 x 255 x 63 = 32,130 <= 32,767);
+    None without AVX2. ``flags``: the CPU's feature flags (this CPU's, under oneDNN's cap, when
+    None).
     """
     flags = cpu_flags() if flags is None else flags
-    if "avx512_vnni" in flags or "amx_int8" in flags:
+    if flags & {"avx512_vnni", "avx_vnni", "amx_int8"}:
         return 127
     return 63 if "avx2" in flags else None
 
@@ -67,6 +68,12 @@ def check_int8_supported(device: torch.device) -> None:
             f"precision='int8' runs on the CPU only (device {device}); on a GPU use 'fp16' or 'bf16'"
         )
     if weight_steps() is None:
+        if onednn_cap() and weight_steps(hardware_flags()) is not None:
+            raise InvalidInputError(
+                f"precision='int8' needs AVX2, and oneDNN is capped below it here "
+                f"(ONEDNN_MAX_CPU_ISA or DNNL_MAX_CPU_ISA: {onednn_cap()}). Lift the cap, or use "
+                f"'bf16' or 'fp32'"
+            )
         raise InvalidInputError(
             "precision='int8' needs a CPU with AVX2 (fastest with AVX-512 VNNI: Intel Cascade Lake "
             "and later, AMD Zen 4 and later); this CPU has neither. Use 'bf16' or 'fp32'"
