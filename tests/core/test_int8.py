@@ -141,6 +141,7 @@ def merge(parts: Iterable[StsData]) -> StsData:
 
 def test_int8_is_refused_without_avx2(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(int8_layer, "cpu_flags", lambda: frozenset({"sse4_2", "avx"}))
+    monkeypatch.setattr(int8_layer, "onednn_cap", lambda: "")  # the CPU lacks AVX2, not a cap
     with pytest.raises(InvalidInputError, match="needs a CPU with AVX2.*Use 'bf16' or 'fp32'"):
         polyemb.load(tiny_model_dir, precision="int8")
 

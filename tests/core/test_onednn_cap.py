@@ -33,8 +33,15 @@ def _forget() -> None:
 
 
 def _cap(monkeypatch: pytest.MonkeyPatch, value: str, variable: str = "ONEDNN_MAX_CPU_ISA") -> None:
+    """polyemb reads ``value`` as the cap; the environment is then cleared again, before oneDNN reads it.
+
+    oneDNN reads the cap at its first use and keeps it for the process: a cap it saw here would
+    stay for every later test (capped kernels under 8-bit weights).
+    """
     monkeypatch.setenv(variable, value)
     _forget()
+    _platform.onednn_cap()
+    monkeypatch.delenv(variable)
 
 
 @pytest.fixture
@@ -80,6 +87,7 @@ def test_a_cap_leaves_out_the_flags_above_it(
 def test_the_older_variable_counts_and_the_newer_wins(xeon: None, monkeypatch: pytest.MonkeyPatch) -> None:
     _cap(monkeypatch, "AVX2", "DNNL_MAX_CPU_ISA")
     assert _platform.onednn_cap() == "AVX2" and "avx512f" not in _platform.cpu_flags()
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", "AVX2")
     _cap(monkeypatch, "AVX512_CORE_BF16")
     assert _platform.onednn_cap() == "AVX512_CORE_BF16" and "avx512_bf16" in _platform.cpu_flags()
 
@@ -88,6 +96,7 @@ def test_the_cap_is_read_once_as_onednn_reads_it(xeon: None, monkeypatch: pytest
     assert _platform.onednn_cap() == ""
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # too late: oneDNN would not see it either
     assert _platform.onednn_cap() == "" and "amx_int8" in _platform.cpu_flags()
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")  # before anything here starts oneDNN
     _cap(monkeypatch, " AVX2")  # oneDNN takes no spaces
     assert _platform.onednn_cap() == "" and "amx_int8" in _platform.cpu_flags()
 

@@ -79,7 +79,8 @@ def flops_per_cycle(precision: str, flags: frozenset[str] | None = None) -> int:
     """FLOPs per core per cycle for ``precision`` on a CPU with ``flags``.
 
     This CPU's own flags by default, whatever oneDNN's cap (``ONEDNN_MAX_CPU_ISA``): the peak
-    is the CPU's, and the peers' kernels (MKL, ONNX Runtime, OpenVINO) are not capped by it.
+    is the CPU's, and not every side is capped (MKL and ONNX Runtime ignore the cap; torch's
+    oneDNN and OpenVINO's take it).
     """
     flags = hardware_flags() if flags is None else flags
     fp32 = _fp32_per_cycle(flags)
