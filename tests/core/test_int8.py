@@ -13,7 +13,7 @@ import torch
 
 import polyemb
 from polyemb import batching, quantize
-from polyemb._platform import cpu_flags
+from polyemb._platform import cpu_flags, has_bf16_units
 from polyemb.errors import InvalidInputError
 from polyemb.kernels import probe_linear
 from polyemb.quantize import calibration
@@ -688,8 +688,10 @@ def test_layers_that_share_a_quantization_cache_share_one_smoothing_factor() -> 
     # A cache hit reads the input as the first layer divided it: the same product.
     x = torch.randn(6, 16, generator=torch.Generator().manual_seed(5)) * torch.linspace(1.0, 30.0, 16)
     reference = linear(x).detach()
+    # Within int8's rounding: 0.03 of the output's scale with 8-bit weights, twice that with the
+    # 7-bit ones of CPUs without VNNI (their steps are twice as wide).
     for layer in layers[:3]:  # the first quantizes, the next two hit the cache
-        assert float((layer(x) - reference).abs().max() / reference.abs().max()) < 0.03
+        assert float((layer(x) - reference).abs().max() / reference.abs().max()) < 0.03 * 127 / layer.steps
 
 
 @needs_int8
@@ -721,6 +723,8 @@ def test_the_float_channels_read_the_block_input_as_smoothed() -> None:
 @needs_int8
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_an_int8_product_adds_a_residual_as_its_last_step(dtype: torch.dtype) -> None:
+    if dtype == torch.bfloat16 and not has_bf16_units():
+        pytest.skip("int8 writes bf16 only on CPUs with bf16 units (activation_dtype); no such kernel here")
     assert int8_layer._adds_residual()
     generator = torch.Generator().manual_seed(7)
     up, down_linear = probe_linear(32, 64), probe_linear(64, 24)
