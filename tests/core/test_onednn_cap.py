@@ -19,8 +19,6 @@ from polyemb.attention import pays_off
 from polyemb.bench.peak import flops_per_cycle
 from polyemb.errors import InvalidInputError
 
-_ABOVE = _platform._ABOVE_ONEDNN_CAP
-
 # An Intel Xeon with AMX (Sapphire Rapids), as /proc/cpuinfo lists its flags (those that matter).
 _XEON = "sse4_2 avx avx2 fma avx512f avx512dq avx512cd avx512bw avx512vl avx512_vnni avx512_bf16 avx_vnni "
 _XEON += "avx512_fp16 amx_tile amx_bf16 amx_int8"
@@ -180,7 +178,7 @@ def test_int8_runs_with_onednn_capped(
     )
     assert child.returncode == 0, child.stderr[-3000:]
     printed = json.loads(child.stdout.strip().splitlines()[-1])
-    flags = frozenset(flag for flag in _platform.hardware_flags() if not flag.startswith(_ABOVE[cap]))
+    flags = _platform._flags_under(cap)  # this CPU's flags under the cap the child ran with
     assert printed["steps"] == [quantize.weight_steps(flags)]
     assert printed["dtype"] == str(quantize.activation_dtype(flags))
     # The tiny model's int8 against its fp32, as test_int8 holds it uncapped.

@@ -69,6 +69,7 @@ vectors are approximate, as bf16 ones. The fixed ranges depend only on the model
 ``max_seq_length``) and this CPU's arithmetic.
 """
 
+from polyemb.quantize.activations import FloatChannels, Quantized, SharedInput, quantize_rows
 from polyemb.quantize.calibration import (
     LINKED_MIN_COSINE,
     OUTLIER_FACTOR,
@@ -78,17 +79,7 @@ from polyemb.quantize.calibration import (
     outlier_channels,
     smooth_inputs,
 )
-from polyemb.quantize.linear import (
-    FloatChannels,
-    Int8Linear,
-    Quantized,
-    SharedInput,
-    activation_dtype,
-    check_int8_supported,
-    link,
-    quantize_rows,
-    weight_steps,
-)
+from polyemb.quantize.linear import Int8Linear, activation_dtype, check_int8_supported, link, weight_steps
 from polyemb.quantize.model import linked_pairs, quantize_linears
 
 __all__ = [

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from polyemb.errors import InvalidInputError
-from polyemb.quantize.linear import FloatChannels, Int8Linear, link
+from polyemb.quantize.activations import FloatChannels
+from polyemb.quantize.linear import Int8Linear, link
 from polyemb.quantize.model import linked_pairs
 from polyemb.similarity import cosine
 

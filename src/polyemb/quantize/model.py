@@ -10,7 +10,8 @@ import torch
 
 from polyemb.errors import InvalidInputError
 from polyemb.kernels import gelu_dense, replace_module
-from polyemb.quantize.linear import Int8Linear, SharedInput
+from polyemb.quantize.activations import SharedInput
+from polyemb.quantize.linear import Int8Linear
 
 __all__ = ["linked_pairs", "quantize_linears"]
 
