@@ -23,10 +23,7 @@ import torch
 from polyemb import chunks, finding, kernels, loading, quantize, windows
 from polyemb._platform import (
     available_cpus,
-    hardware_flags,
-    has_bf16_units,
     keep_heap_between_batches,
-    onednn_cap,
     release_free_memory,
 )
 from polyemb.batching import (
@@ -437,17 +434,7 @@ def load(
     """
     torch_device = loading.resolve_device(device)
     dtype = loading.resolve_dtype(precision, torch_device)
-    if precision == "int8":
-        quantize.check_int8_supported(torch_device)
-    if precision == "bf16" and torch_device.type == "cpu" and not has_bf16_units():
-        capped = bool(onednn_cap()) and has_bf16_units(hardware_flags())
-        logger.warning(
-            "precision='bf16' %s runs on torch's generic kernels, far slower than fp32 "
-            "(all-MiniLM-L6-v2 on an AMD EPYC Zen 3: 0.15x); use 'fp32', or 'int8' for speed",
-            f"with oneDNN capped at {onednn_cap()}, below this CPU's bfloat16 units,"
-            if capped
-            else "on a CPU without bfloat16 units (AVX512-BF16 or AMX)",
-        )
+    loading.check_precision(precision, torch_device)
     prepared = prepare(model, max_seq_length, revision, local_files_only)
     long_text_setting(
         long_texts, stride, prepared.max_seq_length, prepared.specials

@@ -374,7 +374,7 @@ def test_bf16_on_cpu_pools_in_float32(tiny_model_dir: Path) -> None:
 def test_bf16_on_a_cpu_without_bf16_units_warns_that_it_is_slow(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, units: bool
 ) -> None:
-    monkeypatch.setattr(polyemb.encoder, "has_bf16_units", lambda flags=None: units)
+    monkeypatch.setattr(polyemb.loading, "has_bf16_units", lambda flags=None: units)
     with caplog.at_level(logging.WARNING, logger="polyemb"):
         encoder = polyemb.load(tiny_model_dir, precision="bf16")
         polyemb.load(tiny_model_dir, precision="fp32")

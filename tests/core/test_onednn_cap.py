@@ -122,14 +122,14 @@ def test_refusals_and_warnings_name_the_cap_where_it_is_the_cause(
     with pytest.raises(InvalidInputError, match="oneDNN is capped below it here .*AVX.*Lift the cap"):
         quantize.check_int8_supported(torch.device("cpu"))
     _cap(monkeypatch, "AVX2")
-    with caplog.at_level(logging.WARNING, logger="polyemb.encoder"):
+    with caplog.at_level(logging.WARNING, logger="polyemb.loading"):
         polyemb.load(tiny_model_dir, precision="bf16")
     assert "with oneDNN capped at AVX2, below this CPU's bfloat16 units" in caplog.text
     # A CPU without the instructions, no cap: the warning and the refusal say the CPU lacks them.
     monkeypatch.setattr(_platform, "_cpuinfo", lambda: {"flags": "sse4_2 avx"})
     _cap(monkeypatch, "DEFAULT")
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="polyemb.encoder"):
+    with caplog.at_level(logging.WARNING, logger="polyemb.loading"):
         polyemb.load(tiny_model_dir, precision="bf16")
     assert "on a CPU without bfloat16 units" in caplog.text and "capped" not in caplog.text
     with pytest.raises(InvalidInputError, match="this CPU has neither"):
