@@ -183,3 +183,48 @@ def test_int8_runs_with_onednn_capped(
     assert printed["dtype"] == str(quantize.activation_dtype(flags))
     # The tiny model's int8 against its fp32, as test_int8 holds it uncapped.
     assert printed["mean"] > 0.99 and printed["min"] > 0.95
+
+
+# Runs int8's saturation probe in a process whose oneDNN is capped at AVX2 (kernels that sum each
+# pair of u8 x s8 products in 16 bits), with the weight steps polyemb chooses, then with 8-bit
+# ones as if it could not see the cap; prints each product's error and whether int8 is allowed.
+_SATURATION_CHILD = """
+import json
+import torch
+from polyemb.quantize import linear
+with torch.inference_mode():
+    errors = {}
+    for seen in ("cap", "no cap"):
+        if seen == "no cap":  # a cap set where polyemb cannot read it: the CPU's own flags
+            linear.cpu_flags = lambda: frozenset({"avx2", "avx512f", "avx512_vnni"})
+        got, expected = linear._saturation_probe()
+        errors[seen] = [linear.weight_steps(), float((got - expected).abs().max() / expected.abs().max())]
+    print(json.dumps({"errors": errors, "supported": linear._supported()}))
+"""
+
+
+@pytest.mark.skipif(quantize.weight_steps() is None, reason="int8 needs AVX2, which this CPU lacks")
+def test_the_probe_refuses_int8_where_products_saturate_and_polyemb_cannot_see_why() -> None:
+    """8-bit weights on kernels that sum pairs in 16 bits: the probe's product is off far past its tolerance.
+
+    polyemb chooses 7-bit weights for such kernels from the flags under oneDNN's cap; a cap set
+    where it cannot see it (in oneDNN's API, by another library in the process) would leave it
+    8-bit weights. The saturation probe then must refuse int8 by itself, with room to spare: off
+    by about 0.2 against a tolerance of 0.05 (its earlier product, absolute values of normal
+    draws, was off by 0.005 and passed; another probe caught it), while the 7-bit weights
+    polyemb chooses there are within 0.01.
+    """
+    environment = {name: value for name, value in os.environ.items() if name != "DNNL_MAX_CPU_ISA"}
+    child = subprocess.run(
+        [sys.executable, "-c", _SATURATION_CHILD],
+        env={**environment, "ONEDNN_MAX_CPU_ISA": "AVX2"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert child.returncode == 0, child.stderr[-3000:]
+    printed = json.loads(child.stdout.strip().splitlines()[-1])
+    (steps, error), (unseen_steps, unseen_error) = printed["errors"]["cap"], printed["errors"]["no cap"]
+    assert steps == 63 and error < 0.01
+    assert unseen_steps == 127 and unseen_error > 0.15
+    assert printed["supported"] is False
