@@ -434,7 +434,7 @@ def load(
     """
     torch_device = loading.resolve_device(device)
     dtype = loading.resolve_dtype(precision, torch_device)
-    loading.check_precision(precision, torch_device)
+    loading.check_precision_runs_here(precision, torch_device)
     prepared = prepare(model, max_seq_length, revision, local_files_only)
     long_text_setting(
         long_texts, stride, prepared.max_seq_length, prepared.specials

@@ -1,4 +1,4 @@
-"""A model's files -> weights, tokenizer, sentence-transformers settings, device and dtype.
+"""A model's files -> weights, tokenizer, sentence-transformers settings, device and dtype (and its checks).
 
 Everything about *reading* a model lives here (finding its files: :mod:`polyemb.finding`); the
 encoder only runs it.
@@ -28,7 +28,7 @@ from polyemb.quantize import activation_dtype, check_int8_supported
 
 __all__ = [
     "ModelSpec",
-    "check_precision",
+    "check_precision_runs_here",
     "load_config",
     "load_tokenizer",
     "load_transformer",
@@ -197,7 +197,7 @@ def resolve_dtype(precision: Precision, device: torch.device) -> torch.dtype:
     return _DTYPES[precision]
 
 
-def check_precision(precision: Precision, device: torch.device) -> None:
+def check_precision_runs_here(precision: Precision, device: torch.device) -> None:
     """Refuse int8 where it cannot run (``quantize.check_int8_supported``), and warn where bf16 is slow.
 
     bf16 on a CPU without bfloat16 units (or with oneDNN capped below them) runs on torch's

@@ -84,12 +84,13 @@ def _supported() -> bool:
     try:
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_DEPRECATION)
-            # The feed-forward block's product as int8 runs it: GELU fused, writing the dtype of
-            # the activations (bf16 where the CPU has bf16 units; elsewhere oneDNN writes bf16 only
-            # on its reference kernel, 8 ms for this probe under AVX2_VNNI, and int8 never asks).
+            # The products as int8 runs them (quantize_linears): the plain ones write the
+            # activations' dtype (bf16 only where the CPU has bf16 units: elsewhere oneDNN writes
+            # bf16 on its reference kernel alone, 8 ms for this probe under AVX2_VNNI), the
+            # feed-forward block, its GELU fused, float32 (u8 once linked, below).
             probes: tuple[tuple[Activation, torch.dtype], ...] = (
-                ("none", torch.float32),
-                ("gelu", activation_dtype()),
+                ("none", activation_dtype()),
+                ("gelu", torch.float32),
             )
             for activation, out_dtype in probes:
                 expected = linear(x)
@@ -109,8 +110,9 @@ def _supported() -> bool:
             # Inputs and weights all in [0.5, 1]: with 8-bit weights nearly every u8 x s8 pair sum
             # is beyond 16 bits, so a kernel that sums pairs in 16 bits where weight_steps() took
             # it not to (a cap polyemb cannot see) is off by about 0.2, a kernel that does not
-            # saturate by 0.002 (tests/core/test_onednn_cap.py). Absolute values of normal draws
-            # were off by 0.005 there (0.06 at worst over 20 draws): within the tolerance.
+            # saturate by 0.002 (tests/core/test_onednn_cap.py). Absolute values of normal draws,
+            # this probe before, were off by 0.005 at its draw (passed; the first probe refused)
+            # and by 0.02 to 0.06 at others, either side of the tolerance.
             if not _close(*_saturation_probe()):
                 return False
     except (RuntimeError, AttributeError, NotImplementedError) as exc:
@@ -141,8 +143,10 @@ def _adds_residual() -> bool:
     linear = probe_linear(48, 40)
     generator = torch.Generator().manual_seed(2)
     x = torch.randn(3, 5, 48, generator=generator)
-    residual = torch.randn(3, 5, 40, generator=generator)
-    layer = Int8Linear(linear, rows=16, out_dtype=torch.float32)
+    # In the dtype the residual products write (DenseAddNorm: the activations').
+    dtype = activation_dtype()
+    residual = torch.randn(3, 5, 40, generator=generator).to(dtype)
+    layer = Int8Linear(linear, rows=16, out_dtype=dtype)
     try:
         with torch.inference_mode():
             got, expected = layer._product(x, residual), layer(x) + residual
