@@ -725,7 +725,7 @@ def test_the_float_channels_read_the_block_input_as_smoothed() -> None:
 def test_an_int8_product_adds_a_residual_as_its_last_step(dtype: torch.dtype) -> None:
     if dtype == torch.bfloat16 and not has_bf16_units():
         pytest.skip("int8 writes bf16 only on CPUs with bf16 units (activation_dtype); no such kernel here")
-    assert int8_layer._adds_residual()
+    assert int8_layer._adds_residual(dtype)
     generator = torch.Generator().manual_seed(7)
     up, down_linear = probe_linear(32, 64), probe_linear(64, 24)
     x = torch.randn(3, 5, 32, generator=generator)
@@ -761,7 +761,7 @@ def test_int8_blocks_add_their_residuals_in_the_products_after_calibration(
         for output in (layer.attention.output, layer.output):
             assert isinstance(output, kernels.DenseAddNorm) and isinstance(output.dense, quantize.Int8Linear)
     # Calibration ran before the blocks were fused: it fixed the same ranges either way.
-    monkeypatch.setattr(int8_layer, "_adds_residual", lambda: False)
+    monkeypatch.setattr(int8_layer, "_adds_residual", lambda dtype: False)
     unfused = polyemb.load(tiny_model_dir, precision="int8")
     assert not isinstance(unfused._model.encoder.layer[0].output, kernels.DenseAddNorm)
     for fused_layer, layer in zip(int8._model.encoder.layer, unfused._model.encoder.layer, strict=True):
@@ -825,6 +825,21 @@ def test_the_residual_probes_run_once_without_recursing(caplog: pytest.LogCaptur
     int8_layer._adds_residual.cache_clear()
     kernels._adds_residual.cache_clear()
     with caplog.at_level("INFO"):
-        assert int8_layer._adds_residual()
+        assert int8_layer._adds_residual(quantize.activation_dtype())
         assert kernels._adds_residual(torch.float32) == kernels.supports(torch.float32)
     assert "not usable" not in caplog.text and "recursion" not in caplog.text
+
+
+@needs_int8
+def test_a_layer_adds_its_residual_in_the_product_where_the_probe_passed_for_its_own_dtype(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The probe runs per output dtype, so one dtype's kernel does not vouch for another's.
+
+    A float32 layer on a CPU with bf16 units (``quantize_linears`` on a float32 model) is not
+    vouched for by the bf16 probe that ``polyemb.load``'s layers pass, nor the other way round.
+    """
+    monkeypatch.setattr(int8_layer, "_adds_residual", lambda dtype: dtype == torch.float32)
+    linear = probe_linear(16, 8)
+    assert quantize.Int8Linear(linear, rows=4, out_dtype=torch.float32, steps=63).takes_residual
+    assert not quantize.Int8Linear(linear, rows=4, out_dtype=torch.bfloat16, steps=63).takes_residual
