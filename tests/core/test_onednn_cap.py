@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -136,6 +137,21 @@ def test_refusals_and_warnings_name_the_cap_where_it_is_the_cause(
         quantize.check_int8_supported(torch.device("cpu"))
 
 
+def _run_capped(cap: str, program: str, *args: str, stdin: str | None = None) -> Any:
+    """Run ``program`` in a child process whose oneDNN is capped at ``cap``; its last output line, as JSON."""
+    environment = {name: value for name, value in os.environ.items() if name != "DNNL_MAX_CPU_ISA"}
+    child = subprocess.run(
+        [sys.executable, "-c", program, *args],
+        input=stdin,
+        env={**environment, "ONEDNN_MAX_CPU_ISA": cap},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert child.returncode == 0, child.stderr[-3000:]
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
 # Loads the tiny model in fp32 and int8 in a process whose oneDNN is capped (oneDNN reads the cap
 # once, at its first use), and prints the int8 layers' weight steps, the activations' dtype and
 # the row cosines to fp32.
@@ -167,17 +183,7 @@ def test_int8_runs_with_onednn_capped(
     is what AMD Zen 4 and 5 have. On a CPU with no more than the cap, the child runs as this
     process does.
     """
-    environment = {name: value for name, value in os.environ.items() if name != "DNNL_MAX_CPU_ISA"}
-    child = subprocess.run(
-        [sys.executable, "-c", _CAPPED_CHILD, str(tiny_model_dir)],
-        input=json.dumps(sts_sentences[:200]),
-        env={**environment, "ONEDNN_MAX_CPU_ISA": cap},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert child.returncode == 0, child.stderr[-3000:]
-    printed = json.loads(child.stdout.strip().splitlines()[-1])
+    printed = _run_capped(cap, _CAPPED_CHILD, str(tiny_model_dir), stdin=json.dumps(sts_sentences[:200]))
     flags = _platform._flags_under(cap)  # this CPU's flags under the cap the child ran with
     assert printed["steps"] == [quantize.weight_steps(flags)]
     assert printed["dtype"] == str(quantize.activation_dtype(flags))
@@ -215,16 +221,7 @@ def test_the_probe_refuses_int8_where_products_saturate_and_polyemb_cannot_see_w
     draws, was off by 0.005 and passed; another probe caught it), while the 7-bit weights
     polyemb chooses there are within 0.01.
     """
-    environment = {name: value for name, value in os.environ.items() if name != "DNNL_MAX_CPU_ISA"}
-    child = subprocess.run(
-        [sys.executable, "-c", _SATURATION_CHILD],
-        env={**environment, "ONEDNN_MAX_CPU_ISA": "AVX2"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert child.returncode == 0, child.stderr[-3000:]
-    printed = json.loads(child.stdout.strip().splitlines()[-1])
+    printed = _run_capped("AVX2", _SATURATION_CHILD)
     (steps, error), (unseen_steps, unseen_error) = printed["errors"]["cap"], printed["errors"]["no cap"]
     assert steps == 63 and error < 0.01
     assert unseen_steps == 127 and unseen_error > 0.15

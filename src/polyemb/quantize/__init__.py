@@ -24,9 +24,9 @@ Zen 4, the 7-bit weights on a Zen 3; docs/performance.md has the commands and fi
   them (AMD Zen 2 and 3, Intel Haswell to Skylake), whose kernels sum each pair of products in
   16 bits first: 2 x 255 x 63 = 32,130 fits there, where 8-bit weights saturate (an
   all-positive product, 2,048 x 384 x 384, was off by 7% of its scale with 8 bits on an AMD
-  EPYC Zen 3, 0.2% with 7;
-  :func:`weight_steps`). int8 is refused on CPUs without AVX2. The flags read are those oneDNN
-  may use: a cap in ``ONEDNN_MAX_CPU_ISA`` counts (:func:`polyemb._platform.cpu_flags`).
+  EPYC Zen 3, 0.2% with 7; :func:`weight_steps`). int8 is refused on CPUs without AVX2. The
+  flags read are those oneDNN may use: a cap in ``ONEDNN_MAX_CPU_ISA`` counts
+  (:func:`polyemb._platform.cpu_flags`).
 - Kept int8 between layers: each feed-forward block writes its output as u8 over a range fixed
   at load time (:func:`calibrate`, on 88 sentences written for it in 11 languages,
   :mod:`polyemb.quantize.sentences`), which its down-projection reads as it is: no float32 output of

@@ -152,7 +152,8 @@ def _adds_residual(dtype: torch.dtype) -> bool:
         with torch.inference_mode():
             got, expected = layer._product(x, residual), layer(x) + residual
     except (RuntimeError, AttributeError, NotImplementedError) as exc:
-        # As in _supported(): a torch without this operator keeps the add as a step of its own.
+        # As in _supported(): a torch without this operator, or a dtype it has no kernel for
+        # here (bf16 without bf16 units), keeps the add as a step of its own.
         logger.info("oneDNN int8 product with an added residual not usable (%s)", exc)
         return False
     return _close(got, expected)
