@@ -6,6 +6,7 @@ encoder only runs it.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from collections.abc import Callable
@@ -296,6 +297,10 @@ def load_transformer(
     ):
         raise ModelLoadError(f"no model.safetensors or pytorch_model.bin in {folder}")
 
+    # Mean pooling reads the last hidden states only: a pooler (BERT's dense layer and tanh over
+    # the first token) would run on every batch for nothing.
+    no_pooler = {"add_pooling_layer": False} if _takes_pooling_argument(config) else {}
+
     def load(implementation: str) -> torch.nn.Module:
         model: torch.nn.Module = quiet_transformers(
             lambda: AutoModel.from_pretrained(
@@ -306,6 +311,7 @@ def load_transformer(
                 trust_remote_code=False,
                 local_files_only=True,
                 weights_only=True,
+                **no_pooler,
             )
         )
         return model
@@ -344,19 +350,39 @@ def _refuses_attention(exc: ValueError, implementation: str) -> bool:
     return implementation in message or "does not support an attention implementation" in message
 
 
+def _model_class(config: Any) -> type | None:
+    """The transformers class ``AutoModel`` loads for ``config``; None where it has none."""
+    from transformers import AutoModel
+
+    try:
+        model_class: type = AutoModel._model_mapping[type(config)]
+    except (KeyError, AttributeError, ValueError):
+        return None
+    return model_class
+
+
+def _takes_pooling_argument(config: Any) -> bool:
+    """Whether the model class for ``config`` can be built without its pooler (``add_pooling_layer``).
+
+    Those classes (BERT, XLM-RoBERTa, MPNet, ...) check for a missing pooler in their forward;
+    others are loaded as they are.
+    """
+    model_class = _model_class(config)
+    if model_class is None:
+        return False
+    try:
+        return "add_pooling_layer" in inspect.signature(model_class).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _takes_registered_attention(config: Any) -> bool:
     """Whether the model class for ``config`` runs attention through transformers' registry.
 
     Classes that do not (MPNet, DeBERTa-v2) would load under a registered name and run their own
     attention: they keep SDPA or eager, as before.
     """
-    from transformers import AutoModel
-
-    try:
-        model_class = AutoModel._model_mapping[type(config)]
-    except (KeyError, AttributeError, ValueError):
-        return False
-    return bool(getattr(model_class, "_supports_attention_backend", False))
+    return bool(getattr(_model_class(config), "_supports_attention_backend", False))
 
 
 _T = TypeVar("_T")

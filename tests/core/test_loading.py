@@ -48,6 +48,24 @@ def test_minilm_settings(minilm_encoder: polyemb.Encoder) -> None:
     assert minilm_encoder.normalizes  # its modules.json ends in Normalize
 
 
+def test_the_pooler_is_not_built(tiny_encoder: polyemb.Encoder, minilm_encoder: polyemb.Encoder) -> None:
+    # Mean pooling reads the last hidden states only; XLM-RoBERTa's and BERT's pooler (a dense
+    # layer over the first token) would run on every batch and be thrown away.
+    for encoder in (tiny_encoder, minilm_encoder):
+        model = encoder._model
+        assert hasattr(model, "pooler") and model.pooler is None, type(model).__name__
+        assert not any("pooler" in name for name, _ in model.named_parameters())
+
+
+def test_a_class_without_a_pooler_argument_loads_as_it_is() -> None:
+    from transformers import BertConfig, DistilBertConfig, XLMRobertaConfig
+
+    assert loading._takes_pooling_argument(BertConfig())
+    assert loading._takes_pooling_argument(XLMRobertaConfig())
+    # DistilBERT has no pooler and its class takes no such argument: passing one would fail.
+    assert not loading._takes_pooling_argument(DistilBertConfig())
+
+
 def test_max_seq_length_override_and_limit(tiny_model_dir: Path) -> None:
     assert polyemb.load(tiny_model_dir, max_seq_length=16).max_seq_length == 16
     assert polyemb.load(tiny_model_dir, max_seq_length=128).max_seq_length == 128
