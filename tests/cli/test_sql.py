@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -52,6 +54,56 @@ def test_json_is_strict_and_blobs_read_as_duckdb_writes_them(
     assert row == {"x": None, "y": [None, 1.5], "z": {"z": None}, "b": "\\xAAa\\x27\\x00"}
     assert main(["sql", "--csv", "-m", str(tiny_model_dir), query]) == 0
     assert capsys.readouterr().out.splitlines()[1].endswith(",\\xAAa\\x27\\x00")
+
+
+def test_json_and_csv_across_fetched_chunks(tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # More rows than one fetch (_CHUNK_ROWS), one statement with no rows, the same text as before.
+    from polyemb.cli.sql import _CHUNK_ROWS
+
+    n = 2 * _CHUNK_ROWS + 7
+    query = f"SELECT i, 'row ' || i AS t FROM range({n}) r(i) ORDER BY i"
+    assert main(["sql", "--json", "-m", str(tiny_model_dir), query]) == 0
+    out = capsys.readouterr().out
+    rows = [{"i": i, "t": f"row {i}"} for i in range(n)]
+    assert out == json.dumps(rows, ensure_ascii=False) + "\n"
+    assert main(["sql", "--csv", "-m", str(tiny_model_dir), query]) == 0
+    assert capsys.readouterr().out.splitlines() == ["i,t", *(f"{i},row {i}" for i in range(n))]
+    assert main(["sql", "--json", "-m", str(tiny_model_dir), "SELECT 1 AS i WHERE false"]) == 0
+    assert capsys.readouterr().out == "[]\n"
+
+
+class _Sink(io.TextIOBase):
+    """A stdout that keeps no text: how many characters came, and the last few."""
+
+    def __init__(self) -> None:
+        self.size, self.tail = 0, ""
+
+    def write(self, text: str) -> int:
+        self.size += len(text)
+        self.tail = (self.tail + text)[-40:]
+        return len(text)
+
+
+@pytest.mark.parametrize("output", ["--csv", "--json"])
+def test_a_large_result_is_written_without_holding_it_whole(
+    tiny_model_dir: Path, output: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 400,000 rows fetched at once (what sql did) held 62 MiB of Python objects at the peak: the
+    # output is written a chunk of rows at a time instead (7 MiB, 4 of them the imports and the
+    # model). --cache-mb 0: the embedding cache's slots are Python objects too.
+    sink = _Sink()
+    monkeypatch.setattr("sys.stdout", sink)
+    query = "SELECT i, 'row number ' || i AS t FROM range(400000) r(i) ORDER BY i"
+    tracemalloc.start()
+    try:
+        assert main(["sql", output, "--cache-mb", "0", "-m", str(tiny_model_dir), query]) == 0
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    last = "399999,row number 399999\n" if output == "--csv" else '"row number 399999"}]\n'
+    assert sink.tail.endswith(last)
+    assert sink.size > 9_000_000
+    assert peak < 20 * 2**20, f"{peak / 2**20:.0f} MiB held at once"
 
 
 def test_help_names_every_function_registered(capsys: pytest.CaptureFixture[str]) -> None:

@@ -198,7 +198,7 @@ def _run_statements(con: Any, text: str, args: argparse.Namespace) -> None:
     for statement in statements:
         try:
             if _returns_rows(statement):
-                _print_result(con.sql(statement.query), args)
+                _print_result(con, statement.query, args)
             else:
                 con.execute(statement.query)
         except duckdb.Error as exc:
@@ -268,22 +268,41 @@ def _read_sql(path: str) -> str:
         ) from exc
 
 
-def _print_result(relation: Any, args: argparse.Namespace) -> None:
-    if relation is None:
-        return
+def _print_result(con: Any, query: str, args: argparse.Namespace) -> None:
     if args.format == "table":
-        width = args.max_width or shutil.get_terminal_size(fallback=(120, 24)).columns
-        relation.show(max_rows=args.max_rows, max_width=width)
+        relation = con.sql(query)
+        if relation is not None:
+            width = args.max_width or shutil.get_terminal_size(fallback=(120, 24)).columns
+            relation.show(max_rows=args.max_rows, max_width=width)
         return
-    columns = relation.columns
-    rows = relation.fetchall()
+    con.execute(query)
+    if con.description is None:
+        return
+    columns = [column[0] for column in con.description]
     if args.format == "csv":
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(columns)
-        writer.writerows([_plain(v) for v in row] for row in rows)
-    else:
-        names = _unique_names(columns)
-        print(_json([dict(zip(names, row, strict=True)) for row in rows]))
+        for rows in _chunks(con):
+            writer.writerows([_plain(v) for v in row] for row in rows)
+        return
+    # One JSON array, written a chunk of rows at a time: the same text as json.dumps of the list.
+    names = _unique_names(columns)
+    separator = "["
+    for rows in _chunks(con):
+        items = _json([dict(zip(names, row, strict=True)) for row in rows])[1:-1]  # no brackets
+        sys.stdout.write(separator + items)
+        separator = ", "
+    sys.stdout.write("[]\n" if separator == "[" else "]\n")
+
+
+def _chunks(con: Any) -> Iterator[list[tuple[Any, ...]]]:
+    """The executed statement's rows, :data:`_CHUNK_ROWS` at a time: a large result is never held whole.
+
+    A statement that fails in a later chunk has printed the rows before it, and the command
+    fails as any other (exit 1), as DuckDB's own shell does.
+    """
+    while rows := con.fetchmany(_CHUNK_ROWS):
+        yield rows
 
 
 def _unique_names(columns: list[str]) -> list[str]:
@@ -328,6 +347,9 @@ def _blob_text(value: bytes) -> str:
     """A BLOB as DuckDB casts it to text: printable ASCII as it is, other bytes as an escape."""
     return "".join(chr(b) if 0x20 <= b < 0x7F and b not in _ESCAPED else f"\\x{b:02X}" for b in value)
 
+
+# Rows fetched at a time for CSV and JSON output (DuckDB's vector size is 2,048).
+_CHUNK_ROWS = 10_240
 
 # The printable bytes DuckDB escapes too: the quotes and the backslash.
 _ESCAPED = frozenset(b"\"'\\")
