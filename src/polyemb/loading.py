@@ -355,10 +355,11 @@ def _model_class(config: Any) -> type | None:
     from transformers import AutoModel
 
     try:
-        model_class: type = AutoModel._model_mapping[type(config)]
+        model_class = AutoModel._model_mapping[type(config)]
     except (KeyError, AttributeError, ValueError):
         return None
-    return model_class
+    # A few configs map to several classes (Funnel: a tuple), chosen by the config's architecture.
+    return model_class if isinstance(model_class, type) else None
 
 
 def _takes_pooling_argument(config: Any) -> bool:

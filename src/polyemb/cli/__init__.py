@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 1 error, 2 usage, 130 interrupted).
+    """Run the command line; returns the exit status: 0 ok, 1 error, 2 usage, 130 interrupted, 141 no reader.
 
     Example:
         >>> main(["similarity", "-m", "/models/mstsb", "The cat", "El gato"])  # prints the cosine
@@ -53,10 +54,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     run: Command = args.run
     try:
-        return run(args)
+        status = run(args)
+        sys.stdout.flush()  # a reader gone away shows here, not in Python's last flush at exit
+        return status
     except PolyembError as exc:
         print(f"polyemb {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("polyemb: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # stdout's reader stopped early (`polyemb sql --csv ... | head`): no traceback, and no
+        # second error when Python flushes stdout at exit. The status of a program that SIGPIPE
+        # stopped, as `pipefail` shells expect.
+        _silence_stdout()
+        return _STOPPED_BY_SIGPIPE
+
+
+# 128 + SIGPIPE, what a shell reports for a program the signal stopped.
+_STOPPED_BY_SIGPIPE = 141
+
+
+def _silence_stdout() -> None:
+    """Point file descriptor 1 at /dev/null; nothing to do where stdout is not a file (a test's capture)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)

@@ -270,39 +270,44 @@ def _read_sql(path: str) -> str:
 
 def _print_result(con: Any, query: str, args: argparse.Namespace) -> None:
     if args.format == "table":
-        relation = con.sql(query)
-        if relation is not None:
-            width = args.max_width or shutil.get_terminal_size(fallback=(120, 24)).columns
-            relation.show(max_rows=args.max_rows, max_width=width)
-        return
+        _show_table(con, query, args)
+    else:
+        _write_rows(con, query, args.format)
+
+
+def _show_table(con: Any, query: str, args: argparse.Namespace) -> None:
+    """DuckDB's own box rendering: ``--max-rows`` rows at most, so nothing is fetched whole."""
+    relation = con.sql(query)
+    if relation is not None:
+        width = args.max_width or shutil.get_terminal_size(fallback=(120, 24)).columns
+        relation.show(max_rows=args.max_rows, max_width=width)
+
+
+def _write_rows(con: Any, query: str, output: str) -> None:
+    """CSV or one JSON array, written :data:`_CHUNK_ROWS` rows at a time as they are fetched.
+
+    A large result is never held whole in Python. DuckDB computes ahead of the rows written, so a
+    statement that fails part way may have printed some of its rows (CSV: at least the header;
+    JSON: an array with no end) before the error, and the command exits 1.
+    """
     con.execute(query)
     if con.description is None:
         return
     columns = [column[0] for column in con.description]
-    if args.format == "csv":
+    if output == "csv":
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(columns)
-        for rows in _chunks(con):
+        while rows := con.fetchmany(_CHUNK_ROWS):
             writer.writerows([_plain(v) for v in row] for row in rows)
         return
-    # One JSON array, written a chunk of rows at a time: the same text as json.dumps of the list.
+    # The same text as json.dumps of the whole list of rows.
     names = _unique_names(columns)
     separator = "["
-    for rows in _chunks(con):
+    while rows := con.fetchmany(_CHUNK_ROWS):
         items = _json([dict(zip(names, row, strict=True)) for row in rows])[1:-1]  # no brackets
         sys.stdout.write(separator + items)
         separator = ", "
     sys.stdout.write("[]\n" if separator == "[" else "]\n")
-
-
-def _chunks(con: Any) -> Iterator[list[tuple[Any, ...]]]:
-    """The executed statement's rows, :data:`_CHUNK_ROWS` at a time: a large result is never held whole.
-
-    A statement that fails in a later chunk has printed the rows before it, and the command
-    fails as any other (exit 1), as DuckDB's own shell does.
-    """
-    while rows := con.fetchmany(_CHUNK_ROWS):
-        yield rows
 
 
 def _unique_names(columns: list[str]) -> list[str]:
