@@ -272,6 +272,37 @@ def test_ctrl_c_ends_as_interrupted(
     assert signal.getsignal(signal.SIGINT) is before  # put back
 
 
+class _CtrlCOnFirstWrite(io.StringIO):
+    """A stdout that keeps its text and sends this process SIGINT after the first write."""
+
+    sent = False
+
+    def write(self, text: str) -> int:
+        written = super().write(text)
+        if not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGINT)
+        return written
+
+
+@pytest.mark.parametrize(("output", "begun"), [("--csv", "key,text\n"), ("--json", "[{")])
+def test_ctrl_c_while_rows_are_written(
+    tiny_model_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    output: str,
+    begun: str,
+) -> None:
+    # CSV and JSON are written as the rows are fetched: Ctrl-C between two fetches stops the
+    # statement and ends the command as interrupted, as one during the statement does.
+    stdout = _CtrlCOnFirstWrite()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    query = "SELECT i AS key, 'text ' || i AS text FROM range(200000) t(i) WHERE embed(text) IS NOT NULL"
+    assert main(["sql", output, "-m", str(tiny_model_dir), query]) == 130
+    assert stdout.getvalue().startswith(begun) and stdout.getvalue().count("\n") < 200_000
+    assert "interrupted" in capsys.readouterr().err
+
+
 def test_ctrl_c_is_left_alone_where_it_is_ignored(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -308,20 +339,77 @@ def test_sql_with_an_index_runs_the_semantic_join_recipe(
 
 
 @pytest.mark.slow
-def test_a_reader_that_stops_early_ends_the_command_quietly(tiny_model_dir: Path) -> None:
-    # `polyemb sql --csv ... | head` ended in a BrokenPipeError traceback (exit 1), and Python's
-    # last flush of stdout at exit could raise it again.
+def test_a_reader_that_stops_early_ends_the_command_quietly(tiny_model_dir: Path, tmp_path: Path) -> None:
+    # `polyemb sql --csv ... | head` ended in a BrokenPipeError traceback (exit 1). Buffered
+    # stdout, as in a shell (no PYTHONUNBUFFERED), so Python's own last flush at exit is tried.
     query = "SELECT i, 'row number ' || i AS t FROM range(1000000) r(i)"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "polyemb.cli", "sql", "--csv", "-m", str(tiny_model_dir), query],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None and process.stderr is not None
-    first = [process.stdout.readline() for _ in range(2)]
-    process.stdout.close()  # as head does after its lines
-    error = process.stderr.read()
-    assert process.wait(timeout=300) == 141, error
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+    with open(tmp_path / "stderr", "w+") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "polyemb.cli", "sql", "--csv", "-m", str(tiny_model_dir), query],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env=env,
+        )
+        assert process.stdout is not None
+        first = [process.stdout.readline() for _ in range(2)]
+        process.stdout.close()  # as head does after its lines
+        status = process.wait(timeout=300)
+        stderr.seek(0)
+        error = stderr.read()
+    assert status == 141, error
     assert first == ["i,t\n", "0,row number 0\n"]
     assert "Traceback" not in error and "Exception ignored" not in error, error
+
+
+@pytest.mark.parametrize(
+    ("query", "status"),
+    [("SELECT 1 AS a", 141), ("SELECT 1 AS a; SELECT nosuch", 1)],
+    ids=["small-result", "then-an-error"],
+)
+def test_a_reader_gone_before_anything_is_written(
+    tiny_model_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    query: str,
+    status: int,
+) -> None:
+    # A result smaller than stdout's buffer is written only when it is flushed: main flushes it
+    # whatever the status (else Python's last flush at exit failed: "Exception ignored", exit
+    # 120), keeps an error's status, and points the broken stdout at /dev/null.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with os.fdopen(write_end, "w") as stdout:
+        monkeypatch.setattr(sys, "stdout", stdout)
+        assert main(["sql", "--csv", "-m", str(tiny_model_dir), query]) == status
+        assert os.path.samestat(os.fstat(write_end), os.stat(os.devnull))
+        monkeypatch.undo()  # the capture's stdout back before the file closes (flushing to /dev/null)
+    if status == 1:
+        assert "nosuch" in capsys.readouterr().err
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_not_hidden(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Only stdout's reader gone ends the command quietly: a broken pipe to a child process or a
+    # socket, with stdout a healthy file, is an error to see.
+    def broken(args: object) -> int:
+        raise BrokenPipeError("a child's pipe")
+
+    monkeypatch.setattr("polyemb.cli.sql._sql", broken)
+    with open(tmp_path / "out", "w") as stdout:
+        monkeypatch.setattr(sys, "stdout", stdout)
+        with pytest.raises(BrokenPipeError, match="a child's pipe"):
+            main(["sql", "-m", str(tiny_model_dir), "SELECT 1"])
+
+
+def test_output_that_cannot_be_written_is_a_one_line_error(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # /dev/full: every write fails with ENOSPC, seen when the buffer is flushed.
+    with open("/dev/full", "w") as stdout:
+        monkeypatch.setattr(sys, "stdout", stdout)
+        assert main(["sql", "--csv", "-m", str(tiny_model_dir), "SELECT 1 AS a"]) == 1
+        monkeypatch.undo()
+    assert "cannot write the output" in capsys.readouterr().err

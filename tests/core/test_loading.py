@@ -66,6 +66,7 @@ def test_which_classes_are_asked_to_build_no_pooler() -> None:
     # (DeBERTa-v2, another such class, loads end to end in test_parity). Funnel maps to two
     # classes.
     assert not loading._takes_pooling_argument(DistilBertConfig())
+    assert loading._model_class(FunnelConfig()) is None
     assert not loading._takes_pooling_argument(FunnelConfig())
 
 

@@ -287,8 +287,8 @@ def _write_rows(con: Any, query: str, output: str) -> None:
     """CSV or one JSON array, written :data:`_CHUNK_ROWS` rows at a time as they are fetched.
 
     A large result is never held whole in Python. DuckDB computes ahead of the rows written, so a
-    statement that fails part way may have printed some of its rows (CSV: at least the header;
-    JSON: an array with no end) before the error, and the command exits 1.
+    statement that fails part way may have printed nothing or part of its output (CSV: the header
+    and some rows; JSON: an array with no end) before the error, and the command exits 1.
     """
     con.execute(query)
     if con.description is None:
