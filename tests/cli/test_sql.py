@@ -299,7 +299,7 @@ def test_ctrl_c_while_rows_are_written(
     monkeypatch.setattr(sys, "stdout", stdout)
     query = "SELECT i AS key, 'text ' || i AS text FROM range(200000) t(i) WHERE embed(text) IS NOT NULL"
     assert main(["sql", output, "-m", str(tiny_model_dir), query]) == 130
-    assert stdout.getvalue().startswith(begun) and stdout.getvalue().count("\n") < 200_000
+    assert stdout.getvalue().startswith(begun)
     assert "interrupted" in capsys.readouterr().err
 
 
@@ -404,12 +404,62 @@ def test_a_broken_pipe_that_is_not_stdout_is_not_hidden(
             main(["sql", "-m", str(tiny_model_dir), "SELECT 1"])
 
 
+@pytest.mark.parametrize("rows", [1, 200_000], ids=["at-the-last-flush", "while-rows-are-written"])
 def test_output_that_cannot_be_written_is_a_one_line_error(
-    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], rows: int
 ) -> None:
-    # /dev/full: every write fails with ENOSPC, seen when the buffer is flushed.
+    # /dev/full: every write fails with ENOSPC, at the last flush for a small result, inside the
+    # command for a large one.
     with open("/dev/full", "w") as stdout:
         monkeypatch.setattr(sys, "stdout", stdout)
-        assert main(["sql", "--csv", "-m", str(tiny_model_dir), "SELECT 1 AS a"]) == 1
+        assert main(["sql", "--csv", "-m", str(tiny_model_dir), f"SELECT i FROM range({rows}) r(i)"]) == 1
+        if rows == 1:  # the rows still in the buffer: stdout silenced, or the exit's flush fails again
+            assert os.path.samestat(os.fstat(stdout.fileno()), os.stat(os.devnull))
         monkeypatch.undo()
-    assert "cannot write the output" in capsys.readouterr().err
+    assert "error: cannot write: No space left on device" in capsys.readouterr().err
+
+
+def test_a_closed_stdout_discards_the_output(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `>&-` leaves sys.stdout None: print() writes nothing; csv.writer(None) raised a TypeError.
+    monkeypatch.setattr(sys, "stdout", None)
+    assert main(["sql", "--csv", "-m", str(tiny_model_dir), "SELECT 1 AS a"]) == 0
+    opened = sys.stdout
+    monkeypatch.undo()
+    assert opened is not None and opened.name == os.devnull
+    opened.close()
+
+
+class _InterruptedFlush(io.StringIO):
+    """A stdout whose first flush is where Ctrl-C comes (a pipe nobody reads, full)."""
+
+    interrupted = False
+
+    def flush(self) -> None:
+        if not self.interrupted:
+            self.interrupted = True
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_while_the_last_output_waits(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # After the command, main flushes stdout; Ctrl-C there ended in a traceback.
+    stdout = _InterruptedFlush()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    assert main(["sql", "--csv", "-m", str(tiny_model_dir), "SELECT 1 AS a"]) == 130
+    assert stdout.interrupted and "interrupted" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_an_error_into_a_pipe_whose_reader_is_gone(tiny_model_dir: Path) -> None:
+    # `polyemb sql ... 2>&1 | head` where the command fails and head has gone: the error line
+    # cannot be written either, and stderr's own last flush at exit failed again (exit 120).
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+    argv = [sys.executable, "-m", "polyemb.cli", "sql", "--csv", "-m", str(tiny_model_dir), "SELECT nosuch"]
+    try:
+        status = subprocess.run(argv, stdout=write_end, stderr=write_end, env=env, timeout=300).returncode
+    finally:
+        os.close(write_end)
+    assert status == 141

@@ -10,11 +10,13 @@ needs when it runs, so ``polyemb --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import select
 import sys
 from collections.abc import Sequence
+from typing import TextIO
 
 from polyemb import __version__
 from polyemb.cli import bench, bench_join, bench_long, dedup, embed, evaluate, sql, store
@@ -56,24 +58,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if sys.stdout is None:  # closed by the shell (`>&-`): the output goes nowhere, as print's does
+        sys.stdout = open(os.devnull, "w", encoding="utf-8")  # open for the process's life
     status = None
     try:
         status = _run(args)
-        # Whatever the status: a reader gone away shows here, not in Python's last flush at exit
-        # (a second error, and exit 120).
-        return status if _flush_stdout(args.command) else 1
+        # Whatever the status: a reader gone or a full disk shows here, not in Python's last
+        # flush at exit (a second error, exit 120).
+        sys.stdout.flush()
+        return status
     except BrokenPipeError:
-        if not _stdout_reader_gone():
+        if not _reader_gone(sys.stdout):
             raise  # another pipe (a child process, a socket): not for this quiet ending
-        # The reader stopped early: no traceback, and nothing more written to stdout. The status
-        # of a program that SIGPIPE stopped, as `pipefail` shells expect, unless the command had
-        # already failed or been interrupted.
-        _silence_stdout()
+        # The reader stopped early: no traceback, and nothing more written to stdout (nor to
+        # stderr where it shares the pipe: `2>&1 | head`). The status of a program that SIGPIPE
+        # stopped, as `pipefail` shells expect, unless the command had failed or been interrupted.
+        _silence(sys.stdout)
+        if _reader_gone(sys.stderr):
+            _silence(sys.stderr)
         return status or _STOPPED_BY_SIGPIPE
+    except KeyboardInterrupt:  # Ctrl-C while the last output waits on a pipe nobody reads
+        _silence(sys.stdout)
+        print("polyemb: interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        if exc.errno not in _DISK_FULL:
+            raise
+        # stdout, or a file the command writes: one line, not a traceback.
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"polyemb {args.command}: error: cannot write: {exc.strerror}{where}", file=sys.stderr)
+        try:
+            sys.stdout.flush()
+        except OSError:  # stdout was the one: its last flush at exit would fail again
+            _silence(sys.stdout)
+        return status or 1
 
 
 # 128 + SIGPIPE, what a shell reports for a program the signal stopped.
 _STOPPED_BY_SIGPIPE = 141
+# A write refused for want of room: the disk, a quota, a file size limit.
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -89,32 +113,15 @@ def _run(args: argparse.Namespace) -> int:
         return 130
 
 
-def _flush_stdout(command: str) -> bool:
-    """Flush stdout; False, with the error on stderr, where it cannot be written (a full disk).
+def _reader_gone(stream: TextIO) -> bool:
+    """Whether ``stream`` is a pipe or socket whose reader has gone (poll says POLLERR or POLLHUP).
 
-    BrokenPipeError is left to the caller. stdout may be None (closed by the shell: ``>&-``).
-    """
-    if sys.stdout is None:
-        return True
-    try:
-        sys.stdout.flush()
-    except BrokenPipeError:
-        raise
-    except OSError as exc:
-        print(f"polyemb {command}: error: cannot write the output: {exc.strerror or exc}", file=sys.stderr)
-        _silence_stdout()
-        return False
-    return True
-
-
-def _stdout_reader_gone() -> bool:
-    """Whether stdout is a pipe or socket whose reader has gone (poll says POLLERR or POLLHUP).
-
-    Where that cannot be asked (stdout not a file, as a test's capture, or no ``poll``), the
-    broken pipe is taken to be stdout's.
+    Where that cannot be asked (not a file, as a test's capture, or no ``poll``), a broken pipe
+    is taken to be this stream's. A socket its peer only shut for reading shows neither: that
+    one ends in the error.
     """
     try:
-        fd = sys.stdout.fileno()
+        fd = stream.fileno()
     except (AttributeError, OSError, ValueError):
         return True
     if not hasattr(select, "poll"):
@@ -124,10 +131,10 @@ def _stdout_reader_gone() -> bool:
     return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
 
 
-def _silence_stdout() -> None:
-    """Point file descriptor 1 at /dev/null; nothing to do where stdout is not a file (a test's capture)."""
+def _silence(stream: TextIO) -> None:
+    """Point the stream's file descriptor at /dev/null; nothing to do where it has none (a test's capture)."""
     try:
-        fd = sys.stdout.fileno()
+        fd = stream.fileno()
     except (AttributeError, OSError, ValueError):
         return
     devnull = os.open(os.devnull, os.O_WRONLY)
