@@ -343,7 +343,7 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(tiny_model_dir: Path
     # `polyemb sql --csv ... | head` ended in a BrokenPipeError traceback (exit 1). Buffered
     # stdout, as in a shell (no PYTHONUNBUFFERED), so Python's own last flush at exit is tried.
     query = "SELECT i, 'row number ' || i AS t FROM range(1000000) r(i)"
-    env = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+    env = _buffered_environment()
     with open(tmp_path / "stderr", "w+") as stderr:
         process = subprocess.Popen(
             [sys.executable, "-m", "polyemb.cli", "sql", "--csv", "-m", str(tiny_model_dir), query],
@@ -456,10 +456,15 @@ def test_an_error_into_a_pipe_whose_reader_is_gone(tiny_model_dir: Path) -> None
     # cannot be written either, and stderr's own last flush at exit failed again (exit 120).
     read_end, write_end = os.pipe()
     os.close(read_end)
-    env = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+    env = _buffered_environment()
     argv = [sys.executable, "-m", "polyemb.cli", "sql", "--csv", "-m", str(tiny_model_dir), "SELECT nosuch"]
     try:
         status = subprocess.run(argv, stdout=write_end, stderr=write_end, env=env, timeout=300).returncode
     finally:
         os.close(write_end)
     assert status == 141
+
+
+def _buffered_environment() -> dict[str, str]:
+    """This environment without PYTHONUNBUFFERED: a child's stdout buffered, as in a shell."""
+    return {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}

@@ -79,8 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status or _STOPPED_BY_SIGPIPE
     except KeyboardInterrupt:  # Ctrl-C while the last output waits on a pipe nobody reads
         _silence(sys.stdout)
-        print("polyemb: interrupted", file=sys.stderr)
-        return 130
+        return _interrupted()
     except OSError as exc:
         if exc.errno not in _DISK_FULL:
             raise
@@ -109,8 +108,12 @@ def _run(args: argparse.Namespace) -> int:
         print(f"polyemb {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("polyemb: interrupted", file=sys.stderr)
-        return 130
+        return _interrupted()
+
+
+def _interrupted() -> int:
+    print("polyemb: interrupted", file=sys.stderr)
+    return 130
 
 
 def _reader_gone(stream: TextIO) -> bool:
@@ -120,11 +123,8 @@ def _reader_gone(stream: TextIO) -> bool:
     is taken to be this stream's. A socket its peer only shut for reading shows neither: that
     one ends in the error.
     """
-    try:
-        fd = stream.fileno()
-    except (AttributeError, OSError, ValueError):
-        return True
-    if not hasattr(select, "poll"):
+    fd = _descriptor(stream)
+    if fd is None or not hasattr(select, "poll"):
         return True
     poller = select.poll()
     poller.register(fd, select.POLLOUT)
@@ -133,10 +133,17 @@ def _reader_gone(stream: TextIO) -> bool:
 
 def _silence(stream: TextIO) -> None:
     """Point the stream's file descriptor at /dev/null; nothing to do where it has none (a test's capture)."""
-    try:
-        fd = stream.fileno()
-    except (AttributeError, OSError, ValueError):
+    fd = _descriptor(stream)
+    if fd is None:
         return
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, fd)
     os.close(devnull)
+
+
+def _descriptor(stream: TextIO) -> int | None:
+    """The stream's file descriptor; None where it has none (a test's capture, a closed file)."""
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
