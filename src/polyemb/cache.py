@@ -63,7 +63,6 @@ class EmbeddingCache:
         self._lock = threading.Lock()
         self._slots: OrderedDict[str, int] = OrderedDict()  # text -> row of _matrix, LRU order
         self._matrix = np.empty((0, encoder.dim), dtype=np.float32)
-        self._free: list[int] = []
         self.capacity = 0
         self._hits = 0
         self._misses = 0
@@ -100,7 +99,6 @@ class EmbeddingCache:
             for slot, (_, old) in enumerate(kept):
                 matrix[slot] = self._matrix[old]
             self._slots = OrderedDict((text, slot) for slot, (text, _) in enumerate(kept))
-            self._free = list(range(capacity - 1, len(kept) - 1, -1))
             self._matrix = matrix
             self.capacity = capacity
 
@@ -114,7 +112,6 @@ class EmbeddingCache:
         with self._lock:
             dropped = len(self._slots)
             self._slots.clear()
-            self._free = list(range(self.capacity - 1, -1, -1))
             self._hits = self._misses = 0
             return dropped
 
@@ -161,7 +158,9 @@ class EmbeddingCache:
             for text, vector in zip(texts[start:], vectors[start:], strict=True):
                 slot = self._slots.get(text)
                 if slot is None:  # another thread may have stored it meanwhile
-                    slot = self._free.pop() if self._free else self._slots.popitem(last=False)[1]
+                    # Rows 0 .. len - 1 are taken until the cache is full; then the LRU row is reused.
+                    full = len(self._slots) == self.capacity
+                    slot = self._slots.popitem(last=False)[1] if full else len(self._slots)
                     self._slots[text] = slot
                 else:
                     self._slots.move_to_end(text)

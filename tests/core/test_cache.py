@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 
@@ -61,6 +63,41 @@ def test_resize_and_clear(tiny_encoder: polyemb.Encoder) -> None:
     assert zero.stats().entries == 0
     with pytest.raises(polyemb.InvalidInputError, match=">= 0 MB"):
         EmbeddingCache(tiny_encoder, max_mb=-1)
+
+
+def test_rows_after_growing_clearing_and_evicting_hold_their_own_texts(tiny_encoder: polyemb.Encoder) -> None:
+    row_mb = tiny_encoder.dim * 4 / 2**20
+    cache = EmbeddingCache(tiny_encoder, max_mb=4 * row_mb)
+    texts = [f"text {i}" for i in range(20)]
+    expected = dict(zip(texts, tiny_encoder.encode(texts), strict=True))
+
+    def check(held: list[str]) -> None:
+        misses = cache.stats().misses
+        np.testing.assert_allclose(cache.encode_nullable(held)[0], [expected[t] for t in held], atol=1e-6)
+        assert cache.stats().misses == misses  # every one was cached, in a row of its own
+
+    cache.encode_nullable(texts[:6])  # full: text 2 .. text 5 held
+    cache.resize(8 * row_mb)  # the four kept, four rows free
+    cache.encode_nullable(texts[6:10])
+    check(texts[2:10])
+    cache.encode_nullable(texts[10:13])  # evicts the three least recently used
+    check(texts[5:13])
+    cache.clear()
+    cache.encode_nullable(texts[13:20])
+    check(texts[13:20])
+
+
+def test_an_empty_cache_holds_nothing_per_row(tiny_encoder: polyemb.Encoder) -> None:
+    """Only the vector matrix scales with the capacity (an earlier cache listed its free rows)."""
+    tracemalloc.start()
+    try:
+        cache = EmbeddingCache(tiny_encoder, max_mb=64)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert cache.capacity == 64 * 2**20 // (tiny_encoder.dim * 4) > 100_000
+    beyond_vectors = held - cache.capacity * tiny_encoder.dim * 4
+    assert beyond_vectors < 2**20, f"{beyond_vectors / 2**20:.1f} MiB held beside the vectors"
 
 
 def test_shared_cache_per_encoder(tiny_encoder: polyemb.Encoder) -> None:
