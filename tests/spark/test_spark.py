@@ -7,6 +7,7 @@ import multiprocessing
 import tarfile
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pyspark
@@ -143,11 +144,28 @@ def test_each_worker_loads_the_model_once(
     assert len(per_pid) <= 2  # local[2]: at most two Python workers at a time, reused
 
 
-def test_non_string_column_is_a_clear_spark_error(spark: SparkSession, tiny_model_dir: Path) -> None:
-    embed = polyemb.spark.embed_udf(tiny_model_dir, delivery="path")
-    numbers = spark.createDataFrame([(1,)], "n int")
-    with pytest.raises(Exception, match=r"embed\(\): column 'n' has Arrow type int32, not a string type"):
-        numbers.select(embed("n")).collect()
+def test_non_string_column_is_a_clear_spark_error_before_any_load(
+    spark: SparkSession, tiny_model_dir: Path, load_log_dir: Path
+) -> None:
+    # A max_seq_length of its own marks this test's loads in the log.
+    options: dict[str, Any] = {"delivery": "path", "max_seq_length": 23}
+    numbers = spark.createDataFrame([(1, "a")], "n int, t string")
+    calls = {
+        "embed": polyemb.spark.embed_udf(tiny_model_dir, **options)("n"),
+        "embed_chunks": polyemb.spark.embed_chunks_udf(tiny_model_dir, **options)("n"),
+        "semantic_similarity": polyemb.spark.similarity_udf(tiny_model_dir, **options)("t", "n"),
+    }
+    for name, call in calls.items():
+        with pytest.raises(
+            Exception, match=rf"{name}\(\): column 'n' has Arrow type int32, not a string type"
+        ):
+            numbers.select(call).collect()
+    loads = [
+        json.loads(line)
+        for path in load_log_dir.glob("loads-*.jsonl")
+        for line in path.read_text().splitlines()
+    ]
+    assert not [e for e in loads if e.get("max_seq_length") == 23], "a worker loaded the model first"
 
 
 # ---------------------------------------------------------------------- worker pieces, no Spark

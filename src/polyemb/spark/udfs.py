@@ -272,8 +272,8 @@ def embed_with(source: ModelSource, batch_size: int | None) -> Callable[..., Any
     def make(labels: tuple[str, ...]) -> Callable[..., Any]:
         @pandas_udf(ArrayType(FloatType()))  # type: ignore[untyped-decorator]
         def embed(texts: pd.Series) -> pd.Series:
+            items = _texts(texts, f"embed(): {labels[0]}")  # before the model: a type error costs no load
             encoder = worker_encoder(source)
-            items = _texts(texts, f"embed(): {labels[0]}")
             vectors, valid = encoder.encode_nullable(items, batch_size=batch_size, show_progress=False)
             return _list_series(vectors, valid)
 
@@ -289,8 +289,8 @@ def chunks_with(source: ModelSource, batch_size: int | None) -> Callable[..., An
     def make(labels: tuple[str, ...]) -> Callable[..., Any]:
         @pandas_udf(CHUNKS_TYPE)  # type: ignore[untyped-decorator]
         def embed_chunks(texts: pd.Series) -> pd.Series:
-            encoder = worker_encoder(source)
             items = _texts(texts, f"embed_chunks(): {labels[0]}")
+            encoder = worker_encoder(source)
             table = encoder.encode_chunks(items, batch_size=batch_size, show_progress=False)
             return _chunk_series(chunks_of_table(table), table.column("tokens").to_numpy(), len(items))
 
@@ -305,9 +305,9 @@ def _similarity_with(source: ModelSource, batch_size: int | None) -> Callable[..
     def make(labels: tuple[str, ...]) -> Callable[..., Any]:
         @pandas_udf(FloatType())  # type: ignore[untyped-decorator]
         def semantic_similarity(left: pd.Series, right: pd.Series) -> pd.Series:
-            encoder = worker_encoder(source)
             a = _texts(left, f"semantic_similarity(): {labels[0]}")
             b = _texts(right, f"semantic_similarity(): {labels[1]}")
+            encoder = worker_encoder(source)
             vectors, valid = encoder.encode_nullable(a + b, batch_size=batch_size, show_progress=False)
             scores, ok = paired_cosines(vectors, valid, len(a))
             return pd.Series(scores).where(ok)  # NaN, which Spark reads as NULL
