@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
@@ -13,10 +15,12 @@ from polyemb.similarity import (
     cosine_of_valid,
     join_rows,
     normalize_rows,
+    paired_cosines,
     query_row,
     top_k,
     top_pairs,
 )
+from polyemb.similarity.vectors import clip_cosines
 
 
 def test_cosine_rowwise_and_broadcast() -> None:
@@ -218,3 +222,31 @@ def test_rows_with_nan_or_infinity_are_refused_and_huge_ones_normalized() -> Non
     # Finite values whose squares overflow float32 keep their direction (they became zero rows).
     huge = normalize_rows(np.array([[3e30, 4e30], [0.0, 0.0]], dtype=np.float32))
     np.testing.assert_allclose(huge, [[0.6, 0.8], [0.0, 0.0]], rtol=1e-6)
+
+
+# float32 products of unit rows round past 1: here up to 1.0000002 for a row with itself.
+_ROUNDED = normalize_rows(np.random.default_rng(1).standard_normal((300, 384)).astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    "similarity",
+    [
+        lambda: cosine(_ROUNDED, _ROUNDED),
+        lambda: cosine(-_ROUNDED, _ROUNDED),
+        lambda: paired_cosines(np.vstack([_ROUNDED, _ROUNDED]), np.ones(600, dtype=bool), 300)[0],
+        lambda: paired_cosines(np.vstack([_ROUNDED, -_ROUNDED]), np.ones(600, dtype=bool), 300)[0],
+    ],
+    ids=["cosine", "cosine, opposite", "paired", "paired, opposite"],
+)
+def test_row_by_row_cosines_are_within_minus_one_and_one(similarity: Callable[[], np.ndarray]) -> None:
+    # DuckDB's array_cosine_similarity clamps: semantic_similarity(t, t) gave 1.0000002 beside its 1.0.
+    assert np.einsum("ij,ij->i", _ROUNDED, _ROUNDED).max() > 1.0  # the rounding is there to be held
+    found = similarity()
+    assert found.dtype == np.float32
+    assert np.abs(found).max() == 1.0
+
+
+def test_clipping_cosines_writes_in_place() -> None:
+    scores = np.array([1.0000002, -1.0000002, 0.5], dtype=np.float32)
+    assert clip_cosines(scores) is scores
+    np.testing.assert_array_equal(scores, np.array([1.0, -1.0, 0.5], dtype=np.float32))

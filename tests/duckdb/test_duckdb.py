@@ -72,6 +72,20 @@ def test_semantic_similarity(con: duckdb.DuckDBPyConnection, tiny_encoder: polye
     assert kind == ("FLOAT",)
 
 
+def test_a_text_with_itself_is_at_most_1_as_duckdbs_own_cosine_is(
+    con: duckdb.DuckDBPyConnection, tiny_encoder: polyemb.Encoder
+) -> None:
+    texts = [f"sentence number {i}" for i in range(64)]
+    vectors = tiny_encoder.encode(texts)
+    assert np.einsum("ij,ij->i", vectors, vectors).max() > 1.0  # float32 rounds some past 1
+    ours, duckdbs = con.execute(
+        "SELECT max(semantic_similarity(t, t)), max(array_cosine_similarity(embed(t), embed(t))) "
+        "FROM unnest($texts::VARCHAR[]) AS u(t)",
+        {"texts": texts},
+    ).fetchone()  # type: ignore[misc]
+    assert ours == duckdbs == 1.0
+
+
 def test_works_with_duckdbs_array_functions(
     con: duckdb.DuckDBPyConnection, tiny_encoder: polyemb.Encoder
 ) -> None:

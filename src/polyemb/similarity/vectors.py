@@ -43,11 +43,23 @@ def normalize_rows(vectors: np.ndarray) -> np.ndarray:
     return unit
 
 
+def clip_cosines(cosines: np.ndarray) -> np.ndarray:
+    """``cosines`` held to [-1, 1], in place; returns them.
+
+    float32 products of unit vectors round a little past the range (1.0000002 for a text with
+    itself). The row-by-row similarities clamp, as DuckDB's ``array_cosine_similarity`` does;
+    ranked scores (top-k, joins, near-duplicates) stay as computed, as FAISS and
+    sentence-transformers' ``semantic_search`` give them.
+    """
+    np.clip(cosines, -1.0, 1.0, out=cosines)
+    return cosines
+
+
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise cosine similarity of two ``(n, dim)`` matrices (or one row against n).
 
     Returns:
-        float32 array of n cosines; 0 where either row is all zeros.
+        float32 array of n cosines, within [-1, 1]; 0 where either row is all zeros.
     """
     left = normalize_rows(np.atleast_2d(a))
     right = normalize_rows(np.atleast_2d(b))
@@ -57,8 +69,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         )
     if len(left) != len(right) and 1 not in (len(left), len(right)):
         raise InvalidInputError(f"cannot compare {len(left)} rows with {len(right)} rows")
-    scores: np.ndarray = np.einsum("ij,ij->i", *np.broadcast_arrays(left, right)).astype(np.float32)
-    return scores
+    return clip_cosines(np.einsum("ij,ij->i", *np.broadcast_arrays(left, right)).astype(np.float32))
 
 
 def cosine_of_valid(
@@ -82,9 +93,10 @@ def paired_cosines(vectors: np.ndarray, valid: np.ndarray, n: int) -> tuple[np.n
     """Cosines of rows ``i`` and ``n + i`` of unit vectors, as from encoding ``a + b`` in one call.
 
     Encoding both sides together encodes a text shared by them once. Returns ``(scores, ok)``:
-    float32 cosines, and where both sides were valid (elsewhere the score is meaningless: NULL).
+    float32 cosines within [-1, 1], and where both sides were valid (elsewhere the score is
+    meaningless: NULL).
     """
-    scores = np.einsum("ij,ij->i", vectors[:n], vectors[n : 2 * n]).astype(np.float32)
+    scores = clip_cosines(np.einsum("ij,ij->i", vectors[:n], vectors[n : 2 * n]).astype(np.float32))
     return scores, valid[:n] & valid[n : 2 * n]
 
 
