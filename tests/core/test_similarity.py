@@ -243,7 +243,8 @@ def test_row_by_row_cosines_are_within_minus_one_and_one(similarity: Callable[[]
     assert np.einsum("ij,ij->i", _ROUNDED, _ROUNDED).max() > 1.0  # the rounding is there to be held
     found = similarity()
     assert found.dtype == np.float32
-    assert np.abs(found).max() == 1.0
+    assert np.abs(found).max() <= 1.0  # the clamp's promise, exact
+    np.testing.assert_allclose(np.abs(found), 1.0, atol=1e-6)  # each row with itself: 1 up to rounding
 
 
 def test_clipping_cosines_writes_in_place() -> None:

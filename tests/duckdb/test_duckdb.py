@@ -75,7 +75,7 @@ def test_semantic_similarity(con: duckdb.DuckDBPyConnection, tiny_encoder: polye
 def test_a_text_with_itself_is_at_most_1_as_duckdbs_own_cosine_is(
     con: duckdb.DuckDBPyConnection, tiny_encoder: polyemb.Encoder
 ) -> None:
-    texts = [f"sentence number {i}" for i in range(64)]
+    texts = [f"sentence number {i}" for i in range(256)]
     vectors = tiny_encoder.encode(texts)
     assert np.einsum("ij,ij->i", vectors, vectors).max() > 1.0  # float32 rounds some past 1
     ours, duckdbs = con.execute(
@@ -83,7 +83,8 @@ def test_a_text_with_itself_is_at_most_1_as_duckdbs_own_cosine_is(
         "FROM unnest($texts::VARCHAR[]) AS u(t)",
         {"texts": texts},
     ).fetchone()  # type: ignore[misc]
-    assert ours == duckdbs == 1.0
+    assert ours <= 1.0 and duckdbs <= 1.0  # both clamp: exact
+    assert ours == pytest.approx(duckdbs, abs=1e-6) and ours == pytest.approx(1.0, abs=1e-6)
 
 
 def test_works_with_duckdbs_array_functions(
