@@ -135,6 +135,20 @@ def test_surrogates_read_as_replacement_character(tiny_encoder: polyemb.Encoder)
     np.testing.assert_allclose(tiny_encoder.encode(SURROGATES), tiny_encoder.encode(replaced), atol=1e-6)
 
 
+def test_pandas_keeps_lone_surrogates_in_every_result(tiny_encoder: polyemb.Encoder) -> None:
+    # pandas' str dtype cannot hold them: results that carry the texts keep the column's object dtype.
+    texts = pd.Series([*SURROGATES, "hello"], index=[10, 11, 12, 13], name="t", dtype=object)
+    found = texts.emb.search("x", k=4, encoder=tiny_encoder)
+    assert found["t"].dtype == object and set(found["t"]) == set(texts)
+    assert texts.loc[found.index].tolist() == found["t"].tolist()
+    passages = texts.emb.search("x", k=4, chunks=True, encoder=tiny_encoder)
+    assert texts.loc[passages.index].tolist() == passages["t"].tolist()
+    pairs = texts.emb.near_duplicates(-1.0, encoder=tiny_encoder)
+    assert len(pairs) == 6 and pairs["left_text"].dtype == object
+    assert pairs["left_text"].tolist() == texts.loc[pairs["left"]].tolist()
+    assert pairs["right_text"].tolist() == texts.loc[pairs["right"]].tolist()
+
+
 def spark_vectors(spark, encoder: polyemb.Encoder, texts: list[str | None]) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
     embed = polyemb.spark.embed_udf(encoder.folder, delivery="path")
     frame = spark.createDataFrame([(i, t) for i, t in enumerate(texts)], "id long, t string").repartition(2)

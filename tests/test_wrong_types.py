@@ -13,6 +13,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import polars as pl
+import pyarrow as pa
 import pytest
 
 import polyemb
@@ -36,6 +37,29 @@ import polyemb.spark
 def test_pandas_names_the_row(tiny_encoder: polyemb.Encoder, value: object, kind: str) -> None:
     series = pd.Series(["fine", value, "ok"], index=["r1", "r2", "r3"], name="title", dtype=object)
     with pytest.raises(polyemb.InvalidInputError, match=rf"row 'r2' of Series 'title' is {kind} "):
+        series.emb.encode(encoder=tiny_encoder)
+
+
+@pytest.mark.parametrize(
+    "series",
+    [
+        pd.Series([None, ["hello", "world"], ["x"]], name="tokens", dtype=object),
+        pd.Series([("hello", "world")], name="tokens"),
+        pd.Series([["hello", "world"]], name="tokens", dtype=pd.ArrowDtype(pa.list_(pa.string()))),
+    ],
+)
+def test_pandas_token_lists_are_not_vectors(tiny_encoder: polyemb.Encoder, series: pd.Series) -> None:
+    # Lists of strings: a text column to join first, not "already holds vectors" or "not float vectors".
+    for call in (series.emb.encode, lambda **kw: series.emb.similarity("a text", **kw)):
+        with pytest.raises(polyemb.InvalidInputError, match=r"is \w+ \(.*hello.*\.map\(' '\.join\)"):
+            call(encoder=tiny_encoder)
+    assert series.map(" ".join, na_action="ignore").emb.encode(encoder=tiny_encoder).notna().sum() >= 1
+
+
+def test_pandas_names_a_categoricals_own_value(tiny_encoder: polyemb.Encoder) -> None:
+    # Integer categories with an NA: the error shows the int, not the float pandas converts it to.
+    series = pd.Series(pd.Categorical([None, 1, 2]), index=["a", "b", "c"], name="code")
+    with pytest.raises(polyemb.InvalidInputError, match=r"row 'b' of Series 'code' is int \(1\), not a text"):
         series.emb.encode(encoder=tiny_encoder)
 
 

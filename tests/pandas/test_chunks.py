@@ -36,15 +36,31 @@ def docs() -> pd.Series:
 def test_chunks_are_the_cores_rows_on_the_texts_labels(tiny_encoder: polyemb.Encoder) -> None:
     frame = docs().emb.chunks(stride=4)
     table = tiny_encoder.encode_chunks(DOCS, stride=4)
-    assert list(frame.columns) == ["chunk", "start", "end", "tokens", "vector"]
+    assert list(frame.columns) == ["row", "chunk", "start", "end", "tokens", "vector"]
     assert frame.index.tolist() == [["a", "b", "c", "d", "e"][r] for r in table.column("row").to_pylist()]
     assert "b" not in frame.index  # NA texts have no rows
-    for name in ("chunk", "start", "end", "tokens"):
+    for name in ("row", "chunk", "start", "end", "tokens"):
         assert frame[name].tolist() == table.column(name).to_pylist()
     np.testing.assert_array_equal(frame["vector"].emb.to_numpy(), chunks_of_table(table).vectors)
     assert frame["vector"].emb.model == tiny_encoder.provenance
     passages = [DOCS[0][s:e] for s, e in zip(frame.loc["a", "start"], frame.loc["a", "end"], strict=True)]
     assert passages[0].startswith("The cat sits") and all(passages)
+
+
+def test_chunks_under_repeated_labels_say_which_text_by_position(tiny_encoder: polyemb.Encoder) -> None:
+    texts = [DOCS[0], DOCS[3], None, DOCS[3]]
+    body = pd.Series(texts, index=["a", "a", "b", "a"], name="body")
+    frame = body.emb.chunks(stride=4)
+    table = tiny_encoder.encode_chunks(texts, stride=4)
+    assert frame["row"].tolist() == table.column("row").to_pylist()
+    assert set(frame["row"]) == {0, 1, 3} and (frame.index == "a").all()
+    found = body.to_numpy()[frame["row"]]  # the docstring's recipe
+    passages = [text[s:e] for text, s, e in zip(found, frame["start"], frame["end"], strict=True)]
+    first = frame["row"] == 0
+    assert passages[0].startswith("The cat sits") and first.sum() > 1
+    assert [p for p, one in zip(passages, first, strict=True) if not one] == [
+        p for p, one in zip(passages, frame["row"] == 1, strict=True) if one
+    ] * 2
 
 
 def test_search_by_chunks_gives_the_best_windows_offsets(tiny_encoder: polyemb.Encoder) -> None:

@@ -239,6 +239,10 @@ def test_join_errors() -> None:
         polyemb.ColumnNotFoundError, match="column 'txt' is not in the left DataFrame.*Did you mean 'text'"
     ):
         left.emb.join(left, "txt")
+    with pytest.raises(polyemb.InvalidInputError, match=r"per side; left_on is list \(\['text'\]\)"):
+        left.emb.join(left, ["text"])  # type: ignore[arg-type]
+    with pytest.raises(polyemb.InvalidInputError, match="right_on is list"):
+        left.emb.join(left, "text", ["text"])  # type: ignore[arg-type]
     with pytest.raises(polyemb.InvalidInputError, match="how must be"):
         left.emb.join(left, "text", how="outer")  # type: ignore[arg-type]
     with pytest.raises(

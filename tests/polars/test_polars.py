@@ -240,6 +240,10 @@ def test_join_errors() -> None:
         left.emb.join(left, "txt")
     with pytest.raises(polyemb.ColumnNotFoundError, match="not in the right DataFrame"):
         left.emb.join(left, "text", "name")
+    with pytest.raises(polyemb.InvalidInputError, match=r"per side; left_on is list \(\['text'\]\)"):
+        left.emb.join(left, ["text"])  # type: ignore[arg-type]
+    with pytest.raises(polyemb.InvalidInputError, match="right_on is Expr"):
+        left.emb.join(left, "text", pl.col("text"), chunks=True)  # type: ignore[arg-type]
     with pytest.raises(polyemb.InvalidInputError, match="how must be"):
         left.emb.join(left, "text", how="outer")  # type: ignore[arg-type]
     with pytest.raises(

@@ -33,12 +33,12 @@ def chunk_table(series: pd.Series, encoder: Encoder | None, **options: Any) -> p
 
 
 def chunk_frame(table: pa.Table, index: pd.Index) -> pd.DataFrame:
-    """A chunk table as a DataFrame on the labels (``index``) of its texts, ``row`` dropped."""
+    """A chunk table as a DataFrame on the labels (``index``) of its texts, ``row`` their positions."""
     columns: dict[str, Any] = {
-        name: table.column(name).to_numpy() for name in ("chunk", "start", "end", "tokens")
+        name: table.column(name).to_numpy() for name in ("row", "chunk", "start", "end", "tokens")
     }
     columns["vector"] = pd.arrays.ArrowExtensionArray(table.column("vector").combine_chunks())
-    return pd.DataFrame(columns, index=index[table.column("row").to_numpy()])
+    return pd.DataFrame(columns, index=index[columns["row"]])
 
 
 def search_by_chunks(

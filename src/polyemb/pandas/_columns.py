@@ -10,7 +10,7 @@ Conversions only (the core does the rest): a Series holds texts or vectors; a ve
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
 import numpy as np
@@ -60,13 +60,19 @@ def is_vector_dtype(dtype: Any) -> bool:
 
 
 def holds_vectors(series: pd.Series) -> bool:
-    """Vectors (a list dtype, or objects that are arrays or lists) rather than texts."""
+    """Vectors (a list dtype, or objects that are arrays or lists) rather than texts.
+
+    Lists of strings (tokens) are neither: read as texts, they fail naming the row.
+    """
     if is_vector_dtype(series.dtype):
-        return True
+        items = series.dtype.pyarrow_dtype.value_type
+        return not (pa.types.is_string(items) or pa.types.is_large_string(items))
     if series.dtype != object:
         return False
     present = series[series.notna()]
-    return len(present) > 0 and isinstance(present.iloc[0], (np.ndarray, list, tuple))
+    if len(present) == 0 or not isinstance(first := present.iloc[0], (np.ndarray, list, tuple)):
+        return False
+    return len(first) == 0 or not isinstance(first[0], str)
 
 
 def labelled(series: pd.Series, texts: list[str | None], encode: Callable[[], _T]) -> _T:
@@ -82,9 +88,14 @@ def labelled(series: pd.Series, texts: list[str | None], encode: Callable[[], _T
 def not_a_text(series: pd.Series, position: int, value: object) -> InvalidInputError:
     """The error for ``value``, not a text, at ``position`` of ``series``: named by its row label."""
     label = series.index[position]
+    hint = (
+        "join its items into one text with .map(' '.join)"
+        if isinstance(value, (list, tuple, np.ndarray))
+        else "convert the column with .astype(str)"
+    )
     return InvalidInputError(
         f"row {label!r} of {series_name(series)} is {type(value).__name__} ({value!r:.40}), not a text; "
-        "convert the column with .astype(str) if that is meant, or set the value to None",
+        f"{hint} if that is meant, or set the value to None",
         position=position,
     )
 
@@ -120,7 +131,9 @@ def vector_series(
 def texts_of(series: pd.Series) -> list[str | None]:
     """A Series' values as a list, None where NA (None, NaN, pd.NA, NaT)."""
     na = series.isna().to_numpy(dtype=bool)
-    values = series.to_numpy(dtype=object, copy=True)
+    # A categorical's own values, not floats where the categories are integers and NA is there.
+    plain = series.astype(object) if isinstance(series.dtype, pd.CategoricalDtype) else series
+    values = plain.to_numpy(dtype=object, copy=True)
     values[na] = None
     return values.tolist()  # type: ignore[no-any-return]
 
@@ -193,6 +206,11 @@ def align(series: pd.Series, other: pd.Series) -> pd.Series:
 
 def column(frame: pd.DataFrame, name: str, side: str) -> pd.Series:
     """The column ``name`` of the ``side`` (left or right) DataFrame of a join."""
+    if not isinstance(name, Hashable):  # a list of names: not one label
+        raise InvalidInputError(
+            f"a join matches one column per side; {side}_on is {type(name).__name__} ({name!r:.60}): "
+            "give one column's name"
+        )
     if name not in frame.columns:
         raise ColumnNotFoundError.from_missing(name, frame.columns, f"the {side} DataFrame")
     found = frame[name]

@@ -77,7 +77,8 @@ class EmbSeriesAccessor:
         Returns:
             A Series of dtype ``pd.ArrowDtype(pa.list_(pa.float32(), dim))`` with the same index
             and name; NA where the text was NA. The dtype records the model's provenance
-            (``.emb.model``), so vectors of two models are never compared by mistake.
+            (``.emb.model``), so two columns of two models' vectors are not compared by mistake
+            (a column that ``pd.concat`` fills from two models keeps the first one's).
 
         Raises:
             InvalidInputError: A value that is neither a str nor NA (the message names its label).
@@ -157,8 +158,8 @@ class EmbSeriesAccessor:
 
         Returns:
             A DataFrame indexed by the matching rows' labels, with the row's value (text or
-            vector, in a column named as the Series) and a ``score`` column, then with ``chunks``
-            the best window's ``start`` and ``end``. NA rows never match.
+            vector, in a column named as the Series, ``value`` if it has no name) and a ``score``
+            column, then with ``chunks`` the best window's ``start`` and ``end``. NA rows never match.
 
         Raises:
             InvalidInputError: The query is neither a text nor one vector of finite numbers
@@ -185,11 +186,11 @@ class EmbSeriesAccessor:
             positions = np.flatnonzero(valid)
             indices, best = top_k(query_vector, matrix[positions], k)
             rows, scores = positions[indices[0]], best[0]
-        found_rows = self._s.iloc[rows]
-        return pd.DataFrame(
-            {column: found_rows.array, "score": scores.astype(np.float64), **added},
-            index=found_rows.index,
-        )
+        found = self._s.iloc[rows].to_frame(column)  # the values keep their dtype (object: any str)
+        found["score"] = scores.astype(np.float64)
+        for name, values in added.items():
+            found[name] = values
+        return found
 
     def chunks(
         self,
@@ -208,14 +209,16 @@ class EmbSeriesAccessor:
             show_progress: A progress bar.
 
         Returns:
-            A DataFrame indexed by each window's text's label (repeated), with ``chunk`` (0, 1,
-            ... within the text), ``start`` and ``end`` (character offsets: ``text[start:end]`` is
-            the window's text), ``tokens`` (special tokens included) and ``vector``. NA texts have
-            no rows; a text that fits in one window is one row, its ``long_texts="truncate"`` vector.
+            A DataFrame indexed by each window's text's label (repeated), with ``row`` (the
+            text's position in the Series: unique where labels repeat), ``chunk`` (0, 1, ...
+            within the text), ``start`` and ``end`` (character offsets: ``text[start:end]`` is the
+            window's text), ``tokens`` (special tokens included) and ``vector``. NA texts have no
+            rows; a text that fits in one window is one row, its ``long_texts="truncate"`` vector.
 
         Example:
             >>> parts = df["body"].emb.chunks()
-            >>> parts.join(df["body"]).apply(lambda r: r.body[r.start : r.end], axis=1)
+            >>> texts = df["body"].to_numpy()[parts["row"]]
+            >>> [text[start:end] for text, start, end in zip(texts, parts["start"], parts["end"])]
         """
         options = {"stride": stride, "batch_size": batch_size, "show_progress": show_progress}
         return chunk_frame(chunk_table(self._s, encoder, **options), self._s.index)
@@ -282,10 +285,9 @@ class EmbSeriesAccessor:
         index = self._s.index
         pairs = {"left": index[left], "right": index[right], "score": scores.astype(np.float64)}
         frame = pd.DataFrame(pairs)
-        if not holds_vectors(self._s):
-            values = self._s.to_numpy(dtype=object)
-            frame["left_text"] = values[left]
-            frame["right_text"] = values[right]
+        if not holds_vectors(self._s):  # the texts keep their dtype (object: any str)
+            frame["left_text"] = self._s.iloc[left].reset_index(drop=True)
+            frame["right_text"] = self._s.iloc[right].reset_index(drop=True)
         return frame
 
 

@@ -172,6 +172,11 @@ class EmbFrameNamespace:
 
 
 def _column(frame: pl.DataFrame, name: str, side: str) -> pl.Series:
+    if not isinstance(name, str):  # a list of names, an expression: not one column's name
+        raise InvalidInputError(
+            f"a join matches one column per side; {side}_on is {type(name).__name__} ({name!r:.60}): "
+            "give one column's name"
+        )
     if name not in frame.columns:
         raise ColumnNotFoundError.from_missing(name, frame.columns, f"the {side} DataFrame")
     return frame.get_column(name)
