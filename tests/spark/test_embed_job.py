@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +18,22 @@ import pytest
 from pyspark.sql import SparkSession
 
 import polyemb
+from polyemb.spark.datasets import PARTITION_TYPES
 from polyemb.testing import build_tiny_model
 
 pytestmark = pytest.mark.spark
 
 JOB = Path(__file__).parents[2] / "udfs" / "spark" / "embed_job.py"
+
+
+@pytest.fixture(autouse=True)
+def _session_as_before(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The job sets its session's partition typing (and Arrow batch size); this session is the suite's."""
+    yield
+    if "spark" in request.fixturenames:
+        spark = request.getfixturevalue("spark")
+        spark.conf.unset(PARTITION_TYPES)
+        spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
 
 
 def load_job():  # type: ignore[no-untyped-def]
@@ -64,10 +76,7 @@ def test_job_keeps_columns_and_partitioning(
         "--similarity-query", "a cat", "--pair-columns", "title", "other", "--repartition", "3",
         "--arrow-batch-rows", "2",
     ]  # fmt: skip
-    try:
-        assert load_job().main(argv) == 0
-    finally:  # the job sets its session's Arrow batch size; this session is the suite's
-        spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
+    assert load_job().main(argv) == 0
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["lang=en", "lang=es"]
     table = read_output(out)
     assert set(table.column_names) == {
@@ -104,7 +113,7 @@ def test_job_glob_input_without_partitions_and_errors(
     spark: SparkSession, lake: Path, tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     job = load_job()
-    out = tmp_path / "flat"
+    out = tmp_path / "globbed"
     argv = [
         "--input",
         f"{lake}/lang=en/*.parquet",
@@ -116,8 +125,14 @@ def test_job_glob_input_without_partitions_and_errors(
         str(tiny_model_dir),
     ]
     assert job.main(argv) == 0
-    assert not [p for p in out.iterdir() if p.is_dir()]
-    assert pq.read_table(out).num_rows == 3
+    assert [p.name for p in out.iterdir() if p.is_dir()] == ["lang=en"]  # the glob's partition kept
+    assert read_output(out).column("lang").to_pylist() == ["en"] * 3
+    flat = tmp_path / "flat-lake"
+    flat.mkdir()
+    pq.write_table(pa.table({"id": [1, 2], "title": ["a cat", None]}), flat / "part-0.parquet")
+    assert job.main([*argv[:1], f"{flat}/*.parquet", "--output", str(tmp_path / "flat"), *argv[4:]]) == 0
+    assert not [p for p in (tmp_path / "flat").iterdir() if p.is_dir()]
+    assert pq.read_table(tmp_path / "flat").num_rows == 2
     assert (
         job.main(
             [*argv[:3], str(tmp_path / "other"), "--text-column", "titel", "--model", str(tiny_model_dir)]
@@ -154,6 +169,66 @@ def test_job_glob_input_without_partitions_and_errors(
     argv = ["--input", str(dotted), "--output", str(out), "--text-column", "my.title"]
     assert job.main([*argv, "--model", str(tiny_model_dir)]) == 0
     assert [v is None for v in pq.read_table(out).column("embedding").to_pylist()] == [False, True]
+
+
+def files_under(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*.parquet"))
+
+
+def test_job_never_writes_over_its_input_and_refuses_before_any_work(
+    spark: SparkSession, lake: Path, tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = load_job()
+    before = files_under(lake)
+    nowhere = str(tmp_path / "no-model")  # a model that cannot load: a refusal comes before loading
+    for output in (lake, lake / "lang=en", lake.parent, f"{lake}/"):
+        argv = ["--input", str(lake), "--output", str(output), "--text-column", "title", "--model", nowhere]
+        assert job.main([*argv, "--mode", "overwrite"]) == 2
+        assert "is the input" in capsys.readouterr().err
+    glob = ["--input", f"{lake}/*/*.parquet", "--text-column", "title", "--model", nowhere]
+    assert job.main([*glob, "--output", str(lake / "lang=es"), "--mode", "append"]) == 2
+    assert "is the input" in capsys.readouterr().err
+    assert files_under(lake) == before  # nothing deleted, nothing added
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    assert job.main([*glob, "--output", str(taken)]) == 2
+    assert f"the output {str(taken)!r} exists: choose another, or give --mode" in capsys.readouterr().err
+    missing = ["--output", str(tmp_path / "out"), "--text-column", "title", "--model", nowhere]
+    assert job.main(["--input", str(tmp_path / "nope"), *missing]) == 2
+    assert f"cannot read Parquet at {str(tmp_path / 'nope')!r}" in capsys.readouterr().err
+    bare = ["--input", str(lake), "--output", str(tmp_path / "out"), "--text-column", "title"]
+    assert job.main([*bare, "--no-vectors", "--model", str(tiny_model_dir)]) == 2
+    assert "--no-vectors leaves nothing to add" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_job_keeps_partition_folders_as_named(
+    spark: SparkSession, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    # Zero-padded values stay as written (Spark would read hour=05 as 5 and write hour=5), and a
+    # partition's own folder as the input keeps its key.
+    lake = tmp_path / "events"
+    for day, hour in (("2024-01-02", "05"), ("2024-01-02", "17"), ("2024-01-03", "05")):
+        folder = lake / f"day={day}" / f"hour={hour}"
+        folder.mkdir(parents=True)
+        pq.write_table(pa.table({"title": [f"event at {hour}"]}), folder / "part-0.parquet")
+    job = load_job()
+    model = ["--text-column", "title", "--model", str(tiny_model_dir)]
+    assert job.main(["--input", str(lake), "--output", str(tmp_path / "all"), *model]) == 0
+    assert files_under(tmp_path / "all") and {
+        p.parent.name for p in (tmp_path / "all").rglob("*.parquet")
+    } == {
+        "hour=05",
+        "hour=17",
+    }
+    one_day = ["--input", str(lake / "day=2024-01-02"), "--output", str(tmp_path / "day"), *model]
+    assert job.main(one_day) == 0
+    assert sorted(
+        str(p.parent.relative_to(tmp_path / "day")) for p in (tmp_path / "day").rglob("*.parquet")
+    ) == [
+        "day=2024-01-02/hour=05",
+        "day=2024-01-02/hour=17",
+    ]
 
 
 def test_job_with_a_store_embeds_only_new_texts(

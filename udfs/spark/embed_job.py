@@ -28,8 +28,9 @@ from pyspark.sql import functions as F
 import polyemb.spark
 from polyemb.cli.shared import positive_int
 from polyemb.encoder import describe
-from polyemb.errors import ColumnNotFoundError
+from polyemb.errors import ColumnNotFoundError, InvalidInputError
 from polyemb.options import DELIVERIES, PRECISIONS
+from polyemb.spark.datasets import check_output, job_session, read_parquet
 from polyemb.spark.udfs import col_named, name_fold
 
 
@@ -159,7 +160,9 @@ def add_columns(spark: SparkSession, df: DataFrame, args: argparse.Namespace) ->
 
 def _column_problem(df: DataFrame, args: argparse.Namespace) -> str | None:
     """Why the input's columns do not fit the job (a text column that is not text, an output name
-    taken), or None: said before any work, as the job keeps every input column as it is."""
+    taken, nothing to add), or None: said before any work, as the job keeps every input column."""
+    if args.no_vectors and not (args.similarity_query or args.pair_columns):
+        return "--no-vectors leaves nothing to add: give --similarity-query or --pair-columns with it"
     for column in [args.text_column, *(args.pair_columns or [])]:
         kind = df.schema[column].dataType.simpleString()
         if kind != "string":
@@ -183,10 +186,15 @@ def _column_problem(df: DataFrame, args: argparse.Namespace) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the job; returns 0 on success."""
     args = build_parser().parse_args(argv)
-    spark = SparkSession.builder.appName("polyemb-embed").getOrCreate()
+    spark = job_session("polyemb-embed")
     if args.arrow_batch_rows:
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(args.arrow_batch_rows))
-    df = spark.read.parquet(args.input)
+    try:
+        check_output(spark, args.output, args.mode, [args.input])
+        df = read_parquet(spark, args.input)
+    except InvalidInputError as exc:
+        print(f"embed_job: {exc}", file=sys.stderr)
+        return 2
     partition_by = args.partition_by if args.partition_by is not None else input_partition_columns(df)
     for column in [args.text_column, *(args.pair_columns or []), *partition_by]:
         if column not in df.columns:

@@ -16,11 +16,10 @@ import sys
 import time
 from collections.abc import Sequence
 
-from pyspark.sql import SparkSession
-
 import polyemb.spark
 from polyemb.errors import PolyembError
 from polyemb.options import DELIVERIES, JOIN_HOWS, PRECISIONS, SCORES
+from polyemb.spark.datasets import check_output, job_session, read_parquet
 from polyemb.spark.join import BLOCK_ROWS, BROADCAST_MB
 
 
@@ -62,12 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the job; returns 0 on success, 2 on bad input."""
     args = build_parser().parse_args(argv)
-    spark = SparkSession.builder.appName("polyemb-semantic-join").getOrCreate()
+    spark = job_session("polyemb-semantic-join")
     started = time.perf_counter()
     try:
+        check_output(spark, args.output, args.mode, [args.left, args.right])
         joined = polyemb.spark.semantic_join(
-            spark.read.parquet(args.left),
-            spark.read.parquet(args.right),
+            read_parquet(spark, args.left),
+            read_parquet(spark, args.right),
             args.left_on,
             args.right_on,
             k=args.k,

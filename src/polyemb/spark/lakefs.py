@@ -63,6 +63,10 @@ class LakeFs:
             for status in fs.listStatus(self._p(path))
         ]
 
+    def qualified(self, path: str) -> str:
+        """``path`` in full, as its file system names it (scheme and absolute path, no trailing /)."""
+        return str(self._fs.makeQualified(self._p(path)).toString()).rstrip("/")
+
     def exists(self, path: str) -> bool:
         """Whether ``path`` exists."""
         return bool(self._fs.exists(self._p(path)))
