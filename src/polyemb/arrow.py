@@ -56,7 +56,9 @@ def texts_from_arrow(array: pa.Array | pa.ChunkedArray, *, name: str = "texts") 
     """A string column as a Python list, NULL as None.
 
     Raises:
-        InvalidInputError: The column is not of a string type (``name`` is used in the message).
+        InvalidInputError: The column is not of a string type, or holds bytes that are not UTF-8
+            (a Parquet file's strings are not checked when read; the message names the first
+            such row: ``position``); ``name`` is used in the message.
     """
     kind = array.type
     if pa.types.is_dictionary(kind):
@@ -66,7 +68,18 @@ def texts_from_arrow(array: pa.Array | pa.ChunkedArray, *, name: str = "texts") 
         return [None] * len(array)
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)):
         raise InvalidInputError(f"{name} has Arrow type {kind}, not a string type; cast it to a string first")
-    return array.to_pylist()  # type: ignore[no-any-return]
+    try:
+        return array.to_pylist()  # type: ignore[no-any-return]
+    except UnicodeDecodeError as exc:
+        for row, value in enumerate(array.cast(pa.large_binary()).to_pylist()):
+            try:
+                if value is not None:
+                    value.decode()
+            except UnicodeDecodeError:
+                raise InvalidInputError(
+                    f"row {row} of {name} is not UTF-8 text ({value!r:.40}); decode it first", position=row
+                ) from exc
+        raise
 
 
 def vectors_to_arrow(

@@ -7,6 +7,7 @@ one encode while it stays among the most recently used.
 
 from __future__ import annotations
 
+import math
 import threading
 import weakref
 from collections import OrderedDict
@@ -88,14 +89,17 @@ class EmbeddingCache:
 
     def resize(self, max_mb: float) -> None:
         """Set the size in MiB of vectors held; shrinking keeps the most recently used."""
-        if not max_mb >= 0:
-            raise InvalidInputError(f"the cache size must be >= 0 MB, got {max_mb!r}")
+        if not 0 <= max_mb < math.inf:
+            raise InvalidInputError(f"the cache size must be a finite number of MB >= 0, got {max_mb!r}")
         capacity = int(max_mb * 2**20 // (self.encoder.dim * 4))
         with self._lock:
             if capacity == self.capacity:
                 return
             kept = list(self._slots.items())[-capacity:] if capacity else []
-            matrix = np.empty((capacity, self.encoder.dim), dtype=np.float32)
+            try:
+                matrix = np.empty((capacity, self.encoder.dim), dtype=np.float32)
+            except (ValueError, MemoryError) as exc:
+                raise InvalidInputError(f"a cache of {max_mb!r} MB cannot be allocated here: {exc}") from exc
             for slot, (_, old) in enumerate(kept):
                 matrix[slot] = self._matrix[old]
             self._slots = OrderedDict((text, slot) for slot, (text, _) in enumerate(kept))

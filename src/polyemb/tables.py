@@ -83,7 +83,8 @@ def read_table_batches(
     - Parquet (``.parquet``, ``.pq``, ``.parq``): as written.
     - CSV and TSV, optionally compressed (``.gz``, ``.bz2``, ``.zst``, ``.lz4``): ``columns`` are
       read as text whatever they look like; an empty unquoted cell is NULL, a quoted empty cell
-      ``""`` is the empty string (as DuckDB reads CSV). A file whose first row does not name
+      ``""`` is the empty string (as DuckDB's COPY and ``polyemb sql --csv`` write them; DuckDB
+      reads ``""`` as NULL unless ``allow_quoted_nulls = false``). A file whose first row does not name
       ``columns`` has no header if ``headerless`` is given, the row has that many cells and its
       last is a number (an STS file's score): its columns are then called ``headerless``. A
       first row of other names is a header, and a missing column is named in the error.

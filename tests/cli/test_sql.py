@@ -13,6 +13,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 import polyemb
@@ -56,6 +57,41 @@ def test_json_is_strict_and_blobs_read_as_duckdb_writes_them(
     assert row == {"x": None, "y": [None, 1.5], "z": {"z": None}, "b": "\\xAAa\\x27\\x00"}
     assert main(["sql", "--csv", "-m", str(tiny_model_dir), query]) == 0
     assert capsys.readouterr().out.splitlines()[1].endswith(",\\xAAa\\x27\\x00")
+
+
+def test_csv_cells_as_duckdb_writes_them(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # NULL and the empty string were both an empty cell, and booleans Python's True and False.
+    import duckdb
+
+    query = (
+        "SELECT * FROM (VALUES (1, NULL, true), (2, '', false), (3, 'a,\"b\"', NULL), "
+        "(4, e'two\nlines', true)) t(id, text, flag) ORDER BY id"
+    )
+    assert main(["sql", "--csv", "-m", str(tiny_model_dir), query]) == 0
+    out = capsys.readouterr().out
+    duckdb.sql(f"COPY ({query}) TO '{tmp_path / 'copy.csv'}'")
+    assert out == (tmp_path / "copy.csv").read_text()
+    assert out.splitlines()[1:3] == ["1,,true", '2,"",false']
+    # And polyemb embed reads them back apart: NULL a NULL vector, "" a text.
+    (tmp_path / "out.csv").write_text(out)
+    assert main(["embed", str(tmp_path / "out.csv"), "-c", "text", "-o", str(tmp_path / "v.parquet"),
+                 "-m", str(tiny_model_dir)]) == 0  # fmt: skip
+    vectors = pq.read_table(tmp_path / "v.parquet").column("embedding").to_pylist()
+    assert [v is None for v in vectors] == [True, False, False, False]
+
+
+def test_a_pivot_without_in_prints_its_rows(tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # DuckDB runs it as several statements (type MULTI): it printed nothing and exited 0.
+    pivot = "CREATE TABLE s(k VARCHAR, v INT); INSERT INTO s VALUES ('a', 1), ('b', 2); "
+    pivot += "PIVOT s ON k USING sum(v)"
+    assert main(["sql", "--json", "-m", str(tiny_model_dir), pivot]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"a": 1, "b": 2}]
+    assert main(["sql", "--csv", "-m", str(tiny_model_dir), pivot]) == 0
+    assert capsys.readouterr().out == "a,b\n1,2\n"
+    assert main(["sql", "-m", str(tiny_model_dir), pivot]) == 0
+    assert "│" in capsys.readouterr().out
 
 
 def test_json_and_csv_across_fetched_chunks(tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -42,6 +42,15 @@ def test_non_string_column_is_an_error(tiny_encoder: polyemb.Encoder) -> None:
         encode_arrow(tiny_encoder, pa.array([1, 2]), name="column 'n'")
 
 
+def test_bytes_that_are_not_utf8_name_their_row(tiny_encoder: polyemb.Encoder) -> None:
+    # A Parquet file's strings are not checked when read: a UnicodeDecodeError came out of pyarrow.
+    bad = pa.array([b"ok", None, b"caf\xe9"], pa.binary()).view(pa.string())
+    column = pa.chunked_array([pa.array(["first"]), bad])
+    with pytest.raises(polyemb.InvalidInputError, match=r"row 3 of column 't' is not UTF-8 text") as info:
+        encode_arrow(tiny_encoder, column, name="column 't'")
+    assert info.value.position == 3
+
+
 def test_vectors_round_trip_with_slices_and_lists() -> None:
     matrix = np.arange(12, dtype=np.float32).reshape(4, 3)
     valid = np.array([True, False, True, True])

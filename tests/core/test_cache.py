@@ -61,8 +61,11 @@ def test_resize_and_clear(tiny_encoder: polyemb.Encoder) -> None:
     zero = EmbeddingCache(tiny_encoder, max_mb=0)
     np.testing.assert_allclose(zero.encode_nullable(["x"])[0], tiny_encoder.encode(["x"]), atol=1e-6)
     assert zero.stats().entries == 0
-    with pytest.raises(polyemb.InvalidInputError, match=">= 0 MB"):
-        EmbeddingCache(tiny_encoder, max_mb=-1)
+    for bad in (-1, float("inf"), float("nan")):
+        with pytest.raises(polyemb.InvalidInputError, match="a finite number of MB >= 0"):
+            EmbeddingCache(tiny_encoder, max_mb=bad)
+    with pytest.raises(polyemb.InvalidInputError, match="cannot be allocated here"):
+        EmbeddingCache(tiny_encoder, max_mb=1e30)  # more rows than numpy can index
 
 
 def test_rows_after_growing_clearing_and_evicting_hold_their_own_texts(tiny_encoder: polyemb.Encoder) -> None:

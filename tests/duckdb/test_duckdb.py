@@ -133,6 +133,25 @@ def test_register_twice_and_prefix(tiny_encoder: polyemb.Encoder, tiny_model_dir
             polyemb.duckdb.register(connection, tiny_encoder, prefix=bad)
 
 
+def test_a_second_connection_to_the_database_uses_the_first_ones_functions(
+    tiny_encoder: polyemb.Encoder, tmp_path: Path
+) -> None:
+    # A database's connections share its functions; only the one that registered can replace them.
+    first = duckdb.connect(str(tmp_path / "db.duckdb"))
+    polyemb.duckdb.register(first, tiny_encoder)
+    for prefix, second in (("c_", first.cursor()), ("d_", duckdb.connect(str(tmp_path / "db.duckdb")))):
+        with pytest.raises(
+            polyemb.InvalidInputError, match=r"already has a function embed\(\), registered on another"
+        ):
+            polyemb.duckdb.register(second, tiny_encoder)
+        value = second.execute("SELECT embed('a cat')").fetchall()[0][0]
+        np.testing.assert_allclose(value, tiny_encoder.encode(["a cat"])[0], atol=1e-6)
+        polyemb.duckdb.register(second, tiny_encoder, prefix=prefix)
+        model = second.execute(f"SELECT {prefix}embedding_model()").fetchall()
+        assert model == [(tiny_encoder.provenance,)]
+        second.close()
+
+
 def test_default_encoder_is_used(tiny_encoder: polyemb.Encoder) -> None:
     polyemb.set_default_encoder(tiny_encoder)
     try:

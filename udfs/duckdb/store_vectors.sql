@@ -5,7 +5,7 @@ CREATE OR REPLACE TABLE article_vectors AS
     SELECT id, lang, title, embed(title) AS embedding, embedding_model() AS model
     FROM 'udfs/data/articles.csv';
 
--- A Parquet copy keeps the fixed-size FLOAT[dim] type and the model column.
+-- A Parquet copy keeps the vectors and the model column.
 COPY article_vectors TO 'article_vectors.parquet' (FORMAT parquet);
 
 -- Later: search only vectors made by the model loaded now. Parquet has no fixed-size array

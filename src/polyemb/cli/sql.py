@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import math
 import shutil
@@ -33,8 +32,9 @@ if TYPE_CHECKING:
 __all__ = ["add_parser"]
 
 # Statement types whose rows are printed; the others are only executed, but for these with a
-# RETURNING clause. EXECUTE prints what its prepared statement returns (rows, or a change's count).
-_ROW_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA", "CALL", "RELATION", "EXECUTE"}
+# RETURNING clause. EXECUTE prints what its prepared statement returns (rows, or a change's count);
+# MULTI (a PIVOT without IN, run as several statements) what its last one returns.
+_ROW_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA", "CALL", "RELATION", "EXECUTE", "MULTI"}
 _RETURNING_STATEMENTS = {"INSERT", "UPDATE", "DELETE", "MERGE_INTO"}
 
 
@@ -295,10 +295,9 @@ def _write_rows(con: Any, query: str, output: str) -> None:
         return
     columns = [column[0] for column in con.description]
     if output == "csv":
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(columns)
+        sys.stdout.write(_csv_line(tuple(columns)))
         while rows := con.fetchmany(_CHUNK_ROWS):
-            writer.writerows([_plain(v) for v in row] for row in rows)
+            sys.stdout.write("".join(_csv_line(row) for row in rows))
         return
     # The same text as json.dumps of the whole list of rows.
     names = _unique_names(columns)
@@ -324,11 +323,24 @@ def _unique_names(columns: list[str]) -> list[str]:
     return names
 
 
-def _plain(value: Any) -> Any:
-    """A CSV cell: lists and structs as JSON, BLOBs as DuckDB writes them, the rest as it is."""
+def _csv_line(row: tuple[Any, ...]) -> str:
+    """A CSV line as DuckDB's COPY writes one: NULL as nothing, an empty text as ``""``."""
+    return ",".join(_csv_cell(value) for value in row) + "\n"
+
+
+def _csv_cell(value: Any) -> str:
+    """A CSV cell: lists and structs as JSON, BLOBs as DuckDB writes them, booleans as true/false."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, (list, tuple, dict)):
-        return _json(value)
-    return _blob_text(value) if isinstance(value, bytes) else value
+        text = _json(value)
+    else:
+        text = _blob_text(value) if isinstance(value, bytes) else str(value)
+    if text == "" or any(c in text for c in ',"\r\n'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
 
 
 def _json(value: Any) -> str:

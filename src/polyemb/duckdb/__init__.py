@@ -68,7 +68,10 @@ def register(
     cache_mb: float | None = None,
     batch_size: int | None = None,
 ) -> EmbeddingCache:
-    """Register polyemb's functions on a DuckDB connection (replacing earlier registrations).
+    """Register polyemb's functions on a DuckDB connection (replacing its earlier registrations).
+
+    The functions belong to the connection's database: its other connections (a ``cursor()``,
+    another ``duckdb.connect`` of the same file) call them, and cannot replace them.
 
     Functions (each name behind ``prefix``):
 

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from polyemb.errors import MissingDependencyError, PolyembError
+from polyemb.errors import InvalidInputError, MissingDependencyError, PolyembError
 
 try:
     import duckdb
@@ -56,9 +56,24 @@ def create_function(
     returns: Any,
     options: dict[str, Any],
 ) -> None:
-    """Create (or replace) a function on the connection."""
+    """Create (or replace) a function on the connection.
+
+    Raises:
+        InvalidInputError: Another connection to the same database registered ``name``: the
+            database's connections share its functions, and only that connection can replace it.
+    """
     remove_function(con, name)
-    con.create_function(name, function, parameters, returns, **options)
+    try:
+        con.create_function(name, function, parameters, returns, **options)
+    except duckdb.CatalogException as exc:
+        if "already exists" not in str(exc):
+            raise
+        raise InvalidInputError(
+            f"this database already has a function {name}(), registered on another connection to "
+            "it (a database's connections share its functions, and only the connection that "
+            "registered one can replace it): call polyemb's functions here without registering "
+            "again, or register on the first connection, or give another prefix="
+        ) from exc
 
 
 def remove_function(con: duckdb.DuckDBPyConnection, name: str) -> None:
