@@ -46,14 +46,26 @@ def test_pandas_names_the_row(tiny_encoder: polyemb.Encoder, value: object, kind
         pd.Series([None, ["hello", "world"], ["x"]], name="tokens", dtype=object),
         pd.Series([("hello", "world")], name="tokens"),
         pd.Series([["hello", "world"]], name="tokens", dtype=pd.ArrowDtype(pa.list_(pa.string()))),
+        pd.Series([["hello"], None], name="tokens", dtype=pd.ArrowDtype(pa.large_list(pa.large_string()))),
     ],
 )
 def test_pandas_token_lists_are_not_vectors(tiny_encoder: polyemb.Encoder, series: pd.Series) -> None:
     # Lists of strings: a text column to join first, not "already holds vectors" or "not float vectors".
     for call in (series.emb.encode, lambda **kw: series.emb.similarity("a text", **kw)):
-        with pytest.raises(polyemb.InvalidInputError, match=r"is \w+ \(.*hello.*\.map\(' '\.join\)"):
+        with pytest.raises(
+            polyemb.InvalidInputError, match=r"is \w+ \(.*hello.*\.map\(' '\.join, na_action='ignore'\)"
+        ):
             call(encoder=tiny_encoder)
-    assert series.map(" ".join, na_action="ignore").emb.encode(encoder=tiny_encoder).notna().sum() >= 1
+    joined = series.map(" ".join, na_action="ignore")  # the hint, as given
+    assert joined.emb.encode(encoder=tiny_encoder).notna().sum() >= 1
+
+
+def test_pandas_lists_of_string_views_are_not_vectors() -> None:
+    # pandas itself cannot take rows of such a column (no array_take kernel): only the decision.
+    from polyemb.pandas._columns import holds_vectors
+
+    assert not holds_vectors(pd.Series([["a"]], dtype=pd.ArrowDtype(pa.list_(pa.string_view()))))
+    assert holds_vectors(pd.Series([[1.0]], dtype=pd.ArrowDtype(pa.list_(pa.float32()))))
 
 
 def test_pandas_names_a_categoricals_own_value(tiny_encoder: polyemb.Encoder) -> None:

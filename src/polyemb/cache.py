@@ -89,7 +89,7 @@ class EmbeddingCache:
 
     def resize(self, max_mb: float) -> None:
         """Set the size in MiB of vectors held; shrinking keeps the most recently used."""
-        if not 0 <= max_mb < math.inf:
+        if not 0 <= max_mb * 2**20 < math.inf:  # the bytes too: 1e308 MiB overflows
             raise InvalidInputError(f"the cache size must be a finite number of MB >= 0, got {max_mb!r}")
         capacity = int(max_mb * 2**20 // (self.encoder.dim * 4))
         with self._lock:

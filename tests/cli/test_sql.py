@@ -67,7 +67,7 @@ def test_csv_cells_as_duckdb_writes_them(
 
     query = (
         "SELECT * FROM (VALUES (1, NULL, true), (2, '', false), (3, 'a,\"b\"', NULL), "
-        "(4, e'two\nlines', true)) t(id, text, flag) ORDER BY id"
+        "(4, e'two\nlines', true), (5, 'a#b', false), (6, ' \tpadded ', true)) t(id, text, flag) ORDER BY id"
     )
     assert main(["sql", "--csv", "-m", str(tiny_model_dir), query]) == 0
     out = capsys.readouterr().out
@@ -79,7 +79,7 @@ def test_csv_cells_as_duckdb_writes_them(
     assert main(["embed", str(tmp_path / "out.csv"), "-c", "text", "-o", str(tmp_path / "v.parquet"),
                  "-m", str(tiny_model_dir)]) == 0  # fmt: skip
     vectors = pq.read_table(tmp_path / "v.parquet").column("embedding").to_pylist()
-    assert [v is None for v in vectors] == [True, False, False, False]
+    assert [v is None for v in vectors] == [True, False, False, False, False, False]
 
 
 def test_a_pivot_without_in_prints_its_rows(tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -92,6 +92,12 @@ def test_a_pivot_without_in_prints_its_rows(tiny_model_dir: Path, capsys: pytest
     assert capsys.readouterr().out == "a,b\n1,2\n"
     assert main(["sql", "-m", str(tiny_model_dir), pivot]) == 0
     assert "│" in capsys.readouterr().out
+    # A change that reads a PIVOT is of that type too: it prints nothing, as other changes.
+    changes = pivot.replace("PIVOT s", "CREATE TABLE p AS PIVOT s")
+    changes += "; INSERT INTO p SELECT * FROM (PIVOT s ON k USING sum(v))"
+    for output in ("--csv", "--json"):
+        assert main(["sql", output, "-m", str(tiny_model_dir), changes]) == 0
+        assert capsys.readouterr().out == ""
 
 
 def test_json_and_csv_across_fetched_chunks(tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -66,6 +66,8 @@ def test_resize_and_clear(tiny_encoder: polyemb.Encoder) -> None:
             EmbeddingCache(tiny_encoder, max_mb=bad)
     with pytest.raises(polyemb.InvalidInputError, match="cannot be allocated here"):
         EmbeddingCache(tiny_encoder, max_mb=1e30)  # more rows than numpy can index
+    with pytest.raises(polyemb.InvalidInputError, match="a finite number of MB >= 0"):
+        EmbeddingCache(tiny_encoder, max_mb=1e308)  # finite, but not in bytes
 
 
 def test_rows_after_growing_clearing_and_evicting_hold_their_own_texts(tiny_encoder: polyemb.Encoder) -> None:

@@ -237,3 +237,22 @@ else:
                 zip(expected["a"], expected["b"], strict=True)
             )
             np.testing.assert_allclose(np.sort(got["score"]), np.sort(expected["score"]), atol=1e-5)
+
+    def test_the_jobs_reads_and_output_checks_on_connect(connect: Any, tmp_path: Path) -> None:
+        # Connect analyses lazily: a missing input came out of the job as an uncaught AnalysisException.
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from polyemb.spark.datasets import check_output, read_parquet
+
+        with pytest.raises(polyemb.InvalidInputError, match="cannot read Parquet at .*PATH_NOT_FOUND"):
+            read_parquet(connect, str(tmp_path / "nope"))
+        lake = tmp_path / "lake" / "lang=en"
+        lake.mkdir(parents=True)
+        pq.write_table(pa.table({"title": ["a cat"]}), lake / "part-0.parquet")
+        found = read_parquet(connect, f"{tmp_path / 'lake'}/*/*.parquet")
+        assert found.columns == ["title", "lang"]  # the glob's partition kept
+        for output in (str(tmp_path / "lake"), f"file:{tmp_path / 'lake'}/", str(lake / "new")):
+            with pytest.raises(polyemb.InvalidInputError, match="holds or is inside the input"):
+                check_output(connect, output, "overwrite", {str(tmp_path / "lake"): found})
+        check_output(connect, str(tmp_path / "out"), "errorifexists", {str(tmp_path / "lake"): found})

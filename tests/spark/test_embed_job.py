@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,22 +17,11 @@ import pytest
 from pyspark.sql import SparkSession
 
 import polyemb
-from polyemb.spark.datasets import PARTITION_TYPES
 from polyemb.testing import build_tiny_model
 
 pytestmark = pytest.mark.spark
 
 JOB = Path(__file__).parents[2] / "udfs" / "spark" / "embed_job.py"
-
-
-@pytest.fixture(autouse=True)
-def _session_as_before(request: pytest.FixtureRequest) -> Iterator[None]:
-    """The job sets its session's partition typing (and Arrow batch size); this session is the suite's."""
-    yield
-    if "spark" in request.fixturenames:
-        spark = request.getfixturevalue("spark")
-        spark.conf.unset(PARTITION_TYPES)
-        spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
 
 
 def load_job():  # type: ignore[no-untyped-def]
@@ -184,10 +172,10 @@ def test_job_never_writes_over_its_input_and_refuses_before_any_work(
     for output in (lake, lake / "lang=en", lake.parent, f"{lake}/"):
         argv = ["--input", str(lake), "--output", str(output), "--text-column", "title", "--model", nowhere]
         assert job.main([*argv, "--mode", "overwrite"]) == 2
-        assert "is the input" in capsys.readouterr().err
+        assert "holds or is inside the input" in capsys.readouterr().err
     glob = ["--input", f"{lake}/*/*.parquet", "--text-column", "title", "--model", nowhere]
     assert job.main([*glob, "--output", str(lake / "lang=es"), "--mode", "append"]) == 2
-    assert "is the input" in capsys.readouterr().err
+    assert "holds or is inside the input" in capsys.readouterr().err
     assert files_under(lake) == before  # nothing deleted, nothing added
     taken = tmp_path / "taken"
     taken.mkdir()
@@ -200,6 +188,32 @@ def test_job_never_writes_over_its_input_and_refuses_before_any_work(
     assert job.main([*bare, "--no-vectors", "--model", str(tiny_model_dir)]) == 2
     assert "--no-vectors leaves nothing to add" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_output_checks_place_each_path_on_its_own_file_system(spark: SparkSession, lake: Path) -> None:
+    from polyemb.spark.datasets import check_output, partition_base, read_parquet
+
+    found = read_parquet(spark, str(lake))
+    # Other schemes and hosts (Hadoop refused to qualify them with the output's: "Wrong FS"), and
+    # globs in the first folder (nothing left to be inside of; the files read still count).
+    for given in ("hdfs://nn:8020/x", "s3a://bucket-*/x", f"file:/{str(lake)[1:3]}*/x", "/tm*/x"):
+        check_output(spark, str(lake.parent / "out"), "overwrite", {given: found})
+        with pytest.raises(polyemb.InvalidInputError, match="holds or is inside the input"):
+            check_output(spark, str(lake.parent), "overwrite", {given: found})
+    assert partition_base("file:///year=2023") is None and partition_base("s3a://b-*/y=1/*") is None
+    assert partition_base("s3a://lake/articles/year=2023/*/*.parquet") == "s3a://lake/articles"
+
+
+def test_a_folder_named_as_a_partition_keeps_the_files_own_column(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    # basePath only where the folders hide a key that is not a data column of the files.
+    from polyemb.spark.datasets import read_parquet
+
+    folder = tmp_path / "dt=2024-01-01"
+    folder.mkdir()
+    pq.write_table(pa.table({"dt": ["2022-01-08"], "title": ["a cat"]}), folder / "part-0.parquet")
+    assert read_parquet(spark, str(folder)).collect()[0]["dt"] == "2022-01-08"
 
 
 def test_job_keeps_partition_folders_as_named(

@@ -17,7 +17,6 @@ GPU clusters: see docs/spark.md for the executor, task and Arrow batch settings.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -30,7 +29,7 @@ from polyemb.cli.shared import positive_int
 from polyemb.encoder import describe
 from polyemb.errors import ColumnNotFoundError, InvalidInputError
 from polyemb.options import DELIVERIES, PRECISIONS
-from polyemb.spark.datasets import check_output, job_session, read_parquet
+from polyemb.spark.datasets import check_output, folder_keys, job_session, read_parquet
 from polyemb.spark.udfs import col_named, name_fold
 
 
@@ -105,11 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def input_partition_columns(df: DataFrame) -> list[str]:
     """The hive-style ``key=value`` folders every input file sits under, in folder order."""
-    found: list[str] | None = None
-    for path in df.inputFiles():
-        keys = [m.group(1) for m in re.finditer(r"/([^/=]+)=[^/]*(?=/)", path)]
-        found = keys if found is None else [k for k in found if k in keys]
-    return [k for k in (found or []) if k in df.columns]
+    return [k for k in folder_keys(df.inputFiles()) if k in df.columns]
 
 
 def add_columns(spark: SparkSession, df: DataFrame, args: argparse.Namespace) -> DataFrame:
@@ -190,8 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.arrow_batch_rows:
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(args.arrow_batch_rows))
     try:
-        check_output(spark, args.output, args.mode, [args.input])
         df = read_parquet(spark, args.input)
+        check_output(spark, args.output, args.mode, {args.input: df})
     except InvalidInputError as exc:
         print(f"embed_job: {exc}", file=sys.stderr)
         return 2

@@ -64,10 +64,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     spark = job_session("polyemb-semantic-join")
     started = time.perf_counter()
     try:
-        check_output(spark, args.output, args.mode, [args.left, args.right])
+        left, right = read_parquet(spark, args.left), read_parquet(spark, args.right)
+        check_output(spark, args.output, args.mode, {args.left: left, args.right: right})
         joined = polyemb.spark.semantic_join(
-            read_parquet(spark, args.left),
-            read_parquet(spark, args.right),
+            left,
+            right,
             args.left_on,
             args.right_on,
             k=args.k,

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import math
+import re
 import shutil
 import signal
 import sys
@@ -32,9 +33,14 @@ if TYPE_CHECKING:
 __all__ = ["add_parser"]
 
 # Statement types whose rows are printed; the others are only executed, but for these with a
-# RETURNING clause. EXECUTE prints what its prepared statement returns (rows, or a change's count);
-# MULTI (a PIVOT without IN, run as several statements) what its last one returns.
-_ROW_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA", "CALL", "RELATION", "EXECUTE", "MULTI"}
+# RETURNING clause. EXECUTE prints what its prepared statement returns (rows, or a change's count).
+# A statement with a PIVOT without IN is of type MULTI (DuckDB runs it as several): its first
+# word says what it is, a query (these words) or a change (CREATE, INSERT, ...).
+_ROW_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA", "CALL", "RELATION", "EXECUTE"}
+_QUERY_WORDS = {"PIVOT", "UNPIVOT", "SELECT", "WITH", "FROM", "VALUES", "TABLE", "("}
+_WORD = re.compile(r"\w+")
+# What DuckDB's COPY quotes in a CSV cell.
+_CSV_QUOTED = re.compile(r'[,"\r\n#]')
 _RETURNING_STATEMENTS = {"INSERT", "UPDATE", "DELETE", "MERGE_INTO"}
 
 
@@ -244,6 +250,8 @@ def _returns_rows(statement: Any) -> bool:
     import duckdb
 
     kind = str(statement.type).rsplit(".", 1)[-1]
+    if kind == "MULTI":
+        kind = _multi_kind(statement.query)
     if kind in _ROW_STATEMENTS:
         return True
     if kind not in _RETURNING_STATEMENTS:
@@ -254,6 +262,18 @@ def _returns_rows(statement: Any) -> bool:
         token == duckdb.token_type.keyword and query[start : start + 9].upper() == "RETURNING"
         for start, token in duckdb.tokenize(query)
     )
+
+
+def _multi_kind(query: str) -> str:
+    """A MULTI statement's kind by its first word: SELECT for a query, else that word (CREATE, ...)."""
+    import duckdb
+
+    for start, token in duckdb.tokenize(query):
+        if token != duckdb.token_type.comment:
+            word = _WORD.match(query, start)
+            first = word.group().upper() if word else query[start]
+            return "SELECT" if first in _QUERY_WORDS else first
+    return "MULTI"
 
 
 def _read_sql(path: str) -> str:
@@ -324,12 +344,16 @@ def _unique_names(columns: list[str]) -> list[str]:
 
 
 def _csv_line(row: tuple[Any, ...]) -> str:
-    """A CSV line as DuckDB's COPY writes one: NULL as nothing, an empty text as ``""``."""
+    """A CSV line, quoted as DuckDB's COPY quotes one: NULL as nothing, an empty text as ``""``."""
     return ",".join(_csv_cell(value) for value in row) + "\n"
 
 
 def _csv_cell(value: Any) -> str:
-    """A CSV cell: lists and structs as JSON, BLOBs as DuckDB writes them, booleans as true/false."""
+    """A CSV cell: lists and structs as JSON, BLOBs as DuckDB writes them, booleans as true/false.
+
+    Quoted where DuckDB quotes (a delimiter, quote, line break or ``#``; empty); other values as
+    Python writes them (``str``).
+    """
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -338,7 +362,7 @@ def _csv_cell(value: Any) -> str:
         text = _json(value)
     else:
         text = _blob_text(value) if isinstance(value, bytes) else str(value)
-    if text == "" or any(c in text for c in ',"\r\n'):
+    if not text or _CSV_QUOTED.search(text):
         return '"' + text.replace('"', '""') + '"'
     return text
 

@@ -71,7 +71,8 @@ def register(
     """Register polyemb's functions on a DuckDB connection (replacing its earlier registrations).
 
     The functions belong to the connection's database: its other connections (a ``cursor()``,
-    another ``duckdb.connect`` of the same file) call them, and cannot replace them.
+    another ``duckdb.connect`` of the same file) call them while this one is open, and cannot
+    replace them (another ``prefix=`` registers a second set).
 
     Functions (each name behind ``prefix``):
 

@@ -71,8 +71,8 @@ def create_function(
         raise InvalidInputError(
             f"this database already has a function {name}(), registered on another connection to "
             "it (a database's connections share its functions, and only the connection that "
-            "registered one can replace it): call polyemb's functions here without registering "
-            "again, or register on the first connection, or give another prefix="
+            "registered one can replace it): register another set here with another prefix=, "
+            "or replace them on that connection"
         ) from exc
 
 

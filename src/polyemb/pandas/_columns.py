@@ -66,7 +66,9 @@ def holds_vectors(series: pd.Series) -> bool:
     """
     if is_vector_dtype(series.dtype):
         items = series.dtype.pyarrow_dtype.value_type
-        return not (pa.types.is_string(items) or pa.types.is_large_string(items))
+        return not (
+            pa.types.is_string(items) or pa.types.is_large_string(items) or pa.types.is_string_view(items)
+        )
     if series.dtype != object:
         return False
     present = series[series.notna()]
@@ -89,7 +91,7 @@ def not_a_text(series: pd.Series, position: int, value: object) -> InvalidInputE
     """The error for ``value``, not a text, at ``position`` of ``series``: named by its row label."""
     label = series.index[position]
     hint = (
-        "join its items into one text with .map(' '.join)"
+        "join its items into one text with .map(' '.join, na_action='ignore')"
         if isinstance(value, (list, tuple, np.ndarray))
         else "convert the column with .astype(str)"
     )
