@@ -92,12 +92,19 @@ def test_a_pivot_without_in_prints_its_rows(tiny_model_dir: Path, capsys: pytest
     assert capsys.readouterr().out == "a,b\n1,2\n"
     assert main(["sql", "-m", str(tiny_model_dir), pivot]) == 0
     assert "│" in capsys.readouterr().out
-    # A change that reads a PIVOT is of that type too: it prints nothing, as other changes.
-    changes = pivot.replace("PIVOT s", "CREATE TABLE p AS PIVOT s")
-    changes += "; INSERT INTO p SELECT * FROM (PIVOT s ON k USING sum(v))"
-    for output in ("--csv", "--json"):
-        assert main(["sql", output, "-m", str(tiny_model_dir), changes]) == 0
-        assert capsys.readouterr().out == ""
+    # Statements that read such a PIVOT are of that type too: queries print, changes do not.
+    for query, printed in (
+        ("DESCRIBE PIVOT s ON k USING sum(v)", "column_name,column_type,null,key,default,extra\na,"),
+        ("SUMMARIZE (PIVOT s ON k USING sum(v))", "column_name,column_type,min,max"),
+        ("/* wide */ PIVOT_WIDER s ON k USING sum(v)", "a,b\n1,2\n"),
+        ("CREATE TABLE p AS PIVOT s ON k USING sum(v)", ""),
+        ("WITH w AS (PIVOT s ON k USING sum(v)) INSERT INTO q SELECT * FROM w", ""),
+        ("INSERT INTO q SELECT * FROM (PIVOT s ON k USING sum(v)) RETURNING a", "a\n1\n"),
+    ):
+        script = pivot.replace("PIVOT s ON k USING sum(v)", f"CREATE TABLE q(a INT128, b INT128); {query}")
+        assert main(["sql", "--csv", "-m", str(tiny_model_dir), script]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith(printed) and bool(out) == bool(printed), (query, out)
 
 
 def test_json_and_csv_across_fetched_chunks(tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

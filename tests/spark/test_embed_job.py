@@ -190,6 +190,28 @@ def test_job_never_writes_over_its_input_and_refuses_before_any_work(
     assert not (tmp_path / "out").exists()
 
 
+def test_a_path_spark_writes_as_a_uri_is_still_the_input(
+    spark: SparkSession, tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Spark names the files read as URIs (my%20lake): an output around them was not seen as the
+    # input's, and an overwrite deleted it.
+    for name in ("my lake", "50%", "a#b"):
+        lake = tmp_path / name / "articles" / "lang=en"
+        lake.mkdir(parents=True)
+        pq.write_table(pa.table({"title": ["a cat"]}), lake / "part-0.parquet")
+        job = load_job()
+        top, *rest = str(lake.parent / "*" / "*.parquet").lstrip("/").split("/")
+        anywhere = "/".join(["", f"{top[:-1]}?", *rest])  # a glob in the first folder: only the files tell
+        for given, output in ((lake.parent, tmp_path / name), (anywhere, lake.parent)):
+            argv = ["--input", str(given), "--output", str(output), "--text-column", "title"]
+            assert job.main([*argv, "--model", str(tiny_model_dir), "--mode", "overwrite"]) == 2
+            assert "holds or is inside the input" in capsys.readouterr().err
+        assert (lake / "part-0.parquet").exists()
+        from polyemb.spark.datasets import folder_keys, input_files, read_parquet
+
+        assert folder_keys(input_files(read_parquet(spark, str(lake.parent)))) == ["lang"]
+
+
 def test_output_checks_place_each_path_on_its_own_file_system(spark: SparkSession, lake: Path) -> None:
     from polyemb.spark.datasets import check_output, partition_base, read_parquet
 

@@ -29,7 +29,7 @@ from polyemb.cli.shared import positive_int
 from polyemb.encoder import describe
 from polyemb.errors import ColumnNotFoundError, InvalidInputError
 from polyemb.options import DELIVERIES, PRECISIONS
-from polyemb.spark.datasets import check_output, folder_keys, job_session, read_parquet
+from polyemb.spark.datasets import check_output, folder_keys, input_files, job_session, read_parquet
 from polyemb.spark.udfs import col_named, name_fold
 
 
@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def input_partition_columns(df: DataFrame) -> list[str]:
     """The hive-style ``key=value`` folders every input file sits under, in folder order."""
-    return [k for k in folder_keys(df.inputFiles()) if k in df.columns]
+    return [k for k in folder_keys(input_files(df)) if k in df.columns]
 
 
 def add_columns(spark: SparkSession, df: DataFrame, args: argparse.Namespace) -> DataFrame:

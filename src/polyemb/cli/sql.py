@@ -34,11 +34,10 @@ __all__ = ["add_parser"]
 
 # Statement types whose rows are printed; the others are only executed, but for these with a
 # RETURNING clause. EXECUTE prints what its prepared statement returns (rows, or a change's count).
-# A statement with a PIVOT without IN is of type MULTI (DuckDB runs it as several): its first
-# word says what it is, a query (these words) or a change (CREATE, INSERT, ...).
+# A statement that reads a PIVOT without IN is of type MULTI (DuckDB runs it as several): a
+# query (PIVOT, DESCRIBE, SUMMARIZE, ...) unless it starts as a change, past WITH's queries.
 _ROW_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA", "CALL", "RELATION", "EXECUTE"}
-_QUERY_WORDS = {"PIVOT", "UNPIVOT", "SELECT", "WITH", "FROM", "VALUES", "TABLE", "("}
-_WORD = re.compile(r"\w+")
+_CHANGE_WORDS = {"CREATE", "INSERT", "UPDATE", "DELETE", "MERGE", "COPY", "ALTER", "DROP", "EXPORT", "ATTACH"}
 # What DuckDB's COPY quotes in a CSV cell.
 _CSV_QUOTED = re.compile(r'[,"\r\n#]')
 _RETURNING_STATEMENTS = {"INSERT", "UPDATE", "DELETE", "MERGE_INTO"}
@@ -265,15 +264,23 @@ def _returns_rows(statement: Any) -> bool:
 
 
 def _multi_kind(query: str) -> str:
-    """A MULTI statement's kind by its first word: SELECT for a query, else that word (CREATE, ...)."""
+    """A MULTI statement's kind: a change's by its first top-level keyword (past WITH), else SELECT."""
     import duckdb
 
-    for start, token in duckdb.tokenize(query):
-        if token != duckdb.token_type.comment:
-            word = _WORD.match(query, start)
-            first = word.group().upper() if word else query[start]
-            return "SELECT" if first in _QUERY_WORDS else first
-    return "MULTI"
+    tokens = duckdb.tokenize(query)
+    ends = [start for start, _ in tokens[1:]] + [len(query)]
+    depth = 0
+    for (start, token), end in zip(tokens, ends, strict=True):
+        text = query[start:end]
+        if token == duckdb.token_type.operator:
+            depth += text.count("(") - text.count(")")
+        elif token == duckdb.token_type.keyword and depth == 0:
+            word = text.strip().upper()
+            if word in _CHANGE_WORDS:
+                return "MERGE_INTO" if word == "MERGE" else word
+            if word not in ("WITH", "RECURSIVE", "AS", "NOT", "MATERIALIZED"):
+                return "SELECT"
+    return "SELECT"
 
 
 def _read_sql(path: str) -> str:

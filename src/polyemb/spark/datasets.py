@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 from py4j.protocol import Py4JJavaError  # type: ignore[import-untyped]
 from pyspark.errors import AnalysisException, IllegalArgumentException
@@ -26,7 +27,15 @@ if TYPE_CHECKING:
 
     from pyspark.sql import DataFrame
 
-__all__ = ["PARTITION_TYPES", "check_output", "folder_keys", "job_session", "partition_base", "read_parquet"]
+__all__ = [
+    "PARTITION_TYPES",
+    "check_output",
+    "folder_keys",
+    "input_files",
+    "job_session",
+    "partition_base",
+    "read_parquet",
+]
 
 PARTITION_TYPES = "spark.sql.sources.partitionColumnTypeInference.enabled"
 # Hadoop's glob characters; a folder named key=value is a partition's.
@@ -82,6 +91,11 @@ def partition_base(path: str) -> str | None:
     return base if _folder(base) is not None and base != path.rstrip("/") else None
 
 
+def input_files(frame: DataFrame) -> list[str]:
+    """The files ``frame`` reads, as paths (Spark gives URIs: ``my%20lake`` is ``my lake``)."""
+    return [_canonical(unquote(file)) for file in frame.inputFiles()]
+
+
 def folder_keys(files: Iterable[str]) -> list[str]:
     """The keys of the ``key=value`` folders that every file sits under, in folder order."""
     found: list[str] | None = None
@@ -102,7 +116,7 @@ def read_parquet(spark: Any, path: str) -> DataFrame:
     """
     frame = _read(spark.read, path)
     base = partition_base(path)
-    if base is not None and any(key not in frame.columns for key in folder_keys(frame.inputFiles())):
+    if base is not None and any(key not in frame.columns for key in folder_keys(input_files(frame))):
         frame = _read(spark.read.option("basePath", base), path)
     return frame
 
@@ -135,8 +149,8 @@ def check_output(spark: Any, output: str, mode: str, inputs: Mapping[str, DataFr
     for given, frame in inputs.items():
         folder = _folder(given)
         root = _qualified(spark, folder) if folder is not None else None
-        inside = root is not None and _within(target, root)
-        if inside or any(_within(_canonical(file), target) for file in frame.inputFiles()):
+        nested = root is not None and (_within(target, root) or _within(root, target))
+        if nested or any(_within(file, target) for file in input_files(frame)):
             raise InvalidInputError(
                 f"the output {output!r} holds or is inside the input {given!r}: writing there would "
                 "change (with --mode overwrite, delete) what is read; choose another"
