@@ -84,8 +84,14 @@ def test_csv_cells_as_duckdb_writes_them(
 
 def test_a_pivot_without_in_prints_its_rows(tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # DuckDB runs it as several statements (type MULTI): it printed nothing and exited 0.
+    import duckdb
+
     pivot = "CREATE TABLE s(k VARCHAR, v INT); INSERT INTO s VALUES ('a', 1), ('b', 2); "
     pivot += "PIVOT s ON k USING sum(v)"
+    if int(duckdb.__version__.split(".")[0]) < 2:  # 1.x keeps no text for it: a clear error there
+        assert main(["sql", "--csv", "-m", str(tiny_model_dir), f"{pivot}; SELECT 1"]) == 1
+        assert "cannot split this SQL into statements (a PIVOT without IN" in capsys.readouterr().err
+        return
     assert main(["sql", "--json", "-m", str(tiny_model_dir), pivot]) == 0
     assert json.loads(capsys.readouterr().out) == [{"a": 1, "b": 2}]
     assert main(["sql", "--csv", "-m", str(tiny_model_dir), pivot]) == 0

@@ -34,9 +34,12 @@ __all__ = ["add_parser"]
 
 # Statement types whose rows are printed; the others are only executed, but for these with a
 # RETURNING clause. EXECUTE prints what its prepared statement returns (rows, or a change's count).
-# A statement that reads a PIVOT without IN is of type MULTI (DuckDB runs it as several): a
-# query (PIVOT, DESCRIBE, SUMMARIZE, ...) unless it starts as a change, past WITH's queries.
+# A statement that reads a PIVOT without IN runs as several, and DuckDB types it MULTI (2.x) or
+# as the first of them (1.x: CREATE, the values' enum type; TRANSACTION): it is a query (PIVOT,
+# DESCRIBE, SUMMARIZE, ...) unless it starts as a change, past WITH's queries.
 _ROW_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA", "CALL", "RELATION", "EXECUTE"}
+_PIVOT_TYPES = {"MULTI", "CREATE", "TRANSACTION"}
+_PIVOT_WORDS = {"PIVOT", "PIVOT_WIDER", "PIVOT_LONGER", "UNPIVOT"}
 _CHANGE_WORDS = {"CREATE", "INSERT", "UPDATE", "DELETE", "MERGE", "COPY", "ALTER", "DROP", "EXPORT", "ATTACH"}
 # What DuckDB's COPY quotes in a CSV cell.
 _CSV_QUOTED = re.compile(r'[,"\r\n#]')
@@ -201,11 +204,12 @@ def _run_statements(con: Any, text: str, args: argparse.Namespace) -> None:
     except duckdb.Error as exc:
         raise InvalidInputError(f"cannot parse the SQL: {exc}") from exc
     for statement in statements:
+        query = _text_of(statement)
         try:
             if _returns_rows(statement):
-                _print_result(con, statement.query, args)
+                _print_result(con, query, args)
             else:
-                con.execute(statement.query)
+                con.execute(query)
         except duckdb.Error as exc:
             raise SqlError(f"{exc}\n  in: {statement.query.strip()[:200]}") from exc
 
@@ -244,13 +248,34 @@ def _interruptible(con: Any) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+def _text_of(statement: Any) -> str:
+    """A parsed statement's SQL.
+
+    Raises:
+        InvalidInputError: DuckDB lost it: duckdb 1.x keeps no text for a PIVOT without IN (and
+            fails on the statements after it), where 2.x runs it.
+    """
+    import duckdb
+
+    try:
+        query = str(statement.query)
+    except IndexError:
+        query = ""
+    if not query.strip():
+        raise InvalidInputError(
+            f"duckdb {duckdb.__version__} cannot split this SQL into statements (a PIVOT without IN "
+            "loses its text there): list the values, PIVOT ... ON k IN (...), or use duckdb 2"
+        )
+    return query
+
+
 def _returns_rows(statement: Any) -> bool:
     """Whether a parsed statement's rows are printed: a query, or a change with a RETURNING clause."""
     import duckdb
 
     kind = str(statement.type).rsplit(".", 1)[-1]
-    if kind == "MULTI":
-        kind = _multi_kind(statement.query)
+    if kind in _PIVOT_TYPES:
+        kind = _pivot_kind(statement.query) or kind
     if kind in _ROW_STATEMENTS:
         return True
     if kind not in _RETURNING_STATEMENTS:
@@ -263,23 +288,30 @@ def _returns_rows(statement: Any) -> bool:
     )
 
 
-def _multi_kind(query: str) -> str:
-    """A MULTI statement's kind: a change's by its first top-level keyword (past WITH), else SELECT."""
+def _pivot_kind(query: str) -> str | None:
+    """A statement's kind if it reads a PIVOT; None where it has no PIVOT.
+
+    A change's kind by its first top-level keyword (past WITH's queries), else SELECT.
+    """
     import duckdb
 
     tokens = duckdb.tokenize(query)
     ends = [start for start, _ in tokens[1:]] + [len(query)]
+    words = [
+        (query[start:end].strip().upper(), token)
+        for (start, token), end in zip(tokens, ends, strict=True)
+        if token in (duckdb.token_type.keyword, duckdb.token_type.operator)
+    ]
+    if not any(word in _PIVOT_WORDS for word, _ in words):
+        return None
     depth = 0
-    for (start, token), end in zip(tokens, ends, strict=True):
-        text = query[start:end]
+    for word, token in words:
         if token == duckdb.token_type.operator:
-            depth += text.count("(") - text.count(")")
-        elif token == duckdb.token_type.keyword and depth == 0:
-            word = text.strip().upper()
-            if word in _CHANGE_WORDS:
-                return "MERGE_INTO" if word == "MERGE" else word
-            if word not in ("WITH", "RECURSIVE", "AS", "NOT", "MATERIALIZED"):
-                return "SELECT"
+            depth += word.count("(") - word.count(")")
+        elif depth == 0 and word in _CHANGE_WORDS:
+            return "MERGE_INTO" if word == "MERGE" else word
+        elif depth == 0 and word not in ("WITH", "RECURSIVE", "AS", "NOT", "MATERIALIZED"):
+            return "SELECT"
     return "SELECT"
 
 
