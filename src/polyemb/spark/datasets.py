@@ -126,7 +126,7 @@ def _read(reader: Any, path: str) -> DataFrame:
         frame = reader.parquet(path)
         _ = frame.schema  # Spark Connect analyses lazily: a missing path fails here
     except AnalysisException as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise InvalidInputError(f"cannot read Parquet at {path!r}: {reason}") from exc
     return frame
 
