@@ -99,6 +99,39 @@ def cap_cpu_threads(cpus: int | None = None) -> None:
         torch.set_num_threads(limit)
 
 
+# Set in a child forked while torch ran on several threads, until its first forward says so.
+_forked_to_one_thread = False
+
+
+def _one_thread_after_fork() -> None:
+    """In a forked child: torch on one thread, as PyTorch's own DataLoader workers run.
+
+    torch's CPU threads are GNU OpenMP's, and a child forked after the parent used them waits
+    forever in its first parallel step (gunicorn ``--preload``, ``multiprocessing``'s fork). One
+    thread runs no parallel step. Spark's Python workers are forked before torch is imported.
+    """
+    global _forked_to_one_thread
+    if torch.get_num_threads() > 1:
+        torch.set_num_threads(1)
+        _forked_to_one_thread = True
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_one_thread_after_fork)
+
+
+def _say_forked_once() -> None:
+    global _forked_to_one_thread
+    _forked_to_one_thread = False
+    logger.warning(
+        "polyemb: torch runs on one thread in this process, forked after torch was imported (a "
+        "child forked after torch ran on several threads would wait forever in its first parallel "
+        "step); for %d threads a worker, start workers with multiprocessing's 'spawn' or "
+        "'forkserver', or call torch.set_num_threads in the child if its parent never ran torch",
+        available_cpus(),
+    )
+
+
 class Encoder(TextEncoder):
     """A loaded sentence-embedding model: ``encode`` turns texts into float32 vectors.
 
@@ -374,6 +407,8 @@ class Encoder(TextEncoder):
         )
 
     def _forward(self, ids: np.ndarray, mask: np.ndarray, normalize: bool) -> np.ndarray:
+        if _forked_to_one_thread:
+            _say_forked_once()
         input_ids = torch.from_numpy(ids).to(self.device, non_blocking=True)
         attention_mask = torch.from_numpy(mask).to(self.device, non_blocking=True)
         with torch.inference_mode():

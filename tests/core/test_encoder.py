@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -407,3 +409,39 @@ def test_loading_a_cpu_encoder_keeps_the_heap(tiny_model_dir: Path, monkeypatch:
     monkeypatch.setattr(encoder_module, "keep_heap_between_batches", lambda: calls.append(1) or True)
     polyemb.load(tiny_model_dir, device="cpu")
     assert calls == [1]
+
+
+def test_a_process_forked_after_encoding_encodes_on_one_thread(tiny_encoder: polyemb.Encoder) -> None:
+    # gunicorn --preload, multiprocessing's fork: torch's OpenMP threads of the parent are not in
+    # the child, whose first parallel step would wait for them forever.
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # as on any machine of 2 CPUs or more, even where this one has 1
+    try:
+        expected = tiny_encoder.encode(SAMPLE_SENTENCES)  # the parent runs its threads
+        _encode_in_a_forked_child(tiny_encoder, expected)
+        assert torch.get_num_threads() == 2  # the parent keeps its threads
+    finally:
+        torch.set_num_threads(before)
+
+
+def _encode_in_a_forked_child(tiny_encoder: polyemb.Encoder, expected: np.ndarray) -> None:
+    pid = os.fork()
+    if pid == 0:  # the child: exit code 0 only if everything held
+        code = 9
+        try:
+            signal.alarm(60)  # a hang ends as SIGALRM, not as a stuck suite
+            said: list[str] = []
+            handler = logging.Handler()
+            handler.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]
+            logging.getLogger("polyemb.encoder").addHandler(handler)
+            vectors = tiny_encoder.encode(SAMPLE_SENTENCES)
+            tiny_encoder.encode(SAMPLE_SENTENCES[:2])
+            code = (
+                2 * (not np.allclose(vectors, expected, rtol=0, atol=1e-6))
+                + 4 * (torch.get_num_threads() != 1)
+                + 8 * (sum("runs on one thread" in message for message in said) != 1)  # said once
+            )
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

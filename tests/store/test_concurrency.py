@@ -8,6 +8,10 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +21,7 @@ import pytest
 import polyemb
 from polyemb.embedder import VectorSpec
 from polyemb.store import maintenance, open_store, stored, text_hashes, writer
+from polyemb.store.keys import text_digests
 
 
 def _write_in_process(args: tuple[str, str, list[str]]) -> int:
@@ -101,6 +106,118 @@ def test_a_writer_killed_mid_write_leaves_every_finished_file(tiny_model_dir: Pa
     assert report.temporary_removed == 1 and not list(store.rglob(".*.tmp"))
 
 
+def _count_embedded(monkeypatch: pytest.MonkeyPatch, pause: float = 0.0) -> Counter[str]:
+    """Count every text the encoder embeds (``pause`` seconds a call, so that calls overlap)."""
+    embedded: Counter[str] = Counter()
+    lock = threading.Lock()
+    encode = polyemb.Encoder.encode
+
+    def counting(self: polyemb.Encoder, texts: list[str], **options: object) -> np.ndarray:
+        with lock:
+            embedded.update(texts)
+        time.sleep(pause)
+        return encode(self, texts, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(polyemb.Encoder, "encode", counting)
+    return embedded
+
+
+def test_threads_that_need_one_text_embed_it_once(
+    tiny_encoder: polyemb.Encoder,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    run_threads: Callable[[Callable[[int], None], int], None],
+) -> None:
+    # Polars' streaming engine, DuckDB and pandas in threads call one store at once, with texts in
+    # common: each is embedded (and stored) once, the others wait for it.
+    monkeypatch.setattr(stored, "WRITE_ROWS", 8)  # several claims per call
+    texts = [f"shared text {i}" for i in range(70)]
+    expected = tiny_encoder.encode(texts)
+    embedded = _count_embedded(monkeypatch, pause=0.05)
+    store = open_store(tmp_path / "store")
+    results: dict[int, np.ndarray] = {}
+
+    def work(i: int) -> None:
+        results[i] = store.encode(texts[i * 10 : i * 10 + 40], encoder=tiny_encoder)
+
+    run_threads(work, 4)
+    assert embedded == Counter(texts)  # every text once, whichever thread came first
+    for i, vectors in results.items():
+        np.testing.assert_allclose(vectors, expected[i * 10 : i * 10 + 40], rtol=0, atol=1e-6)
+    [model] = store.stats().models
+    assert (model.entries, model.distinct) == (70, 70)
+
+
+def test_a_text_stored_between_lookup_and_claim_is_not_embedded_again(
+    tiny_encoder: polyemb.Encoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The window a claim alone leaves: another call stores the texts and gives its claim up after
+    # this call looked them up, before this call claims them.
+    store = open_store(tmp_path / "store")
+    texts = ["first", "second", "third"]
+    embedded = _count_embedded(monkeypatch)
+    claim = store.in_flight.claim
+    other = store.bind(tiny_encoder)
+    calls: list[int] = []
+
+    def another_call_first(*args: object, **options: object) -> object:
+        calls.append(1)
+        if len(calls) == 1:
+            other.encode(texts)  # runs in full: looks up, claims, embeds, stores, releases
+        return claim(*args, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store.in_flight, "claim", another_call_first)
+    late = store.bind(tiny_encoder)
+    vectors = late.encode(texts)
+    assert embedded == Counter(texts)
+    assert (late.stats.found, late.stats.embedded, other.stats.embedded) == (3, 0, 3)
+    np.testing.assert_allclose(vectors, tiny_encoder.encode(texts), rtol=0, atol=1e-6)
+
+
+def test_a_call_that_fails_leaves_its_texts_to_the_calls_waiting_for_them(
+    tiny_encoder: polyemb.Encoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_store(tmp_path / "store")
+    texts = ["a", "b", "c"]
+    waiting = threading.Event()
+    take = stored.take_from_others
+
+    def signal_then_take(others: list[tuple[int, stored.Claim, int]], vectors: np.ndarray) -> list[int]:
+        if others:
+            waiting.set()
+        return take(others, vectors)
+
+    monkeypatch.setattr(stored, "take_from_others", signal_then_take)
+    encode = polyemb.Encoder.encode
+
+    def fail_once_the_other_waits(self: polyemb.Encoder, batch: list[str], **options: object) -> np.ndarray:
+        if threading.current_thread().name == "failing":
+            assert waiting.wait(10)
+            raise RuntimeError("the first call's model failed")
+        return encode(self, batch, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(polyemb.Encoder, "encode", fail_once_the_other_waits)
+    errors: list[BaseException] = []
+
+    def first() -> None:
+        try:
+            store.encode(texts, encoder=tiny_encoder)
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    failing = threading.Thread(target=first, name="failing")
+    failing.start()
+    while not store.in_flight._claims:  # the first call has claimed the texts
+        time.sleep(0.001)
+    vectors = store.encode(texts, encoder=tiny_encoder)
+    failing.join()
+    assert [str(e) for e in errors] == ["the first call's model failed"]
+    np.testing.assert_allclose(vectors, tiny_encoder.encode(texts), rtol=0, atol=1e-6)
+    assert store.in_flight._claims == {}  # nothing left claimed
+    [model] = store.stats().models
+    assert model.entries == 3
+
+
 def _spec() -> VectorSpec:
     return VectorSpec("fork-test", "sha256:0", 4, 16, "fp32", True)
 
@@ -129,6 +246,28 @@ def test_forked_writers_never_overwrite_each_other(tmp_path: Path) -> None:
     assert found.tolist() == [True, True, True]
     np.testing.assert_array_equal(vectors[:, 0], [0, 1, 2])
     assert len(list((tmp_path / "store").glob("model=*/run=*/part-*.parquet"))) == 3
+
+
+def test_a_forked_child_does_not_wait_for_its_parents_claims(
+    tiny_encoder: polyemb.Encoder, tmp_path: Path
+) -> None:
+    # A parent's thread was embedding the texts at the fork: that thread is not in the child.
+    store = open_store(tmp_path / "store")
+    texts = ["claimed in the parent"]
+    key = tiny_encoder.vector_spec(normalize=True).key
+    store.in_flight.claim(key, text_digests(texts), [0], np.zeros((1, tiny_encoder.dim), np.float32), 8)
+    pid = os.fork()
+    if pid == 0:  # the child: embeds the text itself, then leaves without cleanup
+        code = 1
+        try:
+            signal.alarm(60)  # never hang the suite
+            store.encode(texts, encoder=tiny_encoder)
+            code = 0
+        finally:
+            os._exit(code)
+    assert os.waitpid(pid, 0)[1] == 0
+    [model] = open_store(tmp_path / "store").stats().models
+    assert model.entries == 1
 
 
 def test_two_compactions_at_once_both_finish_and_lose_nothing(

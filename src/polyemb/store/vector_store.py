@@ -35,7 +35,7 @@ from polyemb.store.layout import (
     run_id,
 )
 from polyemb.store.quarantine import BadFiles
-from polyemb.store.stored import StoredEncoder, default_encoder_or
+from polyemb.store.stored import InFlight, StoredEncoder, default_encoder_or
 
 if TYPE_CHECKING:
     from polyemb.encoder import Encoder
@@ -84,6 +84,7 @@ class VectorStore:
         self.read_only = read_only
         self._writes = writer.WriteGuard(self.path, on_write_error)
         self._lock = threading.RLock()
+        self.in_flight = InFlight()  # what this process's calls are embedding now
         self._indexes: dict[str, ModelIndex] = {}
         self._cache = RowGroupCache(cache_mb)
         self._bad_files = BadFiles(move=not read_only)
@@ -128,6 +129,7 @@ class VectorStore:
     def _forked(self) -> None:
         """In a forked child: fresh locks (a parent's thread may have held them) and a run of its own."""
         self._lock = threading.RLock()
+        self.in_flight = InFlight()  # the parent's claims: its threads are not here to finish them
         self._writes = writer.WriteGuard(self.path, self._writes.on_write_error)
         self._bad_files = BadFiles(move=not self.read_only)
         for index in self._indexes.values():
