@@ -283,8 +283,12 @@ def test_embed_with_a_store_and_the_store_commands(
     assert "nothing dropped" in capsys.readouterr().err
     assert main(["store", "gc", store, "--keep-model", tiny_encoder.provenance]) == 0
     assert "dropped 0" in capsys.readouterr().out
-    assert main(["store", "stats", str(tmp_path)]) == 1
-    assert "is not a polyemb vector store" in capsys.readouterr().err
+    for action in (["stats"], ["compact"], ["gc", "--keep-model", tiny_encoder.provenance]):
+        assert main(["store", action[0], str(tmp_path / "empty"), *action[1:]]) == 1
+        err = capsys.readouterr().err  # says how to make one on the command line, not in Python
+        assert "is not a polyemb vector store" in err and "--store FOLDER of `polyemb embed`" in err
+        assert "create=False" not in err
+    assert not (tmp_path / "empty").exists()  # refused, never made into one
 
 
 def test_store_commands_report_bad_files(

@@ -235,6 +235,25 @@ def test_errors(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["sql", *model, "--index", "p", "SELECT 1 AS key, 'x' AS text", *source, "SELECT 1"]) == 1
     err = capsys.readouterr().err
     assert "polyemb sql: error: --index p:" in err and '"bogus"' in err
+    # --index's options named as options (the Python API's queries= meant nothing here), before the
+    # model loads (a model path that cannot load shows it).
+    index = ["--index", "p", "SELECT 1 AS key, 'x' AS text"]
+    for options, message in [
+        (
+            [*index, "--index-score", "csls"],
+            "--index-score csls scores a pair against both sides' neighbourhoods: give --index-source QUERY",
+        ),
+        (
+            [*index, "--index-source", "SELECT 'y'"],
+            "--index-source is read by --index-score margin or csls only",
+        ),
+        (
+            ["--index-score", "margin", "--index-source", "SELECT 'y'"],
+            "--index-score and --index-source are options of --index",
+        ),
+    ]:
+        assert main(["sql", "-m", str(tmp_path / "no-model"), *options, "SELECT 1"]) == 1
+        assert f"polyemb sql: error: {message}" in capsys.readouterr().err
     with pytest.raises(SystemExit) as usage:
         main(["sql", *model, "--max-rows", "-1", "SELECT 1"])
     assert usage.value.code == 2 and "--max-rows: expected a positive whole number" in capsys.readouterr().err

@@ -25,6 +25,7 @@ from polyemb.cli.shared import (
 )
 from polyemb.errors import InvalidInputError, SqlError
 from polyemb.options import SCORES
+from polyemb.scores import score_spec
 
 if TYPE_CHECKING:
     from polyemb.encoder import Encoder
@@ -130,6 +131,7 @@ def _add_index_options(parser: argparse.ArgumentParser) -> None:
 def _sql(args: argparse.Namespace) -> int:
     if (args.query is None) == (args.file is None):
         raise InvalidInputError("give a query or -f FILE (one of them)")
+    _check_index_options(args)
     text = args.query if args.query is not None else _read_sql(args.file)
     # Before duckdb itself: without duckdb installed, polyemb.duckdb raises the error that says
     # how to get it.
@@ -157,6 +159,20 @@ def _connect(database: str | None) -> Any:
         return duckdb.connect(database or ":memory:")
     except duckdb.Error as exc:  # a missing folder, a file that is not a DuckDB database, a lock
         raise InvalidInputError(f"cannot open the database {database!r}: {exc}") from exc
+
+
+def _check_index_options(args: argparse.Namespace) -> None:
+    """Before any work: --index-score and --index-source as they go together (named as options)."""
+    relative = score_spec(args.index_score).neighbourhoods
+    if not args.index and (args.index_source is not None or args.index_score != "cosine"):
+        raise InvalidInputError("--index-score and --index-source are options of --index NAME QUERY")
+    if relative and args.index_source is None:
+        raise InvalidInputError(
+            f"--index-score {args.index_score} scores a pair against both sides' neighbourhoods: give "
+            "--index-source QUERY, SQL giving the texts that will be matched against --index"
+        )
+    if not relative and args.index_source is not None:
+        raise InvalidInputError("--index-source is read by --index-score margin or csls only")
 
 
 def _register_indexes(

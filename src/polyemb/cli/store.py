@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from polyemb.cli.shared import Subparsers
+from polyemb.errors import StoreError
 
 __all__ = ["add_parser"]
 
@@ -39,8 +40,13 @@ def add_parser(commands: Subparsers) -> None:
 
 def _store(args: argparse.Namespace) -> int:
     from polyemb.store import open_store
+    from polyemb.store.layout import MARKER, is_store, local_folder
 
-    # create=False: a folder that is not a store is refused, never made into one.
+    if not is_store(local_folder(args.path)):  # refused, never made into one
+        raise StoreError(
+            f"{args.path} is not a polyemb vector store (no {MARKER}, no model=* folders); "
+            "the --store FOLDER of `polyemb embed` or `polyemb sql` makes one"
+        )
     store = open_store(args.path, read_only=args.action == "stats", create=False)
     if args.action == "stats":
         print(store.stats().format())

@@ -143,6 +143,11 @@ def register_index(
             "recall= calibrates nprobe on the rows that will be matched: give queries=, an SQL "
             "query of those texts (or vectors)"
         )
+    if queries is not None and not spec.neighbourhoods and (settings is None or settings.recall is None):
+        raise InvalidInputError(
+            f"queries= is read by score='margin' or 'csls' and by method=Ivf(recall=...) only; with "
+            f"score={score!r} it would be embedded for nothing: leave it out"
+        )
     column = text if text is not None else str(vector)
     rows, key_type = _index_rows(con, query, key, column)
     reader = _Reader.make(text is not None, encoder, store, batch_size)
