@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from functools import cached_property
 from pathlib import Path
@@ -25,6 +26,7 @@ from polyemb._platform import (
     available_cpus,
     keep_heap_between_batches,
     release_free_memory,
+    warn_if_forked_to_one_thread,
 )
 from polyemb.batching import (
     MAX_ROWS,
@@ -99,37 +101,17 @@ def cap_cpu_threads(cpus: int | None = None) -> None:
         torch.set_num_threads(limit)
 
 
-# Set in a child forked while torch ran on several threads, until its first forward says so.
-_forked_to_one_thread = False
+# Every Encoder, so that a forked child gets fresh locks (a parent's thread may have held them).
+_encoders: weakref.WeakSet[Encoder] = weakref.WeakSet()
 
 
-def _one_thread_after_fork() -> None:
-    """In a forked child: torch on one thread, as PyTorch's own DataLoader workers run.
-
-    torch's CPU threads are GNU OpenMP's, and a child forked after the parent used them waits
-    forever in its first parallel step (gunicorn ``--preload``, ``multiprocessing``'s fork). One
-    thread runs no parallel step. Spark's Python workers are forked before torch is imported.
-    """
-    global _forked_to_one_thread
-    if torch.get_num_threads() > 1:
-        torch.set_num_threads(1)
-        _forked_to_one_thread = True
+def _new_locks_after_fork() -> None:
+    for encoder in list(_encoders):
+        encoder._lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):  # POSIX
-    os.register_at_fork(after_in_child=_one_thread_after_fork)
-
-
-def _say_forked_once() -> None:
-    global _forked_to_one_thread
-    _forked_to_one_thread = False
-    logger.warning(
-        "polyemb: torch runs on one thread in this process, forked after torch was imported (a "
-        "child forked after torch ran on several threads would wait forever in its first parallel "
-        "step); for %d threads a worker, start workers with multiprocessing's 'spawn' or "
-        "'forkserver', or call torch.set_num_threads in the child if its parent never ran torch",
-        available_cpus(),
-    )
+    os.register_at_fork(after_in_child=_new_locks_after_fork)
 
 
 class Encoder(TextEncoder):
@@ -186,6 +168,14 @@ class Encoder(TextEncoder):
         self.long_texts, self.stride = long_text_setting(long_texts, stride, max_seq_length, self._specials)
         self._windower: windows.Windower | None = None  # made on first use
         loading.enable_truncation(tokenizer, max_seq_length)
+        _encoders.add(self)
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "an Encoder cannot be pickled (its weights are laid out for this CPU or device): load it in "
+            "each worker process, e.g. polyemb.load(...) in a process pool's initializer; a process "
+            "forked from this one has it already"
+        )
 
     def __repr__(self) -> str:
         mode = (
@@ -407,8 +397,7 @@ class Encoder(TextEncoder):
         )
 
     def _forward(self, ids: np.ndarray, mask: np.ndarray, normalize: bool) -> np.ndarray:
-        if _forked_to_one_thread:
-            _say_forked_once()
+        warn_if_forked_to_one_thread()
         input_ids = torch.from_numpy(ids).to(self.device, non_blocking=True)
         attention_mask = torch.from_numpy(mask).to(self.device, non_blocking=True)
         with torch.inference_mode():

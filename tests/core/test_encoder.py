@@ -6,6 +6,8 @@ import logging
 import os
 import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -433,7 +435,7 @@ def _encode_in_a_forked_child(tiny_encoder: polyemb.Encoder, expected: np.ndarra
             said: list[str] = []
             handler = logging.Handler()
             handler.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]
-            logging.getLogger("polyemb.encoder").addHandler(handler)
+            logging.getLogger("polyemb").addHandler(handler)
             vectors = tiny_encoder.encode(SAMPLE_SENTENCES)
             tiny_encoder.encode(SAMPLE_SENTENCES[:2])
             code = (
@@ -445,3 +447,49 @@ def _encode_in_a_forked_child(tiny_encoder: polyemb.Encoder, expected: np.ndarra
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_process_forked_while_another_thread_encodes_encodes_too(tiny_encoder: polyemb.Encoder) -> None:
+    # A pool forked while a thread of the parent encodes: the Encoder's lock, held by that
+    # thread, is copied held, and that thread is not in the child.
+    with tiny_encoder._lock:  # as a thread in the middle of a chunk holds it
+        pid = os.fork()
+        if pid == 0:
+            code = 9
+            try:
+                signal.alarm(60)  # a hang ends as SIGALRM, not as a stuck suite
+                code = int(tiny_encoder.encode(["after the fork"]).shape != (1, tiny_encoder.dim))
+            finally:
+                os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+FORK_AFTER_TORCH_ALONE = """
+import os, signal, torch
+torch.set_num_threads(2)
+x = torch.randn(256, 256)
+(x @ x).sum()  # the parent's OpenMP threads run: torch's own work, not polyemb's
+import polyemb  # the encoder itself is not imported
+pid = os.fork()
+if pid == 0:
+    signal.alarm(60)
+    (x @ x).sum()
+    os._exit(0 if torch.get_num_threads() == 1 else 3)
+print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), torch.get_num_threads())
+"""
+
+
+def test_a_child_forked_after_torch_alone_ran_does_not_hang() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", FORK_AFTER_TORCH_ALONE], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0", "2"]  # the child ran on one thread; the parent keeps two
+
+
+def test_an_encoder_says_how_to_get_it_to_another_process(tiny_encoder: polyemb.Encoder) -> None:
+    import pickle
+
+    with pytest.raises(TypeError, match=r"load it in each worker process, e.g. polyemb.load\(...\)"):
+        pickle.dumps(tiny_encoder)

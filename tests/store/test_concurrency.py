@@ -218,6 +218,66 @@ def test_a_call_that_fails_leaves_its_texts_to_the_calls_waiting_for_them(
     assert model.entries == 3
 
 
+def test_a_waiting_call_gets_vectors_the_first_caller_cannot_change(
+    tiny_encoder: polyemb.Encoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first call's result is its caller's to change in place (faiss.normalize_L2, `v *= 2`):
+    # a call that waited for its texts copies them from the claim's own copy, not from that result.
+    store = open_store(tmp_path / "store")
+    texts = [f"changed text {i}" for i in range(6)]
+    changed = threading.Event()
+    take = stored.take_from_others
+
+    def take_after_the_change(others: list[tuple[int, stored.Claim, int]], vectors: np.ndarray) -> list[int]:
+        if others:
+            assert changed.wait(10)
+        return take(others, vectors)
+
+    monkeypatch.setattr(stored, "take_from_others", take_after_the_change)
+    embedded = _count_embedded(monkeypatch, pause=0.3)
+    first: dict[str, np.ndarray] = {}
+
+    def first_call() -> None:
+        first["v"] = store.encode(texts, encoder=tiny_encoder)
+        first["v"] *= 2.0
+        changed.set()
+
+    thread = threading.Thread(target=first_call)
+    thread.start()
+    while not store.in_flight._claims:  # the first call has claimed the texts
+        time.sleep(0.001)
+    second = store.encode(texts, encoder=tiny_encoder)
+    thread.join()
+    assert embedded == Counter(texts)  # the second call waited, embedding nothing
+    np.testing.assert_allclose(second, tiny_encoder.encode(texts), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(first["v"], 2 * second, rtol=0, atol=1e-6)
+
+
+def test_an_interrupt_right_after_claiming_leaves_nothing_claimed(
+    tiny_encoder: polyemb.Encoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ctrl-C lands where the texts are claimed but the call has not yet started on them: a later
+    # call must not wait for them forever.
+    store = open_store(tmp_path / "store")
+    texts = ["interrupted", "claimed", "texts"]
+    claim = store.in_flight.claim
+
+    def claim_then_interrupt(*args: object) -> object:
+        claim(*args)  # type: ignore[arg-type]
+        assert store.in_flight._claims  # claimed
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store.in_flight, "claim", claim_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        store.encode(texts, encoder=tiny_encoder)
+    assert store.in_flight._claims == {}
+    monkeypatch.undo()
+    done = threading.Thread(target=store.encode, args=(texts,), kwargs={"encoder": tiny_encoder})
+    done.start()
+    done.join(60)
+    assert not done.is_alive()  # a later call needing them embedded them itself
+
+
 def _spec() -> VectorSpec:
     return VectorSpec("fork-test", "sha256:0", 4, 16, "fp32", True)
 
@@ -255,7 +315,7 @@ def test_a_forked_child_does_not_wait_for_its_parents_claims(
     store = open_store(tmp_path / "store")
     texts = ["claimed in the parent"]
     key = tiny_encoder.vector_spec(normalize=True).key
-    store.in_flight.claim(key, text_digests(texts), [0], np.zeros((1, tiny_encoder.dim), np.float32), 8)
+    store.in_flight.claim(stored.Claim(store.in_flight), key, text_digests(texts), [0])  # never finished
     pid = os.fork()
     if pid == 0:  # the child: embeds the text itself, then leaves without cleanup
         code = 1

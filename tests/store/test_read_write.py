@@ -133,3 +133,47 @@ def test_the_store_keeps_each_long_text_settings_vectors_apart(tiny_model_dir: P
     again = open_store(tmp_path / "store").bind(mean)
     np.testing.assert_array_equal(again.encode(texts), second)
     assert again.stats.embedded == 0
+
+
+def test_an_index_update_stopped_half_way_is_built_again(
+    tiny_encoder: polyemb.Encoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ctrl-C in the middle of merging the index's arrays left them of different lengths: every
+    # later call on the store failed (IndexError), and good files were set aside as bad.
+    from polyemb.store.index import ModelIndex
+
+    store = open_store(tmp_path / "store")
+    texts = [f"indexed text {i}" for i in range(40)]
+    spec = tiny_encoder.vector_spec()
+    vectors = tiny_encoder.encode(texts)
+    store.append(spec, text_hashes(texts[:20]), vectors[:20])
+    add = ModelIndex.add
+
+    def add_half_then_interrupt(index: ModelIndex, file: object) -> None:
+        add(index, file)  # type: ignore[arg-type]
+        index._merge_pending()
+        index._hi = index._hi[:-1]  # as an interrupt between two of the merge's assignments leaves it
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ModelIndex, "add", add_half_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        store.append(spec, text_hashes(texts[20:]), vectors[20:])
+    monkeypatch.undo()
+    found, ok = store.lookup(spec, text_hashes(texts))
+    assert ok.all()  # both files: the one written before the interrupt too
+    np.testing.assert_allclose(found, vectors, rtol=0, atol=1e-6)
+    store.append(spec, text_hashes(["one more"]), tiny_encoder.encode(["one more"]))
+    [model] = store.stats().models
+    assert (model.entries, model.files, model.bad_files) == (41, 3, 0)
+
+
+def test_a_store_pickles_as_its_folder(tmp_path: Path) -> None:
+    # For a spawned worker (a process pool's argument): it opens the folder again, options kept.
+    import pickle
+
+    for read_only in (True, False):
+        store = open_store(tmp_path / "store", read_only=read_only, on_write_error="warn", cache_mb=3)
+        again = pickle.loads(pickle.dumps(store))
+        assert (again.path, again.read_only, again.on_write_error) == (store.path, read_only, "warn")
+        assert again._cache.max_bytes == 3 * 2**20 and again is not store
+        assert (tmp_path / "store").exists() != read_only  # a read-only open makes nothing

@@ -43,37 +43,35 @@ class RunStats:
 
 
 class Claim:
-    """Texts that one call embeds (rows of its matrix) while other calls of the process wait for them."""
+    """Texts that one call embeds while other calls of the process wait for their vectors."""
 
-    def __init__(
-        self, in_flight: InFlight, keys: list[tuple[str, bytes]], rows: list[int], vectors: np.ndarray
-    ) -> None:
-        self.keys = keys  # (model key, text digest) of each row
-        self.rows = rows
-        self.vectors = vectors  # the claiming call's matrix, its rows filled once done
-        self.ok = False
+    def __init__(self, in_flight: InFlight) -> None:
+        self.keys: list[tuple[str, bytes]] = []  # (model key, text digest) of each text claimed
+        self.rows: list[int] = []  # their rows in the claiming call
+        self.vectors: np.ndarray | None = None  # their vectors once done; None if the call failed
         self._in_flight = in_flight
         self._done = threading.Event()
 
-    def finish(self, *, ok: bool) -> None:
-        """Give the texts up: to the waiting calls (``ok``: their rows are filled) and to later calls."""
+    def finish(self, vectors: np.ndarray | None) -> None:
+        """Give the texts up, with their vectors (a copy of their own) or None, once."""
         if self._done.is_set():
             return
+        self.vectors = vectors
         self._in_flight.release(self)
-        self.ok = ok
         self._done.set()
 
-    def wait(self) -> bool:
-        """Wait for the claiming call; True if it filled the rows."""
+    def wait(self) -> np.ndarray | None:
+        """The claimed texts' vectors, once the claiming call is done; None if it failed."""
         self._done.wait()
-        return self.ok
+        return self.vectors
 
 
 class InFlight:
     """Texts being embedded in this process, per model: a text two calls (threads) need is embedded once.
 
-    A call claims the texts no other call is embedding, embeds them, and only then waits for the
-    others: it never waits while holding a claim, so calls cannot wait for each other in a circle.
+    A call claims the texts of its next file that no other call is embedding, embeds and stores
+    them, and gives them up; once its own are done, it waits for the others. It never waits while
+    holding a claim, so calls cannot wait for each other in a circle.
     """
 
     def __init__(self) -> None:
@@ -81,44 +79,45 @@ class InFlight:
         self._claims: dict[tuple[str, bytes], tuple[Claim, int]] = {}
 
     def claim(
-        self, key: str, digests: list[bytes], rows: list[int], vectors: np.ndarray, chunk: int
-    ) -> tuple[list[Claim], list[tuple[int, Claim, int]]]:
-        """Claim ``rows`` (of ``digests`` and ``vectors``) for model ``key``, ``chunk`` rows a claim.
+        self, claim: Claim, key: str, digests: list[bytes], rows: list[int]
+    ) -> list[tuple[int, Claim, int]]:
+        """Claim for ``claim`` the ``rows`` (of ``digests``) of model ``key`` that no call is embedding.
+
+        Call it inside the ``try`` whose ``finally`` finishes ``claim``: the texts are claimed in
+        one step, after ``claim`` knows them, so an interrupt anywhere leaves none claimed for good.
 
         Returns:
-            This call's claims, and ``(row, claim, row in the claim's matrix)`` of the texts that
-            other calls are embedding.
+            ``(row, claim, position in that claim)`` of the texts that other calls are embedding.
         """
-        mine: list[int] = []
         others: list[tuple[int, Claim, int]] = []
-        claims: list[Claim] = []
         with self._lock:
             for row in rows:
-                held = self._claims.get((key, digests[row]))
+                text = (key, digests[row])
+                held = self._claims.get(text)
                 if held is None:
-                    mine.append(row)
+                    claim.keys.append(text)
+                    claim.rows.append(row)
                 else:
                     others.append((row, *held))
-            for start in range(0, len(mine), chunk):
-                part = mine[start : start + chunk]
-                claim = Claim(self, [(key, digests[i]) for i in part], part, vectors)
-                self._claims.update((text, (claim, i)) for text, i in zip(claim.keys, part, strict=True))
-                claims.append(claim)
-        return claims, others
+            entries = {text: (claim, position) for position, text in enumerate(claim.keys)}
+            self._claims.update(entries)  # one step
+        return others
 
     def release(self, claim: Claim) -> None:
-        """Forget a finished claim's texts: a later call looks them up in the store."""
+        """Forget a claim's texts: a later call looks them up in the store."""
         with self._lock:
             for text in claim.keys:
-                del self._claims[text]
+                if self._claims.get(text, (None,))[0] is claim:  # not claimed yet if interrupted
+                    del self._claims[text]
 
 
 def take_from_others(others: list[tuple[int, Claim, int]], vectors: np.ndarray) -> list[int]:
     """Copy into ``vectors`` the rows that other calls embedded; the rows whose call failed."""
     failed: list[int] = []
-    for row, claim, their_row in others:
-        if claim.wait():
-            vectors[row] = claim.vectors[their_row]
+    for row, claim, position in others:
+        theirs = claim.wait()
+        if theirs is not None:
+            vectors[row] = theirs[position]
         else:
             failed.append(row)
     return failed
@@ -169,30 +168,30 @@ class StoredEncoder(TextEncoder):
             quiet_below=_QUIET_BELOW,
         ) as bar:
             while missing:  # again for texts whose other call failed
-                claims, others = self.store.in_flight.claim(spec.key, digests, missing, vectors, WRITE_ROWS)
-                try:
-                    # Stored since the first lookup (by a call that finished meanwhile)?
-                    claimed = [row for claim in claims for row in claim.rows]
-                    stored_now = set(self._look_up_again(spec, digests, claimed, vectors))
-                    for claim in claims:
-                        rows = [row for row in claim.rows if row not in stored_now]
-                        if rows:
-                            vectors[rows] = self.encoder.encode(
-                                [unique[i] for i in rows],
-                                batch_size=batch_size,
-                                normalize=normalize,
-                                show_progress=False,
-                            )
-                            hexes = [digests[i].hex() for i in rows]
-                            if self.store.append(spec, hexes, vectors[rows]) is not None:
-                                written += len(rows)
-                                files += 1
-                        claim.finish(ok=True)
-                        embedded += len(rows)
-                        bar.update(len(claim.rows))
-                finally:
-                    for claim in claims:
-                        claim.finish(ok=False)  # no-op for those finished above
+                others: list[tuple[int, Claim, int]] = []
+                for start in range(0, len(missing), WRITE_ROWS):
+                    claim = Claim(self.store.in_flight)
+                    try:
+                        others += self.store.in_flight.claim(
+                            claim, spec.key, digests, missing[start : start + WRITE_ROWS]
+                        )
+                        new, stored = self._fill(
+                            spec,
+                            claim.rows,
+                            unique,
+                            digests,
+                            vectors,
+                            batch_size=batch_size,
+                            normalize=normalize,
+                        )
+                        # Their own copy: the caller may change the vectors it gets back.
+                        claim.finish(vectors[claim.rows])
+                    finally:
+                        claim.finish(None)  # no-op once finished above
+                    embedded += new
+                    written += new if stored else 0
+                    files += stored
+                    bar.update(len(claim.rows))
                 missing = take_from_others(others, vectors)
         with self._stats_lock:
             self.stats.looked_up += len(unique)
@@ -202,17 +201,35 @@ class StoredEncoder(TextEncoder):
             self.stats.files_written += files
         return vectors if len(unique) == len(items) else vectors[inverse]
 
-    def _look_up_again(
-        self, spec: VectorSpec, digests: list[bytes], rows: list[int], vectors: np.ndarray
-    ) -> list[int]:
-        """Fill ``rows`` of ``vectors`` that the store holds now; those rows."""
+    def _fill(
+        self,
+        spec: VectorSpec,
+        rows: list[int],
+        unique: list[str],
+        digests: list[bytes],
+        vectors: np.ndarray,
+        *,
+        batch_size: int | None,
+        normalize: bool,
+    ) -> tuple[int, bool]:
+        """Fill ``rows`` of ``vectors`` (claimed): from the store, else embedded and stored.
+
+        The store may hold some now: a call that finished since the first lookup stored them.
+
+        Returns:
+            How many were embedded, and whether they were stored.
+        """
         if not rows:
-            return []
+            return 0, False
         again, found = self.store.lookup_digests(spec, [digests[i] for i in rows])
-        hits = np.flatnonzero(found)
-        taken = [rows[i] for i in hits.tolist()]
-        vectors[taken] = again[hits]
-        return taken
+        vectors[rows] = again
+        new = [row for row, hit in zip(rows, found.tolist(), strict=True) if not hit]
+        if not new:
+            return 0, False
+        vectors[new] = self.encoder.encode(
+            [unique[i] for i in new], batch_size=batch_size, normalize=normalize, show_progress=False
+        )
+        return len(new), self.store.append(spec, [digests[i].hex() for i in new], vectors[new]) is not None
 
 
 def default_encoder_or(encoder: Encoder | None) -> Encoder:

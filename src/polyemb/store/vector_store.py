@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import threading
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -91,6 +93,16 @@ class VectorStore:
         self._new_run()
         self._open(create)
         _open_stores.add(self)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """A store is its folder: another process (a spawned worker) opens it again, with its own run."""
+        reopen = functools.partial(
+            open_store,
+            read_only=self.read_only,
+            on_write_error=self.on_write_error,
+            cache_mb=self._cache.max_bytes / 2**20,
+        )
+        return (reopen, (self.path,))
 
     def __repr__(self) -> str:
         mode = "read-only" if self.read_only else "read-write"
@@ -224,18 +236,29 @@ class VectorStore:
 
     def _find(self, spec: VectorSpec, hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out = np.empty((len(hi), spec.dim), dtype=np.float32)
-        with self._lock:
-            found = self._index(spec).lookup(hi, lo, out, self._cache)
+        with self._indexed(spec) as index:
+            found = index.lookup(hi, lo, out, self._cache)
         out[~found] = 0
         return out, found
 
-    def _index(self, spec: VectorSpec) -> ModelIndex:
-        index = self._indexes.get(spec.key)
-        if index is None:
-            index = ModelIndex(self.model_folder(spec.key), spec, self._bad_files)
-            index.refresh()
-            self._indexes[spec.key] = index
-        return index
+    @contextlib.contextmanager
+    def _indexed(self, spec: VectorSpec) -> Iterator[ModelIndex]:
+        """The model's index, under the lock; dropped if the work on it stops half-way (Ctrl-C).
+
+        A half-updated index (its arrays of different lengths) would fail every later call or set
+        good files aside; dropped, it is built again from the files on the next call.
+        """
+        with self._lock:
+            try:
+                index = self._indexes.get(spec.key)
+                if index is None:
+                    index = ModelIndex(self.model_folder(spec.key), spec, self._bad_files)
+                    index.refresh()
+                    self._indexes[spec.key] = index
+                yield index
+            except BaseException:
+                self._indexes.pop(spec.key, None)
+                raise
 
     def append(self, spec: VectorSpec, hashes: Sequence[str], vectors: np.ndarray) -> Path | None:
         """Write vectors of one model as one new file (atomically); None if writes are off.
@@ -284,8 +307,8 @@ class VectorStore:
         # The row groups as written, not as assumed.
         starts = group_starts(written[0])
         file = FileIndex(target, hi[order], lo[order], np.arange(len(order), dtype=np.int32), starts)
-        with self._lock:
-            self._index(spec).add(file)
+        with self._indexed(spec) as index:
+            index.add(file)
         return target
 
     # ------------------------------------------------------------------ maintenance
