@@ -212,25 +212,29 @@ def _check_columns(names: list[str], columns: Sequence[str], source: Path) -> No
 
 
 def check_output(path: str | os.PathLike[str]) -> Path:
-    """``path`` as a Path, checked before any work: a Parquet file that can be written where a folder exists.
+    """The file to write for ``path``, checked before any work: a Parquet file in a folder that exists.
+
+    A link is written through, as the shell's ``>`` writes: its target is replaced, the link kept.
 
     Raises:
-        InvalidInputError: Its folder does not exist, it names a folder or something else that is
-            not a file (a device such as ``/dev/stdout``, a pipe), or its name says another
-            format (``.csv``, ``.tsv``, ``.txt``, ``.json``, a compression suffix): Parquet under
-            such a name is read wrongly by the next tool.
+        InvalidInputError: Its folder does not exist, it names (or links to) a folder or something
+            else that is not a file (a device such as ``/dev/stdout`` on a terminal or pipe), or
+            its name says another format (``.csv``, ``.tsv``, ``.txt``, ``.json``, a compression
+            suffix): Parquet under such a name is read wrongly by the next tool.
     """
-    target = Path(path)
-    if target.is_dir():
-        raise InvalidInputError(f"the output {str(target)!r} is a folder; name a file")
-    if target.exists() and not target.is_file():
-        # /dev/stdout, /dev/null, a pipe: the finished file would replace it, not be written to it.
-        raise InvalidInputError(f"the output {str(target)!r} exists and is not a file; name a file")
+    given = Path(path)
+    # The finished file is renamed over the target: over a link, that would replace the link
+    # (/dev/stdout itself, with stdout redirected to a file), so the target is where it points.
+    target = Path(os.path.realpath(given)) if given.is_symlink() else given
+    name = repr(str(given)) if target == given else f"{str(given)!r} (a link to {str(target)!r})"
+    if given.is_dir():
+        raise InvalidInputError(f"the output {name} is a folder; name a file")
+    if given.exists() and not given.is_file():
+        # /dev/null, a terminal, a pipe: the finished file would replace it, not be written to it.
+        raise InvalidInputError(f"the output {name} exists and is not a file; name a file")
     last = target.suffix.lower()
     if last in _DELIMITED or last in _LINES or last in _COMPRESSED or last in (".json", ".jsonl"):
-        raise InvalidInputError(
-            f"the output {str(target)!r} would be Parquet under a {last} name; name it .parquet"
-        )
+        raise InvalidInputError(f"the output {name} would be Parquet under a {last} name; name it .parquet")
     if not target.parent.is_dir():
         raise InvalidInputError(f"the output's folder {str(target.parent)!r} does not exist; create it first")
     return target

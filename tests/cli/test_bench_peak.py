@@ -82,22 +82,37 @@ def test_the_report_gives_tokens_and_the_fraction_of_the_peak(
     tiny_model_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(peak, "clock_ghz", lambda: 2.5)  # some machines report no clock
-    argv = ["bench", "-m", str(tiny_model_dir), "--size", "30", "--rounds", "1", "--scenarios", "a", "--json"]
+    argv = [
+        "bench",
+        "-m",
+        str(tiny_model_dir),
+        "--size",
+        "30",
+        "--rounds",
+        "1",
+        "--scenarios",
+        "a,b",
+        "--json",
+    ]
     assert main([*argv, "--against", "sentence-transformers,polyemb-bf16"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["peak"]["ghz"] == 2.5 and report["peak"]["physical_cores"] >= 1
-    scenario = report["scenarios"]["a"]
     encoder = polyemb.load(tiny_model_dir)
+    config = json.loads((tiny_model_dir / "config.json").read_text())
     from polyemb.bench.texts import make_scenario
 
-    texts = make_scenario("a", None, None, 30)
-    assert scenario["mean_tokens"] == pytest.approx(encoder.token_counts(texts).mean())
-    config = json.loads((tiny_model_dir / "config.json").read_text())
-    for name, side in scenario["sides"].items():
-        assert side["tokens_per_s"] == pytest.approx(side["median_per_s"] * scenario["mean_tokens"])
-        precision = "bf16" if name == "polyemb-bf16" else "fp32"
-        work = side["tokens_per_s"] * peak.flops_per_token(config, scenario["mean_tokens"])
-        assert side["peak_fraction"] == pytest.approx(work / peak.peak_flops(precision))
+    for name in ("a", "b"):  # b repeats each text 10 times: the work is the distinct texts'
+        scenario = report["scenarios"][name]
+        texts = make_scenario(name, None, None, 30)
+        distinct = list(dict.fromkeys(texts))
+        assert len(distinct) == (len(texts) if name == "a" else len(texts) // 10)
+        assert scenario["mean_tokens"] == pytest.approx(encoder.token_counts(distinct).mean())
+        for side_name, side in scenario["sides"].items():
+            useful = side["median_per_s"] * len(distinct) / len(texts)  # distinct texts/s
+            assert side["tokens_per_s"] == pytest.approx(useful * scenario["mean_tokens"])
+            precision = "bf16" if side_name == "polyemb-bf16" else "fp32"
+            work = side["tokens_per_s"] * peak.flops_per_token(config, scenario["mean_tokens"])
+            assert side["peak_fraction"] == pytest.approx(work / peak.peak_flops(precision))
     assert main([*argv[:-1], "--against", "sentence-transformers"]) == 0
     assert "of peak" in capsys.readouterr().out
 

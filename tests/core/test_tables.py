@@ -202,6 +202,30 @@ def test_an_output_that_is_not_a_file_is_refused(tmp_path: Path) -> None:
     assert check_output(tmp_path / "new.parquet") == tmp_path / "new.parquet"
 
 
+def test_an_output_link_is_written_through_and_kept(tmp_path: Path) -> None:
+    # `-o /dev/stdout` with stdout redirected to a file replaced the /dev/stdout link itself.
+    (tmp_path / "runs").mkdir()
+    link = tmp_path / "latest.parquet"
+    link.symlink_to(tmp_path / "runs" / "v1.parquet")  # not there yet: written as the shell's > writes
+    target = check_output(link)
+    assert target == tmp_path / "runs" / "v1.parquet"
+    with publishing(target) as partial:
+        pq.write_table(pa.table({"run": [1]}), partial)
+    assert link.is_symlink() and pq.read_table(link).column("run").to_pylist() == [1]
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    named = tmp_path / "named.parquet"
+    named.symlink_to(fifo)
+    with pytest.raises(
+        InvalidInputError, match=r"'.*named.parquet' \(a link to '.*pipe'\) exists and is not"
+    ):
+        check_output(named)
+    text = tmp_path / "out.parquet"
+    text.symlink_to(tmp_path / "redirected.txt")  # as /dev/stdout with stdout sent to a .txt
+    with pytest.raises(InvalidInputError, match=r"\(a link to '.*redirected.txt'\) would be Parquet"):
+        check_output(text)
+
+
 def test_a_folder_that_cannot_take_the_file_is_a_clear_error(tmp_path: Path) -> None:
     target = tmp_path / "gone" / "out.parquet"
     with pytest.raises(InvalidInputError, match="cannot write"), publishing(target):

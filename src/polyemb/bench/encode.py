@@ -77,7 +77,7 @@ class ScenarioResult:
     distinct: int
     baseline: str
     sides: dict[str, SideResult] = field(default_factory=dict)
-    mean_tokens: float | None = None  # tokens the model reads per text (see Encoder.token_counts)
+    mean_tokens: float | None = None  # tokens the model reads per distinct text (Encoder.token_counts)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready: the scenario's facts and each side's summary."""

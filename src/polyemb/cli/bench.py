@@ -19,6 +19,7 @@ from polyemb.bench.sides import BENCH_SIDES, PEER_SETUP
 from polyemb.bench.store import ENGINES
 from polyemb.bench.texts import SCENARIOS
 from polyemb.cli.shared import (
+    MODEL_HELP,
     Subparsers,
     bounded_float,
     comma_list,
@@ -174,7 +175,7 @@ def _add_bench_memory(commands: Subparsers) -> None:
             "scan_parquet(...).with_columns(pl.col(COLUMN).emb.encode()).sink_parquet(...)."
         ),
     )
-    bench_memory.add_argument("--model", "-m", help="model folder or hub id (default: the default model)")
+    bench_memory.add_argument("--model", "-m", help=MODEL_HELP)
     bench_memory.add_argument(
         "--precisions",
         type=comma_list("--precisions", WEIGHT_PRECISIONS),
@@ -274,7 +275,10 @@ def _add_bench_store(commands: Subparsers) -> None:
             "re-run over the same rows with --edited of them changed and --appended added, per "
             "engine (cli, duckdb, spark on local[2]); prints each run's time and the re-run's share. "
             "lookup: a store of --entries random vectors, then lookups of --keys keys in a fresh "
-            "process (keys of one earlier run, and random keys), with keys/s and peak memory."
+            "process (keys of one earlier run, and random keys), with keys/s and peak memory. "
+            "torture: for --seconds, workers (--spawned, --forked) encode, read, compact and gc one "
+            "store while this process kills them and damages files, then checks that nothing was "
+            "lost or wrong; exit 1 if an invariant failed."
         ),
     )
     bench_store.add_argument("kind", choices=["incremental", "lookup", "torture"])
@@ -328,7 +332,9 @@ def _add_bench_store(commands: Subparsers) -> None:
     bench_store.add_argument(
         "--spark", action="store_true", help="torture: a Spark job (local[2], a tiny model) appends meanwhile"
     )
-    bench_store.add_argument("--workdir", help="where the stores and files go (default: the temp folder)")
+    bench_store.add_argument(
+        "--workdir", help="an existing folder where the stores and files go (default: the temp folder)"
+    )
     bench_store.add_argument("--json", action="store_true", help="print a JSON report")
     bench_store.set_defaults(run=_bench_store)
 

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from polyemb.store import VectorStore
 
 __all__ = [
+    "MODEL_HELP",
     "Command",
     "Subparsers",
     "add_store_options",
@@ -35,6 +36,9 @@ Command = Callable[[argparse.Namespace], int]
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
+MODEL_HELP = "hub id or local folder (default: $POLYEMB_MODEL, else the multilingual default model)"
+
+
 def model_options() -> argparse.ArgumentParser:
     """A parent parser with the options of every command that loads a model."""
     parent = argparse.ArgumentParser(add_help=False)
@@ -43,7 +47,7 @@ def model_options() -> argparse.ArgumentParser:
         "--model",
         "-m",
         default=None,
-        help="hub id or local folder (default: $POLYEMB_MODEL, else the multilingual default model)",
+        help=MODEL_HELP,
     )
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     group.add_argument(
