@@ -15,7 +15,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from polyemb import _platform  # noqa: F401  (registers what a forked child must reset)
 from polyemb.errors import (
     ColumnNotFoundError,
     InvalidInputError,

@@ -2,8 +2,7 @@
 
 Also the C heap's settings: :func:`keep_heap_between_batches`, which stops glibc from handing
 memory back to the system between one batch and the next, and :func:`release_free_memory`, which
-hands the free pages back after a call; and torch's threads in a forked child
-(:func:`warn_if_forked_to_one_thread`).
+hands the free pages back after a call.
 
 Standard library only, and no torch: the pytest header, the benchmarks' child processes and the
 int8 check all read it, and a child that measures memory must not pay for an import it does not
@@ -15,7 +14,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import logging
 import math
 import os
 import sys
@@ -34,10 +32,7 @@ __all__ = [
     "process_mib",
     "release_free_memory",
     "reset_peak_memory",
-    "warn_if_forked_to_one_thread",
 ]
-
-logger = logging.getLogger(__name__)
 
 # CPU flags that decide which precisions are fast: bf16 and int8 matrix units, wide vectors.
 _SPEED_FLAGS = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx512f", "avx2")
@@ -287,44 +282,3 @@ def _mallopt() -> Callable[[int, int], int] | None:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     return mallopt
-
-
-# --------------------------------------------------------------------------- torch after a fork
-
-# Set in a child forked while torch ran on several threads, until its first forward says so.
-_forked_to_one_thread = False
-
-
-def _one_thread_after_fork() -> None:
-    """In a forked child of a process that imported torch: torch on one thread.
-
-    As PyTorch's own DataLoader workers run. torch's CPU threads are GNU OpenMP's, and a child
-    forked after the parent used them waits forever in its first parallel step (gunicorn
-    ``--preload``, ``multiprocessing``'s fork); one thread runs no parallel step. Registered at
-    ``import polyemb``, so it also covers torch work that is not polyemb's. Spark's Python
-    workers are forked before torch is imported.
-    """
-    global _forked_to_one_thread
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.get_num_threads() > 1:
-        torch.set_num_threads(1)
-        _forked_to_one_thread = True
-
-
-if hasattr(os, "register_at_fork"):  # POSIX
-    os.register_at_fork(after_in_child=_one_thread_after_fork)
-
-
-def warn_if_forked_to_one_thread() -> None:
-    """Log once, in a child forked after torch was imported, that torch runs on one thread there."""
-    global _forked_to_one_thread
-    if not _forked_to_one_thread:
-        return
-    _forked_to_one_thread = False
-    logger.warning(
-        "polyemb: torch runs on one thread in this process, forked after torch was imported (a "
-        "child forked after torch ran on several threads would wait forever in its first parallel "
-        "step); for %d threads a worker, start workers with multiprocessing's 'spawn' or "
-        "'forkserver', or call torch.set_num_threads in the child if its parent never ran torch",
-        available_cpus(),
-    )

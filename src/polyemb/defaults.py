@@ -6,6 +6,7 @@ holds the encoder alone; the Encoder is imported when first needed.
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,15 @@ if TYPE_CHECKING:
 __all__ = ["default_encoder", "set_default_encoder"]
 
 _default_lock = threading.Lock()
+
+
+def _new_lock_after_fork() -> None:  # a parent's thread may have been loading the default model
+    global _default_lock
+    _default_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_new_lock_after_fork)
 _default: Encoder | None = None
 
 

@@ -232,9 +232,11 @@ def check_output(path: str | os.PathLike[str]) -> Path:
     if given.exists() and not given.is_file():
         # /dev/null, a terminal, a pipe: the finished file would replace it, not be written to it.
         raise InvalidInputError(f"the output {name} exists and is not a file; name a file")
-    last = target.suffix.lower()
-    if last in _DELIMITED or last in _LINES or last in _COMPRESSED or last in (".json", ".jsonl"):
-        raise InvalidInputError(f"the output {name} would be Parquet under a {last} name; name it .parquet")
+    for last in dict.fromkeys((given.suffix.lower(), target.suffix.lower())):  # the name typed, the file
+        if last in _DELIMITED or last in _LINES or last in _COMPRESSED or last in (".json", ".jsonl"):
+            raise InvalidInputError(
+                f"the output {name} would be Parquet under a {last} name; name it .parquet"
+            )
     if not target.parent.is_dir():
         raise InvalidInputError(f"the output's folder {str(target.parent)!r} does not exist; create it first")
     return target

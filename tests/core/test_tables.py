@@ -224,6 +224,12 @@ def test_an_output_link_is_written_through_and_kept(tmp_path: Path) -> None:
     text.symlink_to(tmp_path / "redirected.txt")  # as /dev/stdout with stdout sent to a .txt
     with pytest.raises(InvalidInputError, match=r"\(a link to '.*redirected.txt'\) would be Parquet"):
         check_output(text)
+    typed = tmp_path / "out.csv"
+    typed.symlink_to(tmp_path / "real.parquet")  # the name the next tool reads says CSV
+    with pytest.raises(
+        InvalidInputError, match=r"'.*out.csv' \(a link to '.*real.parquet'\) would be Parquet"
+    ):
+        check_output(typed)
 
 
 def test_a_folder_that_cannot_take_the_file_is_a_clear_error(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ import pytest
 
 import polyemb
 from polyemb.embedder import VectorSpec
-from polyemb.store import maintenance, open_store, stored, text_hashes, writer
+from polyemb.store import VectorStore, maintenance, open_store, stored, text_hashes, writer
 from polyemb.store.keys import text_digests
 
 
@@ -122,6 +122,34 @@ def _count_embedded(monkeypatch: pytest.MonkeyPatch, pause: float = 0.0) -> Coun
     return embedded
 
 
+def _until_claimed(store: VectorStore) -> None:
+    """Wait (at most 30 s) until some call of ``store`` has claimed texts."""
+    deadline = time.monotonic() + 30
+    while not store.in_flight._claims:
+        assert time.monotonic() < deadline, "no call claimed its texts"
+        time.sleep(0.001)
+
+
+class _Bars:
+    """The store's progress bars: each one's total and the sum of its updates."""
+
+    def __init__(self) -> None:
+        self.seen: list[list[int]] = []
+
+    def __call__(self, *, total: int, **options: object) -> _Bars:
+        self.seen.append([total, 0])
+        return self
+
+    def __enter__(self) -> _Bars:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, n: int) -> None:  # of the last bar made: one call at a time in these tests
+        self.seen[-1][1] += n
+
+
 def test_threads_that_need_one_text_embed_it_once(
     tiny_encoder: polyemb.Encoder,
     tmp_path: Path,
@@ -207,8 +235,7 @@ def test_a_call_that_fails_leaves_its_texts_to_the_calls_waiting_for_them(
 
     failing = threading.Thread(target=first, name="failing")
     failing.start()
-    while not store.in_flight._claims:  # the first call has claimed the texts
-        time.sleep(0.001)
+    _until_claimed(store)
     vectors = store.encode(texts, encoder=tiny_encoder)
     failing.join()
     assert [str(e) for e in errors] == ["the first call's model failed"]
@@ -244,11 +271,13 @@ def test_a_waiting_call_gets_vectors_the_first_caller_cannot_change(
 
     thread = threading.Thread(target=first_call)
     thread.start()
-    while not store.in_flight._claims:  # the first call has claimed the texts
-        time.sleep(0.001)
+    _until_claimed(store)
+    bars = _Bars()
+    monkeypatch.setattr(stored, "progress_bar", bars)  # the second call's bar
     second = store.encode(texts, encoder=tiny_encoder)
     thread.join()
     assert embedded == Counter(texts)  # the second call waited, embedding nothing
+    assert bars.seen == [[6, 6]]  # its bar still ends full: the texts it waited for count
     np.testing.assert_allclose(second, tiny_encoder.encode(texts), rtol=0, atol=1e-6)
     np.testing.assert_allclose(first["v"], 2 * second, rtol=0, atol=1e-6)
 

@@ -11,6 +11,7 @@ import pytest
 
 import polyemb
 from polyemb.store import StoreError, open_store, text_hashes, writer
+from polyemb.store.layout import MARKER
 from polyemb.testing import build_tiny_model
 
 TEXTS = [f"stored text number {i} " + "word " * (i % 5) for i in range(60)]
@@ -167,7 +168,7 @@ def test_an_index_update_stopped_half_way_is_built_again(
     assert (model.entries, model.files, model.bad_files) == (41, 3, 0)
 
 
-def test_a_store_pickles_as_its_folder(tmp_path: Path) -> None:
+def test_a_store_pickles_as_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # For a spawned worker (a process pool's argument): it opens the folder again, options kept.
     import pickle
 
@@ -177,3 +178,12 @@ def test_a_store_pickles_as_its_folder(tmp_path: Path) -> None:
         assert (again.path, again.read_only, again.on_write_error) == (store.path, read_only, "warn")
         assert again._cache.max_bytes == 3 * 2**20 and again is not store
         assert (tmp_path / "store").exists() != read_only  # a read-only open makes nothing
+    # Where the worker runs in another folder: the same store, never a new empty one.
+    monkeypatch.chdir(tmp_path)
+    pickled = pickle.dumps(open_store("store"))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert pickle.loads(pickled).path == tmp_path / "store"
+    (tmp_path / "store" / MARKER).unlink()
+    with pytest.raises(StoreError, match="is not a polyemb vector store"):
+        pickle.loads(pickled)  # gone meanwhile: an error, not a new store made

@@ -120,8 +120,8 @@ def register_index(
 
     Raises:
         ColumnNotFoundError: ``key``, ``text`` or ``vector`` is not a column of ``query``.
-        InvalidInputError: Not exactly one of ``text`` and ``vector``, or margin (or ``recall=``)
-            without ``queries``.
+        InvalidInputError: Not exactly one of ``text`` and ``vector``, margin (or ``recall=``)
+            without ``queries``, or ``queries`` that nothing reads (cosine without ``recall=``).
 
     Example:
         >>> register_index(con, "products", "SELECT * FROM products", key="id", text="name",

@@ -193,6 +193,7 @@ class StoredEncoder(TextEncoder):
                     files += stored
                     bar.update(len(claim.rows))
                 missing = take_from_others(others, vectors)
+                bar.update(len(others) - len(missing))
         with self._stats_lock:
             self.stats.looked_up += len(unique)
             self.stats.found += len(unique) - embedded

@@ -101,8 +101,9 @@ class VectorStore:
             read_only=self.read_only,
             on_write_error=self.on_write_error,
             cache_mb=self._cache.max_bytes / 2**20,
+            create=self.read_only,  # read-only makes nothing; a writable one must still be there
         )
-        return (reopen, (self.path,))
+        return (reopen, (self.path.absolute(),))
 
     def __repr__(self) -> str:
         mode = "read-only" if self.read_only else "read-write"
