@@ -120,8 +120,8 @@ def register_index(
 
     Raises:
         ColumnNotFoundError: ``key``, ``text`` or ``vector`` is not a column of ``query``.
-        InvalidInputError: Not exactly one of ``text`` and ``vector``, margin (or ``recall=``)
-            without ``queries``, or ``queries`` that nothing reads (cosine without ``recall=``).
+        InvalidInputError: Not exactly one of ``text`` and ``vector``, or margin (or ``recall=``)
+            without ``queries``.
 
     Example:
         >>> register_index(con, "products", "SELECT * FROM products", key="id", text="name",
@@ -143,17 +143,13 @@ def register_index(
             "recall= calibrates nprobe on the rows that will be matched: give queries=, an SQL "
             "query of those texts (or vectors)"
         )
-    if queries is not None and not spec.neighbourhoods and (settings is None or settings.recall is None):
-        raise InvalidInputError(
-            f"queries= is read by score='margin' or 'csls' and by method=Ivf(recall=...) only; with "
-            f"score={score!r} it would be embedded for nothing: leave it out"
-        )
     column = text if text is not None else str(vector)
     rows, key_type = _index_rows(con, query, key, column)
     reader = _Reader.make(text is not None, encoder, store, batch_size)
     index = _build_index(name, rows, column, spec, reader)
     matched = None
-    if queries is not None:
+    calibrates = settings is not None and settings.recall is not None
+    if queries is not None and (spec.neighbourhoods or calibrates):  # else nothing reads them
         vectors, ok = reader(con.sql(queries).to_arrow_table().column(0), "the column of queries=")
         matched = normalize_rows(vectors[ok])
     report = report or IvfReport()
