@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 __all__ = ["default_encoder", "set_default_encoder"]
 
 _default_lock = threading.Lock()
+_default: Encoder | None = None
 
 
 def _new_lock_after_fork() -> None:  # a parent's thread may have been loading the default model
@@ -27,7 +28,6 @@ def _new_lock_after_fork() -> None:  # a parent's thread may have been loading t
 
 if hasattr(os, "register_at_fork"):  # POSIX
     os.register_at_fork(after_in_child=_new_lock_after_fork)
-_default: Encoder | None = None
 
 
 def default_encoder() -> Encoder:
