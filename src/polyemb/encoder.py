@@ -12,7 +12,6 @@ import functools
 import logging
 import os
 import threading
-import weakref
 from collections.abc import Callable, Iterable, Iterator
 from functools import cached_property
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from polyemb import chunks, finding, kernels, loading, quantize, windows
+from polyemb import chunks, finding, forking, kernels, loading, quantize, windows
 from polyemb._platform import (
     available_cpus,
     keep_heap_between_batches,
@@ -100,52 +99,6 @@ def cap_cpu_threads(cpus: int | None = None) -> None:
         torch.set_num_threads(limit)
 
 
-# Every Encoder, so that a forked child gets fresh locks (a parent's thread may have held them).
-_encoders: weakref.WeakSet[Encoder] = weakref.WeakSet()
-# Whether this process made an Encoder (torch's threads then run, even once it is gone).
-_made_one = False
-# Set in a child forked from a process that made an Encoder, until its first forward says so.
-_forked_to_one_thread = False
-
-
-def _register(encoder: Encoder) -> None:
-    global _made_one
-    _made_one = True
-    _encoders.add(encoder)
-
-
-def _after_fork_in_child() -> None:
-    """Fresh Encoder locks; and torch on one thread where the parent had loaded a model.
-
-    Loading runs torch on its threads, which are GNU OpenMP's, and a child forked after that
-    waits forever in its first parallel step (gunicorn ``--preload``, ``multiprocessing``'s fork).
-    One thread runs no parallel step, as in PyTorch's own DataLoader workers. A process that
-    made no Encoder keeps its threads: what torch work it ran itself is torch's matter.
-    """
-    global _forked_to_one_thread
-    for encoder in list(_encoders):
-        encoder._lock = threading.Lock()
-    if _made_one and torch.get_num_threads() > 1:
-        torch.set_num_threads(1)
-        _forked_to_one_thread = True
-
-
-if hasattr(os, "register_at_fork"):  # POSIX
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _warn_forked_to_one_thread() -> None:
-    global _forked_to_one_thread
-    _forked_to_one_thread = False
-    logger.warning(
-        "polyemb: torch runs on one thread in this process, forked from one that had loaded a model "
-        "(torch's threads would wait forever here in their first parallel step); for %d threads a "
-        "worker, start workers with multiprocessing's 'spawn' or 'forkserver' and load the model in "
-        "each",
-        available_cpus(),
-    )
-
-
 class Encoder(TextEncoder):
     """A loaded sentence-embedding model: ``encode`` turns texts into float32 vectors.
 
@@ -200,13 +153,13 @@ class Encoder(TextEncoder):
         self.long_texts, self.stride = long_text_setting(long_texts, stride, max_seq_length, self._specials)
         self._windower: windows.Windower | None = None  # made on first use
         loading.enable_truncation(tokenizer, max_seq_length)
-        _register(self)
+        forking.register(self)
 
     def __copy__(self) -> Encoder:
         """Another Encoder of the same model (weights shared)."""
         clone = object.__new__(type(self))
         clone.__dict__.update(self.__dict__)
-        _register(clone)
+        forking.register(clone)
         return clone
 
     def __reduce__(self) -> Any:
@@ -436,8 +389,7 @@ class Encoder(TextEncoder):
         )
 
     def _forward(self, ids: np.ndarray, mask: np.ndarray, normalize: bool) -> np.ndarray:
-        if _forked_to_one_thread:
-            _warn_forked_to_one_thread()
+        forking.warn_if_one_thread()
         input_ids = torch.from_numpy(ids).to(self.device, non_blocking=True)
         attention_mask = torch.from_numpy(mask).to(self.device, non_blocking=True)
         with torch.inference_mode():
